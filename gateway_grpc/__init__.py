@@ -1,0 +1,1 @@
+"""The cost-aware model router: routing.v1.Router over gRPC, fed by the live per-model table."""

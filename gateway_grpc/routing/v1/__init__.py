@@ -1,0 +1,1 @@
+"""routing.v1: the .proto and the stubs generated from it by `python -m gateway_grpc.codegen`."""

@@ -1,0 +1,3 @@
+"""PrismOps: real-time AI FinOps on Kafka, Faust, gRPC and ClickHouse."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""The one settings object every PrismOps component takes.
+
+Values come from `PRISMOPS_`-prefixed environment variables (nested with `__`, e.g.
+`PRISMOPS_STACK__KAFKA_PORT=29092`) and, optionally, a YAML file named by `PRISMOPS_CONFIG`.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+
+class StackSettings(BaseModel):
+    """Where and on which loopback ports the local stack (`prismops stack`) runs."""
+
+    home: Path = Field(default=Path(".prismops"), description="state dir: caches, data, logs, pid files")
+    cache_dir: Path | None = Field(
+        default=None, description="Kafka jars and maven repo; default <home>/cache (tests share one between homes)"
+    )
+    kafka_version: str = "3.9.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_heap: str = "768m"
+    clickhouse_tcp_port: int = 19000
+    clickhouse_http_port: int = 18123
+    clickhouse_interserver_port: int = 19009
+    start_timeout_s: float = 90.0
+
+
+class KafkaSettings(BaseModel):
+    """How clients reach Kafka. Empty bootstrap means the local stack's broker."""
+
+    bootstrap_servers: str = ""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+    topic_namespace: str = Field(default="", description="prefix for every topic name, e.g. 'staging.'")
+    default_partitions: int = 4
+    replication_factor: int = 1
+
+
+class ClickHouseSettings(BaseModel):
+    """How the sink and reports reach ClickHouse. Empty host/0 port means the local stack's server."""
+
+    host: str = ""
+    port: int = 0
+    database: str = "prismops"
+    user: str = "default"
+    password: str = ""
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = "prismops-worker"
+    web_port: int = 16066
+    price_table: Path | None = Field(default=None, description="YAML price table; default: the bundled one")
+    live_window_s: float = 300.0
+    live_window_max_samples: int = 5000
+    live_publish_interval_s: float = 1.0
+
+
+class SinkSettings(BaseModel):
+    group_id: str = "prismops-sink-clickhouse"
+    batch_max_rows: int = 5000
+    batch_max_wait_s: float = 1.0
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 15051
+    max_workers: int = 16
+    default_input_tokens: int = 1000
+    default_output_tokens: int = 500
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRISMOPS_", env_nested_delimiter="__", extra="ignore")
+
+    stack: StackSettings = StackSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    sink: SinkSettings = SinkSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PRISMOPS_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"PRISMOPS_CONFIG points to {config_file!r}, which is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.stack.kafka_port}"
+
+    @property
+    def clickhouse_host(self) -> str:
+        return self.clickhouse.host or "127.0.0.1"
+
+    @property
+    def clickhouse_port(self) -> int:
+        return self.clickhouse.port or self.stack.clickhouse_tcp_port
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) connection settings shared by every producer/consumer/admin."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka.security_protocol,
+        }
+        if self.kafka.sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka.sasl_mechanism
+            conf["sasl.username"] = self.kafka.sasl_username or ""
+            conf["sasl.password"] = self.kafka.sasl_password or ""
+        if self.kafka.ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka.ssl_ca_location
+        return conf
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Settings":
+        """A copy with some fields of some sections replaced (tests and the demo use this)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section].update(values)
+        return Settings(**data)
+
+
+def load_settings() -> Settings:
+    return Settings()

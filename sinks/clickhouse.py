@@ -1,0 +1,268 @@
+"""ClickHouse sinks: decoded records become rows of `cost_lines`, `routing_decisions` and `dead_letters`.
+
+Row mapping is plain functions (one per table) so it can be tested without a server. Each sink's `write`
+skips ids already stored or repeated in the batch and inserts the rest in one block, so replaying a batch
+never duplicates a row (the tables' ReplacingMergeTree engine is only a safety net behind this).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from clickhouse_driver import Client
+
+from prismops.settings import Settings
+from sinks.base import Sink, SinkRecord, WriteResult
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BATCH_IDS_TABLE = "_batch_ids"
+
+Row = dict[str, Any]
+
+
+class SinkNotReady(RuntimeError):
+    """The sink's table is missing: the migrations have not been applied to this database."""
+
+
+def clickhouse_client(settings: Settings, *, database: str | None = None) -> Client:
+    """A native-protocol client for the settings' server; `database` overrides the connection's default
+    database ("" means the user's default, for when the settings' database may not exist yet)."""
+    return Client(
+        settings.clickhouse_host,
+        port=settings.clickhouse_port,
+        database=settings.clickhouse.database if database is None else database,
+        user=settings.clickhouse.user,
+        password=settings.clickhouse.password,
+        client_name="prismops",
+    )
+
+
+def quote_identifier(name: str) -> str:
+    """Back-quoted database/table name; anything but plain identifiers is refused rather than escaped."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a plain identifier (letters, digits, underscore; not starting with a digit)")
+    return f"`{name}`"
+
+
+def table_ref(database: str, table: str) -> str:
+    return f"{quote_identifier(database)}.{quote_identifier(table)}"
+
+
+def server_message(exc: BaseException) -> str:
+    """The server's error without the stack trace ClickHouse appends to it."""
+    return str(exc).split("Stack trace:")[0].strip().replace("\n", " ")
+
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """Aware UTC datetime; a naive one is taken as UTC (the codecs never produce naive ones)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def map_to_arrays(values: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    """A map as parallel key/value arrays, sorted by key so equal maps give equal rows."""
+    keys = sorted(values)
+    return keys, [values[k] for k in keys]
+
+
+def cost_line_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    event_time = as_utc(value["event_time"])
+    tag_keys, tag_values = map_to_arrays(value["tag_source"])
+    label_keys, label_values = map_to_arrays(value.get("labels") or {})
+    return {
+        "line_id": value["line_id"],
+        "source": value["source"],
+        "source_event_id": value["source_event_id"],
+        "event_time": event_time,
+        "event_date": event_time.date(),
+        "tenant": value["tenant"],
+        "team": value["team"],
+        "product": value["product"],
+        "service": value["service"],
+        "feature": value["feature"],
+        "customer": value.get("customer"),
+        "environment": value["environment"],
+        "provider": value["provider"],
+        "model": value["model"],
+        "region": value.get("region"),
+        "input_tokens": value["input_tokens"],
+        "output_tokens": value["output_tokens"],
+        "cached_input_tokens": value["cached_input_tokens"],
+        "reasoning_tokens": value["reasoning_tokens"],
+        "usage_quantity": value["usage_quantity"],
+        "usage_unit": value["usage_unit"],
+        "cost_usd": value["cost_usd"],
+        "priced": int(value["priced"]),
+        "price_version": value["price_version"],
+        "status": value["status"],
+        "tag_source_keys": tag_keys,
+        "tag_source_values": tag_values,
+        "label_keys": label_keys,
+        "label_values": label_values,
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+def routing_decision_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    decided_at = as_utc(value["decided_at"])
+    candidates = value["candidates"]
+    return {
+        "decision_id": value["decision_id"],
+        "decided_at": decided_at,
+        "decided_date": decided_at.date(),
+        "tenant": value["tenant"],
+        "service": value["service"],
+        "feature": value["feature"],
+        "request_id": value.get("request_id"),
+        "latency_slo_ms": value["latency_slo_ms"],
+        "chosen_provider": value.get("chosen_provider"),
+        "chosen_model": value.get("chosen_model"),
+        "reason_code": value["reason_code"],
+        "reason": value["reason"],
+        "candidate_provider": [c["provider"] for c in candidates],
+        "candidate_model": [c["model"] for c in candidates],
+        "candidate_p95_latency_ms": [c.get("p95_latency_ms") for c in candidates],
+        "candidate_error_rate": [c.get("error_rate") for c in candidates],
+        "candidate_estimated_cost_usd": [c.get("estimated_cost_usd") for c in candidates],
+        "candidate_eligible": [int(c["eligible"]) for c in candidates],
+        "candidate_verdict": [c["verdict"] for c in candidates],
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+def dead_letter_id(value: Mapping[str, Any]) -> str:
+    """The same source message rejected again by the same stage (a replay) is the same letter."""
+    return f"{value['stage']}/{value['source_topic']}/{value['source_partition']}/{value['source_offset']}"
+
+
+def dead_letter_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    failed_at = as_utc(value["failed_at"])
+    header_keys, header_values = map_to_arrays(value.get("original_headers") or {})
+    return {
+        "letter_id": dead_letter_id(value),
+        "failed_at": failed_at,
+        "failed_date": failed_at.date(),
+        "stage": value["stage"],
+        "source_topic": value["source_topic"],
+        "source_partition": value["source_partition"],
+        "source_offset": value["source_offset"],
+        "error_field": value.get("error_field"),
+        "error_rule": value["error_rule"],
+        "error_message": value["error_message"],
+        "original_key": value.get("original_key"),
+        "original_value": value.get("original_value"),
+        "original_header_keys": header_keys,
+        "original_header_values": header_values,
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+def unique_by(rows: Iterable[Row], id_column: str) -> tuple[list[Row], int]:
+    """The first row for each id, in order, and how many repeats were dropped."""
+    seen: set[str] = set()
+    unique = []
+    repeats = 0
+    for row in rows:
+        if row[id_column] in seen:
+            repeats += 1
+            continue
+        seen.add(row[id_column])
+        unique.append(row)
+    return unique, repeats
+
+
+class ClickHouseTableSink(Sink):
+    """One table; subclasses name it, its id column, the key column that narrows the id lookup, and the row
+    function. The lookup filters on the prune column first so ClickHouse reads only the parts (and primary
+    key ranges) that can hold the batch's ids."""
+
+    table: ClassVar[str]
+    id_column: ClassVar[str]
+    prune_column: ClassVar[str]
+    to_row: ClassVar[Callable[..., Row]]
+
+    def __init__(self, client: Client, database: str) -> None:
+        self.client = client
+        self.database = database
+        self.name = f"clickhouse.{self.table}"
+        self._ref = table_ref(database, self.table)
+
+    def open(self) -> None:
+        exists = self.client.execute(f"EXISTS TABLE {self._ref}")
+        if not exists or not exists[0][0]:
+            raise SinkNotReady(
+                f"table {self.database}.{self.table} does not exist: run `prismops migrate` first"
+            )
+
+    def rows(self, batch: Sequence[SinkRecord], ingested_at: dt.datetime) -> list[Row]:
+        row_for = type(self).to_row
+        return [
+            row_for(record.value, kafka_partition=record.partition, kafka_offset=record.offset, ingested_at=ingested_at)
+            for record in batch
+        ]
+
+    def existing_ids(self, rows: Sequence[Row]) -> set[str]:
+        if not rows:
+            return set()
+        prune_values = tuple(sorted({row[self.prune_column] for row in rows}))
+        found = self.client.execute(
+            f"SELECT {self.id_column} FROM {self._ref}"
+            f" WHERE {self.prune_column} IN %(prune_values)s AND {self.id_column} IN {_BATCH_IDS_TABLE}",
+            {"prune_values": prune_values},
+            external_tables=[{
+                "name": _BATCH_IDS_TABLE,
+                "structure": [(self.id_column, "String")],
+                "data": [{self.id_column: row[self.id_column]} for row in rows],
+            }],
+        )
+        return {row_id for (row_id,) in found}
+
+    def write(self, batch: Sequence[SinkRecord]) -> WriteResult:
+        ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        unique, repeats = unique_by(self.rows(batch, ingested_at), self.id_column)
+        stored = self.existing_ids(unique)
+        fresh = [row for row in unique if row[self.id_column] not in stored]
+        if fresh:
+            columns = list(fresh[0])
+            self.client.execute(f"INSERT INTO {self._ref} ({', '.join(columns)}) VALUES", fresh)
+        return WriteResult(rows_written=len(fresh), duplicates_skipped=repeats + len(unique) - len(fresh))
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+class CostLineSink(ClickHouseTableSink):
+    table = "cost_lines"
+    id_column = "line_id"
+    prune_column = "event_date"
+    to_row = staticmethod(cost_line_row)
+
+
+class RoutingDecisionSink(ClickHouseTableSink):
+    table = "routing_decisions"
+    id_column = "decision_id"
+    prune_column = "decided_date"
+    to_row = staticmethod(routing_decision_row)
+
+
+class DeadLetterSink(ClickHouseTableSink):
+    table = "dead_letters"
+    id_column = "letter_id"
+    prune_column = "source_topic"
+    to_row = staticmethod(dead_letter_row)

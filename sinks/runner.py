@@ -1,0 +1,375 @@
+"""Consumes the sink topics in batches and checkpoints each batch in the order `sinks.base.Sink` documents.
+
+One confluent-kafka consumer (auto-commit off) reads every routed topic. A batch is: decode, dead-letter the
+undecodable records (flushed), write each topic's records through its sink, then commit the next offsets
+synchronously. If anything before the commit fails, nothing is committed: the consumer is rewound to the
+batch's first offsets and the batch is retried after a back-off, so a record is never lost, and the sinks'
+idempotent writes make the retry (or a replay after a crash) write no duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from clickhouse_driver import Client
+
+from prismops.settings import Settings
+from sinks.base import Sink, SinkRecord
+from sinks.clickhouse import CostLineSink, DeadLetterSink, RoutingDecisionSink, clickhouse_client
+from streams.codecs import CodecError, codec_for
+from streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+STAGE = "sink.clickhouse"
+DLQ_FLUSH_TIMEOUT_S = 30.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+ASSIGNMENT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Records of `topic` (decoded with its schema) are written by `sink`."""
+
+    topic: TopicSpec
+    sink: Sink
+
+
+@dataclass
+class SinkCounters:
+    batches: int = 0
+    records: int = 0
+    rows_written: int = 0
+    duplicates_skipped: int = 0
+    dead_letters: int = 0
+    unreadable_dead_letters: int = 0
+    failed_batches: int = 0
+    failed_commits: int = 0
+    write_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One committed batch: what it held and what it did, for progress lines and metrics."""
+
+    records: int
+    rows_written: int
+    duplicates_skipped: int
+    dead_letters: int
+    seconds: float
+    next_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+class DeadLetterNotDelivered(RuntimeError):
+    """The DLQ producer could not confirm a dead letter; the batch must not be committed."""
+
+
+def dead_letter_record(
+    *,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    error: CodecError,
+    failed_at: dt.datetime,
+) -> dict[str, Any]:
+    """A prismops.dlq.v1 record for an undecodable message, carrying its original bytes untouched.
+
+    Avro maps have unique keys: of repeated header names, the last one's value is kept.
+    """
+    return {
+        "failed_at": failed_at,
+        "stage": stage,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "error_field": error.field,
+        "error_rule": error.rule,
+        "error_message": error.message,
+        "original_key": key,
+        "original_value": value,
+        "original_headers": {name: header_value or b"" for name, header_value in headers or []},
+    }
+
+
+def next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset to commit: one past the last message of the batch."""
+    offsets: dict[tuple[str, int], int] = {}
+    for message in messages:
+        position = (message.topic(), message.partition())
+        offsets[position] = max(offsets.get(position, 0), message.offset() + 1)
+    return offsets
+
+
+def first_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the batch's first offset, where a retry starts again."""
+    offsets: dict[tuple[str, int], int] = {}
+    for message in messages:
+        position = (message.topic(), message.partition())
+        offsets[position] = min(offsets.get(position, message.offset()), message.offset())
+    return offsets
+
+
+def default_routes(settings: Settings, client: Client | None = None) -> list[Route]:
+    """Cost lines, routing decisions and dead letters into their tables, through one ClickHouse connection."""
+    client = client or clickhouse_client(settings)
+    database = settings.clickhouse.database
+    return [
+        Route(COST_LINES, CostLineSink(client, database)),
+        Route(ROUTING_DECISIONS, RoutingDecisionSink(client, database)),
+        Route(DEAD_LETTERS, DeadLetterSink(client, database)),
+    ]
+
+
+class SinkRunner:
+    """Runs routes (topic → sink) with one consumer in group `settings.sink.group_id`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: Sequence[Route],
+        *,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        stage: str = STAGE,
+    ) -> None:
+        if not routes:
+            raise ValueError("a SinkRunner needs at least one route")
+        self.settings = settings
+        self.stage = stage
+        self.on_batch = on_batch
+        self.counters = SinkCounters()
+        self._routes: dict[str, Route] = {route.topic.name(settings): route for route in routes}
+        self._dlq_topic = DEAD_LETTERS.name(settings)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._assigned_at: float | None = None
+        self._failures_in_row = 0
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._routes)
+
+    def run(self, stop_event: threading.Event) -> SinkCounters:
+        """Consume and write until `stop_event` is set; then leave the group (nothing uncommitted is lost)."""
+        return self._run(stop_event, lambda: False)
+
+    def run_until_idle(self, idle_s: float, *, max_s: float | None = None) -> SinkCounters:
+        """Consume until no record arrived for `idle_s` after the partitions were assigned (tests, demo).
+
+        `max_s` bounds the whole run; a consumer that gets no partitions within a minute raises.
+        """
+        started = time.monotonic()
+        last_activity: list[float] = []
+
+        def idle() -> bool:
+            now = time.monotonic()
+            if max_s is not None and now - started >= max_s:
+                return True
+            if self._assigned_at is None:
+                if now - started > ASSIGNMENT_TIMEOUT_S:
+                    raise TimeoutError(f"no partitions of {', '.join(self.topics)} assigned within {ASSIGNMENT_TIMEOUT_S:.0f}s")
+                return False
+            return now - max([self._assigned_at, *last_activity]) >= idle_s
+
+        return self._run(threading.Event(), idle, last_activity)
+
+    def close(self) -> None:
+        """Flush the DLQ producer and close the sinks."""
+        if self._producer is not None:
+            self._producer.flush(DLQ_FLUSH_TIMEOUT_S)
+            self._producer = None
+        for route in self._routes.values():
+            route.sink.close()
+
+    def __enter__(self) -> "SinkRunner":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, stop_event: threading.Event, idle: Callable[[], bool], activity: list[float] | None = None) -> SinkCounters:
+        for route in self._routes.values():
+            route.sink.open()
+        self._consumer = self._new_consumer()
+        try:
+            while not stop_event.is_set() and not idle():
+                if self._step(stop_event) and activity is not None:
+                    activity[:] = [time.monotonic()]
+        finally:
+            self._consumer.close()
+            self._consumer = None
+            self._assigned_at = None
+        return self.counters
+
+    def _new_consumer(self) -> Consumer:
+        consumer = Consumer({
+            **self.settings.kafka_client_config(),
+            "group.id": self.settings.sink.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "client.id": f"prismops-{self.stage}",
+        })
+        consumer.subscribe(self.topics, on_assign=self._on_assign)
+        return consumer
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned_at = time.monotonic()
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
+
+    def _dlq_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer({
+                **self.settings.kafka_client_config(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "client.id": f"prismops-{self.stage}-dlq",
+            })
+        return self._producer
+
+    def _step(self, stop_event: threading.Event) -> int:
+        """One batch; returns how many records it held (0 when the poll timed out empty)."""
+        assert self._consumer is not None
+        polled = self._consumer.consume(
+            num_messages=self.settings.sink.batch_max_rows, timeout=self.settings.sink.batch_max_wait_s,
+        )
+        messages = []
+        for message in polled:
+            error = message.error()
+            if error is None:
+                messages.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", error)
+        if not messages:
+            return 0
+        try:
+            report = self._process(messages)
+        except Exception:
+            self.counters.failed_batches += 1
+            self._failures_in_row += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures_in_row - 1))
+            log.exception("batch of %d records failed; nothing committed, retrying in %.1fs", len(messages), delay)
+            self._rewind(first_offsets(messages))
+            stop_event.wait(delay)
+            return len(messages)
+        self._failures_in_row = 0
+        self._commit(report.next_offsets)
+        self.counters.batches += 1
+        self.counters.records += report.records
+        self.counters.rows_written += report.rows_written
+        self.counters.duplicates_skipped += report.duplicates_skipped
+        self.counters.dead_letters += report.dead_letters
+        self.counters.write_seconds += report.seconds
+        if self.on_batch:
+            self.on_batch(report)
+        return len(messages)
+
+    def _process(self, messages: Sequence[Message]) -> BatchReport:
+        started = time.perf_counter()
+        decoded: dict[str, list[SinkRecord]] = {}
+        rejects: list[dict[str, Any]] = []
+        unreadable_dead_letters = 0
+        for message in messages:
+            topic = message.topic()
+            route = self._routes[topic]
+            try:
+                value = codec_for(route.topic.schema).decode(message.value())
+            except CodecError as error:
+                if topic == self._dlq_topic:
+                    unreadable_dead_letters += 1
+                    log.error("unreadable dead letter at %s[%d]@%d, skipped: %s",
+                              topic, message.partition(), message.offset(), error)
+                    continue
+                rejects.append(dead_letter_record(
+                    stage=self.stage, topic=topic, partition=message.partition(), offset=message.offset(),
+                    key=message.key(), value=message.value(), headers=message.headers(), error=error,
+                    failed_at=dt.datetime.now(dt.timezone.utc),
+                ))
+                continue
+            decoded.setdefault(topic, []).append(
+                SinkRecord(topic, message.partition(), message.offset(), message.key(), value)
+            )
+        self._send_dead_letters(rejects)
+        rows_written = duplicates_skipped = 0
+        for topic, records in decoded.items():
+            result = self._routes[topic].sink.write(records)
+            rows_written += result.rows_written
+            duplicates_skipped += result.duplicates_skipped
+        self.counters.unreadable_dead_letters += unreadable_dead_letters
+        offsets: dict[str, dict[int, int]] = {}
+        for (topic, partition), offset in next_offsets(messages).items():
+            offsets.setdefault(topic, {})[partition] = offset
+        return BatchReport(
+            records=len(messages), rows_written=rows_written, duplicates_skipped=duplicates_skipped,
+            dead_letters=len(rejects), seconds=time.perf_counter() - started, next_offsets=offsets,
+        )
+
+    def _send_dead_letters(self, rejects: Sequence[Mapping[str, Any]]) -> None:
+        """Produce and flush; raise unless the broker acknowledged every one (acks=all, idempotent)."""
+        if not rejects:
+            return
+        producer = self._dlq_producer()
+        codec = codec_for(DEAD_LETTERS.schema)
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for record in rejects:
+            producer.produce(
+                self._dlq_topic, key=record["source_topic"].encode(), value=codec.encode(record), on_delivery=delivered,
+            )
+            producer.poll(0)
+        remaining = producer.flush(DLQ_FLUSH_TIMEOUT_S)
+        if remaining or failures:
+            raise DeadLetterNotDelivered(
+                f"{remaining} dead letters unconfirmed after {DLQ_FLUSH_TIMEOUT_S:.0f}s, {len(failures)} failed"
+                + (f": {failures[0]}" if failures else "")
+            )
+        for record in rejects:
+            log.warning("dead-lettered %s[%d]@%d: %s %s", record["source_topic"], record["source_partition"],
+                        record["source_offset"], record["error_rule"], record["error_message"])
+
+    def _commit(self, offsets: Mapping[str, Mapping[int, int]]) -> None:
+        """Synchronous commit. A failed commit (e.g. the partitions moved in a rebalance) loses nothing: the
+        rows are stored, and whoever replays the batch finds them and skips them."""
+        assert self._consumer is not None
+        partitions = [
+            TopicPartition(topic, partition, offset)
+            for topic, by_partition in offsets.items() for partition, offset in by_partition.items()
+        ]
+        try:
+            self._consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as exc:
+            self.counters.failed_commits += 1
+            log.warning("commit failed (rows are stored; a replay will skip them): %s", exc)
+
+    def _rewind(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Seek back to the failed batch's first offsets; if the partitions moved, start a fresh consumer,
+        which resumes from the committed offsets (the batch was not committed, so it is read again)."""
+        assert self._consumer is not None
+        try:
+            for (topic, partition), offset in offsets.items():
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.warning("rewind by seek failed (%s); re-joining the group", exc)
+            self._consumer.close()
+            self._assigned_at = None
+            self._consumer = self._new_consumer()

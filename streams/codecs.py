@@ -1,0 +1,251 @@
+"""Wire formats for topic values: Avro single-object encoding (the default) and plain JSON (accepted on input).
+
+Single-object encoding (Avro spec): 0xC3 0x01, the 8-byte little-endian CRC-64-AVRO fingerprint of the
+writer schema's Parsing Canonical Form, then the Avro binary body. The fingerprint tells the reader which
+version of the schema wrote the bytes, so data written with any shipped version is resolved to the newest.
+
+JSON input is a plain object (not Avro's JSON encoding): timestamps as ISO-8601 strings or epoch
+microseconds, money as decimal strings or numbers (parsed exactly), enums as their symbol, unions as the
+bare value. Every failure raises `CodecError` naming the field and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+import schemas
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+_HEADER_LEN = 10
+
+
+class CodecError(ValueError):
+    """A value that cannot be decoded or encoded; `field` and `rule` say which and why."""
+
+    def __init__(self, field: str | None, rule: str, message: str):
+        super().__init__(f"{field}: {message} [{rule}]" if field else f"{message} [{rule}]")
+        self.field = field
+        self.rule = rule
+        self.message = message
+
+
+def schema_fingerprint(parsed_schema: Any) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form, in the little-endian byte order the spec puts on the wire."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed_schema), "CRC-64-AVRO"))
+
+
+class AvroCodec:
+    """Encodes and decodes one schema's records; reads every shipped version, writes the newest."""
+
+    def __init__(self, schema_name: str):
+        self.schema_name = schema_name
+        self.reader = schemas.latest(schema_name)
+        self._reader_schema = self.reader.parsed
+        self._fingerprint = schema_fingerprint(self._reader_schema)
+        self._writers = {schema_fingerprint(v.parsed): v for v in schemas.versions(schema_name)}
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self._fingerprint
+
+    def encode(self, record: Mapping[str, Any], *, version: int | None = None) -> bytes:
+        """Single-object bytes; `version` writes with an older schema (used to prove evolution)."""
+        writer = schemas.get(self.schema_name, version) if version else self.reader
+        value = coerce(writer.definition, record, path="")
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, writer.parsed, value)
+        return SINGLE_OBJECT_MAGIC + schema_fingerprint(writer.parsed) + body.getvalue()
+
+    def encode_json(self, record: Mapping[str, Any]) -> bytes:
+        value = coerce(self.reader.definition, record, path="")
+        return json.dumps(_to_json(value), separators=(",", ":")).encode()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if not data:
+            raise CodecError(None, "non_empty", "message value is empty")
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            return self._decode_single_object(data)
+        if data.lstrip()[:1] == b"{":
+            return self.decode_json(data)
+        raise CodecError(None, "wire_format", "value is neither Avro single-object (0xC3 0x01 header) nor a JSON object")
+
+    def _decode_single_object(self, data: bytes) -> dict[str, Any]:
+        if len(data) < _HEADER_LEN:
+            raise CodecError(None, "avro_decode", "truncated single-object header")
+        writer = self._writers.get(data[2:_HEADER_LEN])
+        if writer is None:
+            raise CodecError(
+                None, "unknown_schema",
+                f"fingerprint {data[2:_HEADER_LEN].hex()} matches no version of schema {self.schema_name!r}",
+            )
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer.parsed, self._reader_schema)
+        except Exception as exc:  # fastavro raises many types for corrupt bodies
+            raise CodecError(None, "avro_decode", f"corrupt Avro body: {exc}") from exc
+
+    def decode_json(self, data: bytes) -> dict[str, Any]:
+        try:
+            document = json.loads(data, parse_float=decimal.Decimal)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CodecError(None, "json_decode", f"invalid JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise CodecError(None, "json_decode", "JSON value must be an object")
+        return coerce(self.reader.definition, document, path="")
+
+
+_PRIMITIVE_CHECKS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "boolean": (bool,),
+    "bytes": (bytes,),
+    "double": (int, float, decimal.Decimal),
+    "float": (int, float, decimal.Decimal),
+}
+
+
+def coerce(schema: Any, value: Any, path: str) -> Any:
+    """Turn a plain Python/JSON value into what fastavro writes for `schema`, or raise CodecError."""
+    if isinstance(schema, list):
+        return _coerce_union(schema, value, path)
+    if isinstance(schema, str):
+        return _coerce_primitive(schema, value, path)
+    kind = schema["type"]
+    logical = schema.get("logicalType")
+    if logical == "timestamp-micros":
+        return _coerce_timestamp(value, path)
+    if logical == "decimal":
+        return _coerce_decimal(schema, value, path)
+    if kind == "record":
+        if not isinstance(value, Mapping):
+            raise CodecError(path or None, "type", f"expected an object, got {type(value).__name__}")
+        out = {}
+        for field in schema["fields"]:
+            name = field["name"]
+            field_path = f"{path}.{name}" if path else name
+            if name in value and value[name] is not None:
+                out[name] = coerce(field["type"], value[name], field_path)
+            elif "default" in field:
+                out[name] = field["default"] if name not in value else coerce(field["type"], None, field_path)
+            else:
+                raise CodecError(field_path, "required", "is required")
+        return out
+    if kind == "enum":
+        if value not in schema["symbols"]:
+            raise CodecError(path, "enum", f"{value!r} is not one of {', '.join(schema['symbols'])}")
+        return value
+    if kind == "map":
+        if not isinstance(value, Mapping):
+            raise CodecError(path, "type", "expected an object of string keys")
+        return {str(k): coerce(schema["values"], v, f"{path}.{k}") for k, v in value.items()}
+    if kind == "array":
+        if not isinstance(value, (list, tuple)):
+            raise CodecError(path, "type", "expected an array")
+        return [coerce(schema["items"], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return coerce(kind, value, path)
+
+
+def _coerce_union(branches: list[Any], value: Any, path: str) -> Any:
+    if value is None:
+        if "null" in branches:
+            return None
+        raise CodecError(path, "required", "must not be null")
+    errors = []
+    for branch in branches:
+        if branch == "null":
+            continue
+        try:
+            return coerce(branch, value, path)
+        except CodecError as exc:
+            errors.append(exc)
+    raise errors[0] if errors else CodecError(path, "type", "no union branch accepts the value")
+
+
+def _coerce_primitive(kind: str, value: Any, path: str) -> Any:
+    if kind == "null":
+        if value is not None:
+            raise CodecError(path, "type", "must be null")
+        return None
+    if kind in ("int", "long"):
+        if isinstance(value, bool) or not isinstance(value, (int, decimal.Decimal)):
+            raise CodecError(path, "type", f"expected an integer, got {type(value).__name__}")
+        if isinstance(value, decimal.Decimal):
+            if value != value.to_integral_value():
+                raise CodecError(path, "type", f"expected an integer, got {value}")
+            value = int(value)
+        bits = 31 if kind == "int" else 63
+        if not -(2**bits) <= value < 2**bits:
+            raise CodecError(path, "range", f"{value} does not fit an Avro {kind}")
+        return value
+    accepted = _PRIMITIVE_CHECKS.get(kind)
+    if accepted is None:
+        raise CodecError(path, "schema", f"unsupported Avro type {kind}")
+    if not isinstance(value, accepted) or (kind != "boolean" and isinstance(value, bool)):
+        raise CodecError(path, "type", f"expected {kind}, got {type(value).__name__}")
+    if kind in ("double", "float"):
+        return float(value)
+    return value
+
+
+def _coerce_timestamp(value: Any, path: str) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=value)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CodecError(path, "timestamp", f"{value!r} is not an ISO-8601 timestamp") from exc
+    else:
+        raise CodecError(path, "timestamp", f"expected an ISO-8601 string or epoch microseconds, got {type(value).__name__}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _coerce_decimal(schema: Mapping[str, Any], value: Any, path: str) -> decimal.Decimal:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise CodecError(path, "decimal", "money and quantities must be exact: send a decimal string, not a float")
+    try:
+        number = decimal.Decimal(value) if isinstance(value, (str, int)) else value
+    except decimal.InvalidOperation as exc:
+        raise CodecError(path, "decimal", f"{value!r} is not a decimal number") from exc
+    if not isinstance(number, decimal.Decimal) or not number.is_finite():
+        raise CodecError(path, "decimal", f"{value!r} is not a finite decimal number")
+    scale, precision = schema.get("scale", 0), schema["precision"]
+    quantum = decimal.Decimal(1).scaleb(-scale)
+    exact = number.quantize(quantum, context=decimal.Context(prec=precision + 2))
+    if exact != number:
+        raise CodecError(path, "decimal_scale", f"{number} has more than {scale} decimal places")
+    if len(exact.as_tuple().digits) > precision:
+        raise CodecError(path, "decimal_precision", f"{number} has more than {precision} digits")
+    return exact
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, Mapping):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+_codecs: dict[str, AvroCodec] = {}
+
+
+def codec_for(schema_name: str) -> AvroCodec:
+    """Process-wide cache: building a codec parses every version of the schema."""
+    if schema_name not in _codecs:
+        _codecs[schema_name] = AvroCodec(schema_name)
+    return _codecs[schema_name]

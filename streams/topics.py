@@ -1,0 +1,81 @@
+"""The one registry of PrismOps topics: name, value schema, partitioning and retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from prismops.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    base_name: str
+    schema: str
+    key: str
+    doc: str
+    compacted: bool = False
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+    def name(self, settings: Settings) -> str:
+        return f"{settings.kafka.topic_namespace}{self.base_name}"
+
+
+LLM_USAGE = TopicSpec("usage.llm.v1", "llm_usage_event", "tenant", "one LLM call, from services via the SDK")
+GPU_USAGE = TopicSpec("usage.gpu.v1", "gpu_usage_event", "cluster/node", "GPU use per workload per window")
+CLOUD_BILLING = TopicSpec("billing.cloud.v1", "cloud_cost_line", "BillingAccountId", "FOCUS cost-and-usage rows")
+COST_LINES = TopicSpec("cost.lines.v1", "cost_line", "tenant", "priced, tagged cost lines from every source")
+MODEL_OBSERVATIONS = TopicSpec(
+    "prismops.model-observations.v1", "model_observation", "provider/model",
+    "validated LLM calls repartitioned by model for the live table",
+)
+ROUTING_TABLES = TopicSpec(
+    "routing.tables.v1", "model_live_stats", "provider/model", "live per-model latency/error/cost rows",
+    compacted=True, partitions=1,
+    config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
+)
+ROUTING_DECISIONS = TopicSpec("routing.decisions.v1", "routing_decision", "tenant", "every Decide answer with its reasons")
+DEAD_LETTERS = TopicSpec("prismops.dlq.v1", "dead_letter", "source topic", "rejected input with reason and original bytes")
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, MODEL_OBSERVATIONS, ROUTING_TABLES, ROUTING_DECISIONS, DEAD_LETTERS,
+)
+
+
+def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics are left as they are."""
+    admin = AdminClient(settings.kafka_client_config())
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(
+            spec.name(settings),
+            num_partitions=spec.partitions or settings.kafka.default_partitions,
+            replication_factor=settings.kafka.replication_factor,
+            config=dict(spec.config),
+        )
+        for spec in specs
+        if spec.name(settings) not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
+
+
+def delete_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout_s: float = 30.0) -> None:
+    admin = AdminClient(settings.kafka_client_config())
+    names = [spec.name(settings) for spec in specs]
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    doomed = [n for n in names if n in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=timeout_s).values():
+            future.result()

@@ -1,0 +1,170 @@
+"""Record → row mapping for the ClickHouse tables: exact decimals, maps as arrays, UTC dates, idempotency keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sinks.clickhouse import (
+    cost_line_row, dead_letter_id, dead_letter_row, map_to_arrays, routing_decision_row, unique_by,
+)
+from sinks.runner import dead_letter_record
+from streams.codecs import CodecError, codec_for
+
+INGESTED_AT = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+POSITION = {"kafka_partition": 3, "kafka_offset": 41, "ingested_at": INGESTED_AT}
+
+
+def cost_line(**overrides):
+    value = {
+        "line_id": "llm:evt-1", "source": "llm", "source_event_id": "evt-1",
+        "event_time": "2024-01-31T23:30:00-02:00", "tenant": "acme", "team": "search", "product": "assist",
+        "service": "chat-api", "feature": "answer", "customer": "cust-9", "environment": "prod",
+        "provider": "openai", "model": "gpt-4o", "region": None, "input_tokens": 1200, "output_tokens": 300,
+        "cached_input_tokens": 200, "reasoning_tokens": 0, "usage_quantity": "1500",
+        "usage_unit": "token", "cost_usd": "0.004512345678", "priced": True, "price_version": "2024-01",
+        "status": "ok", "tag_source": {"team": "explicit", "product": "inferred", "customer": "default"},
+        "labels": {"z": "last", "a": "first"},
+    }
+    value.update(overrides)
+    codec = codec_for("cost_line")
+    return codec.decode(codec.encode(value))
+
+
+def test_cost_line_row_keeps_every_field_and_its_kafka_position():
+    row = cost_line_row(cost_line(), **POSITION)
+    assert row["line_id"] == "llm:evt-1"
+    assert row["source"] == "llm"
+    assert (row["tenant"], row["team"], row["product"], row["service"], row["feature"]) == (
+        "acme", "search", "assist", "chat-api", "answer"
+    )
+    assert row["customer"] == "cust-9" and row["region"] is None
+    assert (row["input_tokens"], row["output_tokens"], row["cached_input_tokens"], row["reasoning_tokens"]) == (
+        1200, 300, 200, 0
+    )
+    assert row["priced"] == 1 and row["price_version"] == "2024-01" and row["status"] == "ok"
+    assert (row["kafka_partition"], row["kafka_offset"], row["ingested_at"]) == (3, 41, INGESTED_AT)
+
+
+def test_cost_line_row_has_a_column_for_every_schema_field():
+    row = cost_line_row(cost_line(), **POSITION)
+    for field in codec_for("cost_line").reader.definition["fields"]:
+        name = field["name"]
+        if name == "tag_source":
+            assert {"tag_source_keys", "tag_source_values"} <= row.keys()
+        elif name == "labels":
+            assert {"label_keys", "label_values"} <= row.keys()
+        else:
+            assert name in row, name
+
+
+def test_money_and_quantities_stay_exact_decimals():
+    row = cost_line_row(cost_line(cost_usd="12345678901234567890123456.000000000001", usage_quantity="0.1"), **POSITION)
+    assert row["cost_usd"] == Decimal("12345678901234567890123456.000000000001")
+    assert isinstance(row["cost_usd"], Decimal) and isinstance(row["usage_quantity"], Decimal)
+    assert row["usage_quantity"] == Decimal("0.1")
+
+
+@given(st.decimals(min_value=0, max_value=Decimal("1e20"), places=12, allow_nan=False, allow_infinity=False))
+def test_any_12_place_cost_maps_unchanged(cost):
+    assert cost_line_row(cost_line(cost_usd=cost), **POSITION)["cost_usd"] == cost
+
+
+def test_maps_become_parallel_arrays_sorted_by_key():
+    row = cost_line_row(cost_line(), **POSITION)
+    assert row["tag_source_keys"] == ["customer", "product", "team"]
+    assert row["tag_source_values"] == ["default", "inferred", "explicit"]
+    assert row["label_keys"] == ["a", "z"] and row["label_values"] == ["first", "last"]
+    assert map_to_arrays({}) == ([], [])
+
+
+def test_event_date_is_the_utc_date_of_event_time():
+    row = cost_line_row(cost_line(event_time="2024-01-31T23:30:00-02:00"), **POSITION)
+    assert row["event_time"] == dt.datetime(2024, 2, 1, 1, 30, tzinfo=dt.timezone.utc)
+    assert row["event_date"] == dt.date(2024, 2, 1)
+    east = cost_line_row(cost_line(event_time="2024-02-01T00:30:00+05:00"), **POSITION)
+    assert east["event_date"] == dt.date(2024, 1, 31)
+
+
+def test_naive_times_are_taken_as_utc():
+    value = dict(cost_line(), event_time=dt.datetime(2024, 5, 5, 23, 59, 59))
+    row = cost_line_row(value, **POSITION)
+    assert row["event_time"].utcoffset() == dt.timedelta(0) and row["event_date"] == dt.date(2024, 5, 5)
+
+
+def routing_decision():
+    codec = codec_for("routing_decision")
+    return codec.decode(codec.encode({
+        "decision_id": "dec-1", "decided_at": "2024-06-30T23:59:59.999999Z", "tenant": "acme",
+        "service": "chat-api", "feature": "answer", "latency_slo_ms": 2500.0,
+        "chosen_provider": "anthropic", "chosen_model": "claude-haiku", "reason_code": "cheapest_within_slo",
+        "reason": "cheapest model with p95 under the SLO",
+        "candidates": [
+            {"provider": "anthropic", "model": "claude-haiku", "p95_latency_ms": 900.0, "error_rate": 0.01,
+             "estimated_cost_usd": "0.000250000001", "eligible": True, "verdict": "chosen"},
+            {"provider": "openai", "model": "gpt-4o", "p95_latency_ms": None, "error_rate": None,
+             "estimated_cost_usd": None, "eligible": False, "verdict": "no_live_data"},
+        ],
+    }))
+
+
+def test_routing_decision_candidates_become_parallel_arrays():
+    row = routing_decision_row(routing_decision(), **POSITION)
+    assert row["decision_id"] == "dec-1" and row["decided_date"] == dt.date(2024, 6, 30)
+    assert row["chosen_provider"] == "anthropic" and row["request_id"] is None
+    assert row["candidate_provider"] == ["anthropic", "openai"]
+    assert row["candidate_model"] == ["claude-haiku", "gpt-4o"]
+    assert row["candidate_p95_latency_ms"] == [900.0, None]
+    assert row["candidate_error_rate"] == [0.01, None]
+    assert row["candidate_estimated_cost_usd"] == [Decimal("0.000250000001"), None]
+    assert row["candidate_eligible"] == [1, 0]
+    assert row["candidate_verdict"] == ["chosen", "no_live_data"]
+
+
+def test_dead_letter_record_carries_the_original_bytes_and_the_codec_reason():
+    failed_at = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    record = dead_letter_record(
+        stage="sink.clickhouse", topic="cost.lines.v1", partition=2, offset=17, key=b"acme",
+        value=b"\xc3\x01garbage\xff", headers=[("trace", b"\x00\x01"), ("empty", None)],
+        error=CodecError("cost_usd", "decimal_scale", "too many places"), failed_at=failed_at,
+    )
+    codec = codec_for("dead_letter")
+    decoded = codec.decode(codec.encode(record))
+    assert decoded["original_value"] == b"\xc3\x01garbage\xff" and decoded["original_key"] == b"acme"
+    assert decoded["original_headers"] == {"trace": b"\x00\x01", "empty": b""}
+    assert (decoded["error_field"], decoded["error_rule"], decoded["error_message"]) == (
+        "cost_usd", "decimal_scale", "too many places"
+    )
+    assert (decoded["source_topic"], decoded["source_partition"], decoded["source_offset"]) == ("cost.lines.v1", 2, 17)
+
+    row = dead_letter_row(decoded, **POSITION)
+    assert row["letter_id"] == "sink.clickhouse/cost.lines.v1/2/17" == dead_letter_id(decoded)
+    assert row["original_value"] == b"\xc3\x01garbage\xff"
+    assert row["original_header_keys"] == ["empty", "trace"]
+    assert row["original_header_values"] == [b"", b"\x00\x01"]
+    assert row["failed_date"] == dt.date(2024, 1, 1)
+
+
+def test_the_same_reject_replayed_has_the_same_letter_id():
+    base = {"stage": "worker.price", "source_topic": "usage.llm.v1", "source_partition": 0, "source_offset": 5}
+    assert dead_letter_id(base) == dead_letter_id(dict(base))
+    assert dead_letter_id(base) != dead_letter_id(dict(base, source_offset=6))
+    assert dead_letter_id(base) != dead_letter_id(dict(base, stage="sink.clickhouse"))
+
+
+def test_unique_by_keeps_the_first_row_of_each_id():
+    rows = [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "a", "n": 3}, {"id": "a", "n": 4}]
+    unique, repeats = unique_by(rows, "id")
+    assert unique == [{"id": "a", "n": 1}, {"id": "b", "n": 2}] and repeats == 2
+
+
+@pytest.mark.parametrize("missing", ["line_id", "cost_usd", "tag_source"])
+def test_a_record_missing_a_required_field_is_an_error_not_a_default(missing):
+    value = dict(cost_line())
+    del value[missing]
+    with pytest.raises(KeyError):
+        cost_line_row(value, **POSITION)
