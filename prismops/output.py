@@ -19,8 +19,9 @@ FORMAT_OPTION = click.option(
     help="table for people, json for scripts",
 )
 
-stdout_console = Console()
-stderr_console = Console(stderr=True)
+# Piped output is not cut to 80 columns: scripts get whole lines (or use --format json).
+stdout_console = Console(width=None if sys.stdout.isatty() else 160)
+stderr_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -142,3 +142,13 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+
+
+def settings_as_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that recreate `settings` in a child process."""
+    env: dict[str, str] = {}
+    for section, values in settings.model_dump(mode="json").items():
+        for name, value in values.items():
+            if value is not None:
+                env[f"PRISMOPS_{section.upper()}__{name.upper()}"] = str(value)
+    return env

@@ -240,7 +240,11 @@ class ClickHouseTableSink(Sink):
         fresh = [row for row in unique if row[self.id_column] not in stored]
         if fresh:
             columns = list(fresh[0])
-            self.client.execute(f"INSERT INTO {self._ref} ({', '.join(columns)}) VALUES", fresh)
+            self.client.execute(
+                f"INSERT INTO {self._ref} ({', '.join(columns)}) VALUES",
+                [[row[column] for row in fresh] for column in columns],
+                columnar=True,
+            )
         return WriteResult(rows_written=len(fresh), duplicates_skipped=repeats + len(unique) - len(fresh))
 
     def close(self) -> None:

@@ -51,6 +51,7 @@ class AvroCodec:
         self._reader_schema = self.reader.parsed
         self._fingerprint = schema_fingerprint(self._reader_schema)
         self._writers = {schema_fingerprint(v.parsed): v for v in schemas.versions(schema_name)}
+        self._fingerprint_of = {v.version: fp for fp, v in self._writers.items()}
 
     @property
     def fingerprint(self) -> bytes:
@@ -62,7 +63,7 @@ class AvroCodec:
         value = coerce(writer.definition, record, path="")
         body = io.BytesIO()
         fastavro.schemaless_writer(body, writer.parsed, value)
-        return SINGLE_OBJECT_MAGIC + schema_fingerprint(writer.parsed) + body.getvalue()
+        return SINGLE_OBJECT_MAGIC + self._fingerprint_of[writer.version] + body.getvalue()
 
     def encode_json(self, record: Mapping[str, Any]) -> bytes:
         value = coerce(self.reader.definition, record, path="")

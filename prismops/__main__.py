@@ -1,0 +1,3 @@
+from prismops.cli import main
+
+main()

@@ -1,0 +1,157 @@
+"""`prismops demo`: the whole path on the local stack, from a service's SDK call to ClickHouse and the router.
+
+Steps: stack up → topics + migrations → worker, sink and gateway as child processes → simulated traffic →
+wait until every event is a row in ClickHouse → spend by tenant and model → a few routing decisions →
+stop the children (and the stack, if the demo started it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway_grpc.client import RouterClient
+from infra.stack import LocalStack
+from prismops.processes import Components
+from prismops.settings import Settings
+from sinks.clickhouse import clickhouse_client
+from sinks.migrations import apply_migrations
+from sinks.reports import count_cost_lines, spend_by_tenant_and_model
+from streams.producer import UsageProducer
+from streams.simulation import TrafficGenerator, simulate
+from streams.topics import delete_topics, ensure_topics
+
+Progress = Callable[[str], None]
+
+ROUTING_SCENARIOS: tuple[dict[str, Any], ...] = (
+    {"tenant": "acme", "service": "support-bot", "feature": "answer", "latency_slo_ms": 1500,
+     "allowed": [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4"), ("openai", "gpt-4o")]},
+    {"tenant": "globex", "service": "search", "feature": "rerank", "latency_slo_ms": 600,
+     "allowed": [("openai", "gpt-4o-mini"), ("google", "gemini-2.0-flash")]},
+    {"tenant": "initech", "service": "doc-summarizer", "feature": "summarize", "latency_slo_ms": 2500,
+     "allowed": [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4")]},
+    {"tenant": "hooli", "service": "code-assist", "feature": "complete", "latency_slo_ms": 300,
+     "allowed": [("local", "llama-3.1-8b"), ("local", "mistral-7b"), ("openai", "gpt-4o")]},
+    {"tenant": "umbrella", "service": "support-bot", "feature": "triage", "latency_slo_ms": 100,
+     "allowed": [("openai", "gpt-4o-mini"), ("google", "gemini-2.0-flash")]},
+)
+
+
+@dataclass
+class DemoReport:
+    events: int
+    produce_seconds: float
+    end_to_end_seconds: float
+    spend: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    database: str
+    logs: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def produce_events_per_s(self) -> float:
+        return self.events / self.produce_seconds
+
+    @property
+    def end_to_end_events_per_s(self) -> float:
+        return self.events / self.end_to_end_seconds
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo runs in its own topic namespace and ClickHouse database, so it never mixes with real data."""
+    run = uuid.uuid4().hex[:6]
+    return settings.with_overrides(
+        kafka={"topic_namespace": f"demo-{run}."},
+        clickhouse={"database": "prismops_demo"},
+        sink={"group_id": f"prismops-demo-sink-{run}"},
+        worker={"app_id": f"prismops-demo-worker-{run}", "live_publish_interval_s": 0.5},
+    )
+
+
+def wait_for_rows(settings: Settings, expected: int, components: Components, timeout_s: float) -> float:
+    """Poll ClickHouse until `expected` cost lines are stored; return when that happened (perf_counter)."""
+    client = clickhouse_client(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            components.check_alive()
+            if count_cost_lines(client, settings.clickhouse.database) >= expected:
+                return time.perf_counter()
+            time.sleep(0.25)
+    finally:
+        client.disconnect()
+    raise TimeoutError(f"fewer than {expected} cost lines reached ClickHouse within {timeout_s:.0f}s")
+
+
+def routing_decisions(target: str) -> list[dict[str, Any]]:
+    rows = []
+    with RouterClient(target) as client:
+        for scenario in ROUTING_SCENARIOS:
+            answer = client.decide(
+                scenario["tenant"], scenario["service"], scenario["feature"], scenario["allowed"],
+                latency_slo_ms=scenario["latency_slo_ms"], expected_input_tokens=1000, expected_output_tokens=300,
+            )
+            rows.append({
+                "tenant": scenario["tenant"],
+                "feature": f"{scenario['service']}/{scenario['feature']}",
+                "slo_p95_ms": scenario["latency_slo_ms"],
+                "chosen": f"{answer.model.provider}/{answer.model.model}",
+                "reason_code": answer.reason_code,
+                "reason": answer.reason,
+            })
+    return rows
+
+
+def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool = False, timeout_s: float = 600) -> DemoReport:
+    stack = LocalStack(base)
+    already_running = all(s.state != "stopped" for s in stack.status())
+    progress("bringing the stack up (Kafka, ClickHouse)…")
+    stack.up(progress)
+    settings = demo_settings(base)
+    logs = Path(base.stack.home).resolve() / "logs" / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        ensure_topics(settings)
+        client = clickhouse_client(settings, database="")
+        client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        client.disconnect()
+        apply_migrations(settings)
+        with Components(settings, logs) as components:
+            progress(f"starting worker, sink and gateway (logs in {logs})…")
+            components.start("worker", "sink", "gateway")
+            target = f"{settings.gateway.host}:{settings.gateway.port}"
+            with RouterClient(target) as router:
+                if not router.wait_ready(60):
+                    components.check_alive()
+                    raise TimeoutError(f"the gateway at {target} did not report SERVING within 60 s")
+            progress(f"simulating {events} LLM calls from 5 tenants through the SDK…")
+            producer = UsageProducer(settings)
+            generator = TrafficGenerator(seed=int(time.time()))
+            started = time.perf_counter()
+            produced = simulate(producer, generator.events(events),
+                                progress=lambda n: progress(f"  produced {n}/{events}") if n % 5000 == 0 else None)
+            progress(f"produced {produced.events} events in {produced.seconds:.1f}s; waiting for ClickHouse…")
+            finished = wait_for_rows(settings, events, components, timeout_s)
+            progress("asking the router…")
+            time.sleep(2 * settings.worker.live_publish_interval_s + 1)
+            decisions = routing_decisions(target)
+            client = clickhouse_client(settings)
+            spend = spend_by_tenant_and_model(client, settings.clickhouse.database)
+            client.disconnect()
+            progress("stopping worker, sink and gateway…")
+        return DemoReport(
+            events=events, produce_seconds=produced.seconds, end_to_end_seconds=finished - started,
+            spend=spend, decisions=decisions, database=settings.clickhouse.database, logs=logs,
+        )
+    finally:
+        try:
+            delete_topics(settings)
+        except Exception as exc:  # cleanup must not hide the real outcome
+            progress(f"could not delete the demo topics: {exc}")
+        if not already_running and not keep_stack:
+            progress("stopping the stack (it was started by the demo)…")
+            stack.down()
