@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import ErrorCodes, ServerException
 
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord, WriteResult
@@ -204,7 +205,12 @@ class ClickHouseTableSink(Sink):
         self._ref = table_ref(database, self.table)
 
     def open(self) -> None:
-        exists = self.client.execute(f"EXISTS TABLE {self._ref}")
+        try:
+            exists = self.client.execute(f"EXISTS TABLE {self._ref}")
+        except ServerException as exc:
+            if exc.code == ErrorCodes.UNKNOWN_DATABASE:
+                raise SinkNotReady(f"database {self.database} does not exist: run `prismops migrate` first") from exc
+            raise
         if not exists or not exists[0][0]:
             raise SinkNotReady(
                 f"table {self.database}.{self.table} does not exist: run `prismops migrate` first"
@@ -240,11 +246,7 @@ class ClickHouseTableSink(Sink):
         fresh = [row for row in unique if row[self.id_column] not in stored]
         if fresh:
             columns = list(fresh[0])
-            self.client.execute(
-                f"INSERT INTO {self._ref} ({', '.join(columns)}) VALUES",
-                [[row[column] for row in fresh] for column in columns],
-                columnar=True,
-            )
+            self.client.execute(f"INSERT INTO {self._ref} ({', '.join(columns)}) VALUES", fresh)
         return WriteResult(rows_written=len(fresh), duplicates_skipped=repeats + len(unique) - len(fresh))
 
     def close(self) -> None:

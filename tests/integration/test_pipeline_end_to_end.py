@@ -1,0 +1,137 @@
+"""The walking skeleton on the real stack: SDK → Kafka → Faust worker → ClickHouse, and bad input → DLQ.
+
+Worker, sink and gateway run as the real `prismops` commands in child processes (see the `pipeline` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from decimal import ROUND_HALF_EVEN, Decimal
+from importlib import resources
+
+import yaml
+from confluent_kafka import Consumer, Producer
+from clickhouse_driver import Client
+
+from streams.codecs import codec_for
+from streams.producer import UsageProducer, new_llm_usage_event
+from streams.simulation import TrafficGenerator
+from streams.topics import DEAD_LETTERS, LLM_USAGE
+
+EVENTS = 10_000
+
+
+def independent_cost(event: dict, prices: dict) -> Decimal:
+    """The cost of one call computed here from the YAML numbers, without agents.pricing."""
+    price = prices[(event["provider"], event["model"])]
+    uncached = event["input_tokens"] - event["cached_input_tokens"]
+    total = (
+        uncached * Decimal(price["input_per_mtok"])
+        + event["cached_input_tokens"] * Decimal(price["cached_input_per_mtok"])
+        + event["output_tokens"] * Decimal(price["output_per_mtok"])
+    ) / Decimal(10**6)
+    return total.quantize(Decimal("1e-12"), rounding=ROUND_HALF_EVEN)
+
+
+def bundled_prices() -> dict:
+    document = yaml.safe_load(resources.files("agents").joinpath("price_table.yaml").read_text())
+    return {(m["provider"], m["model"]): m for m in document["models"]}
+
+
+def clickhouse(settings) -> Client:
+    return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
+
+
+def wait_for(predicate, timeout_s: float, components, what: str):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        components.check_alive()
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost(pipeline):
+    settings, components = pipeline
+    prices = bundled_prices()
+    events = list(TrafficGenerator(seed=2026).events(EVENTS))
+    expected_cost = sum((independent_cost(e, prices) for e in events), Decimal(0))
+    with UsageProducer(settings) as producer:
+        for event in events:
+            producer.record_llm_call(event)
+    assert producer.delivered == EVENTS
+
+    client = clickhouse(settings)
+    count_sql = "SELECT count() FROM cost_lines WHERE source = 'llm'"
+    wait_for(lambda: client.execute(count_sql)[0][0] >= EVENTS, 300, components, f"{EVENTS} cost lines")
+    time.sleep(3)  # anything extra (a duplicate) would arrive now
+
+    (rows, distinct_events, cost), = client.execute(
+        "SELECT count(), uniqExact(source_event_id), sum(cost_usd) FROM cost_lines WHERE source = 'llm'"
+    )
+    assert rows == EVENTS, "every event exactly once: no row missing, none duplicated (count without FINAL)"
+    assert distinct_events == EVENTS
+    stored_ids = {row[0] for row in client.execute("SELECT source_event_id FROM cost_lines")}
+    assert stored_ids == {e["event_id"] for e in events}
+    assert Decimal(cost) == expected_cost
+
+    by_tenant = dict(client.execute("SELECT tenant, sum(cost_usd) FROM cost_lines GROUP BY tenant"))
+    for tenant in {e["tenant"] for e in events}:
+        expected = sum((independent_cost(e, prices) for e in events if e["tenant"] == tenant), Decimal(0))
+        assert Decimal(by_tenant[tenant]) == expected, tenant
+    client.disconnect()
+
+
+def test_malformed_and_invalid_input_goes_to_dlq_and_processing_continues(pipeline):
+    settings, components = pipeline
+    topic = LLM_USAGE.name(settings)
+    garbage = b"\x00\x01not an event at all"
+    negative = new_llm_usage_event(
+        tenant="dlq-tenant", service="search", feature="rerank", environment="prod", provider="openai",
+        model="gpt-4o-mini", input_tokens=-5, output_tokens=10, latency_ms=120, status="ok",
+    )
+    negative_json = json.dumps({**negative, "event_time": negative["event_time"].isoformat()}).encode()
+    good = new_llm_usage_event(
+        tenant="dlq-tenant", service="search", feature="rerank", environment="prod", provider="openai",
+        model="gpt-4o-mini", input_tokens=100, output_tokens=10, latency_ms=120, status="ok",
+    )
+    raw = Producer(settings.kafka_client_config())
+    raw.produce(topic, key=b"dlq-tenant", value=garbage)
+    raw.produce(topic, key=b"dlq-tenant", value=negative_json)
+    raw.produce(topic, key=b"dlq-tenant", value=codec_for("llm_usage_event").encode_json(good))
+    assert raw.flush(30) == 0
+
+    client = clickhouse(settings)
+    wait_for(
+        lambda: client.execute("SELECT count() FROM cost_lines WHERE source_event_id = %(id)s", {"id": good["event_id"]})[0][0],
+        120, components, "the good event after the bad ones",
+    )
+
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"dlq-check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
+    consumer.subscribe([DEAD_LETTERS.name(settings)])
+    letters = []
+    deadline = time.monotonic() + 60
+    while len(letters) < 2 and time.monotonic() < deadline:
+        for message in consumer.consume(10, 1.0):
+            if not message.error():
+                letters.append(codec_for("dead_letter").decode(message.value()))
+    consumer.close()
+
+    by_value = {letter["original_value"]: letter for letter in letters}
+    assert set(by_value) == {garbage, negative_json}, "the DLQ keeps the original bytes"
+    assert by_value[garbage]["error_rule"] == "wire_format"
+    assert by_value[negative_json]["error_field"] == "input_tokens"
+    assert by_value[negative_json]["error_rule"] == "non_negative"
+    assert all(letter["source_topic"] == topic and letter["stage"] == "worker.price_llm_usage" for letter in letters)
+
+    (dlq_rows,), = wait_for(
+        lambda: [r for r in client.execute("SELECT count() FROM dead_letters") if r[0] >= 2], 60, components,
+        "dead letters in ClickHouse",
+    )
+    assert dlq_rows == 2
+    client.disconnect()
