@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from clickhouse_driver import Client
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord
@@ -67,6 +67,7 @@ class BatchReport:
     rows_written: int
     duplicates_skipped: int
     dead_letters: int
+    unreadable_dead_letters: int
     seconds: float
     next_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
 
@@ -181,7 +182,9 @@ class SinkRunner:
                 return True
             if self._assigned_at is None:
                 if now - started > ASSIGNMENT_TIMEOUT_S:
-                    raise TimeoutError(f"no partitions of {', '.join(self.topics)} assigned within {ASSIGNMENT_TIMEOUT_S:.0f}s")
+                    raise TimeoutError(
+                        f"no partitions of {', '.join(self.topics)} assigned within {ASSIGNMENT_TIMEOUT_S:.0f}s"
+                    )
                 return False
             return now - max([self._assigned_at, *last_activity]) >= idle_s
 
@@ -201,7 +204,9 @@ class SinkRunner:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _run(self, stop_event: threading.Event, idle: Callable[[], bool], activity: list[float] | None = None) -> SinkCounters:
+    def _run(
+        self, stop_event: threading.Event, idle: Callable[[], bool], activity: list[float] | None = None,
+    ) -> SinkCounters:
         for route in self._routes.values():
             route.sink.open()
         self._consumer = self._new_consumer()
@@ -275,6 +280,7 @@ class SinkRunner:
         self.counters.rows_written += report.rows_written
         self.counters.duplicates_skipped += report.duplicates_skipped
         self.counters.dead_letters += report.dead_letters
+        self.counters.unreadable_dead_letters += report.unreadable_dead_letters
         self.counters.write_seconds += report.seconds
         if self.on_batch:
             self.on_batch(report)
@@ -311,13 +317,13 @@ class SinkRunner:
             result = self._routes[topic].sink.write(records)
             rows_written += result.rows_written
             duplicates_skipped += result.duplicates_skipped
-        self.counters.unreadable_dead_letters += unreadable_dead_letters
         offsets: dict[str, dict[int, int]] = {}
         for (topic, partition), offset in next_offsets(messages).items():
             offsets.setdefault(topic, {})[partition] = offset
         return BatchReport(
             records=len(messages), rows_written=rows_written, duplicates_skipped=duplicates_skipped,
-            dead_letters=len(rejects), seconds=time.perf_counter() - started, next_offsets=offsets,
+            dead_letters=len(rejects), unreadable_dead_letters=unreadable_dead_letters,
+            seconds=time.perf_counter() - started, next_offsets=offsets,
         )
 
     def _send_dead_letters(self, rejects: Sequence[Mapping[str, Any]]) -> None:

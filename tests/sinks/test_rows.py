@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sinks.clickhouse import (
-    cost_line_row, dead_letter_id, dead_letter_row, map_to_arrays, routing_decision_row, unique_by,
+    cost_line_row,
+    dead_letter_id,
+    dead_letter_row,
+    map_to_arrays,
+    routing_decision_row,
+    unique_by,
 )
 from sinks.runner import dead_letter_record
 from streams.codecs import CodecError, codec_for
