@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import INFRA_DIR, StackPaths, render_clickhouse_config, render_kafka_properties
+from infra.processes import cmdline_matches, port_open, process_alive, read_cmdline, tail
 from prismops.settings import Settings
 
 STOP_TIMEOUT_S = 30.0
-LOG_TAIL_LINES = 20
 JARS_COMPLETE_MARKER = ".complete"
 
 Progress = Callable[[str], None]
@@ -46,50 +45,6 @@ class ServiceStatus:
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_cmdline(pid: int) -> list[str] | None:
-    """argv of a process, or None when it is gone or has none to show (exiting, or just exec'ed)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg] or None
-
-
-def cmdline_matches(actual: Sequence[str] | None, expected_args: Sequence[str]) -> bool:
-    """True when every expected argument appears verbatim in the process's argv."""
-    return bool(actual) and all(arg in actual for arg in expected_args)
-
-
-def process_alive(pid: int) -> bool:
-    """False once the process has exited. Our own child is reaped here, so it does not linger as a zombie;
-    any other process counts as gone once it is a zombie (its exit is under way and cannot be undone)."""
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log, reading only its end (server logs grow to 100 MB)."""
-    try:
-        with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
-            return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def find_or_install(executable: str, debian_package: str, progress: Progress, extra_dirs: Sequence[str] = ()) -> str:
@@ -194,12 +149,15 @@ class LocalServer:
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise StackError(f"{self.title} exited with code {process.returncode} while starting; {self._log_excerpt()}")
+                raise StackError(
+                    f"{self.title} exited with code {process.returncode} while starting; {self._log_excerpt()}"
+                )
             if self.answers(timeout_s=min(5.0, max(0.5, deadline - time.monotonic()))):
                 return
             time.sleep(0.5)
         raise StackError(
-            f"{self.title} did not answer on {self.address} within {self.stack.start_timeout_s:g}s; {self._log_excerpt()}"
+            f"{self.title} did not answer on {self.address} within {self.stack.start_timeout_s:g}s; "
+            f"{self._log_excerpt()}"
         )
 
     def _log_excerpt(self) -> str:
@@ -328,7 +286,9 @@ class ClickHouseServer(LocalServer):
         return [f"--config-file={self.config}"]
 
     def prepare(self, progress: Progress) -> list[str]:
-        binary = find_or_install("clickhouse-server", "clickhouse-server", progress, extra_dirs=["/usr/sbin", "/usr/bin"])
+        binary = find_or_install(
+            "clickhouse-server", "clickhouse-server", progress, extra_dirs=["/usr/sbin", "/usr/bin"]
+        )
         for sub in ("data", "tmp", "user_files", "format_schemas"):
             (self.paths.clickhouse_dir / sub).mkdir(parents=True, exist_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from infra.config import StackPaths, render_clickhouse_config, render_kafka_properties
-from infra.stack import LocalStack, cmdline_matches, process_alive, read_cmdline
+from infra.processes import cmdline_matches, process_alive, read_cmdline
+from infra.stack import LocalStack
 from prismops.commands.stack import command
 from prismops.settings import Settings, StackSettings
 
@@ -41,7 +42,8 @@ def test_paths_are_absolute_and_cache_defaults_under_home(tmp_path, monkeypatch)
 
 
 def test_cache_dir_can_live_outside_home(tmp_path):
-    paths = StackPaths.from_settings(StackSettings(home=tmp_path / "a", cache_dir=tmp_path / "shared", kafka_version="3.8.0"))
+    stack = StackSettings(home=tmp_path / "a", cache_dir=tmp_path / "shared", kafka_version="3.8.0")
+    paths = StackPaths.from_settings(stack)
     assert paths.kafka_libs == tmp_path / "shared" / "kafka-3.8.0" / "libs"
     assert paths.kafka_data == tmp_path / "a" / "kafka" / "data"
 
@@ -103,7 +105,9 @@ def test_read_cmdline_of_this_process_and_of_a_gone_one():
 
 def test_status_of_an_empty_home_is_stopped_and_down_spares_a_foreign_pid(tmp_path):
     stack = LocalStack(Settings(stack=stack_settings(tmp_path)))
-    assert [(s.name, s.state, s.pid) for s in stack.status()] == [("kafka", "stopped", None), ("clickhouse", "stopped", None)]
+    assert [(s.name, s.state, s.pid) for s in stack.status()] == [
+        ("kafka", "stopped", None), ("clickhouse", "stopped", None)
+    ]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "kafka.pid").write_text(f"{os.getpid()}\n")  # a reused pid: alive, but not our broker
     assert stack.status()[0].state == "stopped"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra.stack import LocalStack, port_open
+from infra.processes import port_open
+from infra.stack import LocalStack
 from prismops.commands.stack import command
 from prismops.settings import Settings, StackSettings
 
