@@ -63,8 +63,8 @@ def parse_price_table(document: Mapping[str, Any]) -> PriceTable:
     prices = {}
     for entry in document["models"]:
         price = ModelPrice(
-            provider=entry["provider"].lower(),
-            model=entry["model"].lower(),
+            provider=entry["provider"].strip().lower(),
+            model=entry["model"].strip().lower(),
             input_per_mtok=_decimal(entry, "input_per_mtok"),
             cached_input_per_mtok=_decimal(entry, "cached_input_per_mtok"),
             output_per_mtok=_decimal(entry, "output_per_mtok"),

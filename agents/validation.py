@@ -8,7 +8,10 @@ from typing import Any
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 _REQUIRED_TEXT = ("event_id", "tenant", "service", "feature", "provider", "model")
-_NON_NEGATIVE = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "latency_ms", "prompt_chars")
+_NON_NEGATIVE = (
+    "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "latency_ms", "time_to_first_token_ms",
+    "prompt_chars",
+)
 
 
 class InvalidEvent(ValueError):

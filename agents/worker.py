@@ -50,7 +50,7 @@ def build_worker_app(settings: Settings) -> faust.App:
             headers=[(k, v) for k, v in (msg.headers or [])], field=field, rule=rule, message=message,
         )
         log.warning("dead letter from %s[%s]@%s: %s [%s]", msg.topic, msg.partition, msg.offset, message, rule)
-        await dlq_topic.send(key=msg.topic.encode(), value=dlq_codec.encode(record))
+        await event.send(dlq_topic, key=msg.topic.encode(), value=dlq_codec.encode(record))
 
     @app.agent(usage_topic)
     async def price_llm_usage(stream: faust.StreamT) -> None:
@@ -60,9 +60,9 @@ def build_worker_app(settings: Settings) -> faust.App:
                 await dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message)
                 continue
             line, obs = outcome.cost_line, outcome.observation
-            await cost_topic.send(key=line["tenant"].encode(), value=cost_codec.encode(line))
-            await observations_topic.send(
-                key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)
+            await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line))
+            await event.send(
+                observations_topic, key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)
             )
 
     @app.agent(observations_topic)

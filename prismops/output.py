@@ -27,7 +27,7 @@ stderr_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160
 def to_jsonable(value: Any) -> Any:
     """Decimals become strings so money never passes through a float."""
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        return format(value, "f")
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, Path):

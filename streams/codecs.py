@@ -11,6 +11,7 @@ bare value. Every failure raises `CodecError` naming the field and the rule it b
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import decimal
 import io
@@ -133,7 +134,7 @@ def coerce(schema: Any, value: Any, path: str) -> Any:
             if name in value and value[name] is not None:
                 out[name] = coerce(field["type"], value[name], field_path)
             elif "default" in field:
-                out[name] = field["default"] if name not in value else coerce(field["type"], None, field_path)
+                out[name] = _default(field) if name not in value else coerce(field["type"], None, field_path)
             else:
                 raise CodecError(field_path, "required", "is required")
         return out
@@ -150,6 +151,12 @@ def coerce(schema: Any, value: Any, path: str) -> Any:
             raise CodecError(path, "type", "expected an array")
         return [coerce(schema["items"], v, f"{path}[{i}]") for i, v in enumerate(value)]
     return coerce(kind, value, path)
+
+
+def _default(field: Mapping[str, Any]) -> Any:
+    """A field's default; containers are copied so a caller mutating its record cannot change the schema."""
+    default = field["default"]
+    return copy.deepcopy(default) if isinstance(default, (dict, list)) else default
 
 
 def _coerce_union(branches: list[Any], value: Any, path: str) -> Any:
@@ -184,6 +191,8 @@ def _coerce_primitive(kind: str, value: Any, path: str) -> Any:
         if not -(2**bits) <= value < 2**bits:
             raise CodecError(path, "range", f"{value} does not fit an Avro {kind}")
         return value
+    if kind == "bytes" and isinstance(value, str):
+        return _bytes_from_json(value, path)
     accepted = _PRIMITIVE_CHECKS.get(kind)
     if accepted is None:
         raise CodecError(path, "schema", f"unsupported Avro type {kind}")
@@ -194,11 +203,21 @@ def _coerce_primitive(kind: str, value: Any, path: str) -> Any:
     return value
 
 
+def _bytes_from_json(value: Any, path: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise CodecError(path, "bytes", "a JSON string for bytes may only hold code points 0-255") from exc
+
+
 def _coerce_timestamp(value: Any, path: str) -> dt.datetime:
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, int) and not isinstance(value, bool):
-        return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=value)
+        try:
+            return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=value)
+        except OverflowError as exc:
+            raise CodecError(path, "timestamp", f"{value} epoch microseconds is out of range") from exc
     elif isinstance(value, str):
         try:
             moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -220,7 +239,10 @@ def _coerce_decimal(schema: Mapping[str, Any], value: Any, path: str) -> decimal
         raise CodecError(path, "decimal", f"{value!r} is not a finite decimal number")
     scale, precision = schema.get("scale", 0), schema["precision"]
     quantum = decimal.Decimal(1).scaleb(-scale)
-    exact = number.quantize(quantum, context=decimal.Context(prec=precision + 2))
+    try:
+        exact = number.quantize(quantum, context=decimal.Context(prec=precision + 2))
+    except decimal.InvalidOperation as exc:  # more digits than even the working precision holds
+        raise CodecError(path, "decimal_precision", f"{number} has more than {precision} digits") from exc
     if exact != number:
         raise CodecError(path, "decimal_scale", f"{number} has more than {scale} decimal places")
     if len(exact.as_tuple().digits) > precision:
@@ -230,11 +252,11 @@ def _coerce_decimal(schema: Mapping[str, Any], value: Any, path: str) -> decimal
 
 def _to_json(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        return format(value, "f")
     if isinstance(value, dt.datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, bytes):
-        return value.decode("latin-1")
+        return value.decode("latin-1")  # Avro's JSON encoding: one code point per byte
     if isinstance(value, Mapping):
         return {k: _to_json(v) for k, v in value.items()}
     if isinstance(value, list):

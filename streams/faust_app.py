@@ -2,6 +2,10 @@
 
 Values travel as raw bytes; agents decode them with `streams.codecs` themselves so a bad message can be
 sent to the dead-letter topic with its original bytes instead of being skipped inside Faust.
+
+Agents send their output with `event.send(...)`: with `stream_publish_on_commit` Faust attaches those
+messages to the source offset, publishes them in bulk, and waits for their delivery before it commits
+that offset. Output is therefore never lost on a crash (at-least-once) and the sink dedupes replays.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker.web_port,
         web_bind="127.0.0.1",
         producer_acks=-1,
+        stream_publish_on_commit=True,
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.kafka.default_partitions,
         topic_replication_factor=settings.kafka.replication_factor,

@@ -1,0 +1,70 @@
+"""streams/faust_app.py: the Faust codec wraps the PrismOps single-object codec."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import faust
+import pytest
+
+from streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
+from streams.faust_app import AvroSingleObjectCodec
+
+UTC = dt.timezone.utc
+
+OBSERVATION = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "event_time": dt.datetime(2026, 4, 5, 6, 7, 8, 9, tzinfo=UTC),
+    "latency_ms": 812,
+    "status": "ok",
+    "tokens": 1500,
+    "cost_usd": Decimal("0.00725"),
+    "input_price_per_mtok": Decimal("2.50"),
+    "output_price_per_mtok": None,
+}
+
+
+def test_is_a_faust_codec():
+    assert isinstance(AvroSingleObjectCodec("model_observation"), faust.Codec)
+
+
+def test_dumps_writes_single_object_bytes_and_loads_reads_them_back():
+    codec = AvroSingleObjectCodec("model_observation")
+    data = codec.dumps(OBSERVATION)
+    assert isinstance(data, bytes)
+    assert data[:2] == SINGLE_OBJECT_MAGIC
+    assert data[2:10] == codec_for("model_observation").fingerprint
+    assert codec.loads(data) == OBSERVATION
+
+
+def test_bytes_are_interchangeable_with_the_plain_codec():
+    codec = AvroSingleObjectCodec("model_observation")
+    assert codec.loads(codec_for("model_observation").encode(OBSERVATION)) == OBSERVATION
+    assert codec_for("model_observation").decode(codec.dumps(OBSERVATION)) == OBSERVATION
+
+
+def test_loads_accepts_json_input_too():
+    document = {k: str(v) if isinstance(v, Decimal) else v for k, v in OBSERVATION.items()}
+    document["event_time"] = "2026-04-05T06:07:08.000009Z"
+    assert AvroSingleObjectCodec("model_observation").loads(json.dumps(document).encode()) == OBSERVATION
+
+
+def test_invalid_values_raise_codec_errors():
+    codec = AvroSingleObjectCodec("model_observation")
+    with pytest.raises(CodecError) as info:
+        codec.dumps(OBSERVATION | {"cost_usd": 0.1})
+    assert (info.value.field, info.value.rule) == ("cost_usd", "decimal")
+    with pytest.raises(CodecError) as info:
+        codec.loads(b"garbage")
+    assert info.value.rule == "wire_format"
+
+
+def test_two_codecs_for_different_schemas_do_not_mix():
+    observation_codec = AvroSingleObjectCodec("model_observation")
+    dead_letter_codec = AvroSingleObjectCodec("dead_letter")
+    with pytest.raises(CodecError) as info:
+        dead_letter_codec.loads(observation_codec.dumps(OBSERVATION))
+    assert info.value.rule == "unknown_schema"

@@ -1,0 +1,261 @@
+"""streams/producer.py: safe librdkafka settings, event helpers, validation before sending, trace headers.
+
+No broker: UsageProducer is pointed at 127.0.0.1:1 (construction does not connect) and, where a send is
+observed, its librdkafka producer is swapped for a recorder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from prismops.settings import KafkaSettings, Settings
+from streams.codecs import CodecError, codec_for
+from streams.producer import (
+    AVRO_SINGLE_OBJECT,
+    CONTENT_TYPE_HEADER,
+    DeliveryFailed,
+    DeliveryFailure,
+    UsageProducer,
+    new_llm_usage_event,
+    safe_producer_config,
+)
+from streams.topics import LLM_USAGE
+
+UTC = dt.timezone.utc
+TRACEPARENT = re.compile(r"^00-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})$")
+
+
+class RecordingProducer:
+    """Stands in for confluent_kafka.Producer: remembers what would have been sent."""
+
+    def __init__(self) -> None:
+        self.produced: list[dict[str, Any]] = []
+        self.polls = 0
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append({"topic": topic, **kwargs})
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def _unreachable(**kafka: Any) -> Settings:
+    return Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", **kafka))
+
+
+@pytest.fixture()
+def producer() -> UsageProducer:
+    usage = UsageProducer(_unreachable(), producer_config={"log_level": 0})
+    usage._producer = RecordingProducer()
+    return usage
+
+
+def _event(**overrides: Any) -> dict[str, Any]:
+    return new_llm_usage_event(
+        tenant="acme", service="search", feature="rerank", environment="prod", provider="google",
+        model="gemini-2.0-flash", input_tokens=2000, output_tokens=30, latency_ms=380, status="ok",
+    ) | overrides
+
+
+# --- configuration -----------------------------------------------------------------------------------------
+
+
+def test_safe_config_is_idempotent_with_acks_all():
+    conf = safe_producer_config(_unreachable())
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+    assert conf["bootstrap.servers"] == "127.0.0.1:1"
+
+
+def test_safe_config_keeps_the_sasl_and_tls_settings():
+    settings = Settings(kafka=KafkaSettings(
+        bootstrap_servers="b1:9093,b2:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc-metering", sasl_password="s3cret", ssl_ca_location="/etc/ssl/ca.pem",
+    ))
+    conf = safe_producer_config(settings)
+    assert conf["bootstrap.servers"] == "b1:9093,b2:9093"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert conf["sasl.username"] == "svc-metering"
+    assert conf["sasl.password"] == "s3cret"
+    assert conf["ssl.ca.location"] == "/etc/ssl/ca.pem"
+    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+
+
+def test_safe_config_without_sasl_has_no_sasl_keys():
+    conf = safe_producer_config(_unreachable())
+    assert not any(key.startswith("sasl.") for key in conf)
+
+
+def test_overrides_are_applied():
+    conf = safe_producer_config(_unreachable(), **{"linger.ms": 50, "client.id": "svc"})
+    assert conf["linger.ms"] == 50 and conf["client.id"] == "svc"
+    assert conf["enable.idempotence"] is True
+
+
+# --- new_llm_usage_event -------------------------------------------------------------------------------------
+
+
+def test_new_event_fills_id_time_and_request_id():
+    before = dt.datetime.now(UTC)
+    event = new_llm_usage_event(tenant="acme")
+    after = dt.datetime.now(UTC)
+    assert uuid.UUID(event["event_id"]).version == 4
+    assert before <= event["event_time"] <= after
+    assert event["event_time"].utcoffset() == dt.timedelta(0)
+    assert event["request_id"] == event["event_id"]
+    assert event["tenant"] == "acme"
+
+
+def test_new_events_get_distinct_ids():
+    assert new_llm_usage_event()["event_id"] != new_llm_usage_event()["event_id"]
+
+
+def test_given_fields_win():
+    moment = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    event = new_llm_usage_event(event_id="e-1", event_time=moment, request_id="req-9")
+    assert (event["event_id"], event["event_time"], event["request_id"]) == ("e-1", moment, "req-9")
+    # An empty request id is replaced by the event id.
+    assert new_llm_usage_event(event_id="e-2", request_id="")["request_id"] == "e-2"
+
+
+def test_a_new_event_with_the_call_fields_satisfies_the_schema():
+    event = _event()
+    decoded = codec_for("llm_usage_event").decode(codec_for("llm_usage_event").encode(event))
+    assert decoded["event_id"] == event["event_id"]
+    assert decoded["request_id"] == event["event_id"]
+
+
+# --- UsageProducer -------------------------------------------------------------------------------------------
+
+
+def test_construction_does_not_need_a_broker():
+    usage = UsageProducer(_unreachable(), producer_config={"log_level": 0})
+    assert usage.delivered == 0
+
+
+def test_invalid_event_raises_codec_error_before_anything_is_sent(producer):
+    with pytest.raises(CodecError) as info:
+        producer.record_llm_call(_event(input_tokens="lots"))
+    assert (info.value.field, info.value.rule) == ("input_tokens", "type")
+    with pytest.raises(CodecError) as info:
+        producer.record_llm_call({k: v for k, v in _event().items() if k != "model"})
+    assert (info.value.field, info.value.rule) == ("model", "required")
+    assert producer._producer.produced == []
+
+
+def test_valid_event_is_produced_to_the_llm_topic_keyed_by_tenant(producer):
+    event = _event()
+    producer.record_llm_call(event)
+    [sent] = producer._producer.produced
+    assert sent["topic"] == LLM_USAGE.name(producer._settings)
+    assert sent["key"] == b"acme"
+    assert codec_for("llm_usage_event").decode(sent["value"])["event_id"] == event["event_id"]
+    assert callable(sent["on_delivery"])
+    assert producer._producer.polls >= 1
+
+
+def test_topic_namespace_prefixes_the_topic():
+    usage = UsageProducer(_unreachable(topic_namespace="staging."), producer_config={"log_level": 0})
+    usage._producer = RecordingProducer()
+    usage.record_llm_call(_event())
+    assert usage._producer.produced[0]["topic"] == "staging." + LLM_USAGE.base_name
+
+
+def test_gpu_usage_is_keyed_by_cluster_and_node(producer):
+    producer.record_gpu_usage({
+        "event_id": "g1", "window_start": dt.datetime(2026, 1, 1, tzinfo=UTC),
+        "window_end": dt.datetime(2026, 1, 1, 0, 1, tzinfo=UTC), "cluster": "eu-1", "node": "gpu-07",
+        "gpu_model": "H100-SXM-80GB", "gpu_index": 0, "gpu_fraction": Decimal("1"), "capacity_type": "reserved",
+        "tenant": "acme", "requested_gpu_seconds": Decimal("60"), "used_gpu_seconds": Decimal("55.5"),
+        "source": "nvml",
+    })
+    assert producer._producer.produced[0]["key"] == b"eu-1/gpu-07"
+
+
+def test_delivery_failures_are_reported_and_raised_on_flush(producer):
+    seen: list[DeliveryFailure] = []
+    producer._on_error = seen.append
+    event = _event()
+    producer.record_llm_call(event)
+    producer.record_llm_call(_event())
+
+    class FakeError:
+        def str(self) -> str:
+            return "Broker: Not enough in-sync replicas"
+
+    first, second = producer._producer.produced
+    first["on_delivery"](FakeError(), None)
+    second["on_delivery"](None, None)
+    assert producer.delivered == 1
+    assert [f.event_id for f in seen] == [event["event_id"]]
+    with pytest.raises(DeliveryFailed) as info:
+        producer.flush()
+    assert event["event_id"] in str(info.value)
+    assert info.value.failures[0].error == "Broker: Not enough in-sync replicas"
+    producer.flush()  # failures are reported once
+
+
+# --- W3C trace context -------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def spans() -> InMemorySpanExporter:
+    """An SDK TracerProvider installed as the global one (OpenTelemetry allows setting it only once)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+def test_traceparent_header_continues_the_callers_trace(producer, spans):
+    tracer = trace.get_tracer("tests.producer")
+    with tracer.start_as_current_span("handle request") as outer:
+        producer.record_llm_call(_event())
+    headers = dict(producer._producer.produced[0]["headers"])
+
+    match = TRACEPARENT.match(headers["traceparent"].decode())
+    assert match, headers["traceparent"]
+    assert int(match["trace_id"], 16) == outer.get_span_context().trace_id
+    assert int(match["flags"], 16) & 0x01  # the "sampled" bit
+
+    # The parent id is the SDK's own "publish" span, a child of the caller's span.
+    publish = [s for s in spans.get_finished_spans() if s.name.endswith("publish")]
+    assert len(publish) == 1
+    assert publish[0].parent.span_id == outer.get_span_context().span_id
+    assert int(match["parent_id"], 16) == publish[0].context.span_id
+    assert publish[0].attributes["messaging.system"] == "kafka"
+    assert publish[0].attributes["messaging.destination.name"] == LLM_USAGE.name(producer._settings)
+
+    assert headers[CONTENT_TYPE_HEADER] == AVRO_SINGLE_OBJECT
+    assert CONTENT_TYPE_HEADER == "content-type"
+    assert b"avro" in AVRO_SINGLE_OBJECT and b"single-object" in AVRO_SINGLE_OBJECT
+
+
+def test_each_call_gets_a_trace_of_its_own_outside_a_span(producer, spans):
+    producer.record_llm_call(_event())
+    producer.record_llm_call(_event())
+    trace_ids = [
+        TRACEPARENT.match(dict(sent["headers"])["traceparent"].decode())["trace_id"]
+        for sent in producer._producer.produced
+    ]
+    assert trace_ids[0] != trace_ids[1]
