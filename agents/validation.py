@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from streams.errors import FieldRuleError
+
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 _REQUIRED_TEXT = ("event_id", "tenant", "service", "feature", "provider", "model")
 _NON_NEGATIVE = (
@@ -14,12 +16,8 @@ _NON_NEGATIVE = (
 )
 
 
-class InvalidEvent(ValueError):
-    def __init__(self, field: str, rule: str, message: str):
-        super().__init__(f"{field}: {message} [{rule}]")
-        self.field = field
-        self.rule = rule
-        self.message = message
+class InvalidEvent(FieldRuleError):
+    """A decodable event that breaks a business rule."""
 
 
 def validate_llm_usage(event: Mapping[str, Any], now: dt.datetime) -> None:

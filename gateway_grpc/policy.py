@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from streams.errors import FieldRuleError
+
 CHEAPEST_WITHIN_SLO = "cheapest_within_slo"
 NO_MODEL_MEETS_SLO = "no_model_meets_slo"
 NO_LIVE_DATA = "no_live_data"
@@ -39,14 +41,8 @@ _PER_MTOK = decimal.Decimal(1_000_000)
 ModelKey = tuple[str, str]
 
 
-class PolicyInputError(ValueError):
-    """A routing request the rule cannot answer; `field` and `rule` say which input and why."""
-
-    def __init__(self, field: str, rule: str, message: str):
-        super().__init__(f"{field}: {message} [{rule}]")
-        self.field = field
-        self.rule = rule
-        self.message = message
+class PolicyInputError(FieldRuleError):
+    """A routing request the rule cannot answer."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -62,7 +62,7 @@ def emit(rows: Sequence[Mapping[str, Any]], fmt: str, title: str | None = None, 
         emit_table(rows, title=title, columns=columns)
 
 
-def fail(message: str, exit_code: int = 1) -> "NoReturn":  # noqa: F821
+def fail(message: str, exit_code: int = 1) -> NoReturn:
     """Print an error to stderr and exit non-zero."""
     stderr_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise SystemExit(exit_code)

@@ -195,14 +195,24 @@ def _states(
     return sorted(states, key=lambda s: s.version)
 
 
-def migration_status(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
-    """What is applied and what is pending, without changing anything (beyond creating the database)."""
+def _open_ledger(settings: Settings, directory: Path) -> tuple[list[Migration], Client, dict[int, tuple[str, str, dt.datetime]]]:
+    """The migration files, a connection, and what the ledger says is applied (checked against the files)."""
     migrations = load_migrations(directory)
     ensure_database(settings)
     client = clickhouse_client(settings)
     try:
         applied = _applied(client)
         _check_unchanged(migrations, applied)
+    except BaseException:
+        client.disconnect()
+        raise
+    return migrations, client, applied
+
+
+def migration_status(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
+    """What is applied and what is pending, without changing anything (beyond creating the database)."""
+    migrations, client, applied = _open_ledger(settings, directory)
+    try:
         return _states(migrations, applied, set())
     finally:
         client.disconnect()
@@ -213,12 +223,8 @@ def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR) -> li
 
     Refuses to apply anything when an applied migration's file has changed.
     """
-    migrations = load_migrations(directory)
-    ensure_database(settings)
-    client = clickhouse_client(settings)
+    migrations, client, applied = _open_ledger(settings, directory)
     try:
-        applied = _applied(client)
-        _check_unchanged(migrations, applied)
         applied_now: set[int] = set()
         for migration in migrations:
             if migration.version in applied:

@@ -9,7 +9,6 @@ idempotent writes make the retry (or a replay after a crash) write no duplicates
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord
 from sinks.clickhouse import CostLineSink, DeadLetterSink, RoutingDecisionSink, clickhouse_client
+from streams.dead_letters import dead_letter_record
 from streams.codecs import CodecError, codec_for
 from streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS, TopicSpec
 
@@ -74,37 +74,6 @@ class BatchReport:
 
 class DeadLetterNotDelivered(RuntimeError):
     """The DLQ producer could not confirm a dead letter; the batch must not be committed."""
-
-
-def dead_letter_record(
-    *,
-    stage: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]] | None,
-    error: CodecError,
-    failed_at: dt.datetime,
-) -> dict[str, Any]:
-    """A prismops.dlq.v1 record for an undecodable message, carrying its original bytes untouched.
-
-    Avro maps have unique keys: of repeated header names, the last one's value is kept.
-    """
-    return {
-        "failed_at": failed_at,
-        "stage": stage,
-        "source_topic": topic,
-        "source_partition": partition,
-        "source_offset": offset,
-        "error_field": error.field,
-        "error_rule": error.rule,
-        "error_message": error.message,
-        "original_key": key,
-        "original_value": value,
-        "original_headers": {name: header_value or b"" for name, header_value in headers or []},
-    }
 
 
 def next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
@@ -304,8 +273,8 @@ class SinkRunner:
                     continue
                 rejects.append(dead_letter_record(
                     stage=self.stage, topic=topic, partition=message.partition(), offset=message.offset(),
-                    key=message.key(), value=message.value(), headers=message.headers(), error=error,
-                    failed_at=dt.datetime.now(dt.timezone.utc),
+                    key=message.key(), value=message.value(), headers=message.headers(),
+                    field=error.field, rule=error.rule, message=error.message,
                 ))
                 continue
             decoded.setdefault(topic, []).append(

@@ -23,19 +23,14 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import schemas
+from streams.errors import FieldRuleError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _HEADER_LEN = 10
 
 
-class CodecError(ValueError):
-    """A value that cannot be decoded or encoded; `field` and `rule` say which and why."""
-
-    def __init__(self, field: str | None, rule: str, message: str):
-        super().__init__(f"{field}: {message} [{rule}]" if field else f"{message} [{rule}]")
-        self.field = field
-        self.rule = rule
-        self.message = message
+class CodecError(FieldRuleError):
+    """A value that cannot be decoded or encoded."""
 
 
 def schema_fingerprint(parsed_schema: Any) -> bytes:

@@ -21,6 +21,7 @@ def dead_letter_record(
     message: str,
     failed_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
+    """Avro maps have unique keys: of repeated header names, the last one's value is kept."""
     return {
         "failed_at": failed_at or dt.datetime.now(dt.timezone.utc),
         "stage": stage,

@@ -17,8 +17,8 @@ from sinks.clickhouse import (
     routing_decision_row,
     unique_by,
 )
-from sinks.runner import dead_letter_record
-from streams.codecs import CodecError, codec_for
+from streams.dead_letters import dead_letter_record
+from streams.codecs import codec_for
 
 INGESTED_AT = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 POSITION = {"kafka_partition": 3, "kafka_offset": 41, "ingested_at": INGESTED_AT}
@@ -135,7 +135,7 @@ def test_dead_letter_record_carries_the_original_bytes_and_the_codec_reason():
     record = dead_letter_record(
         stage="sink.clickhouse", topic="cost.lines.v1", partition=2, offset=17, key=b"acme",
         value=b"\xc3\x01garbage\xff", headers=[("trace", b"\x00\x01"), ("empty", None)],
-        error=CodecError("cost_usd", "decimal_scale", "too many places"), failed_at=failed_at,
+        field="cost_usd", rule="decimal_scale", message="too many places", failed_at=failed_at,
     )
     codec = codec_for("dead_letter")
     decoded = codec.decode(codec.encode(record))
