@@ -9,7 +9,7 @@ import click
 from prismops.settings import load_settings
 
 # Each module under prismops.commands exposes `command`; the order is the order of `prismops --help`.
-COMMAND_MODULES = ["stack", "topics", "migrate", "worker", "sink", "gateway", "simulate", "report", "demo", "proto"]
+COMMAND_MODULES = ["stack", "topics", "migrate", "worker", "sink", "gateway", "simulate", "report", "demo", "bench", "proto"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,8 @@ COMMAND_MODULES = ["stack", "topics", "migrate", "worker", "sink", "gateway", "s
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """PrismOps: real-time AI FinOps on Kafka, Faust, gRPC and ClickHouse."""
-    ctx.obj = load_settings()
+    if ctx.obj is None:  # tests pass their own Settings as obj
+        ctx.obj = load_settings()
 
 
 for _name in COMMAND_MODULES:

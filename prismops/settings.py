@@ -44,6 +44,7 @@ class KafkaSettings(BaseModel):
     topic_namespace: str = Field(default="", description="prefix for every topic name, e.g. 'staging.'")
     default_partitions: int = 4
     replication_factor: int = 1
+    admin_timeout_s: float = Field(default=10.0, description="how long admin calls wait for the broker")
 
 
 class ClickHouseSettings(BaseModel):

@@ -44,8 +44,9 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are left as they are."""
+    timeout_s = settings.kafka.admin_timeout_s
     admin = AdminClient(settings.kafka_client_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
@@ -71,7 +72,8 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
     return created
 
 
-def delete_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout_s: float = 30.0) -> None:
+def delete_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> None:
+    timeout_s = settings.kafka.admin_timeout_s
     admin = AdminClient(settings.kafka_client_config())
     names = [spec.name(settings) for spec in specs]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
