@@ -11,7 +11,7 @@ from streams.errors import FieldRuleError
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 _REQUIRED_TEXT = ("event_id", "tenant", "service", "feature", "provider", "model")
 _NON_NEGATIVE = (
-    "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "latency_ms", "time_to_first_token_ms",
+    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "time_to_first_token_ms",
     "prompt_chars",
 )
 

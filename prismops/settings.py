@@ -8,10 +8,11 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 
@@ -60,10 +61,45 @@ class ClickHouseSettings(BaseModel):
 class WorkerSettings(BaseModel):
     app_id: str = "prismops-worker"
     web_port: int = 16066
-    price_table: Path | None = Field(default=None, description="YAML price table; default: the bundled one")
     live_window_s: float = 300.0
     live_window_max_samples: int = 5000
     live_publish_interval_s: float = 1.0
+
+
+class PricingSettings(BaseModel):
+    """Where prices come from: our YAML catalog or LiteLLM's model_prices_and_context_window.json."""
+
+    catalog: Path | None = Field(default=None, description="price catalog file; default: the bundled catalog")
+    tenant_overrides: Path | None = Field(default=None, description="YAML of negotiated per-tenant prices")
+
+
+class TaggingSettings(BaseModel):
+    service_registry: Path | None = Field(default=None, description="service → team/product YAML; default: bundled")
+
+
+class PiiSettings(BaseModel):
+    """User ids are stored only as HMAC-SHA256(hash_key, id); set a real secret in production."""
+
+    hash_key: SecretStr = SecretStr("prismops-development-key")
+
+
+class GpuSettings(BaseModel):
+    price_table: Path | None = Field(default=None, description="GPU $/hour by model and capacity type; default: bundled")
+    window_s: int = Field(default=3600, description="event-time window of GPU cost attribution")
+    grace_s: int = Field(default=600, description="how late a GPU usage event may arrive and still count")
+    idle_policy: str = Field(default="proportional", description="proportional, even or bucket (__idle__)")
+    inference_pools: Path | None = Field(default=None, description="YAML of self-hosted inference pools")
+
+
+class BudgetSettings(BaseModel):
+    definitions: Path | None = Field(default=None, description="budgets YAML; default: the seeds' tenant defaults")
+    default_tenant_daily_usd: Decimal = Decimal("30")
+    default_tenant_daily_tokens: int = 1_000_000
+    warn_pct: int = 80
+    block_pct: int = 100
+    webhook_url: str | None = Field(default=None, description="Slack-compatible incoming webhook for budget alerts")
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 6
 
 
 class SinkSettings(BaseModel):
@@ -87,6 +123,11 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     worker: WorkerSettings = WorkerSettings()
+    pricing: PricingSettings = PricingSettings()
+    tagging: TaggingSettings = TaggingSettings()
+    pii: PiiSettings = PiiSettings()
+    gpu: GpuSettings = GpuSettings()
+    budgets: BudgetSettings = BudgetSettings()
     sink: SinkSettings = SinkSettings()
     gateway: GatewaySettings = GatewaySettings()
 
@@ -150,6 +191,8 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
     env: dict[str, str] = {}
     for section, values in settings.model_dump(mode="json").items():
         for name, value in values.items():
+            if isinstance(getattr(getattr(settings, section), name), SecretStr):
+                value = getattr(getattr(settings, section), name).get_secret_value()
             if value is not None:
                 env[f"PRISMOPS_{section.upper()}__{name.upper()}"] = str(value)
     return env

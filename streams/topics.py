@@ -36,11 +36,21 @@ ROUTING_TABLES = TopicSpec(
     compacted=True, partitions=1,
     config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
 )
+GPU_ALLOCATIONS = TopicSpec(
+    "cost.allocations.v1", "gpu_allocation", "pool", "each workload's (and idle's) share of a GPU pool-window's cost",
+)
+BUDGET_EVENTS = TopicSpec("budget.events.v1", "budget_event", "scope/scope_id", "budget thresholds crossed: warn, block")
+BUDGET_STATE = TopicSpec(
+    "routing.budgets.v1", "budget_state", "scope/scope_id", "live budget rows per tenant and team, read by the router",
+    compacted=True, partitions=1,
+    config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"},
+)
 ROUTING_DECISIONS = TopicSpec("routing.decisions.v1", "routing_decision", "tenant", "every Decide answer with its reasons")
 DEAD_LETTERS = TopicSpec("prismops.dlq.v1", "dead_letter", "source topic", "rejected input with reason and original bytes")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, MODEL_OBSERVATIONS, ROUTING_TABLES, ROUTING_DECISIONS, DEAD_LETTERS,
+    LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, GPU_ALLOCATIONS, MODEL_OBSERVATIONS, ROUTING_TABLES,
+    BUDGET_EVENTS, BUDGET_STATE, ROUTING_DECISIONS, DEAD_LETTERS,
 )
 
 

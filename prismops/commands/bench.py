@@ -21,15 +21,14 @@ def command() -> None:
 @FORMAT_OPTION
 def logic(events: int, fmt: str) -> None:
     """In-process rates of each step an event takes in the worker: encode, decode + price + tag, encode out."""
-    from agents.llm_usage import process_llm_usage
-    from agents.pricing import load_price_table
-    from agents.tagging import load_service_registry
+    from agents.llm_usage import LlmPricingContext, process_llm_usage
+    from prismops.settings import Settings
     from streams.codecs import codec_for
     from streams.simulation import TrafficGenerator
 
     usage, lines, observations = codec_for("llm_usage_event"), codec_for("cost_line"), codec_for("model_observation")
     generated = list(TrafficGenerator(seed=1).events(events))
-    prices, registry, now = load_price_table(), load_service_registry(), dt.datetime.now(dt.timezone.utc)
+    pricing, now = LlmPricingContext.from_settings(Settings()), dt.datetime.now(dt.timezone.utc)
 
     def timed(step):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
@@ -37,7 +36,7 @@ def logic(events: int, fmt: str) -> None:
         return result, time.perf_counter() - started
 
     encoded, encode_s = timed(lambda: [usage.encode(e) for e in generated])
-    priced, process_s = timed(lambda: [process_llm_usage(b, prices, registry, now) for b in encoded])
+    priced, process_s = timed(lambda: [process_llm_usage(b, pricing, now) for b in encoded])
     _, out_s = timed(lambda: [(lines.encode(p.cost_line), observations.encode(p.observation)) for p in priced])
     rows = [
         {"step": "SDK encode (Avro single-object)", "events_per_s": round(events / encode_s)},

@@ -11,7 +11,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from agents.llm_usage import PricedUsage, Rejection, cost_line_id, process_llm_usage
+from agents.llm_usage import LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
 from agents.pricing import load_price_table
 from agents.tagging import load_service_registry
 from streams.codecs import codec_for
@@ -31,7 +31,7 @@ def _json(event: dict) -> bytes:
 
 
 def _process(value, now) -> PricedUsage | Rejection:
-    return process_llm_usage(value, TABLE, REGISTRY, now)
+    return process_llm_usage(value, LlmPricingContext(TABLE, REGISTRY), now)
 
 
 def test_good_avro_event_becomes_a_cost_line_that_encodes(make_event, now):

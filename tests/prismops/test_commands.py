@@ -21,7 +21,7 @@ def test_topics_list_json_names_every_registered_topic_with_its_namespace():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [r["topic"] for r in rows] == [f"staging.{spec.base_name}" for spec in ALL_TOPICS]
-    assert {r["topic"] for r in rows if r["compacted"]} == {"staging.routing.tables.v1"}
+    assert {r["topic"] for r in rows if r["compacted"]} == {"staging.routing.tables.v1", "staging.routing.budgets.v1"}
 
 
 def test_topics_list_table_is_for_people():

@@ -62,9 +62,9 @@ def test_every_version_keeps_the_same_record_full_name(name):
 
 
 def test_latest_is_the_highest_version():
-    # llm_usage_event ships two files (v1, v2): latest must be v2, not the first one found.
-    assert schemas.latest("llm_usage_event").version == 2
-    assert "reasoning_tokens" in {f["name"] for f in schemas.latest("llm_usage_event").definition["fields"]}
+    # llm_usage_event ships three files (v1..v3): latest must be v3, not the first one found.
+    assert schemas.latest("llm_usage_event").version == 3
+    assert "cache_write_tokens" in {f["name"] for f in schemas.latest("llm_usage_event").definition["fields"]}
     for name in schemas.schema_names():
         assert schemas.latest(name).version == max(v.version for v in schemas.versions(name))
         assert schemas.get(name) == schemas.latest(name)

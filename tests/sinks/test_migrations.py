@@ -24,9 +24,11 @@ def test_shipped_ddl_stays_in_the_subset_clickhouse_18_16_runs():
     assert "decimal(38, 12)" in text
 
 
-def test_every_table_is_commented_with_what_a_row_is():
+def test_every_migration_says_what_it_does_and_every_new_table_what_a_row_is():
     for migration in load_migrations():
-        assert migration.sql.startswith(f"-- {migration.name}: one row per"), migration.file_name
+        assert migration.sql.startswith(f"-- {migration.name}: "), migration.file_name
+        if "CREATE TABLE" in migration.sql:
+            assert migration.sql.startswith(f"-- {migration.name}: one row per"), migration.file_name
 
 
 def test_checksum_is_sha256_of_the_file_bytes():

@@ -1,0 +1,52 @@
+"""Faust agents for LLM usage: thin shells around `agents.llm_usage` and `agents.live_stats`.
+
+price_llm_usage:     usage.llm.v1 → cost.lines.v1 + model observations (keyed provider/model) | DLQ
+track_model_health:  model observations → sliding windows per model
+publish_live_table:  every interval, changed rows → routing.tables.v1 (compacted, keyed provider/model)
+"""
+
+from __future__ import annotations
+
+import faust
+
+from agents.live_stats import LiveModelWindows
+from agents.llm_usage import LlmPricingContext, Rejection, process_llm_usage
+from agents.worker import WorkerContext, utcnow
+from streams.codecs import CodecError, codec_for
+from streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
+
+
+def register(ctx: WorkerContext) -> None:
+    settings = ctx.settings
+    pricing = LlmPricingContext.from_settings(settings)
+    windows = LiveModelWindows(settings.worker.live_window_s, settings.worker.live_window_max_samples)
+    usage_topic, cost_topic = ctx.topic(LLM_USAGE), ctx.topic(COST_LINES)
+    observations_topic, tables_topic = ctx.topic(MODEL_OBSERVATIONS), ctx.topic(ROUTING_TABLES)
+    cost_codec, observation_codec = codec_for(COST_LINES.schema), codec_for(MODEL_OBSERVATIONS.schema)
+    stats_codec = codec_for(ROUTING_TABLES.schema)
+
+    @ctx.app.agent(usage_topic)
+    async def price_llm_usage(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            outcome = process_llm_usage(event.value, pricing, utcnow())
+            if isinstance(outcome, Rejection):
+                await ctx.dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message)
+                continue
+            line, obs = outcome.cost_line, outcome.observation
+            await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line))
+            await event.send(
+                observations_topic, key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)
+            )
+
+    @ctx.app.agent(observations_topic)
+    async def track_model_health(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                windows.observe(observation_codec.decode(event.value), utcnow())
+            except CodecError as exc:
+                await ctx.dead_letter(event, "worker.track_model_health", exc.field, exc.rule, exc.message)
+
+    @ctx.app.timer(interval=settings.worker.live_publish_interval_s)
+    async def publish_live_table() -> None:
+        for row in windows.due_snapshots(utcnow()):
+            await tables_topic.send(key=f"{row['provider']}/{row['model']}".encode(), value=stats_codec.encode(row))
