@@ -10,6 +10,7 @@ from __future__ import annotations
 import faust
 
 from agents.live_stats import LiveModelWindows
+from agents.metrics import CONTENT_FIELDS_DROPPED, record_cost_line
 from agents.llm_usage import LlmPricingContext, Rejection, process_llm_usage
 from agents.worker import WorkerContext, utcnow
 from streams.codecs import CodecError, codec_for
@@ -30,9 +31,13 @@ def register(ctx: WorkerContext) -> None:
         async for event in stream.events():
             outcome = process_llm_usage(event.value, pricing, utcnow())
             if isinstance(outcome, Rejection):
-                await ctx.dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message)
+                await ctx.dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message,
+                                      value=outcome.value)
                 continue
             line, obs = outcome.cost_line, outcome.observation
+            record_cost_line(line)
+            for name in outcome.dropped_content_fields:
+                CONTENT_FIELDS_DROPPED.labels(name).inc()
             await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line))
             await event.send(
                 observations_topic, key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)

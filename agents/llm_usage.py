@@ -1,21 +1,25 @@
 """One LLM usage message in, a cost line and a model observation out, or a rejection naming field and rule.
 
-This is the whole per-message logic of the pricing agent, kept free of Faust so it is testable alone.
+This is the whole per-message logic of the pricing agent, kept free of Faust so it is testable alone:
+strip conversation content → decode → validate → tag (normalize, infer, default) → price at event time
+with the tenant's overrides → mask personal data → cost line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from agents.pricing import PriceTable, load_price_table, price_llm_call
+from agents.pricing import PriceCatalog, load_catalog, price_llm_call
+from agents.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
 from agents.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
-from agents.validation import InvalidEvent, validate_llm_usage
+from agents.validation import validate_llm_usage
 from prismops.settings import Settings
-from streams.codecs import CodecError, codec_for
+from streams.codecs import codec_for
+from streams.errors import FieldRuleError
 
 COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
 
@@ -30,44 +34,54 @@ class Rejection:
     field: str | None
     rule: str
     message: str
+    value: bytes | None = None
+    """The bytes to dead-letter: the original, or a copy with conversation content removed."""
 
 
 @dataclass(frozen=True)
 class PricedUsage:
     cost_line: dict[str, Any]
     observation: dict[str, Any]
+    dropped_content_fields: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class LlmPricingContext:
     """Everything pricing and tagging an LLM call needs, loaded once per worker."""
 
-    prices: PriceTable
+    catalog: PriceCatalog
     registry: ServiceRegistry
+    user_hash_key: bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LlmPricingContext":
-        return cls(load_price_table(settings.pricing.catalog), load_service_registry(settings.tagging.service_registry))
+        return cls(
+            load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides),
+            load_service_registry(settings.tagging.service_registry),
+            settings.pii.hash_key.get_secret_value().encode(),
+        )
 
 
-def build_llm_cost_line(event: dict[str, Any], table: PriceTable, registry: ServiceRegistry) -> PricedUsage:
-    priced = price_llm_call(event, table)
-    dims, tag_source = resolve_dimensions(event, registry)
+def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
+    dims, tag_source = resolve_dimensions(event, pricing.registry, pricing.catalog.infer_provider)
+    priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"]}, pricing.catalog)
     tokens = event["input_tokens"] + event["output_tokens"]
+    customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
     line = {
         "line_id": cost_line_id("llm", event["event_id"]),
         "source": "llm",
         "source_event_id": event["event_id"],
         "event_time": event["event_time"],
-        **{k: dims[k] for k in ("tenant", "team", "product", "service", "feature", "customer", "environment", "provider", "model")},
-        "user_hash": None,
+        **{k: dims[k] for k in ("tenant", "team", "product", "service", "feature", "environment", "provider", "model")},
+        "customer": customer,
+        "user_hash": hash_user_id(event["user_id"], pricing.user_hash_key) if event.get("user_id") else None,
         "region": None,
         "resource": None,
         "input_tokens": event["input_tokens"],
         "output_tokens": event["output_tokens"],
         "cached_input_tokens": event["cached_input_tokens"],
-        "cache_write_tokens": event.get("cache_write_tokens", 0),
-        "reasoning_tokens": event.get("reasoning_tokens", 0),
+        "cache_write_tokens": event.get("cache_write_tokens") or 0,
+        "reasoning_tokens": event.get("reasoning_tokens") or 0,
         "usage_quantity": Decimal(tokens),
         "usage_unit": "token",
         "cost_usd": priced.cost_usd,
@@ -78,8 +92,10 @@ def build_llm_cost_line(event: dict[str, Any], table: PriceTable, registry: Serv
         "price_version": priced.price_version,
         "status": event["status"],
         "tag_source": tag_source,
-        "labels": dict(event.get("labels") or {}),
+        "labels": mask_labels(event.get("labels") or {}),
     }
+    list_quote = pricing.catalog.quote(dims["provider"], dims["model"], event["event_time"])
+    prices = list_quote.prices.per_million() if list_quote else None  # the router compares list prices
     observation = {
         "provider": dims["provider"],
         "model": dims["model"],
@@ -88,17 +104,19 @@ def build_llm_cost_line(event: dict[str, Any], table: PriceTable, registry: Serv
         "status": event["status"],
         "tokens": tokens,
         "cost_usd": priced.cost_usd,
-        "input_price_per_mtok": priced.price.input_per_mtok if priced.price else None,
-        "output_price_per_mtok": priced.price.output_per_mtok if priced.price else None,
+        "input_price_per_mtok": prices["input"] if prices else None,
+        "output_price_per_mtok": prices["output"] if prices else None,
     }
     return PricedUsage(line, observation)
 
 
 def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.datetime) -> PricedUsage | Rejection:
-    """Decode, validate, price and tag one message value."""
+    """Strip content, decode, validate, tag, price and mask one message value."""
+    cleaned, dropped = strip_content_fields(value)
     try:
-        event = codec_for("llm_usage_event").decode(value)
+        event = codec_for("llm_usage_event").decode(cleaned)
         validate_llm_usage(event, now)
-    except (CodecError, InvalidEvent) as exc:
-        return Rejection(exc.field, exc.rule, exc.message)
-    return build_llm_cost_line(event, pricing.prices, pricing.registry)
+    except FieldRuleError as exc:
+        return Rejection(exc.field, exc.rule, exc.message, cleaned)
+    outcome = build_llm_cost_line(event, pricing)
+    return PricedUsage(outcome.cost_line, outcome.observation, dropped) if dropped else outcome

@@ -9,7 +9,8 @@ from typing import Any
 from streams.errors import FieldRuleError
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
-_REQUIRED_TEXT = ("event_id", "tenant", "service", "feature", "provider", "model")
+# tenant, service, feature and provider may be empty: tagging infers them or charges `unallocated`.
+_REQUIRED_TEXT = ("event_id", "model")
 _NON_NEGATIVE = (
     "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "time_to_first_token_ms",
     "prompt_chars",
@@ -29,10 +30,13 @@ def validate_llm_usage(event: Mapping[str, Any], now: dt.datetime) -> None:
         value = event.get(name)
         if value is not None and value < 0:
             raise InvalidEvent(name, "non_negative", f"must be >= 0, got {value}")
-    if event["cached_input_tokens"] > event["input_tokens"]:
+    cached, written = event["cached_input_tokens"], event.get("cache_write_tokens") or 0
+    if cached + written > event["input_tokens"]:
+        field = "cached_input_tokens" if cached > event["input_tokens"] else "cache_write_tokens"
         raise InvalidEvent(
-            "cached_input_tokens", "within_input_tokens",
-            f"{event['cached_input_tokens']} cached tokens exceed {event['input_tokens']} input tokens",
+            field, "within_input_tokens",
+            f"{cached} cache-read + {written} cache-write tokens exceed {event['input_tokens']} input tokens "
+            "(input_tokens counts the whole prompt)",
         )
     if event.get("reasoning_tokens", 0) > event["output_tokens"]:
         raise InvalidEvent(

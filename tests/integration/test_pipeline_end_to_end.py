@@ -23,21 +23,28 @@ from streams.topics import DEAD_LETTERS, LLM_USAGE
 EVENTS = 10_000
 
 
-def independent_cost(event: dict, prices: dict) -> Decimal:
-    """The cost of one call computed here from the YAML numbers, without agents.pricing."""
-    price = prices[(event["provider"], event["model"])]
+def independent_cost(event: dict, catalog: dict) -> Decimal:
+    """The cost of one call computed here from the catalog YAML's numbers, without agents.pricing:
+    the entry in effect at the event's time, the cache-read price (else input), the tenant's discount."""
+    when = event["event_time"].date().isoformat()
+    entries = [m for m in catalog["models"] if (m["provider"], m["model"]) == (event["provider"], event["model"])]
+    price = max((m for m in entries if str(m["effective_from"]) <= when), key=lambda m: str(m["effective_from"]))
+    cache_read = price.get("cache_read_per_mtok", price["input_per_mtok"])
     uncached = event["input_tokens"] - event["cached_input_tokens"]
     total = (
         uncached * Decimal(price["input_per_mtok"])
-        + event["cached_input_tokens"] * Decimal(price["cached_input_per_mtok"])
+        + event["cached_input_tokens"] * Decimal(cache_read)
         + event["output_tokens"] * Decimal(price["output_per_mtok"])
     ) / Decimal(10**6)
+    for override in catalog.get("tenant_overrides", []):
+        if override["tenant"] == event["tenant"] and override["provider"] in ("*", event["provider"]) \
+                and override.get("model", "*") in ("*", event["model"]) and str(override["effective_from"]) <= when:
+            total = total * (100 - Decimal(override["discount_pct"])) / 100
     return total.quantize(Decimal("1e-12"), rounding=ROUND_HALF_EVEN)
 
 
 def bundled_prices() -> dict:
-    document = yaml.safe_load(resources.files("agents").joinpath("price_table.yaml").read_text())
-    return {(m["provider"], m["model"]): m for m in document["models"]}
+    return yaml.safe_load(resources.files("agents").joinpath("price_catalog.yaml").read_text())
 
 
 def clickhouse(settings) -> Client:
