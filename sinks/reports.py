@@ -59,3 +59,41 @@ def count_cost_lines(
     where, params = _date_filter(since, until)
     ((count,),) = client.execute(f"SELECT count() FROM {table_ref(database, 'cost_lines')} FINAL{where}", params)
     return int(count)
+
+
+# Dimensions a cost report may group or filter by: the cost_lines columns that name an owner or a thing.
+COST_DIMENSIONS = (
+    "source", "tenant", "team", "product", "service", "feature", "customer", "environment", "provider", "model",
+    "region", "charge_category",
+)
+
+
+def costs_by(
+    client: Client, database: str, group_by: list[str], *, where: dict[str, str] | None = None,
+    since: dt.date | None = None, until: dt.date | None = None,
+) -> list[dict[str, Any]]:
+    """Cost over every source (LLM calls, GPU allocations, cloud bills) grouped by dimensions, e.g.
+    "what did team X cost yesterday" = group_by=["team", "source"], where={"team": "X"}, since/until a day."""
+    unknown = [d for d in [*group_by, *(where or {})] if d not in COST_DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown dimension(s) {', '.join(unknown)}; use: {', '.join(COST_DIMENSIONS)}")
+    condition, params = _date_filter(since, until)
+    for index, (dimension, value) in enumerate((where or {}).items()):
+        condition += (" AND " if condition else " WHERE ") + f"{dimension} = %(where_{index})s"
+        params[f"where_{index}"] = value
+    keys = ", ".join(group_by) if group_by else "'all'"
+    rows = client.execute(
+        f"""
+        SELECT {keys}, count() AS lines, sum(cost_usd) AS cost_usd, countIf(priced = 0) AS unpriced_lines
+        FROM {table_ref(database, "cost_lines")} FINAL{condition}
+        GROUP BY {keys}
+        ORDER BY cost_usd DESC
+        """,
+        params,
+    )
+    names = group_by or ["scope"]
+    return [
+        {**dict(zip(names, row[:len(names)])), "lines": int(row[-3]), "cost_usd": decimal.Decimal(row[-2]),
+         "unpriced_lines": int(row[-1])}
+        for row in rows
+    ]

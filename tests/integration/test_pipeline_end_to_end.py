@@ -12,9 +12,11 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from importlib import resources
 
 import yaml
+from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 from clickhouse_driver import Client
 
+from prismops.cli import main
 from streams.codecs import codec_for
 from streams.producer import UsageProducer, new_llm_usage_event
 from streams.simulation import TrafficGenerator
@@ -92,6 +94,19 @@ def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost
         expected = sum((independent_cost(e, prices) for e in events if e["tenant"] == tenant), Decimal(0))
         assert Decimal(by_tenant[tenant]) == expected, tenant
     client.disconnect()
+
+    # "what did team X cost today": one command over the one cost-line table
+    owners = yaml.safe_load(resources.files("agents").joinpath("service_registry.yaml").read_text())["services"]
+    team = owners[events[0]["service"]]["team"]
+    expected_team = sum((independent_cost(e, prices) for e in events if owners[e["service"]]["team"] == team), Decimal(0))
+    result = CliRunner().invoke(
+        main, ["report", "costs", "--by", "team", "--by", "source", "--where", f"team={team}", "--format", "json"],
+        obj=settings,
+    )
+    assert result.exit_code == 0, result.output
+    assert [(r["team"], r["source"], Decimal(r["cost_usd"])) for r in json.loads(result.stdout)] == [
+        (team, "llm", expected_team)
+    ]
 
 
 def test_malformed_and_invalid_input_goes_to_dlq_and_processing_continues(pipeline):
