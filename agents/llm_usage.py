@@ -87,7 +87,7 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "cost_usd": priced.cost_usd,
         "billed_cost_usd": None,
         "list_cost_usd": None,
-        "charge_category": "usage",
+        "charge_category": "Usage",  # FOCUS ChargeCategory casing, as bill lines carry it
         "priced": priced.priced,
         "price_version": priced.price_version,
         "status": event["status"],

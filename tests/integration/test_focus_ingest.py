@@ -1,0 +1,257 @@
+"""`prismops ingest focus` on the real stack: FOCUS file → billing.cloud.v1 → worker → cost.lines.v1 → ClickHouse.
+
+Worker, sink and gateway run as the real commands (the `pipeline` fixture). Expected sums come from the CSV
+text via `csv` and `Decimal`, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import decimal
+import json
+import time
+import uuid
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from clickhouse_driver import Client
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from prismops.cli import main
+from streams.codecs import codec_for
+from streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "focus"
+SAMPLE_1_2 = FIXTURES / "focus_1_2_sample.csv"
+SAMPLE_1_3 = FIXTURES / "focus_1_3_sample.csv"
+BAD_ROWS = FIXTURES / "focus_bad_rows.csv"
+EXACT = decimal.Context(prec=100, traps=[decimal.Inexact])
+
+
+def file_sums(path: Path) -> dict:
+    """{"rows", "BilledCost", "EffectiveCost", "by_service": {name: (rows, billed, effective)},
+    "by_category": {...}} straight from the CSV text."""
+    by_service: dict = defaultdict(lambda: [0, Decimal(0), Decimal(0)])
+    by_category: dict = defaultdict(lambda: [0, Decimal(0), Decimal(0)])
+    total = [0, Decimal(0), Decimal(0)]
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for group in (by_service[row["ServiceName"]], by_category[row["ChargeCategory"]], total):
+                group[0] += 1
+                group[1] = EXACT.add(group[1], Decimal(row["BilledCost"]))
+                group[2] = EXACT.add(group[2], Decimal(row["EffectiveCost"]))
+    return {
+        "rows": total[0], "BilledCost": total[1], "EffectiveCost": total[2],
+        "by_service": {k: tuple(v) for k, v in by_service.items()},
+        "by_category": {k: tuple(v) for k, v in by_category.items()},
+    }
+
+
+def ingest(settings, *args: str):
+    return CliRunner().invoke(main, ["ingest", "focus", *args], obj=settings)
+
+
+def clickhouse(settings) -> Client:
+    return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
+
+
+def wait_for(predicate, timeout_s: float, components, what: str):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        components.check_alive()
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def id_prefix(document: dict) -> str:
+    """The LIKE pattern of the event ids of one ingested file (content hash, then line number)."""
+    return f"focus:{document['content_hash']}:%"
+
+
+def stored_count(client: Client, prefix: str) -> int:
+    return client.execute(
+        "SELECT count() FROM cost_lines WHERE source = 'cloud' AND source_event_id LIKE %(prefix)s", {"prefix": prefix},
+    )[0][0]
+
+
+def end_offsets(settings, topic: str) -> dict[int, int]:
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"watermarks-{uuid.uuid4()}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def sink_committed(settings, topic: str, partitions) -> dict[int, int]:
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.sink.group_id, "enable.auto.commit": False})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+    finally:
+        consumer.close()
+
+
+def test_ingested_files_land_in_clickhouse_with_every_row_and_exact_sums(pipeline):
+    settings, components = pipeline
+    client = clickhouse(settings)
+    for path in (SAMPLE_1_2, SAMPLE_1_3):
+        expected = file_sums(path)
+        result = ingest(settings, str(path), "--format", "json")
+        assert result.exit_code == 0, result.output + result.stderr
+        document = json.loads(result.stdout)
+        assert (document["rows"], document["good_rows"], document["bad_rows"]) == (expected["rows"], expected["rows"], 0)
+        assert document["produced"] == expected["rows"]
+        assert document["topic"] == CLOUD_BILLING.name(settings)
+
+        totals = document["totals"]
+        assert Decimal(totals["total"]["BilledCost"]) == expected["BilledCost"]
+        assert Decimal(totals["total"]["EffectiveCost"]) == expected["EffectiveCost"]
+        assert {r["ServiceName"]: (r["rows"], Decimal(r["BilledCost"]), Decimal(r["EffectiveCost"]))
+                for r in totals["by_service_name"]} == expected["by_service"]
+        assert {r["ChargeCategory"]: (r["rows"], Decimal(r["BilledCost"]), Decimal(r["EffectiveCost"]))
+                for r in totals["by_charge_category"]} == expected["by_category"]
+
+        prefix = id_prefix(document)
+        wait_for(lambda: stored_count(client, prefix) >= expected["rows"], 180, components, f"{path.name} in ClickHouse")
+        (rows, distinct, billed, effective), = client.execute(
+            "SELECT count(), uniqExact(source_event_id), sum(billed_cost_usd), sum(cost_usd) FROM cost_lines"
+            " WHERE source = 'cloud' AND source_event_id LIKE %(prefix)s", {"prefix": prefix},
+        )
+        assert (rows, distinct) == (expected["rows"], expected["rows"]), "every row exactly once"
+        assert Decimal(billed) == expected["BilledCost"] and Decimal(effective) == expected["EffectiveCost"]
+
+        by_service = client.execute(
+            "SELECT model, count(), sum(billed_cost_usd), sum(cost_usd) FROM cost_lines"
+            " WHERE source = 'cloud' AND source_event_id LIKE %(prefix)s GROUP BY model", {"prefix": prefix},
+        )
+        assert {m: (n, Decimal(b), Decimal(e)) for m, n, b, e in by_service} == expected["by_service"]
+        by_category = client.execute(
+            "SELECT charge_category, count(), sum(billed_cost_usd) FROM cost_lines"
+            " WHERE source = 'cloud' AND source_event_id LIKE %(prefix)s GROUP BY charge_category", {"prefix": prefix},
+        )
+        assert {c: (n, Decimal(b)) for c, n, b in by_category} == {k: v[:2] for k, v in expected["by_category"].items()}
+
+        versions = client.execute(
+            "SELECT DISTINCT price_version, priced FROM cost_lines WHERE source_event_id LIKE %(prefix)s", {"prefix": prefix},
+        )
+        assert versions == [(f"focus-{document['focus_version']}", 1)]
+
+    tenants = dict(client.execute(
+        "SELECT tenant, count() FROM cost_lines WHERE source = 'cloud' GROUP BY tenant"
+    ))
+    assert {"acme", "globex", "initech", "unallocated"} <= set(tenants)
+    (defaults,), = client.execute(
+        "SELECT count() FROM cost_lines WHERE source = 'cloud' AND tenant = 'unallocated'"
+        " AND has(tag_source_keys, 'tenant') AND tag_source_values[indexOf(tag_source_keys, 'tenant')] = 'default'"
+    )
+    assert defaults == tenants["unallocated"], "unallocated cost says its tenant was defaulted"
+    client.disconnect()
+
+
+def test_ingesting_the_same_file_again_adds_no_rows(pipeline):
+    settings, components = pipeline
+    client = clickhouse(settings)
+    cost_topic = COST_LINES.name(settings)
+    expected_rows = file_sums(SAMPLE_1_2)["rows"]
+
+    first = ingest(settings, str(SAMPLE_1_2), "--format", "json")
+    assert first.exit_code == 0, first.output
+    prefix = id_prefix(json.loads(first.stdout))
+    wait_for(lambda: stored_count(client, prefix) >= expected_rows, 180, components, "the first ingest")
+
+    before = sum(end_offsets(settings, cost_topic).values())
+    again = ingest(settings, str(SAMPLE_1_2), "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["produced"] == expected_rows, "the rows are sent again; downstream drops them"
+    # The worker turns every resent row into a cost line again; wait until it has, and until the sink has
+    # committed past all of them, so any duplicate would be in ClickHouse by now.
+    wait_for(lambda: sum(end_offsets(settings, cost_topic).values()) >= before + expected_rows, 180, components,
+             "the worker's cost lines for the resent rows")
+    ends = end_offsets(settings, cost_topic)
+    wait_for(lambda: all(sink_committed(settings, cost_topic, ends)[p] >= end for p, end in ends.items()), 180,
+             components, "the sink to commit past the resent cost lines")
+    assert stored_count(client, prefix) == expected_rows
+    (rows,), = client.execute("SELECT count() FROM cost_lines WHERE source_event_id LIKE %(prefix)s", {"prefix": prefix})
+    assert rows == expected_rows, "no duplicate, counted without FINAL"
+    client.disconnect()
+
+
+def test_the_bad_rows_file_reports_lines_and_rules_and_its_good_rows_still_land(pipeline):
+    settings, components = pipeline
+    client = clickhouse(settings)
+
+    strict = ingest(settings, str(BAD_ROWS), "--strict", "--format", "json")
+    assert strict.exit_code == 3, strict.output
+    assert json.loads(strict.stdout)["produced"] == 0
+
+    result = ingest(settings, str(BAD_ROWS), "--format", "json")
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)
+    reported = {(e["line"], e["rule"]) for e in document["errors"]}
+    assert {(3, "decimal"), (4, "decimal_scale"), (5, "period_order"), (6, "timestamp"), (7, "currency"),
+            (8, "one_of"), (9, "tags"), (11, "required"), (14, "column_count"), (17, "required_with")} <= reported
+    assert not {line for line, _ in reported} & {2, 12, 20}
+    assert (document["good_rows"], document["produced"]) == (3, 3)
+    assert "rows broke a rule" in result.stderr
+
+    prefix = id_prefix(document)
+    wait_for(lambda: stored_count(client, prefix) >= 3, 180, components, "the good rows of the bad file")
+    lines = client.execute(
+        "SELECT source_event_id, cost_usd, charge_category FROM cost_lines WHERE source_event_id LIKE %(prefix)s"
+        " ORDER BY source_event_id", {"prefix": prefix},
+    )
+    assert sorted(int(event_id.rsplit(":", 1)[1]) for event_id, _, _ in lines) == [2, 12, 20]
+    assert sum(Decimal(cost) for _, cost, _ in lines) == Decimal("10.50") + Decimal("3.25") - Decimal("4.75")
+    client.disconnect()
+
+
+def test_bad_messages_on_the_billing_topic_go_to_the_dlq_with_their_bytes(pipeline):
+    settings, components = pipeline
+    client = clickhouse(settings)
+    topic = CLOUD_BILLING.name(settings)
+    codec = codec_for("cloud_cost_line")
+    garbage = b"\x00not a bill line"
+    with SAMPLE_1_2.open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    euro = {
+        "event_id": f"focus:test-{uuid.uuid4()}:2", "focus_version": "1.2", "BillingCurrency": "EUR",
+        "ChargePeriodStart": "2025-06-01T00:00:00Z", "ChargePeriodEnd": "2025-06-02T00:00:00Z",
+        "BillingPeriodStart": "2025-06-01T00:00:00Z", "BillingPeriodEnd": "2025-07-01T00:00:00Z",
+        **{k: row[k] for k in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "ChargeCategory",
+                               "BillingAccountId", "InvoiceIssuerName", "ProviderName", "ServiceCategory", "ServiceName")},
+    }
+    euro_bytes = codec.encode_json(euro)
+    good = euro | {"event_id": f"focus:test-{uuid.uuid4()}:3", "BillingCurrency": "USD"}
+    producer = Producer(settings.kafka_client_config())
+    for value in (garbage, euro_bytes, codec.encode(good)):
+        producer.produce(topic, key=row["BillingAccountId"].encode(), value=value)
+    assert producer.flush(30) == 0
+
+    wait_for(lambda: client.execute(
+        "SELECT count() FROM cost_lines WHERE source_event_id = %(id)s", {"id": good["event_id"]})[0][0],
+        180, components, "the good record after the bad ones")
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"dlq-check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
+    consumer.subscribe([DEAD_LETTERS.name(settings)])
+    letters = []
+    deadline = time.monotonic() + 60
+    while len(letters) < 2 and time.monotonic() < deadline:
+        for message in consumer.consume(10, 1.0):
+            if not message.error():
+                letter = codec_for("dead_letter").decode(message.value())
+                if letter["stage"] == "worker.cost_cloud_billing":
+                    letters.append(letter)
+    consumer.close()
+    by_value = {letter["original_value"]: (letter["error_field"], letter["error_rule"]) for letter in letters}
+    assert by_value == {garbage: (None, "wire_format"), euro_bytes: ("BillingCurrency", "currency")}
+    assert all(letter["source_topic"] == topic for letter in letters)
+    client.disconnect()
