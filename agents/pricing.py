@@ -138,7 +138,9 @@ class PriceCatalog:
         """(provider, model) as the catalog knows it: aliases applied; provider inferred when not given."""
         name = normalize_name(model)
         if name in self.aliases:
-            return self.aliases[name]
+            target = self.aliases[name]
+            # an alias names one provider's model: under another provider it is as unknown as the model itself
+            return target if not provider or normalize_name(provider) == target[0] else None
         if provider:
             key = (normalize_name(provider), name)
             return key if key in self.entries else None
@@ -322,8 +324,11 @@ def parse_litellm_prices(document: Mapping[str, Any], version: str) -> PriceCata
     Parse the JSON with parse_float=Decimal so '2.5e-06' stays exact. Entries without token prices (image,
     audio-per-second models) are skipped.
     """
-    entries = []
-    for name, raw in document.items():
+    entries: dict[tuple[str, str], CatalogEntry] = {}
+    # LiteLLM lists some models under several spellings that map to one (provider, model) here, e.g.
+    # "gemini/gemini-2.5-flash" and "gemini-2.5-flash" (Vertex), "bedrock/x" and "x": the bare name wins,
+    # then the first in the file; the others are skipped rather than failing the whole file.
+    for name, raw in sorted(document.items(), key=lambda item: "/" in item[0]):
         if name == "sample_spec" or not isinstance(raw, Mapping) or raw.get("input_cost_per_token") is None:
             continue
         where = f"{name}"
@@ -331,7 +336,10 @@ def parse_litellm_prices(document: Mapping[str, Any], version: str) -> PriceCata
         model = name.split("/", 1)[1] if "/" in name else name
         if not provider:
             raise CatalogError(f"{where}: litellm_provider is required")
-        entries.append(CatalogEntry(
+        key = (normalize_name(provider), normalize_name(model))
+        if key in entries:
+            continue
+        entries[key] = CatalogEntry(
             provider=normalize_name(provider), model=normalize_name(model), effective_from=EPOCH,
             prices=TokenPrices(
                 input=_decimal(raw.get("input_cost_per_token"), where, "input_cost_per_token"),  # type: ignore[arg-type]
@@ -343,8 +351,8 @@ def parse_litellm_prices(document: Mapping[str, Any], version: str) -> PriceCata
                                    "output_cost_per_reasoning_token", True),
             ),
             mode=raw.get("mode", "chat"), source="litellm",
-        ))
-    return PriceCatalog(version=version, entries=_group(entries))
+        )
+    return PriceCatalog(version=version, entries=_group(entries.values()))
 
 
 def load_catalog(path: Path | None = None, tenant_overrides: Path | None = None) -> PriceCatalog:

@@ -20,10 +20,18 @@ CONTENT_FIELDS = frozenset({"prompt", "prompts", "messages", "completion", "comp
                             "input_text", "output_text", "system_prompt"})
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# A phone number: optional +country, then at least 7 digits in groups separated by spaces, dots, dashes
-# or parentheses. Plain long digit runs without a '+' (order ids, timestamps) are left alone.
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?!\w)"
-                    r"|\+\d{7,15}(?!\w)")
+# A phone number: at least 7 digits, written as +country then groups (+1 415 555 0100, +44 7911 123456),
+# an area code in parentheses then groups ((415) 555-0100), or three or more groups separated by spaces,
+# dots or dashes (415.555.0100). Plain digit runs without a '+' (order ids, timestamps) and dates
+# (2026-11-21, 21.11.2026) are left alone.
+_DATE = r"(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4})(?!\d)"
+_PHONE = re.compile(
+    r"(?<![\w+])(?!" + _DATE + r")"
+    r"(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,6}(?:[\s.-]\d{1,6}){1,5}"
+    r"|\(\d{1,4}\)[\s.-]?\d{2,4}(?:[\s.-]\d{2,4}){1,3}"
+    r"|\d{2,4}(?:[\s.-]\d{2,4}){2,4})(?!\w)"
+    r"|\+\d{7,15}(?!\w)"
+)
 
 EMAIL_MASK = "[email]"
 PHONE_MASK = "[phone]"

@@ -16,7 +16,7 @@ def now() -> dt.datetime:
 
 @pytest.fixture()
 def make_event() -> Callable[..., dict[str, Any]]:
-    """A complete, valid LLM usage event as the codec decodes it (every v2 field present)."""
+    """A complete, valid LLM usage event as the codec decodes it (every v3 field present)."""
 
     def make(**overrides: Any) -> dict[str, Any]:
         event = {
@@ -26,6 +26,7 @@ def make_event() -> Callable[..., dict[str, Any]]:
             "service": "code-assist",
             "feature": "complete",
             "customer": "cust-001",
+            "user_id": None,
             "session_id": None,
             "request_id": "req-0001",
             "environment": "prod",
@@ -36,6 +37,7 @@ def make_event() -> Callable[..., dict[str, Any]]:
             "input_tokens": 1000,
             "output_tokens": 500,
             "cached_input_tokens": 200,
+            "cache_write_tokens": 0,
             "reasoning_tokens": 0,
             "latency_ms": 900,
             "time_to_first_token_ms": 270,

@@ -28,19 +28,31 @@ def _counter_fields() -> list[str]:
 
 def test_the_counter_field_list_covers_tokens_and_latency():
     fields = _counter_fields()
-    assert {"input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "latency_ms"} <= set(fields)
+    assert {"input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
+            "latency_ms"} <= set(fields)
 
 
 def test_a_valid_event_passes(make_event, now):
     assert validate_llm_usage(make_event(), now) is None
 
 
-@pytest.mark.parametrize("field", ["event_id", "tenant", "service", "feature", "provider", "model"])
+@pytest.mark.parametrize("field", ["event_id", "model"])
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n", None])
-def test_identity_fields_must_be_non_empty(make_event, now, field, blank):
+def test_event_id_and_model_must_be_non_empty(make_event, now, field, blank):
     error = _rejects(make_event(**{field: blank}), now)
     assert (error.field, error.rule) == (field, "non_empty")
     assert field in str(error) and "non_empty" in str(error)
+
+
+@pytest.mark.parametrize("field", ["tenant", "service", "feature", "provider"])
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_tenant_service_feature_and_provider_may_be_empty(make_event, now, field, blank):
+    # tagging infers them or charges the call to `unallocated`
+    validate_llm_usage(make_event(**{field: blank}), now)
+
+
+def test_an_event_with_only_id_and_model_named_passes(make_event, now):
+    validate_llm_usage(make_event(tenant="", service="", feature="", provider=""), now)
 
 
 @pytest.mark.parametrize("field", _counter_fields())
@@ -54,7 +66,9 @@ def test_counts_and_latencies_must_be_non_negative(make_event, now, field):
 def test_zero_is_allowed(make_event, now, field):
     event = make_event(**{field: 0})
     if field == "input_tokens":
-        event["cached_input_tokens"] = 0
+        event["cached_input_tokens"] = event["cache_write_tokens"] = 0
+    if field == "output_tokens":
+        event["reasoning_tokens"] = 0
     validate_llm_usage(event, now)
 
 
@@ -65,7 +79,43 @@ def test_missing_optional_latency_is_fine(make_event, now):
 def test_cached_tokens_cannot_exceed_input_tokens(make_event, now):
     error = _rejects(make_event(input_tokens=100, cached_input_tokens=101), now)
     assert (error.field, error.rule) == ("cached_input_tokens", "within_input_tokens")
+    assert "101 cache-read + 0 cache-write tokens exceed 100 input tokens" in error.message
     validate_llm_usage(make_event(input_tokens=100, cached_input_tokens=100), now)
+
+
+def test_cache_write_tokens_cannot_exceed_input_tokens(make_event, now):
+    error = _rejects(make_event(input_tokens=100, cached_input_tokens=0, cache_write_tokens=101), now)
+    assert (error.field, error.rule) == ("cache_write_tokens", "within_input_tokens")
+    validate_llm_usage(make_event(input_tokens=100, cached_input_tokens=0, cache_write_tokens=100), now)
+
+
+@pytest.mark.parametrize(("cached", "written", "ok"), [
+    (60, 40, True),    # together exactly the prompt
+    (60, 41, False),   # each fits, together they do not: blamed on the writes
+    (0, 0, True),
+    (100, 0, True),
+])
+def test_cache_reads_and_writes_together_are_within_input_tokens(make_event, now, cached, written, ok):
+    event = make_event(input_tokens=100, cached_input_tokens=cached, cache_write_tokens=written)
+    if ok:
+        validate_llm_usage(event, now)
+    else:
+        error = _rejects(event, now)
+        assert (error.field, error.rule) == ("cache_write_tokens", "within_input_tokens")
+        assert "60 cache-read + 41 cache-write tokens exceed 100 input tokens" in error.message
+
+
+def test_a_negative_cache_write_count_is_refused_before_the_sum_rule(make_event, now):
+    error = _rejects(make_event(input_tokens=100, cached_input_tokens=150, cache_write_tokens=-60), now)
+    assert (error.field, error.rule) == ("cache_write_tokens", "non_negative")
+
+
+def test_an_event_without_cache_write_tokens_is_checked_too(make_event, now):
+    event = make_event()
+    del event["cache_write_tokens"]
+    validate_llm_usage(event, now)
+    event["cached_input_tokens"] = event["input_tokens"] + 1
+    assert _rejects(event, now).field == "cached_input_tokens"
 
 
 def test_reasoning_tokens_cannot_exceed_output_tokens(make_event, now):
