@@ -16,7 +16,10 @@ import logging
 from dataclasses import dataclass
 
 import faust
+import faust.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.metrics import DEAD_LETTERED
 from prismops.settings import Settings
 from streams.codecs import codec_for
 from streams.dead_letters import dead_letter_record
@@ -48,11 +51,17 @@ class WorkerContext:
             )
         return self._topics[name]
 
-    async def dead_letter(self, event: faust.types.EventT, stage: str, field: str | None, rule: str, message: str) -> None:
-        """Send the event's original bytes to the DLQ with the reason; published before its offset commits."""
+    async def dead_letter(
+        self, event: faust.types.EventT, stage: str, field: str | None, rule: str, message: str,
+        value: bytes | None = None,
+    ) -> None:
+        """Send the event's original bytes (or `value`, a copy with prompts removed) to the DLQ with the
+        reason; published before its offset commits."""
         msg = event.message
+        DEAD_LETTERED.labels(stage, rule).inc()
         record = dead_letter_record(
-            stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
+            stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+            value=msg.value if value is None else value,
             headers=[(k, v) for k, v in (msg.headers or [])], field=field, rule=rule, message=message,
         )
         log.warning("dead letter from %s[%s]@%s: %s [%s]", msg.topic, msg.partition, msg.offset, message, rule)
@@ -60,10 +69,15 @@ class WorkerContext:
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    from agents import llm_agents
+    from agents import billing_agents, budget_agents, gpu_agents, llm_agents
 
     context = WorkerContext(settings, create_app(settings))
-    for domain in (llm_agents,):
+
+    @context.app.page("/metrics")
+    async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    for domain in (llm_agents, gpu_agents, billing_agents, budget_agents):
         domain.register(context)
     return context.app
 

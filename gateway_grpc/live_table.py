@@ -1,59 +1,86 @@
-"""The router's in-memory copy of the compacted ROUTING_TABLES topic: the latest live row per model.
+"""The router's in-memory copies of compacted topics: the latest row per key of each.
 
-`LiveTableFollower` reads the whole topic from the beginning on every start (no consumer-group offsets:
-a compacted topic *is* the table, and every gateway replica needs all of it), then keeps following it.
-It reports `caught_up` once it has read up to the end offsets it saw when it started, so the server can
-say SERVING only when its answers rest on the full table.
+Two tables follow two topics with one implementation: `LiveModelTable` holds ROUTING_TABLES (one live
+latency/error/cost row per model) and `BudgetStateTable` holds BUDGET_STATE (one budget row per tenant and
+per team). `LiveTableFollower` reads its whole topic from the beginning on every start (no consumer-group
+offsets: a compacted topic *is* the table, and every gateway replica needs all of it), then keeps following
+it. It reports `caught_up` once it has read up to the end offsets it saw when it started, so the server can
+say SERVING only when its answers rest on full tables.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from prismops.settings import Settings
 from streams.codecs import CodecError, codec_for
-from streams.topics import ROUTING_TABLES
+from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, str]
+ScopeKey = tuple[str, str]
+K = TypeVar("K", bound=Hashable)
 
 
-class LiveModelTable:
-    """Thread-safe map (provider, model) -> latest decoded ModelLiveStats row."""
+def split_record_key(key: bytes | None) -> tuple[str, str] | None:
+    """Record keys are "first/rest"; the rest may itself hold slashes ("meta-llama/Llama-3")."""
+    if not key:
+        return None
+    first, sep, rest = key.decode("utf-8", errors="replace").partition("/")
+    return (first, rest) if sep and first and rest else None
 
-    def __init__(self, rows: Mapping[ModelKey, Mapping[str, Any]] | None = None):
+
+def model_key_from_record_key(key: bytes | None) -> ModelKey | None:
+    """ROUTING_TABLES keys are "provider/model"."""
+    return split_record_key(key)
+
+
+class LiveTable(abc.ABC, Generic[K]):
+    """Thread-safe map key -> latest decoded row; subclasses say how a row and a record key name their key."""
+
+    what = "rows"
+
+    def __init__(self, rows: Mapping[K, Mapping[str, Any]] | None = None):
         self._lock = threading.Lock()
-        self._rows: dict[ModelKey, dict[str, Any]] = {}
+        self._rows: dict[K, dict[str, Any]] = {}
         for row in (rows or {}).values():
             self.upsert(row)
 
+    @abc.abstractmethod
+    def key_of_row(self, row: Mapping[str, Any]) -> K: ...
+
+    @abc.abstractmethod
+    def key_of_record(self, key: bytes | None) -> K | None:
+        """The key a Kafka record key names, or None when it is unusable."""
+
     def upsert(self, row: Mapping[str, Any]) -> None:
-        key = (row["provider"], row["model"])
+        key = self.key_of_row(row)
         with self._lock:
             self._rows[key] = dict(row)
 
-    def delete(self, provider: str, model: str) -> bool:
+    def delete_key(self, key: K) -> bool:
         with self._lock:
-            return self._rows.pop((provider, model), None) is not None
+            return self._rows.pop(key, None) is not None
 
-    def get(self, provider: str, model: str) -> dict[str, Any] | None:
+    def get_key(self, key: K) -> dict[str, Any] | None:
         with self._lock:
-            row = self._rows.get((provider, model))
+            row = self._rows.get(key)
             return dict(row) if row is not None else None
 
-    def rows_for(self, keys: "list[ModelKey] | tuple[ModelKey, ...]") -> dict[ModelKey, dict[str, Any]]:
-        """Copies of the rows of some models, read under one lock so they come from one moment."""
+    def rows_for(self, keys: Iterable[K]) -> dict[K, dict[str, Any]]:
+        """Copies of some rows, read under one lock so they come from one moment."""
         with self._lock:
             return {key: dict(self._rows[key]) for key in keys if key in self._rows}
 
-    def snapshot(self) -> dict[ModelKey, dict[str, Any]]:
+    def snapshot(self) -> dict[K, dict[str, Any]]:
         with self._lock:
             return {key: dict(row) for key, row in self._rows.items()}
 
@@ -62,25 +89,51 @@ class LiveModelTable:
             return len(self._rows)
 
 
-def model_key_from_record_key(key: bytes | None) -> ModelKey | None:
-    """Record keys are "provider/model"; the model part may itself hold slashes ("meta-llama/Llama-3")."""
-    if not key:
-        return None
-    provider, sep, model = key.decode("utf-8", errors="replace").partition("/")
-    return (provider, model) if sep and provider and model else None
+class LiveModelTable(LiveTable[ModelKey]):
+    """(provider, model) -> latest decoded ModelLiveStats row."""
+
+    what = "models"
+
+    def key_of_row(self, row: Mapping[str, Any]) -> ModelKey:
+        return (row["provider"], row["model"])
+
+    def key_of_record(self, key: bytes | None) -> ModelKey | None:
+        return model_key_from_record_key(key)
+
+    def delete(self, provider: str, model: str) -> bool:
+        return self.delete_key((provider, model))
+
+    def get(self, provider: str, model: str) -> dict[str, Any] | None:
+        return self.get_key((provider, model))
+
+
+class BudgetStateTable(LiveTable[ScopeKey]):
+    """(scope, scope_id) -> latest decoded BudgetState row ("tenant"/"team")."""
+
+    what = "budget scopes"
+
+    def key_of_row(self, row: Mapping[str, Any]) -> ScopeKey:
+        return (row["scope"], row["scope_id"])
+
+    def key_of_record(self, key: bytes | None) -> ScopeKey | None:
+        return split_record_key(key)
+
+    def get(self, scope: str, scope_id: str) -> dict[str, Any] | None:
+        return self.get_key((scope, scope_id))
 
 
 class LiveTableFollower:
-    """Background thread that replays ROUTING_TABLES into a LiveModelTable and keeps following it."""
+    """Background thread that replays one compacted topic into a LiveTable and keeps following it."""
 
     POLL_TIMEOUT_S = 0.2
     METADATA_RETRY_S = 0.5
     RESTART_DELAY_S = 1.0
 
-    def __init__(self, settings: Settings, table: LiveModelTable):
+    def __init__(self, settings: Settings, spec: TopicSpec, table: LiveTable[Any]):
         self.settings = settings
+        self.spec = spec
         self.table = table
-        self.topic = ROUTING_TABLES.name(settings)
+        self.topic = spec.name(settings)
         self.caught_up = threading.Event()
         self.records_applied = 0
         self.tombstones_applied = 0
@@ -88,7 +141,7 @@ class LiveTableFollower:
         self.restarts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._codec = codec_for(ROUTING_TABLES.schema)
+        self._codec = codec_for(spec.schema)
 
     def consumer_config(self) -> dict[str, Any]:
         return {
@@ -191,25 +244,25 @@ class LiveTableFollower:
 
     def _mark_caught_up_when_done(self, remaining: dict[int, int]) -> None:
         if not remaining and not self.caught_up.is_set():
-            log.info("live table caught up with %s: %d models", self.topic, len(self.table))
+            log.info("live table caught up with %s: %d %s", self.topic, len(self.table), self.table.what)
             self.caught_up.set()
 
     def apply(self, key: bytes | None, value: bytes | None, partition: int = -1, offset: int = -1) -> None:
         """Apply one record: a row is upserted, a tombstone deletes its key, a bad record is logged and counted."""
         if value is None:
-            model_key = model_key_from_record_key(key)
-            if model_key is None:
+            row_key = self.table.key_of_record(key)
+            if row_key is None:
                 self.bad_records += 1
                 log.warning("tombstone with unusable key %r at %s[%d]@%d ignored", key, self.topic, partition, offset)
                 return
-            self.table.delete(*model_key)
+            self.table.delete_key(row_key)
             self.tombstones_applied += 1
             return
         try:
             row = self._codec.decode(value)
         except CodecError as exc:
             self.bad_records += 1
-            log.warning("undecodable live row at %s[%d]@%d ignored: %s", self.topic, partition, offset, exc)
+            log.warning("undecodable row at %s[%d]@%d ignored: %s", self.topic, partition, offset, exc)
             return
         self.table.upsert(row)
         self.records_applied += 1

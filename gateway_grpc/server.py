@@ -1,8 +1,11 @@
 """routing.v1.Router over gRPC: a thin adapter from the wire to `policy.choose_model`.
 
-The server answers Decide from the in-memory live table, publishes every decision to ROUTING_DECISIONS
-(without waiting for the broker), and exposes the standard health service (NOT_SERVING until the live
-table has caught up with the topic) and server reflection so grpcurl and friends work out of the box.
+The server answers Decide from two in-memory tables, each following a compacted topic: the live model table
+(ROUTING_TABLES) and the budget table (BUDGET_STATE). A tenant that a budget blocks (MANUAL mode,
+`budget_gate`) is refused with RESOURCE_EXHAUSTED naming the tenant, the budget and the numbers. Every
+decision, refusals included, is published to ROUTING_DECISIONS (without waiting for the broker). The standard
+health service says NOT_SERVING until both tables have caught up with their topics, and server reflection
+lets grpcurl and friends work out of the box.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from confluent_kafka import KafkaException, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway_grpc.live_table import LiveModelTable, LiveTableFollower
-from gateway_grpc.policy import PolicyInputError, RoutingChoice, RoutingRequest, choose_model, format_usd
+from gateway_grpc.budget_gate import BudgetGate
+from gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
+from gateway_grpc.policy import (
+    PolicyInputError, RoutingChoice, RoutingRequest, choose_model, format_usd, validate_request,
+)
 from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
 from streams.codecs import CodecError, codec_for
-from streams.topics import ROUTING_DECISIONS
+from streams.topics import BUDGET_STATE, ROUTING_DECISIONS, ROUTING_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +162,34 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         publisher: DecisionPublisher,
         is_ready: Callable[[], bool] = lambda: True,
         clock: Callable[[], dt.datetime] = _utc_now,
+        budget_gate: BudgetGate | None = None,
     ):
         self._defaults = settings.gateway
         self._table = table
         self._publisher = publisher
         self._is_ready = is_ready
         self._clock = clock
+        self._budget_gate = budget_gate
 
     def Decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
         if not self._is_ready():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the live model table is still loading; retry shortly")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
         routing_request = request_from_proto(request).with_default_tokens(
             self._defaults.default_input_tokens, self._defaults.default_output_tokens
         )
-        rows = self._table.rows_for(routing_request.allowed_models)
         try:
-            choice = choose_model(routing_request, rows, self._clock())
+            validate_request(routing_request)
         except PolicyInputError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message}")
+        now = self._clock()
         decision_id = str(uuid.uuid4())
+        block = self._budget_gate.check(routing_request, now) if self._budget_gate else None
+        if block is not None:
+            self._publisher.publish(routing_request.tenant, block.decision_record(routing_request, decision_id, now))
+            context.set_trailing_metadata((("prismops-decision-id", decision_id),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, block.message)
+        rows = self._table.rows_for(routing_request.allowed_models)
+        choice = choose_model(routing_request, rows, now)
         self._publisher.publish(routing_request.tenant, choice.decision_record(routing_request, decision_id))
         return response_from_choice(choice, decision_id)
 
@@ -193,15 +208,20 @@ def build_server(
     publisher: DecisionPublisher,
     health_servicer: health.HealthServicer | None = None,
     is_ready: Callable[[], bool] = lambda: True,
+    budgets: BudgetStateTable | None = None,
 ) -> grpc.Server:
     """A bound, not yet started server with Router, health and reflection. Without a health servicer
-    the router reports SERVING at once (the table is assumed full, as in tests and embedded use)."""
+    the router reports SERVING at once (the tables are assumed full, as in tests and embedded use); without
+    a budget table no budget is enforced."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.gateway.max_workers, thread_name_prefix="router"),
         # without this a second gateway on the same port would start "fine" and silently share the traffic
         options=[("grpc.so_reuseport", 0)],
     )
-    routing_pb2_grpc.add_RouterServicer_to_server(RouterServicer(settings, table, publisher, is_ready), server)
+    gate = BudgetGate.from_settings(settings, budgets) if budgets is not None else None
+    routing_pb2_grpc.add_RouterServicer_to_server(
+        RouterServicer(settings, table, publisher, is_ready, budget_gate=gate), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(
         health_servicer or new_health_servicer(health_pb2.HealthCheckResponse.SERVING), server
     )
@@ -223,34 +243,41 @@ def serve(
     grace_s: float = DEFAULT_GRACE_S,
     publisher: DecisionPublisher | None = None,
 ) -> None:
-    """Run the gateway until `stop_event` is set: follow the live table, answer Decide, publish decisions.
-    Health says NOT_SERVING until the table has caught up, and again from the start of shutdown."""
-    table = LiveModelTable()
-    follower = LiveTableFollower(settings, table)
+    """Run the gateway until `stop_event` is set: follow the live model and budget tables, answer Decide,
+    publish decisions. Health says NOT_SERVING until both tables have caught up, and again from the start
+    of shutdown."""
+    table, budgets = LiveModelTable(), BudgetStateTable()
+    followers = [LiveTableFollower(settings, ROUTING_TABLES, table), LiveTableFollower(settings, BUDGET_STATE, budgets)]
+
+    def caught_up() -> bool:
+        return all(f.caught_up.is_set() for f in followers)
+
     health_servicer = new_health_servicer(health_pb2.HealthCheckResponse.NOT_SERVING)
     publisher = publisher or KafkaDecisionPublisher(settings)
     try:
         server = build_server(
-            settings, table, publisher=publisher, health_servicer=health_servicer, is_ready=follower.caught_up.is_set
+            settings, table, publisher=publisher, health_servicer=health_servicer, is_ready=caught_up, budgets=budgets,
         )
     except Exception:
         publisher.close()
         raise
     server.start()
-    follower.start()
-    log.info("routing.v1.Router listening on %s:%d (live table: %s)", settings.gateway.host, settings.gateway.port,
-             follower.topic)
+    for follower in followers:
+        follower.start()
+    log.info("routing.v1.Router listening on %s:%d (following %s; budgets in %s mode)", settings.gateway.host,
+             settings.gateway.port, ", ".join(f.topic for f in followers), settings.budgets.mode.upper())
     serving = False
     try:
         while not stop_event.wait(0.1):
-            if not serving and follower.caught_up.is_set():
+            if not serving and caught_up():
                 for service in (OVERALL_HEALTH, ROUTER_SERVICE):
                     health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
                 serving = True
-                log.info("live table loaded (%d models): SERVING", len(table))
+                log.info("tables loaded (%d models, %d budget scopes): SERVING", len(table), len(budgets))
     finally:
         log.info("shutting down: NOT_SERVING, draining for up to %.1f s", grace_s)
         health_servicer.enter_graceful_shutdown()
         server.stop(grace_s).wait()
-        follower.stop()
+        for follower in followers:
+            follower.stop()
         publisher.close()

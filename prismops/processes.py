@@ -1,4 +1,4 @@
-"""Run the PrismOps components (worker, sink, gateway) as child processes, as an operator would.
+"""Run the PrismOps components (worker, sink, gateway, alerts) as child processes, as an operator would.
 
 Used by `prismops demo` and the end-to-end tests, so both exercise the real commands.
 """
@@ -18,6 +18,7 @@ COMPONENT_COMMANDS: dict[str, list[str]] = {
     "worker": ["worker", "--loglevel", "WARNING"],
     "sink": ["sink"],
     "gateway": ["gateway", "serve"],
+    "alerts": ["alerts"],  # idles when budgets.webhook_url is unset, so starting it is always safe
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -100,6 +100,11 @@ class BudgetSettings(BaseModel):
     webhook_url: str | None = Field(default=None, description="Slack-compatible incoming webhook for budget alerts")
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 6
+    webhook_backoff_first_s: float = Field(default=0.5, description="first retry delay; doubles per attempt, max 30 s")
+    mode: Literal["manual", "notify"] = Field(
+        default="manual", description="manual: the router refuses blocked tenants; notify: alerts only"
+    )
+    alerts_group_id: str = Field(default="prismops-alerts-webhook", description="consumer group of `prismops alerts`")
 
 
 class SinkSettings(BaseModel):

@@ -278,3 +278,82 @@ class DeadLetterSink(ClickHouseTableSink):
     id_column = "letter_id"
     prune_column = "source_topic"
     to_row = staticmethod(dead_letter_row)
+
+
+def budget_event_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    period_start = as_utc(value["period_start"])
+    return {
+        "event_id": value["event_id"],
+        "at": as_utc(value["at"]),
+        "budget_id": value["budget_id"],
+        "scope": value["scope"],
+        "scope_id": value["scope_id"],
+        "period": value["period"],
+        "period_start": period_start,
+        "period_date": period_start.date(),
+        "unit": value["unit"],
+        "threshold_pct": value["threshold_pct"],
+        "action": value["action"],
+        "budget_limit": value["limit"],
+        "spent": value["spent"],
+        "message": value["message"],
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+class BudgetEventSink(ClickHouseTableSink):
+    """budget.events.v1 → budget_events; a re-sent event (same event_id) is skipped like any replay."""
+
+    table = "budget_events"
+    id_column = "event_id"
+    prune_column = "period_date"
+    to_row = staticmethod(budget_event_row)
+
+
+def allocation_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    window_start = as_utc(value["window_start"])
+    return {
+        "allocation_id": value["allocation_id"],
+        "window_start": window_start,
+        "window_end": as_utc(value["window_end"]),
+        "window_date": window_start.date(),
+        "pool": value["pool"],
+        "cluster": value["cluster"],
+        "node": value["node"],
+        "gpu_model": value["gpu_model"],
+        "capacity_type": value["capacity_type"],
+        "kind": value["kind"],
+        "tenant": value["tenant"],
+        "team": value["team"],
+        "namespace": value.get("namespace"),
+        "job": value.get("job"),
+        "charged_gpu_seconds": value["charged_gpu_seconds"],
+        "share": value["share"],
+        "direct_cost_usd": value["direct_cost_usd"],
+        "idle_cost_usd": value["idle_cost_usd"],
+        "cost_usd": value["cost_usd"],
+        "pool_cost_usd": value["pool_cost_usd"],
+        "idle_policy": value["idle_policy"],
+        "tokens": value.get("tokens", 0),
+        "usd_per_mtok": value.get("usd_per_mtok"),
+        "price_version": value["price_version"],
+        "late": int(value.get("late", False)),
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+class GpuAllocationSink(ClickHouseTableSink):
+    """cost.allocations.v1 → gpu_allocations; a re-emitted window (same allocation ids) is skipped like any replay."""
+
+    table = "gpu_allocations"
+    id_column = "allocation_id"
+    prune_column = "window_date"
+    to_row = staticmethod(allocation_row)

@@ -21,10 +21,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord
-from sinks.clickhouse import CostLineSink, DeadLetterSink, RoutingDecisionSink, clickhouse_client
+from sinks.clickhouse import (
+    BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, RoutingDecisionSink, clickhouse_client,
+)
 from streams.dead_letters import dead_letter_record
 from streams.codecs import CodecError, codec_for
-from streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS, TopicSpec
+from streams.topics import BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, ROUTING_DECISIONS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +97,16 @@ def first_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
 
 
 def default_routes(settings: Settings, client: Client | None = None) -> list[Route]:
-    """Cost lines, routing decisions and dead letters into their tables, through one ClickHouse connection."""
+    """Cost lines, routing decisions, dead letters and budget events into their tables, through one ClickHouse
+    connection."""
     client = client or clickhouse_client(settings)
     database = settings.clickhouse.database
     return [
         Route(COST_LINES, CostLineSink(client, database)),
         Route(ROUTING_DECISIONS, RoutingDecisionSink(client, database)),
         Route(DEAD_LETTERS, DeadLetterSink(client, database)),
+        Route(BUDGET_EVENTS, BudgetEventSink(client, database)),
+        Route(GPU_ALLOCATIONS, GpuAllocationSink(client, database)),
     ]
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from gateway_grpc.live_table import LiveModelTable, LiveTableFollower, model_key_from_record_key
 from prismops.settings import Settings
 from streams.codecs import codec_for
+from streams.topics import ROUTING_TABLES
 
 NOW = dt.datetime(2025, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -67,7 +68,7 @@ def test_record_keys_split_at_the_first_slash():
 
 def test_follower_applies_rows_tombstones_and_survives_bad_records():
     table = LiveModelTable()
-    follower = LiveTableFollower(Settings(), table)
+    follower = LiveTableFollower(Settings(), ROUTING_TABLES, table)
     codec = codec_for("model_live_stats")
 
     follower.apply(b"openai/gpt-4o", codec.encode(row("openai", "gpt-4o", 500)))
@@ -85,8 +86,8 @@ def test_follower_applies_rows_tombstones_and_survives_bad_records():
 
 def test_follower_consumer_never_commits_and_uses_a_unique_group():
     settings = Settings()
-    first = LiveTableFollower(settings, LiveModelTable()).consumer_config()
-    second = LiveTableFollower(settings, LiveModelTable()).consumer_config()
+    first = LiveTableFollower(settings, ROUTING_TABLES, LiveModelTable()).consumer_config()
+    second = LiveTableFollower(settings, ROUTING_TABLES, LiveModelTable()).consumer_config()
     assert first["enable.auto.commit"] is False
     assert first["group.id"] != second["group.id"]
     assert first["bootstrap.servers"] == settings.kafka_bootstrap

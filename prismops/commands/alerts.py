@@ -1,0 +1,64 @@
+"""`prismops alerts`: deliver budget alerts (budget.events.v1) to a Slack-compatible webhook, each once."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+from clickhouse_driver.errors import Error as ClickHouseError
+from rich.markup import escape
+
+from prismops.output import FORMAT_OPTION, emit, fail, stderr_console
+from prismops.settings import Settings
+
+
+@click.command(name="alerts")
+@click.option("--until-idle", "idle_s", type=float, default=None,
+              help="stop after this many seconds without events instead of running until SIGINT/SIGTERM")
+@FORMAT_OPTION
+@click.pass_obj
+def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
+    """POST each budget warn/block event to budgets.webhook_url (Slack-compatible JSON, retried, never repeated
+    once recorded in ClickHouse `alert_deliveries`); prints the totals at exit.
+
+    Without a webhook_url nothing is delivered: the command says so and waits for SIGINT/SIGTERM (or exits at
+    once with --until-idle), so a supervisor may start it whether or not alerts are configured.
+    """
+    from sinks.clickhouse import SinkNotReady, server_message
+    from sinks.webhook import AlertConsumer, AlertCounters, DeliveryOutcome, WebhookPoster, clickhouse_ledger
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not settings.budgets.webhook_url:
+            stderr_console.print("budgets.webhook_url is not set: no alerts are delivered"
+                                 + ("" if idle_s is not None else "; idling until SIGINT/SIGTERM"), highlight=False)
+            if idle_s is None:
+                stop.wait()
+            counters = AlertCounters()
+        else:
+            def progress(outcome: DeliveryOutcome) -> None:
+                stderr_console.print(f"alert {outcome.event_id}: {outcome.status} after {outcome.attempts} attempt(s)"
+                                     + (f" ({outcome.error})" if outcome.error else ""), style="dim", highlight=False)
+
+            ledger = clickhouse_ledger(settings)
+            try:
+                poster = WebhookPoster.from_settings(settings, sleep=stop.wait)
+                consumer = AlertConsumer(settings, ledger, poster, on_outcome=progress)
+                stderr_console.print(f"delivering {consumer.topic} to {escape(poster.target)} "
+                                     f"(group {settings.budgets.alerts_group_id}); Ctrl-C stops", highlight=False)
+                counters = consumer.run(stop) if idle_s is None else consumer.run_until_idle(idle_s)
+            finally:
+                ledger.close()
+    except SinkNotReady as error:
+        fail(escape(str(error)))
+    except (ClickHouseError, OSError) as error:
+        fail(escape(f"ClickHouse {settings.clickhouse_host}:{settings.clickhouse_port}: {server_message(error)}"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    emit([counters.as_dict()], fmt, title="alert totals")
