@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+from confluent_kafka import Consumer, TopicPartition
+
 from gateway_grpc.client import RouterClient
 from infra.stack import LocalStack
 from prismops.processes import Components
@@ -24,7 +27,7 @@ from sinks.migrations import apply_migrations
 from sinks.reports import count_cost_lines, spend_by_tenant_and_model
 from streams.producer import UsageProducer
 from streams.simulation import TrafficGenerator, simulate
-from streams.topics import delete_topics, ensure_topics
+from streams.topics import COST_LINES, delete_topics, ensure_topics
 
 Progress = Callable[[str], None]
 
@@ -67,13 +70,17 @@ class DemoReport:
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo runs in its own topic namespace and ClickHouse database, so it never mixes with real data."""
+    """The demo runs in its own topic namespace and ClickHouse database, so it never mixes with real data.
+
+    20,000 simulated calls in a minute are far more tokens than a day's seed budget, so the demo raises the
+    token budget and keeps the $30/day one: the biggest spender gets blocked, the others are routed."""
     run = uuid.uuid4().hex[:6]
     return settings.with_overrides(
         kafka={"topic_namespace": f"demo-{run}."},
         clickhouse={"database": "prismops_demo"},
         sink={"group_id": f"prismops-demo-sink-{run}"},
         worker={"app_id": f"prismops-demo-worker-{run}", "live_publish_interval_s": 0.5},
+        budgets={"default_tenant_daily_tokens": 20_000_000},
     )
 
 
@@ -92,18 +99,45 @@ def wait_for_rows(settings: Settings, expected: int, components: Components, tim
     raise TimeoutError(f"fewer than {expected} cost lines reached ClickHouse within {timeout_s:.0f}s")
 
 
+def wait_for_group_caught_up(settings: Settings, group_id: str, topic: str, timeout_s: float) -> float:
+    """Wait until `group_id` has committed every partition of `topic` up to its end; seconds waited.
+
+    The budget agent reads cost lines after the sink sees them; the router must see its verdicts."""
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": group_id, "enable.auto.commit": False})
+    started = time.monotonic()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        while time.monotonic() - started < timeout_s:
+            committed = consumer.committed(partitions, timeout=10)
+            ends = [consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions]
+            if all(c.offset >= end for c, end in zip(committed, ends)):
+                return time.monotonic() - started
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+    raise TimeoutError(f"consumer group {group_id} did not catch up on {topic} within {timeout_s:.0f}s")
+
+
 def routing_decisions(target: str) -> list[dict[str, Any]]:
     rows = []
     with RouterClient(target) as client:
         for scenario in ROUTING_SCENARIOS:
-            answer = client.decide(
-                scenario["tenant"], scenario["service"], scenario["feature"], scenario["allowed"],
-                latency_slo_ms=scenario["latency_slo_ms"], expected_input_tokens=1000, expected_output_tokens=300,
-            )
-            rows.append({
+            row = {
                 "tenant": scenario["tenant"],
                 "feature": f"{scenario['service']}/{scenario['feature']}",
                 "slo_p95_ms": scenario["latency_slo_ms"],
+            }
+            try:
+                answer = client.decide(
+                    scenario["tenant"], scenario["service"], scenario["feature"], scenario["allowed"],
+                    latency_slo_ms=scenario["latency_slo_ms"], expected_input_tokens=1000, expected_output_tokens=300,
+                )
+            except grpc.RpcError as refusal:
+                if refusal.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                rows.append(row | {"chosen": "(refused)", "reason_code": "budget_blocked", "reason": refusal.details()})
+                continue
+            rows.append(row | {
                 "chosen": f"{answer.model.provider}/{answer.model.model}",
                 "reason_code": answer.reason_code,
                 "reason": answer.reason,
@@ -140,7 +174,8 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
                                 progress=lambda n: progress(f"  produced {n}/{events}") if n % 5000 == 0 else None)
             progress(f"produced {produced.events} events in {produced.seconds:.1f}s; waiting for ClickHouse…")
             finished = wait_for_rows(settings, events, components, timeout_s)
-            progress("asking the router…")
+            waited = wait_for_group_caught_up(settings, settings.worker.app_id, COST_LINES.name(settings), timeout_s)
+            progress(f"budgets caught up {waited:.1f}s after the last row; asking the router…")
             time.sleep(2 * settings.worker.live_publish_interval_s + 1)
             decisions = routing_decisions(target)
             client = clickhouse_client(settings)
