@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from clickhouse_driver import Client
 from confluent_kafka.admin import AdminClient
 
+from prismops.processes import Components
 from prismops.settings import Settings
 from streams.topics import delete_topics, ensure_topics
 
@@ -54,3 +57,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def clickhouse(settings: Settings) -> Client:
+    """A client on the settings' database (the one `isolated` created)."""
+    return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, components: Components, what: str) -> Any:
+    """Poll `predicate` until it returns something truthy; fail fast if a component process died."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        components.check_alive()
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")

@@ -21,6 +21,7 @@ from clickhouse_driver import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from prismops.cli import main
+from prismops.testing import clickhouse, wait_for
 from streams.codecs import codec_for
 from streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
 
@@ -54,22 +55,6 @@ def file_sums(path: Path) -> dict:
 
 def ingest(settings, *args: str):
     return CliRunner().invoke(main, ["ingest", "focus", *args], obj=settings)
-
-
-def clickhouse(settings) -> Client:
-    return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
-
-
-def wait_for(predicate, timeout_s: float, components, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        components.check_alive()
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def id_prefix(document: dict) -> str:

@@ -27,7 +27,7 @@ from prismops.settings import Settings
 from sinks.migrations import apply_migrations
 from streams.codecs import codec_for
 from streams.producer import UsageProducer
-from prismops.testing import isolated
+from prismops.testing import isolated, wait_for
 
 WINDOW_S, GRACE_S = 60, 3
 UTC = dt.timezone.utc
@@ -195,18 +195,6 @@ def allocation_messages(settings: Settings) -> list[dict]:
 
 def clickhouse(settings: Settings) -> Client:
     return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
-
-
-def wait_for(predicate, timeout_s: float, components: Components, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        components.check_alive()
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def test_allocations_sum_exactly_to_each_pool_window_cost_and_gpu_cost_lines_carry_the_same_total(gpu_pipeline):

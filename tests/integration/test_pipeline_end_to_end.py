@@ -14,9 +14,9 @@ from importlib import resources
 import yaml
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
-from clickhouse_driver import Client
 
 from prismops.cli import main
+from prismops.testing import clickhouse, wait_for
 from streams.codecs import codec_for
 from streams.producer import UsageProducer, new_llm_usage_event
 from streams.simulation import TrafficGenerator
@@ -47,22 +47,6 @@ def independent_cost(event: dict, catalog: dict) -> Decimal:
 
 def bundled_prices() -> dict:
     return yaml.safe_load(resources.files("agents").joinpath("price_catalog.yaml").read_text())
-
-
-def clickhouse(settings) -> Client:
-    return Client(settings.clickhouse_host, port=settings.clickhouse_port, database=settings.clickhouse.database)
-
-
-def wait_for(predicate, timeout_s: float, components, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        components.check_alive()
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost(pipeline):
