@@ -8,26 +8,24 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra.processes import port_open
 from infra.stack import LocalStack
 from prismops.commands.stack import command
 from prismops.settings import Settings, StackSettings
+from prismops.testing import free_port
 
 pytestmark = pytest.mark.integration
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".prismops" / "cache"
-PORTS = dict(
-    kafka_port=29092, kafka_controller_port=29093,
-    clickhouse_tcp_port=29000, clickhouse_http_port=28123, clickhouse_interserver_port=29009,
+PORT_FIELDS = (
+    "kafka_port", "kafka_controller_port", "clickhouse_tcp_port", "clickhouse_http_port", "clickhouse_interserver_port",
 )
 
 
 @pytest.fixture
 def stack(tmp_path):
-    busy = [port for port in PORTS.values() if port_open(port)]
-    if busy:
-        pytest.skip(f"ports {busy} are in use by something else")
-    settings = Settings(stack=StackSettings(home=tmp_path / "home", cache_dir=REPO_CACHE, **PORTS))
+    """A second stack beside the session's, on free ports, in its own home."""
+    ports = {name: free_port() for name in PORT_FIELDS}
+    settings = Settings(stack=StackSettings(home=tmp_path / "home", cache_dir=REPO_CACHE, **ports))
     local_stack = LocalStack(settings)
     yield local_stack
     local_stack.down()
@@ -51,7 +49,7 @@ def test_up_is_idempotent_answers_and_down_stops_everything(stack):
 
     metadata = AdminClient(stack.settings.kafka_client_config()).list_topics(timeout=10)
     assert metadata.brokers
-    assert Client("127.0.0.1", port=PORTS["clickhouse_tcp_port"]).execute("SELECT 1") == [(1,)]
+    assert Client("127.0.0.1", port=stack.settings.stack.clickhouse_tcp_port).execute("SELECT 1") == [(1,)]
 
     cli = CliRunner().invoke(command, ["status", "--format", "json"], obj=stack.settings)
     assert cli.exit_code == 0, cli.output
