@@ -194,6 +194,18 @@ def unique_by(rows: Iterable[Row], id_column: str) -> tuple[list[Row], int]:
     return unique, repeats
 
 
+def require_table(client: Client, database: str, table: str) -> None:
+    """Raise SinkNotReady (saying to run the migrations) unless `database.table` exists."""
+    try:
+        exists = client.execute(f"EXISTS TABLE {table_ref(database, table)}")
+    except ServerException as exc:
+        if exc.code == ErrorCodes.UNKNOWN_DATABASE:
+            raise SinkNotReady(f"database {database} does not exist: run `prismops migrate` first") from exc
+        raise
+    if not exists or not exists[0][0]:
+        raise SinkNotReady(f"table {database}.{table} does not exist: run `prismops migrate` first")
+
+
 class ClickHouseTableSink(Sink):
     """One table; subclasses name it, its id column, the key column that narrows the id lookup, and the row
     function. The lookup filters on the prune column first so ClickHouse reads only the parts (and primary
@@ -211,16 +223,7 @@ class ClickHouseTableSink(Sink):
         self._ref = table_ref(database, self.table)
 
     def open(self) -> None:
-        try:
-            exists = self.client.execute(f"EXISTS TABLE {self._ref}")
-        except ServerException as exc:
-            if exc.code == ErrorCodes.UNKNOWN_DATABASE:
-                raise SinkNotReady(f"database {self.database} does not exist: run `prismops migrate` first") from exc
-            raise
-        if not exists or not exists[0][0]:
-            raise SinkNotReady(
-                f"table {self.database}.{self.table} does not exist: run `prismops migrate` first"
-            )
+        require_table(self.client, self.database, self.table)
 
     def rows(self, batch: Sequence[SinkRecord], ingested_at: dt.datetime) -> list[Row]:
         row_for = type(self).to_row

@@ -36,11 +36,10 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from clickhouse_driver import Client
-from clickhouse_driver.errors import ErrorCodes, ServerException
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from prismops.settings import Settings
-from sinks.clickhouse import SinkNotReady, clickhouse_client, table_ref
+from sinks.clickhouse import clickhouse_client, require_table, table_ref
 from streams.codecs import CodecError, codec_for
 from streams.dead_letters import dead_letter_record
 from streams.topics import BUDGET_EVENTS, DEAD_LETTERS
@@ -219,14 +218,7 @@ class ClickHouseDeliveryLedger:
         self._ref = table_ref(database, LEDGER_TABLE)
 
     def open(self) -> None:
-        try:
-            exists = self.client.execute(f"EXISTS TABLE {self._ref}")
-        except ServerException as exc:
-            if exc.code == ErrorCodes.UNKNOWN_DATABASE:
-                raise SinkNotReady(f"database {self.database} does not exist: run `prismops migrate` first") from exc
-            raise
-        if not exists or not exists[0][0]:
-            raise SinkNotReady(f"table {self.database}.{LEDGER_TABLE} does not exist: run `prismops migrate` first")
+        require_table(self.client, self.database, LEDGER_TABLE)
 
     def is_delivered(self, event_id: str) -> bool:
         rows = self.client.execute(
