@@ -36,7 +36,7 @@ from typing import Any
 
 from agents.llm_usage import Rejection, cost_line_id
 from agents.tagging import UNALLOCATED, normalize
-from streams.codecs import CodecError, codec_for
+from streams.codecs import CodecError, codec_for, exact_decimal
 from streams.errors import FieldRuleError
 
 FOCUS_VERSIONS = ("1.2", "1.3")
@@ -81,7 +81,6 @@ UNIT_OF = {"PricingQuantity": "PricingUnit", "ConsumedQuantity": "ConsumedUnit"}
 
 MONEY_SCALE, MONEY_PRECISION = 12, 38  # the Avro decimal(38, 12) of cloud_cost_line and cost_line
 _DECIMAL_TEXT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
-_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 # Wide enough that no sum of decimal(38, 12) values is ever rounded; Inexact traps if one would be.
 _EXACT = decimal.Context(prec=120, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 
@@ -270,16 +269,7 @@ def parse_decimal(column: str, text: str) -> Decimal:
     """Exact decimal from text: plain or exponent notation, at most 12 places and 38 digits; never a float."""
     if not _DECIMAL_TEXT.match(text):
         raise FieldRuleError(column, "decimal", f"{text!r} is not a decimal number (digits, one '.', optional exponent)")
-    number = Decimal(text)
-    try:
-        exact = number.quantize(_QUANTUM, context=decimal.Context(prec=MONEY_PRECISION + 2))
-    except decimal.InvalidOperation:
-        raise FieldRuleError(column, "decimal_precision", f"{text} has more than {MONEY_PRECISION} digits") from None
-    if exact != number:
-        raise FieldRuleError(column, "decimal_scale", f"{text} has more than {MONEY_SCALE} decimal places (it would need rounding)")
-    if len(exact.as_tuple().digits) > MONEY_PRECISION:
-        raise FieldRuleError(column, "decimal_precision", f"{text} has more than {MONEY_PRECISION} digits")
-    return exact
+    return exact_decimal(Decimal(text), scale=MONEY_SCALE, precision=MONEY_PRECISION, field=column)
 
 
 def parse_timestamp(column: str, text: str) -> dt.datetime:

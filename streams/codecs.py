@@ -232,16 +232,20 @@ def _coerce_decimal(schema: Mapping[str, Any], value: Any, path: str) -> decimal
         raise CodecError(path, "decimal", f"{value!r} is not a decimal number") from exc
     if not isinstance(number, decimal.Decimal) or not number.is_finite():
         raise CodecError(path, "decimal", f"{value!r} is not a finite decimal number")
-    scale, precision = schema.get("scale", 0), schema["precision"]
+    return exact_decimal(number, scale=schema.get("scale", 0), precision=schema["precision"], field=path)
+
+
+def exact_decimal(number: decimal.Decimal, *, scale: int, precision: int, field: str) -> decimal.Decimal:
+    """`number` at exactly `scale` places, or CodecError when that would round it or exceed `precision` digits."""
     quantum = decimal.Decimal(1).scaleb(-scale)
     try:
         exact = number.quantize(quantum, context=decimal.Context(prec=precision + 2))
     except decimal.InvalidOperation as exc:  # more digits than even the working precision holds
-        raise CodecError(path, "decimal_precision", f"{number} has more than {precision} digits") from exc
+        raise CodecError(field, "decimal_precision", f"{number} has more than {precision} digits") from exc
     if exact != number:
-        raise CodecError(path, "decimal_scale", f"{number} has more than {scale} decimal places")
+        raise CodecError(field, "decimal_scale", f"{number} has more than {scale} decimal places")
     if len(exact.as_tuple().digits) > precision:
-        raise CodecError(path, "decimal_precision", f"{number} has more than {precision} digits")
+        raise CodecError(field, "decimal_precision", f"{number} has more than {precision} digits")
     return exact
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-
 import click
-from clickhouse_driver.errors import Error as ClickHouseError
 from rich.markup import escape
 
-from prismops.output import FORMAT_OPTION, emit, fail, stderr_console
+from prismops.commands.foreground import run_until_signalled
+from prismops.output import FORMAT_OPTION, emit, stderr_console
 from prismops.settings import Settings
 
 
@@ -26,14 +22,9 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
     Without a webhook_url nothing is delivered: the command says so and waits for SIGINT/SIGTERM (or exits at
     once with --until-idle), so a supervisor may start it whether or not alerts are configured.
     """
-    from sinks.clickhouse import SinkNotReady, server_message
     from sinks.webhook import AlertConsumer, AlertCounters, DeliveryOutcome, WebhookPoster, clickhouse_ledger
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with run_until_signalled(settings) as stop:
         if not settings.budgets.webhook_url:
             stderr_console.print("budgets.webhook_url is not set: no alerts are delivered"
                                  + ("" if idle_s is not None else "; idling until SIGINT/SIGTERM"), highlight=False)
@@ -54,11 +45,4 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
                 counters = consumer.run(stop) if idle_s is None else consumer.run_until_idle(idle_s)
             finally:
                 ledger.close()
-    except SinkNotReady as error:
-        fail(escape(str(error)))
-    except (ClickHouseError, OSError) as error:
-        fail(escape(f"ClickHouse {settings.clickhouse_host}:{settings.clickhouse_port}: {server_message(error)}"))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     emit([counters.as_dict()], fmt, title="alert totals")
