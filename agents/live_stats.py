@@ -1,7 +1,10 @@
 """Sliding-window latency, error and cost statistics per (provider, model): the rows of the live routing table.
 
 Each model keeps its calls of the last `window_s` seconds (at most `max_samples`, oldest dropped first).
-Percentiles are exact nearest-rank over the window, not a mean: routing on p95 needs the tail.
+Percentiles are exact nearest-rank over the window, not a mean: routing on p95 needs the tail. Throughput
+divides by the window's effective span, min(window_s, now - oldest sample) and at least 1 s, so a model first
+seen 10 s ago is not reported 30 times slower than it runs just because the window is 300 s long. Unit costs
+are exact: summed Decimal cost over summed tokens, rounded once half-even to 12 places.
 """
 
 from __future__ import annotations
@@ -9,11 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 FAILED_STATUSES = frozenset({"error", "timeout", "rate_limited"})
+RATE_LIMITED_STATUS = "rate_limited"
+MONEY_PLACES = 12
+MIN_SPAN_S = 1.0
 
 
 def nearest_rank(sorted_values: list[float], q: float) -> float:
@@ -23,13 +31,42 @@ def nearest_rank(sorted_values: list[float], q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
+def cost_per_thousand(cost_usd: Decimal, tokens: int) -> Decimal | None:
+    """cost / tokens x 1000, rounded once half-even to 12 places; None without tokens.
+
+    The quotient is taken as an exact fraction: Decimal division would first round to the context's 28 digits.
+    """
+    if tokens <= 0:
+        return None
+    scaled = Fraction(cost_usd) * 1000 * 10**MONEY_PLACES / tokens
+    return Decimal(f"{round(scaled)}e-{MONEY_PLACES}")  # Fraction rounds half to even; str -> Decimal is exact
+
+
+def effective_span_s(window_s: float, oldest: dt.datetime, now: dt.datetime) -> float:
+    return max(MIN_SPAN_S, min(window_s, (now - oldest).total_seconds()))
+
+
 @dataclass
 class _Sample:
     at: dt.datetime
     latency_ms: int
     failed: bool
+    rate_limited: bool
     tokens: int
     cost_usd: Decimal
+    ttft_ms: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_cost_usd: Decimal | None = None
+    output_cost_usd: Decimal | None = None
+
+
+def _unit_cost(pairs: Iterable[tuple[Decimal | None, int]]) -> Decimal | None:
+    """Cost per 1k tokens over the calls that carry this direction's cost (unpriced calls are left out)."""
+    priced = [(cost, tokens) for cost, tokens in pairs if cost is not None]
+    if not priced:
+        return None
+    return cost_per_thousand(sum((c for c, _ in priced), Decimal(0)), sum(t for _, t in priced))
 
 
 @dataclass
@@ -43,9 +80,13 @@ class ModelWindow:
     output_price_per_mtok: Decimal | None = None
 
     def observe(self, observation: dict[str, Any], received_at: dt.datetime) -> None:
+        """Observations written with model_observation v1 (or built without the v2 fields) count as calls
+        without a TTFT, direction split or cost split."""
         self.samples.append(_Sample(
             received_at, observation["latency_ms"], observation["status"] in FAILED_STATUSES,
-            observation["tokens"], observation["cost_usd"],
+            observation["status"] == RATE_LIMITED_STATUS, observation["tokens"], observation["cost_usd"],
+            observation.get("ttft_ms"), observation.get("input_tokens") or 0, observation.get("output_tokens") or 0,
+            observation.get("input_cost_usd"), observation.get("output_cost_usd"),
         ))
         if observation.get("input_price_per_mtok") is not None:
             self.input_price_per_mtok = observation["input_price_per_mtok"]
@@ -60,9 +101,14 @@ class ModelWindow:
 
     def snapshot(self, now: dt.datetime) -> dict[str, Any]:
         self.expire(now)
-        latencies = sorted(s.latency_ms for s in self.samples)
-        count = len(self.samples)
-        errors = sum(1 for s in self.samples if s.failed)
+        samples = self.samples
+        latencies = sorted(s.latency_ms for s in samples)
+        ttfts = sorted(s.ttft_ms for s in samples if s.ttft_ms is not None)
+        count = len(samples)
+        errors = sum(1 for s in samples if s.failed)
+        rate_limited = sum(1 for s in samples if s.rate_limited)
+        tokens = sum(s.tokens for s in samples)
+        span_s = effective_span_s(self.window_s, min(s.at for s in samples), now) if samples else MIN_SPAN_S
         return {
             "provider": self.provider,
             "model": self.model,
@@ -73,11 +119,22 @@ class ModelWindow:
             "p50_latency_ms": nearest_rank(latencies, 0.50),
             "p95_latency_ms": nearest_rank(latencies, 0.95),
             "p99_latency_ms": nearest_rank(latencies, 0.99),
-            "cost_usd": sum((s.cost_usd for s in self.samples), Decimal(0)),
-            "tokens": sum(s.tokens for s in self.samples),
+            "cost_usd": sum((s.cost_usd for s in samples), Decimal(0)),
+            "tokens": tokens,
             "input_price_per_mtok": self.input_price_per_mtok,
             "output_price_per_mtok": self.output_price_per_mtok,
             "updated_at": now,
+            "rate_limited_count": rate_limited,
+            "rate_limited_rate": rate_limited / count if count else 0.0,
+            "p50_ttft_ms": nearest_rank(ttfts, 0.50) if ttfts else None,
+            "p95_ttft_ms": nearest_rank(ttfts, 0.95) if ttfts else None,
+            "p99_ttft_ms": nearest_rank(ttfts, 0.99) if ttfts else None,
+            "requests_per_second": count / span_s,
+            "tokens_per_second": tokens / span_s,
+            "input_tokens": sum(s.input_tokens for s in samples),
+            "output_tokens": sum(s.output_tokens for s in samples),
+            "cost_per_1k_input_usd": _unit_cost((s.input_cost_usd, s.input_tokens) for s in samples),
+            "cost_per_1k_output_usd": _unit_cost((s.output_cost_usd, s.output_tokens) for s in samples),
         }
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from agents.pricing import PriceCatalog, load_catalog, price_llm_call
+from agents.pricing import MONEY_QUANTUM, CostBreakdown, PriceCatalog, load_catalog, price_llm_call
 from agents.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
 from agents.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
 from agents.validation import validate_llm_usage
@@ -22,11 +22,27 @@ from streams.codecs import codec_for
 from streams.errors import FieldRuleError
 
 COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
+INPUT_COMPONENTS = ("input", "cache_read", "cache_write")
+"""Priced components billed for prompt tokens; everything else (output, reasoning) is billed for completion tokens."""
 
 
 def cost_line_id(source: str, source_event_id: str) -> str:
     """Deterministic, so reprocessing the same event yields the same line id and the sink can dedupe."""
     return str(uuid.uuid5(COST_LINE_NAMESPACE, f"{source}:{source_event_id}"))
+
+
+def cost_by_direction(priced: CostBreakdown) -> tuple[Decimal | None, Decimal | None]:
+    """(input cost, output cost) of one priced call, or (None, None) when it is unpriced.
+
+    Input is the uncached input, cache-read and cache-write components; output is the output and reasoning
+    components. The exact input sum is rounded half-even to 12 places, once; output is the (already rounded)
+    cost_usd minus that, so the two always add up exactly to cost_usd and no second rounding is needed.
+    """
+    if not priced.priced:
+        return None, None
+    exact_input = sum((priced.components[name] for name in INPUT_COMPONENTS), Decimal(0))
+    input_cost = exact_input.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return input_cost, priced.cost_usd - input_cost
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
     }
     list_quote = pricing.catalog.quote(dims["provider"], dims["model"], event["event_time"])
     prices = list_quote.prices.per_million() if list_quote else None  # the router compares list prices
+    input_cost, output_cost = cost_by_direction(priced)
     observation = {
         "provider": dims["provider"],
         "model": dims["model"],
@@ -106,6 +123,11 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "cost_usd": priced.cost_usd,
         "input_price_per_mtok": prices["input"] if prices else None,
         "output_price_per_mtok": prices["output"] if prices else None,
+        "ttft_ms": event.get("time_to_first_token_ms"),
+        "input_tokens": event["input_tokens"],
+        "output_tokens": event["output_tokens"],
+        "input_cost_usd": input_cost,
+        "output_cost_usd": output_cost,
     }
     return PricedUsage(line, observation)
 

@@ -1,9 +1,11 @@
-"""Whether the router may answer a tenant now, from the live budget table (routing.budgets.v1).
+"""How close a request's tenant (and its team) is to its budgets, from the live budget table (routing.budgets.v1).
 
-Plain Python (no gRPC, no Kafka), so the rule is tested on its own and the servicer stays thin. The rule:
-- In MANUAL mode a tenant is refused when its own budget row, or its team's, has a budget at status `block`
-  whose period still contains `now`. NOTIFY mode never refuses (the alerts still go out).
-- A block from a period that has ended no longer counts, even before the worker publishes a fresh row: a
+Plain Python (no gRPC, no Kafka), so the rule is tested on its own and the servicer stays thin.
+- A tenant's *standing* is the budget of its own row, or its team's, with the highest share used among the
+  budgets whose period contains `now`; a budget at status `block` ranks above any share, so the worker's
+  verdict is never weakened. The policy engine turns the standing into ok / downgrade / refuse with the
+  route's thresholds (seed: >= 80% → cheaper tier, >= 100% → refuse in MANUAL mode).
+- A budget from a period that has ended no longer counts, even before the worker publishes a fresh row: a
   refused tenant makes no calls, so its next row may be a long time coming.
 - The tenant is canonicalized the way cost lines are (service registry aliases, normalized case/spaces), and
   its team is the registry owner of the request's service. The router sees no event labels, so a team given
@@ -28,8 +30,8 @@ BUDGET_BLOCKED = "budget_blocked"
 
 
 @dataclass(frozen=True)
-class BudgetBlock:
-    """The budget that stops a tenant, with its numbers."""
+class BudgetStanding:
+    """The budget closest to (or over) its limit for a request's tenant or team, with its numbers."""
 
     tenant: str
     scope: str
@@ -41,9 +43,11 @@ class BudgetBlock:
     limit: Decimal
     spent: Decimal
     used_pct: float
+    status: str
 
     @property
     def message(self) -> str:
+        """The refusal sentence, with the budget and the numbers."""
         who = f"tenant {self.tenant}" if self.scope == "tenant" else f"tenant {self.tenant}'s team {self.scope_id}"
         when = ("on " if self.period == "daily" else "in ") + period_label(self.period, self.period_start)
         until = period_end(self.period, self.period_start).strftime("%Y-%m-%d %H:%M UTC")
@@ -53,41 +57,18 @@ class BudgetBlock:
             f"routing refused until {until} (MANUAL mode)"
         )
 
-    def decision_record(self, request: RoutingRequest, decision_id: str, decided_at: dt.datetime) -> dict[str, Any]:
-        """The routing_decision record of a refusal: no model chosen, every allowed model left unweighed."""
-        return {
-            "decision_id": decision_id,
-            "decided_at": decided_at,
-            "tenant": request.tenant,
-            "service": request.service,
-            "feature": request.feature,
-            "request_id": request.request_id or None,
-            "latency_slo_ms": float(request.latency_slo_ms),
-            "chosen_provider": None,
-            "chosen_model": None,
-            "reason_code": BUDGET_BLOCKED,
-            "reason": self.message,
-            "candidates": [
-                {
-                    "provider": provider, "model": model, "p95_latency_ms": None, "error_rate": None,
-                    "estimated_cost_usd": None, "eligible": False,
-                    "verdict": f"not weighed: budget {self.budget_id} blocks",
-                }
-                for provider, model in request.allowed_models
-            ],
-        }
+
+def current_usages(row: Mapping[str, Any] | None, now: dt.datetime) -> list[Mapping[str, Any]]:
+    """The budgets of a state row whose period contains `now`."""
+    return [u for u in (row or {}).get("budgets", ()) if in_period(u["period"], u["period_start"], now)]
 
 
-def blocking_usage(row: Mapping[str, Any] | None, now: dt.datetime) -> Mapping[str, Any] | None:
-    """The first budget of a state row at status block in a period that contains `now`."""
-    for usage in (row or {}).get("budgets", ()):
-        if usage["status"] == "block" and in_period(usage["period"], usage["period_start"], now):
-            return usage
-    return None
+def _severity(usage: Mapping[str, Any]) -> tuple[int, float]:
+    return (1 if usage["status"] == "block" else 0, float(usage["used_pct"]))
 
 
 class BudgetGate:
-    """Looks up a request's tenant and team in the budget table and says what, if anything, blocks it."""
+    """Looks up a request's tenant and team in the budget table and says how close they are to a limit."""
 
     def __init__(self, table: BudgetStateTable, registry: ServiceRegistry, mode: str = "manual"):
         self.table = table
@@ -106,18 +87,20 @@ class BudgetGate:
             scopes.append(("team", owner.team))
         return scopes
 
-    def check(self, request: RoutingRequest, now: dt.datetime) -> BudgetBlock | None:
-        """The block that refuses this request now, or None (always None in NOTIFY mode)."""
-        if self.mode != "manual":
-            return None
+    def standing(self, request: RoutingRequest, now: dt.datetime) -> BudgetStanding | None:
+        """The most used current budget of the tenant or its team; None when neither has one."""
         scopes = self.scopes_of(request)
         rows = self.table.rows_for(scopes)
+        worst: tuple[tuple[int, float], str, str, Mapping[str, Any]] | None = None
         for scope, scope_id in scopes:
-            usage = blocking_usage(rows.get((scope, scope_id)), now)
-            if usage is not None:
-                return BudgetBlock(
-                    tenant=scopes[0][1], scope=scope, scope_id=scope_id, budget_id=usage["budget_id"],
-                    period=usage["period"], period_start=usage["period_start"], unit=usage["unit"],
-                    limit=usage["limit"], spent=usage["spent"], used_pct=usage["used_pct"],
-                )
-        return None
+            for usage in current_usages(rows.get((scope, scope_id)), now):
+                if worst is None or _severity(usage) > worst[0]:
+                    worst = (_severity(usage), scope, scope_id, usage)
+        if worst is None:
+            return None
+        _, scope, scope_id, usage = worst
+        return BudgetStanding(
+            tenant=scopes[0][1], scope=scope, scope_id=scope_id, budget_id=usage["budget_id"],
+            period=usage["period"], period_start=usage["period_start"], unit=usage["unit"],
+            limit=usage["limit"], spent=usage["spent"], used_pct=float(usage["used_pct"]), status=usage["status"],
+        )

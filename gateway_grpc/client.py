@@ -1,25 +1,74 @@
-"""What a service needs to ask the router which model to call."""
+"""What a service needs to ask the router which model to call, and to walk the answer's fallback chain.
+
+`RouterClient` is one channel to a gateway (bearer token and TLS optional). `call_with_fallback` is the loop
+every service would otherwise write by hand: decide, call the chosen model with the step's retry policy, fall
+back in order, run the shadow call in the background, and report every attempt both to the router (its
+circuit breakers) and, with a `UsageProducer`, to the usage topic with the decision id that closes the loop.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
+from streams.producer import new_llm_usage_event
+
+log = logging.getLogger(__name__)
 
 ROUTER_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
+# ReportOutcomeRequest.status vocabulary.
+OK = "ok"
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+TIMEOUT = "timeout"
+CLIENT_ERROR = "client_error"
+FAILURE_STATUSES = (RATE_LIMITED, SERVER_ERROR, TIMEOUT, CLIENT_ERROR)
+
+# The usage event's CallStatus has no separate 5xx/4xx symbols: both are "error".
+USAGE_STATUS = {OK: "ok", RATE_LIMITED: "rate_limited", SERVER_ERROR: "error", TIMEOUT: "timeout", CLIENT_ERROR: "error"}
+
+# Used when a decision carries no RetryPolicy for a step (an older gateway): the design's 1 s, 2 s, 4 s.
+DEFAULT_RETRY = routing_pb2.RetryPolicy(
+    max_attempts=4, backoff_ms=[1000, 2000, 4000], retry_on=[RATE_LIMITED, SERVER_ERROR, TIMEOUT],
+)
+
+ModelLike = tuple[str, str] | routing_pb2.ModelRef
+
+
+def _model_ref(model: ModelLike) -> routing_pb2.ModelRef:
+    if isinstance(model, routing_pb2.ModelRef):
+        return model
+    provider, name = model
+    return routing_pb2.ModelRef(provider=provider, model=name)
+
 
 class RouterClient:
-    """One channel to a gateway. Errors surface as grpc.RpcError (INVALID_ARGUMENT names the bad field)."""
+    """One channel to a gateway. Errors surface as grpc.RpcError (INVALID_ARGUMENT names the bad field).
 
-    def __init__(self, target: str):
+    `token` goes out as `authorization: Bearer <token>` on every call; `tls_root_cert` (PEM bytes) switches
+    the channel to TLS verified against that root, otherwise the channel is plaintext."""
+
+    def __init__(self, target: str, *, token: str | None = None, tls_root_cert: bytes | None = None):
         self.target = target
-        self._channel = grpc.insecure_channel(target)
+        if tls_root_cert is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
+            self._channel = grpc.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._router = routing_pb2_grpc.RouterStub(self._channel)
+        self._admin = routing_pb2_grpc.RouterAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def decide(
@@ -27,28 +76,82 @@ class RouterClient:
         tenant: str,
         service: str,
         feature: str,
-        allowed: Iterable[tuple[str, str]],
-        latency_slo_ms: float,
+        allowed: Iterable[tuple[str, str]] = (),
+        latency_slo_ms: float = 0.0,
         expected_input_tokens: int = 0,
         expected_output_tokens: int = 0,
         request_id: str = "",
         timeout: float = 2.0,
+        *,
+        session_id: str = "",
+        task_type: str = "",
+        hints: Iterable[str] = (),
+        prompt_chars: int = 0,
+        requires_structured_output: bool = False,
+        requires_vision: bool = False,
+        region: str = "",
+        customer: str = "",
     ) -> routing_pb2.DecideResponse:
+        """Empty `allowed` means the policy route's models; `latency_slo_ms=0` means the route's SLO."""
         request = routing_pb2.DecideRequest(
             tenant=tenant,
             service=service,
             feature=feature,
             request_id=request_id,
-            allowed_models=[routing_pb2.ModelRef(provider=p, model=m) for p, m in allowed],
+            allowed_models=[_model_ref(model) for model in allowed],
             latency_slo_ms=latency_slo_ms,
             expected_input_tokens=expected_input_tokens,
             expected_output_tokens=expected_output_tokens,
+            session_id=session_id,
+            task_type=task_type,
+            hints=list(hints),
+            prompt_chars=prompt_chars,
+            requires_structured_output=requires_structured_output,
+            requires_vision=requires_vision,
+            region=region,
+            customer=customer,
         )
-        return self._router.Decide(request, timeout=timeout)
+        return self.decide_message(request, timeout=timeout)
+
+    def decide_message(self, request: routing_pb2.DecideRequest, timeout: float = 2.0) -> routing_pb2.DecideResponse:
+        """Decide with a request built by the caller (benchmarks reuse one message)."""
+        return self._router.Decide(request, timeout=timeout, metadata=self._metadata)
+
+    def report_outcome(
+        self,
+        model: ModelLike,
+        status: str,
+        *,
+        decision_id: str = "",
+        http_status: int = 0,
+        latency_ms: float = 0.0,
+        shadow: bool = False,
+        timeout: float = 2.0,
+    ) -> routing_pb2.ReportOutcomeResponse:
+        """Tell the router how a call went; `status` is one of ok/rate_limited/server_error/timeout/client_error."""
+        request = routing_pb2.ReportOutcomeRequest(
+            decision_id=decision_id, model=_model_ref(model), status=status,
+            http_status=http_status, latency_ms=latency_ms, shadow=shadow,
+        )
+        return self._router.ReportOutcome(request, timeout=timeout, metadata=self._metadata)
+
+    def get_tables(self, timeout: float = 5.0) -> routing_pb2.GetTablesResponse:
+        return self._router.GetTables(routing_pb2.GetTablesRequest(), timeout=timeout, metadata=self._metadata)
+
+    def get_policy(self, timeout: float = 5.0) -> routing_pb2.PolicyDocument:
+        return self._admin.GetPolicy(routing_pb2.GetPolicyRequest(), timeout=timeout, metadata=self._metadata)
+
+    def set_policy(
+        self, yaml_text: str, *, expected_version: int = 0, comment: str = "", timeout: float = 10.0,
+    ) -> routing_pb2.SetPolicyResponse:
+        """Install a new policy (admin role); `expected_version` makes it fail with ABORTED if someone was first."""
+        request = routing_pb2.SetPolicyRequest(yaml=yaml_text, expected_version=expected_version, comment=comment)
+        return self._admin.SetPolicy(request, timeout=timeout, metadata=self._metadata)
 
     def health(self, service: str = ROUTER_SERVICE, timeout: float = 2.0) -> int:
         """The HealthCheckResponse.ServingStatus the gateway reports for `service`."""
-        return self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+        request = health_pb2.HealthCheckRequest(service=service)
+        return self._health.Check(request, timeout=timeout, metadata=self._metadata).status
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Poll the health service until the router says SERVING; False when `timeout` passes first."""
@@ -73,3 +176,329 @@ class RouterClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# --- calling models along a decision's chain -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmCallOutcome:
+    """What `invoke` returns for a successful LLM call: the provider's response and its usage.
+
+    `latency_ms=None` lets `call_with_fallback` time the call itself."""
+
+    response: Any = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    latency_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+
+
+def status_for_http(http_status: int) -> str:
+    """The outcome status an HTTP answer implies: 429 rate_limited, 5xx server_error, other 4xx client_error."""
+    if http_status == 429:
+        return RATE_LIMITED
+    if http_status >= 500:
+        return SERVER_ERROR
+    if 400 <= http_status < 500:
+        return CLIENT_ERROR
+    raise ValueError(f"http_status: must be 4xx or 5xx for a failed call, got {http_status}")
+
+
+class ProviderError(Exception):
+    """Raised by `invoke` when the provider call failed; `status` decides retry and fallback."""
+
+    def __init__(self, status: str, http_status: int = 0, message: str = ""):
+        if status not in FAILURE_STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(FAILURE_STATUSES)}, got {status!r}")
+        super().__init__(message or status)
+        self.status = status
+        self.http_status = http_status
+        self.message = message
+
+    @classmethod
+    def from_http(cls, http_status: int, message: str = "") -> "ProviderError":
+        return cls(status_for_http(http_status), http_status, message)
+
+
+class RoutingRefused(Exception):
+    """The router answered but will not let this call go ahead."""
+
+
+class BudgetRefused(RoutingRefused):
+    """The tenant is over a blocking budget (gRPC FAILED_PRECONDITION); the message names the budget."""
+
+    def __init__(self, message: str, decision_id: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.decision_id = decision_id
+
+
+class Attempt(NamedTuple):
+    provider: str
+    model: str
+    status: str
+    latency_ms: float
+
+
+class AllModelsFailed(Exception):
+    """Every step of the chain failed with a retryable status and no retries were left."""
+
+    def __init__(self, attempts: list[Attempt], last_error: ProviderError):
+        tried = ", ".join(f"{a.provider}/{a.model} {a.status}" for a in attempts)
+        super().__init__(f"all models failed after {len(attempts)} attempt(s): {tried}")
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+@dataclass
+class CallResult:
+    """The answer, the model that gave it, and every attempt on the way (the caller's cost and latency story)."""
+
+    response: Any
+    provider: str
+    model: str
+    attempts: list[Attempt]
+    decision: routing_pb2.DecideResponse
+    # The background shadow call, for callers (and tests) that want to wait for it; None when none ran.
+    shadow: Future | None = field(default=None, repr=False)
+
+
+class RoutingClient(Protocol):
+    """The part of RouterClient that `call_with_fallback` uses."""
+
+    def decide(self, tenant: str, service: str, feature: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def report_outcome(self, model: ModelLike, status: str, **kwargs: Any) -> Any: ...
+
+
+class LlmUsageSink(Protocol):
+    """The part of streams.producer.UsageProducer that `call_with_fallback` uses."""
+
+    def record_llm_call(self, event: Mapping[str, Any]) -> None: ...
+
+
+Invoke = Callable[[str, str], Any]
+
+_shadow_lock = threading.Lock()
+_shadow_pool: ThreadPoolExecutor | None = None
+
+
+def default_shadow_executor() -> ThreadPoolExecutor:
+    """Shared by every call in the process so shadow traffic cannot grow threads without bound."""
+    global _shadow_pool
+    with _shadow_lock:
+        if _shadow_pool is None:
+            _shadow_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prismops-shadow")
+        return _shadow_pool
+
+
+@dataclass(frozen=True)
+class _Step:
+    provider: str
+    model: str
+    retry: routing_pb2.RetryPolicy
+    fallback: bool
+
+
+def _chain(decision: routing_pb2.DecideResponse) -> list[_Step]:
+    first_retry = decision.retry if decision.HasField("retry") else DEFAULT_RETRY
+    steps = [_Step(decision.model.provider, decision.model.model, first_retry, fallback=False)]
+    for step in decision.fallbacks:
+        retry = step.retry if step.HasField("retry") else DEFAULT_RETRY
+        steps.append(_Step(step.model.provider, step.model.model, retry, fallback=True))
+    return steps
+
+
+def _backoff_s(retry: routing_pb2.RetryPolicy, retry_number: int) -> float:
+    """Wait before retry `retry_number` (1-based); past the list's end the last wait repeats."""
+    if not retry.backoff_ms:
+        return 0.0
+    return retry.backoff_ms[min(retry_number, len(retry.backoff_ms)) - 1] / 1000.0
+
+
+class _CallReporter:
+    """Reports each attempt to the router and the usage topic. Router reports are advisory: a gateway that
+    cannot take one must not fail a call that already happened, so such failures are logged, not raised."""
+
+    def __init__(
+        self,
+        client: RoutingClient,
+        decision: routing_pb2.DecideResponse,
+        request: Mapping[str, Any],
+        producer: LlmUsageSink | None,
+        usage_defaults: Mapping[str, Any],
+    ):
+        self._client = client
+        self._decision = decision
+        self._request = request
+        self._producer = producer
+        self._usage_defaults = usage_defaults
+
+    def report(
+        self,
+        provider: str,
+        model: str,
+        status: str,
+        latency_ms: float,
+        *,
+        http_status: int = 0,
+        outcome: Any = None,
+        fallback: bool = False,
+        shadow: bool = False,
+    ) -> None:
+        try:
+            self._client.report_outcome(
+                (provider, model), status, decision_id=self._decision.decision_id,
+                http_status=http_status, latency_ms=latency_ms, shadow=shadow,
+            )
+        except grpc.RpcError as error:
+            log.warning("outcome of %s/%s (%s) not reported to the router: %s", provider, model, status, error)
+        if self._producer is not None:
+            self._producer.record_llm_call(self._usage_event(
+                provider, model, status, latency_ms, http_status, outcome, fallback=fallback, shadow=shadow,
+            ))
+
+    def _usage_event(
+        self, provider: str, model: str, status: str, latency_ms: float, http_status: int, outcome: Any,
+        *, fallback: bool, shadow: bool,
+    ) -> dict[str, Any]:
+        request = self._request
+        ttft = getattr(outcome, "time_to_first_token_ms", None)
+        fields: dict[str, Any] = {
+            **self._usage_defaults,
+            "tenant": request.get("tenant", ""),
+            "service": request.get("service", ""),
+            "feature": request.get("feature", ""),
+            "customer": request.get("customer") or None,
+            "session_id": request.get("session_id") or None,
+            "request_id": request.get("request_id", ""),
+            "provider": provider,
+            "model": model,
+            "input_tokens": int(getattr(outcome, "input_tokens", 0) or 0),
+            "output_tokens": int(getattr(outcome, "output_tokens", 0) or 0),
+            "cached_input_tokens": int(getattr(outcome, "cached_input_tokens", 0) or 0),
+            "reasoning_tokens": int(getattr(outcome, "reasoning_tokens", 0) or 0),
+            "latency_ms": round(latency_ms),
+            "time_to_first_token_ms": round(ttft) if ttft is not None else None,
+            "status": USAGE_STATUS[status],
+            "error_code": None if status == OK else (str(http_status) if http_status else status),
+            "fallback": fallback,
+            "shadow": shadow,
+            "decision_id": self._decision.decision_id or None,
+            "prompt_chars": int(request.get("prompt_chars", 0) or 0),
+        }
+        return new_llm_usage_event(**fields)
+
+
+class _Attempted(NamedTuple):
+    outcome: Any
+    error: ProviderError | None
+    latency_ms: float
+
+
+def _timed_invoke(invoke: Invoke, provider: str, model: str, clock: Callable[[], float]) -> _Attempted:
+    """Call the model once; the latency is the outcome's own when it has one, else what `clock` saw."""
+    started = clock()
+    try:
+        outcome = invoke(provider, model)
+    except ProviderError as error:
+        return _Attempted(None, error, (clock() - started) * 1000.0)
+    measured = (clock() - started) * 1000.0
+    own = getattr(outcome, "latency_ms", None)
+    return _Attempted(outcome, None, float(own) if own is not None else measured)
+
+
+def _run_shadow(invoke: Invoke, provider: str, model: str, reporter: _CallReporter, clock: Callable[[], float]) -> None:
+    try:
+        attempted = _timed_invoke(invoke, provider, model, clock)
+        if attempted.error is not None:
+            reporter.report(provider, model, attempted.error.status, attempted.latency_ms,
+                            http_status=attempted.error.http_status, shadow=True)
+        else:
+            reporter.report(provider, model, OK, attempted.latency_ms, outcome=attempted.outcome, shadow=True)
+    except Exception:  # the shadow is for comparison only: whatever it does must not reach the caller
+        log.exception("shadow call to %s/%s failed", provider, model)
+
+
+def call_with_fallback(
+    client: RoutingClient,
+    request_kwargs: Mapping[str, Any],
+    invoke: Invoke,
+    *,
+    producer: LlmUsageSink | None = None,
+    usage_defaults: Mapping[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    shadow_executor: Executor | None = None,
+) -> CallResult:
+    """Ask the router, then call [chosen model, *fallbacks] until one answers.
+
+    `request_kwargs` are `RouterClient.decide`'s arguments (a request_id is generated when missing so the
+    decision and every usage event share it). `invoke(provider, model)` performs the LLM call and returns an
+    `LlmCallOutcome` or raises `ProviderError`. A status in the step's retry_on is retried after the step's
+    backoff and, once attempts are spent, falls back to the next step; any other failure (a 4xx other than
+    429) is reported and re-raised at once. `usage_defaults` supplies the usage event fields the request does
+    not (the schema requires `environment`); an event that breaks the schema raises CodecError, a bug to fix
+    rather than a runtime condition. Raises BudgetRefused when the tenant is over budget,
+    AllModelsFailed when the whole chain failed; other gRPC errors from Decide propagate unchanged."""
+    request = dict(request_kwargs)
+    if not request.get("request_id"):
+        request["request_id"] = str(uuid.uuid4())
+    try:
+        decision = client.decide(**request)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            raise BudgetRefused(error.details() or "over budget", _decision_id_of(error)) from error
+        raise
+    reporter = _CallReporter(client, decision, request, producer, usage_defaults or {})
+    shadow = _start_shadow(decision, invoke, reporter, clock, shadow_executor)
+
+    attempts: list[Attempt] = []
+    last_error: ProviderError | None = None
+    for step in _chain(decision):
+        max_attempts = max(1, step.retry.max_attempts)
+        for attempt_number in range(1, max_attempts + 1):
+            if attempt_number > 1:
+                sleep(_backoff_s(step.retry, attempt_number - 1))
+            attempted = _timed_invoke(invoke, step.provider, step.model, clock)
+            failure = attempted.error
+            status = OK if failure is None else failure.status
+            attempts.append(Attempt(step.provider, step.model, status, attempted.latency_ms))
+            reporter.report(step.provider, step.model, status, attempted.latency_ms, outcome=attempted.outcome,
+                            http_status=failure.http_status if failure else 0, fallback=step.fallback)
+            if failure is None:
+                response = getattr(attempted.outcome, "response", None)
+                return CallResult(response, step.provider, step.model, attempts, decision, shadow)
+            if failure.status == CLIENT_ERROR or failure.status not in step.retry.retry_on:
+                raise failure
+            last_error = failure
+    assert last_error is not None  # the chain has at least one step and every attempt failed
+    raise AllModelsFailed(attempts, last_error)
+
+
+def _start_shadow(
+    decision: routing_pb2.DecideResponse,
+    invoke: Invoke,
+    reporter: _CallReporter,
+    clock: Callable[[], float],
+    executor: Executor | None,
+) -> Future | None:
+    if not decision.HasField("shadow") or not decision.shadow.model:
+        return None
+    provider, model = decision.shadow.provider, decision.shadow.model
+    try:
+        return (executor or default_shadow_executor()).submit(_run_shadow, invoke, provider, model, reporter, clock)
+    except RuntimeError as error:  # an executor already shut down: skip the comparison, keep the call
+        log.warning("shadow call to %s/%s not started: %s", provider, model, error)
+        return None
+
+
+def _decision_id_of(error: grpc.RpcError) -> str:
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == "prismops-decision-id":
+            return str(value)
+    return ""

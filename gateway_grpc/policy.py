@@ -1,21 +1,35 @@
-"""The routing rule: the cheapest allowed model whose live p95 latency is within the caller's SLO.
+"""The policy engine: which model a request gets, its fallbacks, shadow, experiment arm and every reason.
 
-Plain Python on purpose (no gRPC, no Kafka) so the rule is tested on its own and the server stays a thin
-adapter. Rows are decoded ModelLiveStats records (see schemas/model_live_stats.v1.avsc).
+Plain Python on purpose (no gRPC, no Kafka) so every rule is tested on its own and the servicer stays a thin
+adapter. Inputs: the request, the installed policy (`policy_config.RoutingPolicy`), the live model rows
+(decoded ModelLiveStats records), the tenant's budget standing, the breaker board and the canary tracker.
 
-The rule, in order:
-1. An allowed model is *eligible* when it has live data (a row with at least one call in the window), its
-   p95 latency is <= latency_slo_ms, and its cost for this request can be estimated.
-2. Among eligible models the cheapest estimated cost wins; ties go to the lower p95, then to the caller's
-   order. reason_code `cheapest_within_slo`.
-3. With no eligible model, the live model with the lowest p95 wins (ties: caller's order).
-   reason_code `no_model_meets_slo`.
-4. With no live data for any allowed model, the caller's first allowed model wins. reason_code `no_live_data`.
+The order in which rules apply (each adds its reason code to `reason_codes`):
+1. Route: the most specific policy route for service/feature (`route`).
+2. Budget: at or above the route's refuse threshold (or a budget at status block) the request is refused
+   in MANUAL mode (`budget_blocked`); at or above the downgrade threshold the candidates are restricted to
+   the downgrade tier or cheaper (`budget_downgrade`, or `budget_downgrade_unavailable` when no candidate
+   qualifies).
+3. Chain: the complexity class's models (`complexity_simple` / `complexity_complex`), else the route's
+   primary and fallbacks; an A/B arm's model moves to the front (`experiment_arm`); a canary's model moves to
+   the front for its share of tenants (`canary`), for everyone once promoted (`canary_promoted`), and leaves
+   the chain once rolled back (`canary_rolled_back`). A request's allowed_models restrict the chain (or
+   form it, when the route names no models).
+4. Filters per candidate: capabilities (structured output, vision, region, context window), budget tier,
+   circuit breaker, and, with fresh live data, p95 within the SLO and error rate within the limit.
+5. Choice: `priority` routes take the first candidate that passes (`primary`, or `primary_skipped` when a
+   filter ruled the primary out); `cheapest` routes take the cheapest (`cheapest_within_slo`). With no
+   candidate passing the live filters the lowest p95 wins (`no_model_meets_slo`); with no fresh live rows the
+   static order is used (`static_policy_stale_tables`, or `no_live_data` when there were never rows); with
+   every breaker open the one closest to its probe is answered (`all_breakers_open`).
+6. Fallbacks: the other candidates that pass capabilities, tier and breaker, passing ones first in the
+   route's order (cheapest first on cheapest routes), then by p95; each with the retry policy.
+7. Shadow: the route's shadow model, sampled per decision id at its rate (`shadow_sampled`), never while a
+   budget downgrade applies (`shadow_skipped_budget`) nor when it is the chosen model or its breaker is open.
 
 Estimated cost, in exact Decimal USD: expected_input_tokens x input_price_per_mtok / 1e6 +
-expected_output_tokens x output_price_per_mtok / 1e6 when the row carries both prices; otherwise the
-window's observed cost per token, cost_usd / tokens x (input + output tokens). The estimate is rounded
-once, half-even, to 12 decimal places (the scale of the money fields in the Avro schemas).
+expected_output_tokens x output_price_per_mtok / 1e6 from the live row's list prices; else the window's
+observed cost per token; else the price catalog (`static_prices`). Rounded once, half-even, to 12 places.
 """
 
 from __future__ import annotations
@@ -23,26 +37,52 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway_grpc.breakers import BreakerBoard
+from gateway_grpc.experiments import CanaryConfig, CanaryTracker, choose_arm, in_canary, sampled
+from gateway_grpc.policy_config import (
+    Canary, ComplexityClass, RetryConfig, Route, RoutingPolicy, model_name, parse_model_ref,
+)
 from streams.errors import FieldRuleError
 
+if TYPE_CHECKING:
+    from gateway_grpc.budget_gate import BudgetStanding
+
 CHEAPEST_WITHIN_SLO = "cheapest_within_slo"
+PRIMARY = "primary"
+PRIMARY_SKIPPED = "primary_skipped"
 NO_MODEL_MEETS_SLO = "no_model_meets_slo"
 NO_LIVE_DATA = "no_live_data"
+STATIC_POLICY = "static_policy_stale_tables"
+ALL_BREAKERS_OPEN = "all_breakers_open"
+BREAKER_PROBE = "breaker_probe"
+BUDGET_BLOCKED = "budget_blocked"
+BUDGET_OVER_NOTIFY = "budget_over_notify_only"
+BUDGET_DOWNGRADE = "budget_downgrade"
+BUDGET_DOWNGRADE_UNAVAILABLE = "budget_downgrade_unavailable"
+COMPLEXITY_PREFIX = "complexity_"
+EXPERIMENT_ARM = "experiment_arm"
+CANARY = "canary"
+CANARY_PROMOTED = "canary_promoted"
+CANARY_ROLLED_BACK = "canary_rolled_back"
+SHADOW_SAMPLED = "shadow_sampled"
+SHADOW_SKIPPED_BUDGET = "shadow_skipped_budget"
 
 MONEY_QUANTUM = decimal.Decimal("1e-12")
 MAX_EXPECTED_TOKENS = 10**12
 _MONEY_CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 _PER_MTOK = decimal.Decimal(1_000_000)
+CHARS_PER_TOKEN = 4
 
 ModelKey = tuple[str, str]
+StaticPrices = Callable[[ModelKey, dt.datetime], tuple[decimal.Decimal, decimal.Decimal] | None]
 
 
 class PolicyInputError(FieldRuleError):
-    """A routing request the rule cannot answer."""
+    """A routing request the policy cannot answer; the server turns it into INVALID_ARGUMENT."""
 
 
 @dataclass(frozen=True)
@@ -52,24 +92,34 @@ class RoutingRequest:
     tenant: str
     service: str
     feature: str
-    allowed_models: tuple[ModelKey, ...]
-    latency_slo_ms: float
+    allowed_models: tuple[ModelKey, ...] = ()
+    latency_slo_ms: float = 0.0
     expected_input_tokens: int = 0
     expected_output_tokens: int = 0
     request_id: str = ""
+    session_id: str = ""
+    task_type: str = ""
+    hints: tuple[str, ...] = ()
+    prompt_chars: int = 0
+    requires_structured_output: bool = False
+    requires_vision: bool = False
+    region: str = ""
+    customer: str = ""
 
     def with_default_tokens(self, input_tokens: int, output_tokens: int) -> "RoutingRequest":
-        """Zero token counts mean "the usual request": the gateway's configured defaults stand in."""
+        """Zero token counts mean "the usual request": the gateway's configured defaults stand in. A known
+        prompt size stands in for unknown input tokens first (about four characters a token)."""
+        from_prompt = math.ceil(self.prompt_chars / CHARS_PER_TOKEN) if self.prompt_chars else 0
         return replace(
             self,
-            expected_input_tokens=self.expected_input_tokens or input_tokens,
+            expected_input_tokens=self.expected_input_tokens or from_prompt or input_tokens,
             expected_output_tokens=self.expected_output_tokens or output_tokens,
         )
 
 
 @dataclass(frozen=True)
 class CandidateVerdict:
-    """One allowed model as the rule saw it."""
+    """One model as the engine saw it."""
 
     provider: str
     model: str
@@ -80,6 +130,7 @@ class CandidateVerdict:
     estimated_cost_usd: decimal.Decimal | None
     eligible: bool
     verdict: str
+    breaker_state: str
 
     @property
     def key(self) -> ModelKey:
@@ -87,19 +138,42 @@ class CandidateVerdict:
 
 
 @dataclass(frozen=True)
-class RoutingChoice:
-    """The rule's answer: the model, why (code + sentence), and every candidate with its verdict."""
-
+class RouteStep:
     provider: str
     model: str
+    estimated_cost_usd: decimal.Decimal | None
+    retry: RetryConfig
+
+
+@dataclass(frozen=True)
+class RoutingChoice:
+    """The engine's answer. `provider`/`model` are None only for a refusal (`refused` holds the budget)."""
+
+    provider: str | None
+    model: str | None
     reason_code: str
+    reason_codes: tuple[str, ...]
     reason: str
     estimated_cost_usd: decimal.Decimal | None
     candidates: tuple[CandidateVerdict, ...]
     decided_at: dt.datetime
+    route: str = ""
+    policy_version: int = 0
+    retry: RetryConfig | None = None
+    fallbacks: tuple[RouteStep, ...] = ()
+    shadow: ModelKey | None = None
+    experiment: str | None = None
+    arm: str | None = None
+    budget: "BudgetStanding | None" = None
+    budget_status: str = "ok"
+    downgraded: bool = False
+    downgrade_tier: str | None = None
+    static_fallback: bool = False
+    live_table_age_ms: int | None = None
+    refused: bool = False
 
     def decision_record(self, request: RoutingRequest, decision_id: str) -> dict[str, Any]:
-        """The routing_decision Avro record (schemas/routing_decision.v1.avsc) for this answer."""
+        """The routing_decision Avro record (schemas/routing_decision.v2.avsc) for this answer."""
         return {
             "decision_id": decision_id,
             "decided_at": self.decided_at,
@@ -121,18 +195,47 @@ class RoutingChoice:
                     "estimated_cost_usd": c.estimated_cost_usd,
                     "eligible": c.eligible,
                     "verdict": c.verdict,
+                    "breaker_state": c.breaker_state,
                 }
                 for c in self.candidates
             ],
+            "reason_codes": list(self.reason_codes),
+            "route": self.route,
+            "policy_version": self.policy_version,
+            "experiment": self.experiment,
+            "arm": self.arm,
+            "shadow_provider": self.shadow[0] if self.shadow else None,
+            "shadow_model": self.shadow[1] if self.shadow else None,
+            "fallbacks": [f"{step.provider}/{step.model}" for step in self.fallbacks],
+            "budget_status": self.budget_status if self.budget is not None else None,
+            "budget_used_pct": self.budget.used_pct if self.budget is not None else None,
+            "downgraded": self.downgraded,
+            "static_fallback": self.static_fallback,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "customer": request.customer or None,
+            "session_id": request.session_id or None,
+            "live_table_age_ms": self.live_table_age_ms,
         }
 
 
+@dataclass
+class RoutingState:
+    """What the engine reads besides the request: the policy and the gateway's live state."""
+
+    policy: RoutingPolicy
+    rows: Mapping[ModelKey, Mapping[str, Any]]
+    breakers: BreakerBoard
+    canaries: CanaryTracker
+    policy_version: int = 0
+    budget: "BudgetStanding | None" = None
+    budget_mode: str = "manual"
+    static_prices: StaticPrices | None = None
+
+
 def validate_request(request: RoutingRequest) -> None:
-    """Raise PolicyInputError for the first input the rule cannot work with."""
+    """Raise PolicyInputError for the first input the engine cannot work with."""
     if not request.tenant:
         raise PolicyInputError("tenant", "required", "is required: decisions are attributed to a tenant")
-    if not request.allowed_models:
-        raise PolicyInputError("allowed_models", "non_empty", "must list at least one provider/model")
     seen: set[ModelKey] = set()
     for index, (provider, model) in enumerate(request.allowed_models):
         if not provider:
@@ -143,14 +246,16 @@ def validate_request(request: RoutingRequest) -> None:
             raise PolicyInputError(f"allowed_models[{index}]", "unique", f"{provider}/{model} is listed twice")
         seen.add((provider, model))
     slo = request.latency_slo_ms
-    if not (isinstance(slo, (int, float)) and math.isfinite(slo) and slo > 0):
-        raise PolicyInputError("latency_slo_ms", "positive", f"must be a finite number of milliseconds > 0, got {slo}")
-    for name in ("expected_input_tokens", "expected_output_tokens"):
-        tokens = getattr(request, name)
-        if tokens < 0:
-            raise PolicyInputError(name, "non_negative", f"must be >= 0, got {tokens}")
-        if tokens > MAX_EXPECTED_TOKENS:
-            raise PolicyInputError(name, "at_most", f"must be <= {MAX_EXPECTED_TOKENS:,}, got {tokens:,}")
+    if not (isinstance(slo, (int, float)) and math.isfinite(slo) and slo >= 0):
+        raise PolicyInputError(
+            "latency_slo_ms", "non_negative", f"must be a finite number of milliseconds >= 0 (0: the route's), got {slo}"
+        )
+    for name in ("expected_input_tokens", "expected_output_tokens", "prompt_chars"):
+        value = getattr(request, name)
+        if value < 0:
+            raise PolicyInputError(name, "non_negative", f"must be >= 0, got {value}")
+        if value > MAX_EXPECTED_TOKENS:
+            raise PolicyInputError(name, "at_most", f"must be <= {MAX_EXPECTED_TOKENS:,}, got {value:,}")
 
 
 def estimate_cost(row: Mapping[str, Any], input_tokens: int, output_tokens: int) -> decimal.Decimal | None:
@@ -159,21 +264,26 @@ def estimate_cost(row: Mapping[str, Any], input_tokens: int, output_tokens: int)
     input_price = row.get("input_price_per_mtok")
     output_price = row.get("output_price_per_mtok")
     if input_price is not None and output_price is not None:
-        cost = _MONEY_CONTEXT.add(
-            _MONEY_CONTEXT.multiply(decimal.Decimal(input_tokens), input_price),
-            _MONEY_CONTEXT.multiply(decimal.Decimal(output_tokens), output_price),
-        )
-        cost = _MONEY_CONTEXT.divide(cost, _PER_MTOK)
-    else:
-        observed_tokens = row.get("tokens") or 0
-        observed_cost = row.get("cost_usd")
-        if observed_tokens <= 0 or observed_cost is None:
-            return None
-        cost = _MONEY_CONTEXT.divide(
-            _MONEY_CONTEXT.multiply(observed_cost, decimal.Decimal(input_tokens + output_tokens)),
-            decimal.Decimal(observed_tokens),
-        )
+        return cost_from_prices(input_price, output_price, input_tokens, output_tokens)
+    observed_tokens = row.get("tokens") or 0
+    observed_cost = row.get("cost_usd")
+    if observed_tokens <= 0 or observed_cost is None:
+        return None
+    cost = _MONEY_CONTEXT.divide(
+        _MONEY_CONTEXT.multiply(observed_cost, decimal.Decimal(input_tokens + output_tokens)),
+        decimal.Decimal(observed_tokens),
+    )
     return cost.quantize(MONEY_QUANTUM, context=_MONEY_CONTEXT)
+
+
+def cost_from_prices(
+    input_price: decimal.Decimal, output_price: decimal.Decimal, input_tokens: int, output_tokens: int
+) -> decimal.Decimal:
+    cost = _MONEY_CONTEXT.add(
+        _MONEY_CONTEXT.multiply(decimal.Decimal(input_tokens), input_price),
+        _MONEY_CONTEXT.multiply(decimal.Decimal(output_tokens), output_price),
+    )
+    return _MONEY_CONTEXT.divide(cost, _PER_MTOK).quantize(MONEY_QUANTUM, context=_MONEY_CONTEXT)
 
 
 def format_usd(amount: decimal.Decimal) -> str:
@@ -187,117 +297,427 @@ def format_ms(value: float) -> str:
     return f"{rounded:.0f}" if rounded == int(rounded) else f"{rounded:.1f}"
 
 
-def _name(key: ModelKey) -> str:
-    return f"{key[0]}/{key[1]}"
-
-
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def classify_complexity(request: RoutingRequest, simple: ComplexityClass | None, complex_: ComplexityClass | None) -> str | None:
+    """"simple", "complex" or None. Hints win, then the task type, then the prompt size."""
+    rules = [("complex", complex_), ("simple", simple)]
+    hints = {hint.strip().lower() for hint in request.hints}
+    for label, rule in rules:
+        if rule and hints & {h.lower() for h in rule.hints}:
+            return label
+    task = request.task_type.strip().lower()
+    for label, rule in rules:
+        if rule and task and task in {t.lower() for t in rule.task_types}:
+            return label
+    chars = request.prompt_chars or request.expected_input_tokens * CHARS_PER_TOKEN
+    if chars:
+        if complex_ and complex_.min_prompt_chars is not None and chars >= complex_.min_prompt_chars:
+            return "complex"
+        if simple and simple.max_prompt_chars is not None and chars <= simple.max_prompt_chars:
+            return "simple"
+    return None
+
+
+def canary_config(canary: Canary) -> CanaryConfig:
+    return CanaryConfig(
+        stages=canary.stages, stage_duration_s=canary.stage_duration_s, min_samples=canary.min_samples,
+        max_error_rate=canary.max_error_rate, max_p95_ms=canary.max_p95_ms, started_at=canary.started_at,
+    )
+
+
+def _sticky_key(request: RoutingRequest, sticky_by: str) -> str:
+    return request.session_id if sticky_by == "session" and request.session_id else request.tenant
+
+
+def _to_front(chain: list[ModelKey], key: ModelKey) -> list[ModelKey]:
+    return [key, *[k for k in chain if k != key]]
+
+
 @dataclass
-class _Assessment:
+class _Candidate:
     """Working state for one candidate before its verdict is written."""
 
     order: int
     key: ModelKey
     row: Mapping[str, Any] | None
+    fresh: bool
+    live: bool
     cost: decimal.Decimal | None
-
-    @property
-    def live(self) -> bool:
-        return self.row is not None and self.row["sample_count"] > 0
+    breaker_state: str
+    breaker_allows: bool
+    capability_problem: str | None = None
+    tier_problem: str | None = None
+    live_problem: str | None = None
 
     @property
     def p95(self) -> float:
-        return float(self.row["p95_latency_ms"]) if self.row is not None else math.inf
+        return float(self.row["p95_latency_ms"]) if self.live and self.row is not None else math.inf
+
+    @property
+    def usable(self) -> bool:
+        """Passes what no live number can change: capabilities, budget tier and breaker."""
+        return self.capability_problem is None and self.tier_problem is None and self.breaker_allows
+
+    @property
+    def passes(self) -> bool:
+        return self.usable and self.live_problem is None
 
 
-def choose_model(
-    request: RoutingRequest, rows: Mapping[ModelKey, Mapping[str, Any] | None], now: dt.datetime
-) -> RoutingChoice:
-    """Apply the routing rule to the live rows of the allowed models. `rows` may hold other models
-    (they are ignored) and miss some (they have no live data). `now` stamps the decision."""
-    validate_request(request)
-    slo = float(request.latency_slo_ms)
-    assessments = []
-    for order, key in enumerate(request.allowed_models):
-        row = rows.get(key)
-        cost = estimate_cost(row, request.expected_input_tokens, request.expected_output_tokens) if row else None
-        assessments.append(_Assessment(order, key, row, cost))
+class _Decision:
+    """Working state of one decision; `decide` drives it through the rules in the module docstring."""
 
-    live = [a for a in assessments if a.live]
-    eligible = [a for a in live if a.p95 <= slo and a.cost is not None]
+    def __init__(self, request: RoutingRequest, state: RoutingState, decision_id: str, now: dt.datetime):
+        self.request = request
+        self.state = state
+        self.policy = state.policy
+        self.decision_id = decision_id
+        self.now = now
+        self.codes: list[str] = []
+        self.route: Route = self.policy.route_for(request.service, request.feature)
+        self.experiment: str | None = None
+        self.arm: str | None = None
 
-    if eligible:
-        ranked = sorted(eligible, key=lambda a: (a.cost, a.p95, a.order))
-        chosen = ranked[0]
-        reason_code = CHEAPEST_WITHIN_SLO
-        scope = (
-            f"the only model within the {format_ms(slo)} ms p95 SLO"
-            if len(eligible) == 1
-            else f"the cheapest of {len(eligible)} models within the {format_ms(slo)} ms p95 SLO"
-        )
-        reason = f"{_name(chosen.key)} is {scope} (p95 {format_ms(chosen.p95)} ms, est. ${format_usd(chosen.cost)})"
-    elif live:
-        chosen = min(live, key=lambda a: (a.p95, a.order))
-        reason_code = NO_MODEL_MEETS_SLO
-        cost_text = f"est. ${format_usd(chosen.cost)}" if chosen.cost is not None else "cost unknown"
-        if all(a.p95 > slo for a in live):
-            lead = f"none of the {_plural(len(live), 'model')} with live data meets the {format_ms(slo)} ms p95 SLO"
-        else:
-            lead = (
-                f"none of the {_plural(len(live), 'model')} with live data is both within the {format_ms(slo)} ms "
-                f"p95 SLO and has a known cost"
+    def add(self, code: str) -> None:
+        if code not in self.codes:
+            self.codes.append(code)
+
+    # -- 3. the chain -----------------------------------------------------------------------------------------
+    def chain(self) -> list[ModelKey]:
+        route, request = self.route, self.request
+        chain: list[ModelKey] = [parse_model_ref(name) for name in route.model_names()]
+        complexity = route.complexity
+        label = classify_complexity(request, complexity.simple, complexity.complex) if complexity else None
+        if label is not None:
+            rule = getattr(complexity, label)
+            chain = [parse_model_ref(name) for name in rule.models]
+            self.add(COMPLEXITY_PREFIX + label)
+        elif route.experiment is not None:
+            experiment = route.experiment
+            arm = choose_arm(
+                experiment.name, [(a.name, a.weight) for a in experiment.arms],
+                _sticky_key(request, experiment.sticky_by),
             )
-        reason = f"{lead}; {_name(chosen.key)} has the lowest p95 ({format_ms(chosen.p95)} ms, {cost_text})"
-    else:
-        chosen = assessments[0]
-        reason_code = NO_LIVE_DATA
-        reason = (
-            f"none of the {_plural(len(assessments), 'allowed model')} has live data; "
-            f"answering the caller's first choice {_name(chosen.key)}"
-        )
+            arm_model = parse_model_ref(next(a.model for a in experiment.arms if a.name == arm))
+            chain = _to_front(chain, arm_model)
+            self.experiment, self.arm = experiment.name, arm
+            self.add(EXPERIMENT_ARM)
+        if route.canary is not None:
+            chain = self._apply_canary(route.canary, chain)
+        if request.allowed_models:
+            allowed = list(request.allowed_models)
+            if not chain:
+                chain = allowed
+            else:
+                chain = [key for key in chain if key in set(allowed)]
+                if not chain:
+                    raise PolicyInputError(
+                        "allowed_models", "in_route",
+                        f"none of {', '.join(map(model_name, allowed))} is among route {route.name}'s models "
+                        f"({', '.join(route.model_names())})",
+                    )
+        if not chain:
+            raise PolicyInputError(
+                "allowed_models", "non_empty",
+                f"must list at least one provider/model: route {route.name} names no models",
+            )
+        return chain
 
-    candidates = tuple(_verdict(a, chosen, slo, eligible) for a in assessments)
+    def _apply_canary(self, canary: Canary, chain: list[ModelKey]) -> list[ModelKey]:
+        key = parse_model_ref(canary.model)
+        name = f"{self.route.name}:{canary.model}"
+        status = self.state.canaries.evaluate(name, canary_config(canary), self.state.rows.get(key), self.now)
+        if status.state == "rolled_back":
+            self.add(CANARY_ROLLED_BACK)
+            return [k for k in chain if k != key]
+        if status.state == "promoted":
+            self.add(CANARY_PROMOTED)
+            return _to_front(chain, key)
+        self.experiment = f"canary:{self.route.name}"
+        if in_canary(name, status, _sticky_key(self.request, canary.sticky_by)):
+            self.arm = "canary"
+            self.add(CANARY)
+            return _to_front(chain, key)
+        self.arm = "baseline"
+        return [k for k in chain if k != key]
+
+    # -- 4. filters ---------------------------------------------------------------------------------------------
+    def assess(self, chain: Sequence[ModelKey], slo: float) -> list[_Candidate]:
+        live_config = self.policy.defaults.live
+        assessed = []
+        for order, key in enumerate(chain):
+            row = self.state.rows.get(key)
+            fresh = row is not None and (self.now - row["updated_at"]).total_seconds() <= live_config.max_age_s
+            live = fresh and int(row["sample_count"]) >= live_config.min_samples  # type: ignore[index]
+            if fresh:
+                self.state.breakers.observe_live(key, row, self.now)
+            candidate = _Candidate(
+                order, key, row, fresh, live, self._cost(key, row if fresh else None),
+                str(self.state.breakers.state(key, self.now)), self.state.breakers.would_allow(key, self.now),
+            )
+            candidate.capability_problem = self._capability_problem(key)
+            if live:
+                p95, error_rate = float(row["p95_latency_ms"]), float(row["error_rate"])  # type: ignore[index]
+                if p95 > slo:
+                    candidate.live_problem = f"p95 {format_ms(p95)} ms > SLO {format_ms(slo)} ms"
+                elif error_rate > live_config.max_error_rate:
+                    candidate.live_problem = (
+                        f"error rate {error_rate:.1%} > {live_config.max_error_rate:.0%} over "
+                        f"{int(row['sample_count'])} calls"  # type: ignore[index]
+                    )
+            assessed.append(candidate)
+        return assessed
+
+    def _capability_problem(self, key: ModelKey) -> str | None:
+        request, spec = self.request, self.policy.model_spec(key)
+        needs = [
+            name for name, wanted in (
+                ("structured output", request.requires_structured_output), ("vision", request.requires_vision),
+                (f"region {request.region}", bool(request.region)),
+            ) if wanted
+        ]
+        if spec is None:
+            return f"not in the policy catalog, so it cannot promise {', '.join(needs)}" if needs else None
+        if request.requires_structured_output and not spec.structured_output:
+            return "no strict structured output"
+        if request.requires_vision and not spec.vision:
+            return "no vision"
+        if request.region and spec.regions and request.region not in spec.regions:
+            return f"not in region {request.region} ({', '.join(spec.regions)})"
+        tokens = request.expected_input_tokens + request.expected_output_tokens
+        if tokens > spec.context_window:
+            return f"{tokens:,} tokens > context window {spec.context_window:,}"
+        return None
+
+    def _cost(self, key: ModelKey, row: Mapping[str, Any] | None) -> decimal.Decimal | None:
+        request = self.request
+        if row is not None:
+            cost = estimate_cost(row, request.expected_input_tokens, request.expected_output_tokens)
+            if cost is not None:
+                return cost
+        prices = self.state.static_prices(key, self.now) if self.state.static_prices else None
+        if prices is None:
+            return None
+        return cost_from_prices(prices[0], prices[1], request.expected_input_tokens, request.expected_output_tokens)
+
+    def apply_budget_tier(self, candidates: list[_Candidate], rule_tier: str | None) -> str | None:
+        """Restrict to the downgrade tier or cheaper; returns the tier, or None when no candidate qualifies."""
+        ranks = [self.policy.tier_rank(c.key) for c in candidates]
+        known = [rank for rank in ranks if rank is not None]
+        if not known:
+            return None
+        target = self.policy.tiers.index(rule_tier) if rule_tier else max(known)
+        qualifying = [c for c, rank in zip(candidates, ranks) if rank is not None and rank >= target
+                      and c.capability_problem is None]
+        if not qualifying:
+            return None
+        tier_name = self.policy.tiers[target]
+        for candidate, rank in zip(candidates, ranks):
+            if rank is None or rank < target:
+                candidate.tier_problem = f"budget downgrade: above the {tier_name} tier"
+        return tier_name
+
+
+def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: dt.datetime) -> RoutingChoice:
+    """Apply the policy to one request. Raises PolicyInputError for requests it cannot answer."""
+    validate_request(request)
+    work = _Decision(request, state, decision_id, now)
+    route, policy = work.route, state.policy
+    budget_rule = route.budget or policy.defaults.budget
+    retry = route.retry or policy.defaults.retry
+    slo = float(request.latency_slo_ms or route.latency_slo_ms or policy.defaults.latency_slo_ms)
+
+    standing = state.budget
+    budget_status, downgrade = "ok", False
+    if standing is not None:
+        if standing.status == "block" or standing.used_pct >= budget_rule.refuse_at_pct:
+            budget_status = "block"
+            if state.budget_mode == "manual":
+                return _refusal(request, work, standing, now)
+            work.add(BUDGET_OVER_NOTIFY)
+            downgrade = True  # past the refuse threshold is past the downgrade threshold too
+        elif standing.used_pct >= budget_rule.downgrade_at_pct:
+            budget_status, downgrade = "warn", True
+
+    chain = work.chain()
+    candidates = work.assess(chain, slo)
+    downgrade_tier = None
+    if downgrade:
+        downgrade_tier = work.apply_budget_tier(candidates, budget_rule.downgrade_to_tier)
+        work.add(BUDGET_DOWNGRADE if downgrade_tier else BUDGET_DOWNGRADE_UNAVAILABLE)
+
+    capable = [c for c in candidates if c.capability_problem is None]
+    if not capable:
+        first = candidates[0]
+        raise PolicyInputError(
+            _capability_field(request), "capability",
+            f"no model on route {route.name} can serve this request ({model_name(first.key)}: {first.capability_problem})",
+        )
+    usable = [c for c in candidates if c.usable]
+    any_rows = any(c.row is not None for c in candidates)
+    any_fresh = any(c.fresh for c in candidates)
+    static = not any_fresh
+    ranked_passing: list[_Candidate]
+
+    if not usable:
+        chosen = min((c for c in capable if c.tier_problem is None) or capable,
+                     key=lambda c: (state.breakers.retry_in_s(c.key, now), c.order))
+        lead_code = ALL_BREAKERS_OPEN
+        reason = (f"every usable model's circuit breaker is open; {model_name(chosen.key)} is the first to allow a "
+                  f"probe again (in {state.breakers.retry_in_s(chosen.key, now):.0f} s)")
+        ranked_passing = []
+    elif static:
+        ranked_passing = _rank(usable, route.strategy, live=False)
+        chosen = ranked_passing[0]
+        lead_code = STATIC_POLICY if any_rows else NO_LIVE_DATA
+        why = (f"the live rows of the {_plural(len(candidates), 'model')} are older than "
+               f"{policy.defaults.live.max_age_s:g} s" if any_rows else
+               f"none of the {_plural(len(candidates), 'model')} has live data")
+        reason = f"{why}; static policy order on route {route.name} answers {model_name(chosen.key)}"
+        if not candidates[0].usable:
+            work.add(PRIMARY_SKIPPED)
+            reason += f" ({model_name(candidates[0].key)} skipped: {_problem(candidates[0])})"
+    else:
+        passing = [c for c in usable if c.passes]
+        if route.strategy == "cheapest":  # compare measured models only; unmeasured ones stay fallbacks
+            passing = [c for c in passing if c.live]
+        if passing:
+            ranked_passing = _rank(passing, route.strategy, live=True)
+            chosen = ranked_passing[0]
+            if route.strategy == "cheapest":
+                lead_code = CHEAPEST_WITHIN_SLO
+                scope = (f"the only model within the {format_ms(slo)} ms p95 SLO" if len(passing) == 1 else
+                         f"the cheapest of {len(passing)} models within the {format_ms(slo)} ms p95 SLO")
+                reason = f"{model_name(chosen.key)} is {scope}{_numbers(chosen)}"
+            elif chosen is candidates[0]:
+                lead_code = PRIMARY
+                reason = f"{model_name(chosen.key)} is route {route.name}'s first choice{_numbers(chosen)}"
+            else:
+                lead_code = PRIMARY_SKIPPED
+                skipped = candidates[0]
+                reason = (f"{model_name(skipped.key)} skipped ({_problem(skipped)}); {model_name(chosen.key)} is the "
+                          f"next on route {route.name}{_numbers(chosen)}")
+        else:
+            ranked_passing = []
+            chosen = min(usable, key=lambda c: (c.p95, c.order))
+            lead_code = NO_MODEL_MEETS_SLO
+            live_count = sum(1 for c in usable if c.live)
+            reason = (f"none of the {_plural(len(usable), 'usable model')} passes the live checks "
+                      f"({live_count} with live data, SLO {format_ms(slo)} ms); {model_name(chosen.key)} has the "
+                      f"lowest p95{_numbers(chosen)}")
+
+    if chosen.breaker_state == "half_open" and state.breakers.acquire(chosen.key, now):
+        work.add(BREAKER_PROBE)
+    fallbacks = _fallbacks(chosen, ranked_passing, usable, retry)
+    shadow = _shadow(work, route, chosen, downgrade)
+    work.codes.insert(0, lead_code)
+    verdicts = tuple(_verdict(c, chosen) for c in candidates)
+    ages = [(now - c.row["updated_at"]).total_seconds() for c in candidates if c.row is not None]
     return RoutingChoice(
-        provider=chosen.key[0],
-        model=chosen.key[1],
-        reason_code=reason_code,
-        reason=reason,
-        estimated_cost_usd=chosen.cost,
-        candidates=candidates,
-        decided_at=now,
+        provider=chosen.key[0], model=chosen.key[1], reason_code=lead_code, reason_codes=tuple(work.codes),
+        reason=reason, estimated_cost_usd=chosen.cost, candidates=verdicts, decided_at=now, route=route.name,
+        policy_version=state.policy_version, retry=retry, fallbacks=fallbacks, shadow=shadow,
+        experiment=work.experiment, arm=work.arm, budget=standing, budget_status=budget_status,
+        downgraded=downgrade_tier is not None, downgrade_tier=downgrade_tier, static_fallback=static and any_rows,
+        live_table_age_ms=int(min(ages) * 1000) if ages else None,
     )
 
 
-def _verdict(a: _Assessment, chosen: _Assessment, slo: float, eligible: Sequence[_Assessment]) -> CandidateVerdict:
-    is_eligible = any(a is e for e in eligible)
-    if a is chosen:
+def _capability_field(request: RoutingRequest) -> str:
+    if request.requires_structured_output:
+        return "requires_structured_output"
+    if request.requires_vision:
+        return "requires_vision"
+    if request.region:
+        return "region"
+    return "expected_input_tokens"
+
+
+def _rank(candidates: list[_Candidate], strategy: str, *, live: bool) -> list[_Candidate]:
+    if strategy == "cheapest":
+        return sorted(candidates, key=lambda c: (c.cost is None, c.cost or 0, c.p95 if live else 0, c.order))
+    return sorted(candidates, key=lambda c: c.order)
+
+
+def _fallbacks(chosen: _Candidate, ranked_passing: list[_Candidate], usable: list[_Candidate],
+               retry: RetryConfig) -> tuple[RouteStep, ...]:
+    rest = [c for c in ranked_passing if c is not chosen]
+    rest += sorted((c for c in usable if c is not chosen and c not in rest), key=lambda c: (c.p95, c.order))
+    return tuple(RouteStep(c.key[0], c.key[1], c.cost, retry) for c in rest)
+
+
+def _shadow(work: _Decision, route: Route, chosen: _Candidate, downgrade: bool) -> ModelKey | None:
+    if route.shadow is None:
+        return None
+    key = parse_model_ref(route.shadow.model)
+    if key == chosen.key or not work.state.breakers.would_allow(key, work.now):
+        return None
+    if not sampled(route.shadow.sample_rate, "shadow", route.name, work.decision_id):
+        return None
+    if downgrade:
+        work.add(SHADOW_SKIPPED_BUDGET)
+        return None
+    work.add(SHADOW_SAMPLED)
+    return key
+
+
+def _numbers(candidate: _Candidate) -> str:
+    parts = []
+    if candidate.live:
+        parts.append(f"p95 {format_ms(candidate.p95)} ms")
+    parts.append(f"est. ${format_usd(candidate.cost)}" if candidate.cost is not None else "cost unknown")
+    return f" ({', '.join(parts)})"
+
+
+def _problem(candidate: _Candidate) -> str:
+    if candidate.capability_problem:
+        return candidate.capability_problem
+    if candidate.tier_problem:
+        return candidate.tier_problem
+    if not candidate.breaker_allows:
+        return f"breaker {candidate.breaker_state}"
+    return candidate.live_problem or "passes"
+
+
+def _verdict(candidate: _Candidate, chosen: _Candidate) -> CandidateVerdict:
+    if candidate is chosen:
         verdict = "chosen"
-    elif a.row is None:
-        verdict = "no live data"
-    elif not a.live:
-        verdict = "no calls in the live window"
-    elif a.p95 > slo:
-        verdict = f"p95 {format_ms(a.p95)} ms > SLO {format_ms(slo)} ms"
-    elif a.cost is None:
-        verdict = "cost unknown: no prices and no observed tokens"
-    elif chosen.cost is not None and a.cost > chosen.cost:
-        verdict = f"costlier: ${format_usd(a.cost)} > ${format_usd(chosen.cost)}"
-    elif a.p95 > chosen.p95:
-        verdict = f"same cost ${format_usd(a.cost)}, slower: p95 {format_ms(a.p95)} ms > {format_ms(chosen.p95)} ms"
+    elif not candidate.passes:
+        verdict = _problem(candidate)
+    elif not candidate.fresh:
+        verdict = "no fresh live data" if candidate.row is not None else "no live data"
+    elif chosen.cost is not None and candidate.cost is not None and candidate.cost > chosen.cost:
+        verdict = f"costlier: ${format_usd(candidate.cost)} > ${format_usd(chosen.cost)}"
+    elif candidate.order > chosen.order:
+        verdict = f"fallback after {model_name(chosen.key)}"
     else:
-        verdict = f"same cost and p95 as {_name(chosen.key)}, listed after it"
-    row = a.row
+        verdict = f"passes; {model_name(chosen.key)} ranked first"
+    row = candidate.row if candidate.fresh else None
     return CandidateVerdict(
-        provider=a.key[0],
-        model=a.key[1],
-        has_live_data=a.live,
+        provider=candidate.key[0], model=candidate.key[1], has_live_data=candidate.live,
         p95_latency_ms=float(row["p95_latency_ms"]) if row is not None else None,
         error_rate=float(row["error_rate"]) if row is not None else None,
         sample_count=int(row["sample_count"]) if row is not None else 0,
-        estimated_cost_usd=a.cost,
-        eligible=is_eligible,
-        verdict=verdict,
+        estimated_cost_usd=candidate.cost, eligible=candidate.passes, verdict=verdict,
+        breaker_state=candidate.breaker_state,
+    )
+
+
+def _refusal(request: RoutingRequest, work: _Decision, standing: "BudgetStanding", now: dt.datetime) -> RoutingChoice:
+    """A MANUAL-mode budget refusal: no model, every route model left unweighed."""
+    try:
+        keys = work.chain()
+    except PolicyInputError:
+        keys = list(request.allowed_models)
+    verdict = f"not weighed: budget {standing.budget_id} blocks"
+    candidates = tuple(
+        CandidateVerdict(k[0], k[1], False, None, None, 0, None, False, verdict, "closed") for k in keys
+    )
+    work.codes.insert(0, BUDGET_BLOCKED)
+    return RoutingChoice(
+        provider=None, model=None, reason_code=BUDGET_BLOCKED, reason_codes=tuple(work.codes), reason=standing.message,
+        estimated_cost_usd=None, candidates=candidates, decided_at=now, route=work.route.name,
+        policy_version=work.state.policy_version, budget=standing, budget_status="block", refused=True,
     )

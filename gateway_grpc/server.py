@@ -1,11 +1,15 @@
-"""routing.v1.Router over gRPC: a thin adapter from the wire to `policy.choose_model`.
+"""routing.v1.Router and RouterAdmin over gRPC: thin adapters from the wire to `policy.decide`.
 
-The server answers Decide from two in-memory tables, each following a compacted topic: the live model table
-(ROUTING_TABLES) and the budget table (BUDGET_STATE). A tenant that a budget blocks (MANUAL mode,
-`budget_gate`) is refused with RESOURCE_EXHAUSTED naming the tenant, the budget and the numbers. Every
-decision, refusals included, is published to ROUTING_DECISIONS (without waiting for the broker). The standard
-health service says NOT_SERVING until both tables have caught up with their topics, and server reflection
-lets grpcurl and friends work out of the box.
+The gateway answers from in-memory state (`GatewayState`): the live model table and the budget table, each
+following a compacted topic; the circuit breakers fed by ReportOutcome and live error rates; the canary
+tracker; and the installed policy (file, hot-reloaded, or SetPolicy). Every decision, refusals included,
+is published to ROUTING_DECISIONS without waiting for the broker; every policy change is published to
+POLICY_AUDIT *before* it is installed, so no change goes unaudited.
+
+Status codes: INVALID_ARGUMENT names the field and the rule; FAILED_PRECONDITION names the budget that
+refuses a tenant; RESOURCE_EXHAUSTED when more than `gateway.max_concurrent_rpcs` calls are in flight (grpc
+answers it before our code runs); UNAVAILABLE while the tables load; UNAUTHENTICATED / PERMISSION_DENIED
+from `auth`. Health says NOT_SERVING until both tables have caught up; reflection lets grpcurl list and call.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent import futures
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import grpc
@@ -23,113 +29,254 @@ from confluent_kafka import KafkaException, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agents.pricing import PriceCatalog, load_catalog
+from agents.privacy import mask_personal_data
+from gateway_grpc.auth import BearerAuthInterceptor, TokensFileError, current_principal, load_token_grants
+from gateway_grpc.breakers import BreakerBoard, BreakerConfig, classify_outcome
 from gateway_grpc.budget_gate import BudgetGate
+from gateway_grpc.experiments import CanaryTracker
 from gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
 from gateway_grpc.policy import (
-    PolicyInputError, RoutingChoice, RoutingRequest, choose_model, format_usd, validate_request,
+    PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd, validate_request,
+)
+from gateway_grpc.policy_config import (
+    BreakerPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
 )
 from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
 from streams.codecs import CodecError, codec_for
-from streams.topics import BUDGET_STATE, ROUTING_DECISIONS, ROUTING_TABLES
+from streams.errors import FieldRuleError
+from streams.topics import BUDGET_STATE, POLICY_AUDIT, ROUTING_DECISIONS, ROUTING_TABLES, TopicSpec
 
 log = logging.getLogger(__name__)
 
 ROUTER_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+ADMIN_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["RouterAdmin"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 OVERALL_HEALTH = ""
 DEFAULT_GRACE_S = 5.0
+AUDIT_DELIVERY_TIMEOUT_S = 10.0
 
 
 class ServeError(RuntimeError):
-    """The gateway cannot start, e.g. its address is taken."""
+    """The gateway cannot start, e.g. its address is taken or its policy/tokens file is invalid."""
 
 
-class DecisionPublisher(Protocol):
-    """Where decisions go; Kafka in production, a list in unit tests."""
+class AuditNotDelivered(RuntimeError):
+    """The audit event of a policy change did not reach Kafka; the change was not installed."""
 
-    def publish(self, tenant: str, record: Mapping[str, Any]) -> None: ...
+
+class RecordPublisher(Protocol):
+    """Where decisions and audit events go; Kafka in production, a list in unit tests."""
+
+    def publish(self, key: str, record: Mapping[str, Any]) -> None: ...
+
+    def publish_and_wait(self, key: str, record: Mapping[str, Any], timeout_s: float) -> None: ...
 
     def close(self) -> None: ...
 
 
-class KafkaDecisionPublisher:
-    """Publishes routing_decision records keyed by tenant; never blocks the RPC on delivery."""
+class KafkaRecordPublisher:
+    """Publishes one topic's records; `publish` never blocks the RPC on delivery, `publish_and_wait` does."""
 
     FLUSH_TIMEOUT_S = 10.0
 
-    def __init__(self, settings: Settings):
-        self.topic = ROUTING_DECISIONS.name(settings)
+    def __init__(self, settings: Settings, spec: TopicSpec, client_id: str):
+        self.topic = spec.name(settings)
         self.published = 0
         self.failures = 0
-        self._codec = codec_for(ROUTING_DECISIONS.schema)
+        self._codec = codec_for(spec.schema)
         self._producer = Producer({
             **settings.kafka_client_config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "client.id": "prismops-gateway",
+            "client.id": client_id,
         })
 
-    def publish(self, tenant: str, record: Mapping[str, Any]) -> None:
+    def publish(self, key: str, record: Mapping[str, Any]) -> None:
+        what = record.get("decision_id") or record.get("audit_id")
         try:
             value = self._codec.encode(record)
         except CodecError as exc:
             self.failures += 1
-            log.error("decision %s not published, it does not fit the schema: %s", record.get("decision_id"), exc)
+            log.error("%s not published to %s, it does not fit the schema: %s", what, self.topic, exc)
             return
         try:
-            self._produce(tenant, value)
+            self._produce(key, value, self._on_delivery)
         except BufferError:
             self._producer.poll(0.5)
             try:
-                self._produce(tenant, value)
+                self._produce(key, value, self._on_delivery)
             except (BufferError, KafkaException) as exc:
                 self.failures += 1
-                log.error("decision %s not published, the producer queue is full: %s", record.get("decision_id"), exc)
+                log.error("%s not published, the producer queue is full: %s", what, exc)
                 return
         except KafkaException as exc:
             self.failures += 1
-            log.error("decision %s not published: %s", record.get("decision_id"), exc)
+            log.error("%s not published to %s: %s", what, self.topic, exc)
             return
         self._producer.poll(0)
 
-    def _produce(self, tenant: str, value: bytes) -> None:
-        self._producer.produce(self.topic, key=tenant.encode(), value=value, on_delivery=self._on_delivery)
+    def publish_and_wait(self, key: str, record: Mapping[str, Any], timeout_s: float) -> None:
+        """Raise AuditNotDelivered unless the broker acknowledged the record within `timeout_s`."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def delivered(error: Any, _message: Any) -> None:
+            outcome["error"] = error
+            done.set()
+
+        try:
+            self._produce(key, self._codec.encode(record), delivered)
+        except (BufferError, KafkaException, CodecError) as exc:
+            raise AuditNotDelivered(f"cannot produce to {self.topic}: {exc}") from exc
+        self._producer.flush(timeout_s)
+        if not done.is_set():
+            raise AuditNotDelivered(f"{self.topic} did not acknowledge within {timeout_s:g} s")
+        if outcome["error"] is not None:
+            raise AuditNotDelivered(f"{self.topic} refused the record: {outcome['error']}")
+        self.published += 1
+
+    def _produce(self, key: str, value: bytes, on_delivery: Callable[[Any, Any], None]) -> None:
+        self._producer.produce(self.topic, key=key.encode(), value=value, on_delivery=on_delivery)
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is not None:
             self.failures += 1
-            log.error("decision delivery to %s failed: %s", self.topic, error)
+            log.error("delivery to %s failed: %s", self.topic, error)
         else:
             self.published += 1
 
     def close(self) -> None:
         undelivered = self._producer.flush(self.FLUSH_TIMEOUT_S)
         if undelivered:
-            log.error("%d decisions were still undelivered to %s at shutdown", undelivered, self.topic)
+            log.error("%d records were still undelivered to %s at shutdown", undelivered, self.topic)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def breaker_config(policy: BreakerPolicy) -> BreakerConfig:
+    return BreakerConfig(
+        failure_threshold=policy.failure_threshold, open_s=policy.open_s, half_open_probes=policy.half_open_probes,
+        probe_timeout_s=policy.open_s, error_rate_trip=policy.error_rate_trip,
+        error_rate_min_samples=policy.error_rate_min_samples,
+    )
+
+
+class LiveRows:
+    """The live table as the engine's read-only mapping, without copying the whole table per request."""
+
+    def __init__(self, table: LiveModelTable):
+        self._table = table
+
+    def get(self, key: tuple[str, str], default: Any = None) -> Mapping[str, Any] | None:
+        row = self._table.get_key(key)
+        return row if row is not None else default
+
+
+def audit_record(change: PolicyChange) -> dict[str, Any]:
+    """The policy_audit Avro record (schemas/policy_audit.v1.avsc) of one change."""
+    return {
+        "audit_id": str(uuid.uuid4()),
+        "changed_at": change.changed_at,
+        "actor": change.actor,
+        "role": change.role,
+        "action": change.action,
+        "source": change.source,
+        "old_version": change.old_version,
+        "new_version": change.new_version,
+        "old_sha256": sha256_text(change.old_text),
+        "new_sha256": sha256_text(change.new_text),
+        "diff": change.diff,
+        "comment": change.comment,
+    }
+
+
+@dataclass
+class GatewayState:
+    """Everything a decision reads, in one place the servicers share."""
+
+    settings: Settings
+    table: LiveModelTable
+    policy_store: PolicyStore
+    budgets: BudgetStateTable | None = None
+    breakers: BreakerBoard = field(default_factory=BreakerBoard)
+    canaries: CanaryTracker = field(default_factory=CanaryTracker)
+    catalog: PriceCatalog | None = None
+    clock: Callable[[], dt.datetime] = _utc_now
+    last_audit_ids: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.budget_gate = BudgetGate.from_settings(self.settings, self.budgets) if self.budgets is not None else None
+        self.breakers.replace_config(breaker_config(self.policy_store.current.policy.defaults.breaker))
+
+    def static_prices(self, key: tuple[str, str], at: dt.datetime) -> tuple[Decimal, Decimal] | None:
+        quote = self.catalog.quote(key[0], key[1], at) if self.catalog is not None else None
+        if quote is None:
+            return None
+        prices = quote.prices.per_million()
+        return prices["input"], prices["output"]
+
+    def routing_state(self, request: RoutingRequest, now: dt.datetime) -> RoutingState:
+        installed = self.policy_store.current
+        return RoutingState(
+            policy=installed.policy, policy_version=installed.version, rows=LiveRows(self.table),  # type: ignore[arg-type]
+            breakers=self.breakers, canaries=self.canaries,
+            budget=self.budget_gate.standing(request, now) if self.budget_gate else None,
+            budget_mode=self.settings.budgets.mode, static_prices=self.static_prices,
+        )
 
 
 def request_from_proto(message: routing_pb2.DecideRequest) -> RoutingRequest:
     return RoutingRequest(
-        tenant=message.tenant,
-        service=message.service,
-        feature=message.feature,
-        request_id=message.request_id,
+        tenant=message.tenant, service=message.service, feature=message.feature, request_id=message.request_id,
         allowed_models=tuple((ref.provider, ref.model) for ref in message.allowed_models),
-        latency_slo_ms=message.latency_slo_ms,
-        expected_input_tokens=message.expected_input_tokens,
-        expected_output_tokens=message.expected_output_tokens,
+        latency_slo_ms=message.latency_slo_ms, expected_input_tokens=message.expected_input_tokens,
+        expected_output_tokens=message.expected_output_tokens, session_id=message.session_id,
+        task_type=message.task_type, hints=tuple(message.hints), prompt_chars=message.prompt_chars,
+        requires_structured_output=message.requires_structured_output, requires_vision=message.requires_vision,
+        region=message.region, customer=message.customer,
+    )
+
+
+def _usd_text(amount: Any) -> str:
+    return format_usd(amount) if amount is not None else ""
+
+
+def retry_to_proto(retry: RetryConfig | None) -> routing_pb2.RetryPolicy | None:
+    if retry is None:
+        return None
+    return routing_pb2.RetryPolicy(
+        max_attempts=retry.max_attempts, backoff_ms=list(retry.backoff_ms[: retry.max_attempts - 1]),
+        retry_on=list(retry.retry_on),
     )
 
 
 def response_from_choice(choice: RoutingChoice, decision_id: str) -> routing_pb2.DecideResponse:
-    return routing_pb2.DecideResponse(
+    response = routing_pb2.DecideResponse(
         decision_id=decision_id,
-        model=routing_pb2.ModelRef(provider=choice.provider, model=choice.model),
+        model=routing_pb2.ModelRef(provider=choice.provider or "", model=choice.model or ""),
         reason_code=choice.reason_code,
+        reason_codes=list(choice.reason_codes),
         reason=choice.reason,
         estimated_cost_usd=_usd_text(choice.estimated_cost_usd),
+        retry=retry_to_proto(choice.retry),
+        fallbacks=[
+            routing_pb2.RouteStep(
+                model=routing_pb2.ModelRef(provider=step.provider, model=step.model),
+                retry=retry_to_proto(step.retry), estimated_cost_usd=_usd_text(step.estimated_cost_usd),
+            )
+            for step in choice.fallbacks
+        ],
+        experiment=choice.experiment or "",
+        arm=choice.arm or "",
+        route=choice.route,
+        policy_version=choice.policy_version,
+        static_fallback=choice.static_fallback,
+        live_table_age_ms=choice.live_table_age_ms if choice.live_table_age_ms is not None else -1,
         candidates=[
             routing_pb2.Candidate(
                 model=routing_pb2.ModelRef(provider=c.provider, model=c.model),
@@ -140,100 +287,255 @@ def response_from_choice(choice: RoutingChoice, decision_id: str) -> routing_pb2
                 estimated_cost_usd=_usd_text(c.estimated_cost_usd),
                 eligible=c.eligible,
                 verdict=c.verdict,
+                breaker_state=c.breaker_state,
             )
             for c in choice.candidates
         ],
     )
+    if choice.shadow is not None:
+        response.shadow.CopyFrom(routing_pb2.ModelRef(provider=choice.shadow[0], model=choice.shadow[1]))
+    standing = choice.budget
+    response.budget.CopyFrom(routing_pb2.BudgetState(
+        status=choice.budget_status,
+        budget_id=standing.budget_id if standing else "",
+        scope=standing.scope if standing else "",
+        scope_id=standing.scope_id if standing else "",
+        used_pct=standing.used_pct if standing else 0.0,
+        downgraded=choice.downgraded,
+        tier=choice.downgrade_tier or "",
+    ))
+    return response
 
 
-def _usd_text(amount: Any) -> str:
-    return format_usd(amount) if amount is not None else ""
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+def _invalid(context: grpc.ServicerContext, error: FieldRuleError) -> None:
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message} [{error.rule}]")
 
 
 class RouterServicer(routing_pb2_grpc.RouterServicer):
-    def __init__(
-        self,
-        settings: Settings,
-        table: LiveModelTable,
-        publisher: DecisionPublisher,
-        is_ready: Callable[[], bool] = lambda: True,
-        clock: Callable[[], dt.datetime] = _utc_now,
-        budget_gate: BudgetGate | None = None,
-    ):
-        self._defaults = settings.gateway
-        self._table = table
+    def __init__(self, state: GatewayState, publisher: RecordPublisher, is_ready: Callable[[], bool] = lambda: True):
+        self._state = state
+        self._defaults = state.settings.gateway
         self._publisher = publisher
         self._is_ready = is_ready
-        self._clock = clock
-        self._budget_gate = budget_gate
 
     def Decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
         if not self._is_ready():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
-        routing_request = request_from_proto(request).with_default_tokens(
-            self._defaults.default_input_tokens, self._defaults.default_output_tokens
-        )
+        routing_request = request_from_proto(request)
         try:
             validate_request(routing_request)
         except PolicyInputError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message}")
-        now = self._clock()
+            _invalid(context, error)
+        routing_request = routing_request.with_default_tokens(
+            self._defaults.default_input_tokens, self._defaults.default_output_tokens
+        )
+        now = self._state.clock()
         decision_id = str(uuid.uuid4())
-        block = self._budget_gate.check(routing_request, now) if self._budget_gate else None
-        if block is not None:
-            self._publisher.publish(routing_request.tenant, block.decision_record(routing_request, decision_id, now))
+        try:
+            choice = decide(routing_request, self._state.routing_state(routing_request, now), decision_id, now)
+        except PolicyInputError as error:
+            _invalid(context, error)
+        record = choice.decision_record(routing_request, decision_id)
+        if record["customer"]:
+            record["customer"] = mask_personal_data(record["customer"])  # as cost lines store it
+        self._publisher.publish(routing_request.tenant, record)
+        if choice.refused:
             context.set_trailing_metadata((("prismops-decision-id", decision_id),))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, block.message)
-        rows = self._table.rows_for(routing_request.allowed_models)
-        choice = choose_model(routing_request, rows, now)
-        self._publisher.publish(routing_request.tenant, choice.decision_record(routing_request, decision_id))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, choice.reason)
         return response_from_choice(choice, decision_id)
+
+    def ReportOutcome(
+        self, request: routing_pb2.ReportOutcomeRequest, context: grpc.ServicerContext
+    ) -> routing_pb2.ReportOutcomeResponse:
+        if not (request.model.provider and request.model.model):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: provider and model are required [required]")
+        try:
+            # proto3 sends "" and 0 for unset fields: either one alone names the outcome
+            status = classify_outcome(request.status or None, request.http_status or None)
+        except FieldRuleError as error:
+            _invalid(context, error)
+        key = (request.model.provider, request.model.model)
+        now = self._state.clock()
+        breakers = self._state.breakers
+        if not request.shadow:
+            breakers.record_outcome(key, status, now)
+        snapshot = breakers.status(key, now)
+        return routing_pb2.ReportOutcomeResponse(
+            breaker_state=snapshot["state"], consecutive_failures=snapshot["consecutive_failures"],
+        )
+
+    def GetTables(self, request: routing_pb2.GetTablesRequest, context: grpc.ServicerContext) -> routing_pb2.GetTablesResponse:
+        state, now = self._state, self._state.clock()
+        max_age = state.policy_store.current.policy.defaults.live.max_age_s
+        models = []
+        for (provider, model), row in sorted(state.table.snapshot().items()):
+            age_s = (now - row["updated_at"]).total_seconds()
+            models.append(routing_pb2.LiveModelRow(
+                model=routing_pb2.ModelRef(provider=provider, model=model),
+                window_seconds=row["window_seconds"], sample_count=row["sample_count"], error_rate=row["error_rate"],
+                rate_limited_rate=row.get("rate_limited_rate") or 0.0, p50_latency_ms=row["p50_latency_ms"],
+                p95_latency_ms=row["p95_latency_ms"], p99_latency_ms=row["p99_latency_ms"],
+                p95_ttft_ms=row.get("p95_ttft_ms") or 0.0, requests_per_second=row.get("requests_per_second") or 0.0,
+                tokens_per_second=row.get("tokens_per_second") or 0.0,
+                cost_per_1k_input_usd=_usd_text(row.get("cost_per_1k_input_usd")),
+                cost_per_1k_output_usd=_usd_text(row.get("cost_per_1k_output_usd")),
+                age_ms=int(age_s * 1000), stale=age_s > max_age,
+            ))
+        budgets = []
+        for (scope, scope_id), row in sorted((state.budgets.snapshot() if state.budgets else {}).items()):
+            for usage in row["budgets"]:
+                budgets.append(routing_pb2.BudgetRow(
+                    scope=scope, scope_id=scope_id, budget_id=usage["budget_id"], period=usage["period"],
+                    unit=usage["unit"], limit=format_usd(usage["limit"]), spent=format_usd(usage["spent"]),
+                    used_pct=usage["used_pct"], status=usage["status"],
+                ))
+        breakers = [
+            routing_pb2.BreakerRow(
+                model=routing_pb2.ModelRef(provider=b["provider"], model=b["model"]), state=b["state"],
+                consecutive_failures=b["consecutive_failures"], retry_in_s=b["retry_in_s"],
+            )
+            for b in state.breakers.snapshot(now)
+        ]
+        canaries = []
+        for c in state.canaries.snapshot():
+            route, _, model_name = c["name"].partition(":")
+            provider, _, model = model_name.partition("/")
+            canaries.append(routing_pb2.CanaryRow(
+                route=route, model=routing_pb2.ModelRef(provider=provider, model=model), percent=c["percent"],
+                state=c["state"], reason=c["reason"],
+            ))
+        return routing_pb2.GetTablesResponse(
+            models=models, budgets=budgets, breakers=breakers, canaries=canaries,
+            policy_version=state.policy_store.current.version,
+        )
+
+
+class RouterAdminServicer(routing_pb2_grpc.RouterAdminServicer):
+    def __init__(self, state: GatewayState):
+        self._state = state
+
+    def GetPolicy(self, request: routing_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> routing_pb2.PolicyDocument:
+        installed = self._state.policy_store.current
+        return routing_pb2.PolicyDocument(
+            yaml=installed.text, version=installed.version, updated_by=installed.updated_by,
+            updated_at=installed.updated_at.isoformat(),
+        )
+
+    def SetPolicy(self, request: routing_pb2.SetPolicyRequest, context: grpc.ServicerContext) -> routing_pb2.SetPolicyResponse:
+        principal = current_principal.get()
+        store = self._state.policy_store
+        try:
+            change = store.install(
+                request.yaml, actor=principal.name, role=principal.role, source="grpc",
+                expected_version=request.expected_version, comment=request.comment or None,
+            )
+        except PolicyConfigError as error:
+            _invalid(context, error)
+        except PolicyVersionConflict as error:
+            context.abort(grpc.StatusCode.ABORTED, str(error))
+        except AuditNotDelivered as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the policy was not changed: its audit event failed ({error})")
+        self._state.breakers.replace_config(breaker_config(store.current.policy.defaults.breaker))
+        return routing_pb2.SetPolicyResponse(
+            version=change.new_version, audit_id=self._state.last_audit_ids.get(change.new_version, ""), diff=change.diff,
+        )
 
 
 def new_health_servicer(status: int) -> health.HealthServicer:
     servicer = health.HealthServicer()
-    for service in (OVERALL_HEALTH, ROUTER_SERVICE):
+    for service in (OVERALL_HEALTH, ROUTER_SERVICE, ADMIN_SERVICE):
         servicer.set(service, status)
     return servicer
+
+
+def audit_into(state_holder: dict[str, GatewayState], publisher: RecordPublisher) -> Callable[[PolicyChange], None]:
+    """The policy store's change hook: publish the audit event and wait for Kafka before the change lands."""
+
+    def on_change(change: PolicyChange) -> None:
+        record = audit_record(change)
+        publisher.publish_and_wait(record["audit_id"], record, AUDIT_DELIVERY_TIMEOUT_S)
+        state = state_holder.get("state")
+        if state is not None:
+            state.last_audit_ids[change.new_version] = record["audit_id"]
+        log.info("policy version %d installed by %s (%s), audit %s", change.new_version, change.actor,
+                 change.source, record["audit_id"])
+
+    return on_change
+
+
+def open_policy_store(settings: Settings, audit_publisher: RecordPublisher | None,
+                      holder: dict[str, GatewayState]) -> PolicyStore:
+    """The policy from gateway.policy_file (or the bundled one). Without an audit publisher (embedded use,
+    unit tests) changes are installed and only logged."""
+    try:
+        return PolicyStore.from_file(
+            settings.gateway.policy_file, on_change=audit_into(holder, audit_publisher) if audit_publisher else None,
+        )
+    except PolicyConfigError as error:
+        raise ServeError(f"routing policy {settings.gateway.policy_file or '(bundled)'}: {error}") from None
 
 
 def build_server(
     settings: Settings,
     table: LiveModelTable,
     *,
-    publisher: DecisionPublisher,
+    publisher: RecordPublisher,
     health_servicer: health.HealthServicer | None = None,
     is_ready: Callable[[], bool] = lambda: True,
     budgets: BudgetStateTable | None = None,
+    state: GatewayState | None = None,
+    audit_publisher: RecordPublisher | None = None,
 ) -> grpc.Server:
-    """A bound, not yet started server with Router, health and reflection. Without a health servicer
-    the router reports SERVING at once (the tables are assumed full, as in tests and embedded use); without
-    a budget table no budget is enforced."""
+    """A bound, not yet started server with Router, RouterAdmin, health and reflection. Without a health
+    servicer it reports SERVING at once (tables assumed full, as in tests and embedded use); without a budget
+    table no budget applies; without `state` one is made from settings (policy file, price catalog)."""
+    holder: dict[str, GatewayState] = {}
+    if state is None:
+        store = open_policy_store(settings, audit_publisher, holder)
+        state = GatewayState(
+            settings, table, store, budgets=budgets,
+            catalog=load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides),
+        )
+    holder["state"] = state
+    try:
+        grants = load_token_grants(settings.gateway.tokens_file)
+    except TokensFileError as error:
+        raise ServeError(str(error)) from None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.gateway.max_workers, thread_name_prefix="router"),
+        interceptors=[BearerAuthInterceptor(grants)],
         # without this a second gateway on the same port would start "fine" and silently share the traffic
         options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=settings.gateway.max_concurrent_rpcs,
     )
-    gate = BudgetGate.from_settings(settings, budgets) if budgets is not None else None
-    routing_pb2_grpc.add_RouterServicer_to_server(
-        RouterServicer(settings, table, publisher, is_ready, budget_gate=gate), server
-    )
+    routing_pb2_grpc.add_RouterServicer_to_server(RouterServicer(state, publisher, is_ready), server)
+    routing_pb2_grpc.add_RouterAdminServicer_to_server(RouterAdminServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(
         health_servicer or new_health_servicer(health_pb2.HealthCheckResponse.SERVING), server
     )
-    reflection.enable_server_reflection((ROUTER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (ROUTER_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
     address = f"{settings.gateway.host}:{settings.gateway.port}"
     try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
+        bound = server.add_secure_port(address, server_credentials(settings)) if settings.gateway.tls_cert_file \
+            else server.add_insecure_port(address)
+    except (RuntimeError, OSError) as exc:
         raise ServeError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise ServeError(f"cannot listen on {address}")
     return server
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    gateway = settings.gateway
+    if gateway.tls_key_file is None:
+        raise ServeError("gateway.tls_cert_file is set but gateway.tls_key_file is not")
+    try:
+        key, chain = gateway.tls_key_file.read_bytes(), gateway.tls_cert_file.read_bytes()  # type: ignore[union-attr]
+    except OSError as exc:
+        raise ServeError(f"cannot read the TLS key or certificate: {exc}") from exc
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 def serve(
@@ -241,11 +543,11 @@ def serve(
     stop_event: threading.Event,
     *,
     grace_s: float = DEFAULT_GRACE_S,
-    publisher: DecisionPublisher | None = None,
+    publisher: RecordPublisher | None = None,
 ) -> None:
-    """Run the gateway until `stop_event` is set: follow the live model and budget tables, answer Decide,
-    publish decisions. Health says NOT_SERVING until both tables have caught up, and again from the start
-    of shutdown."""
+    """Run the gateway until `stop_event` is set: follow the live model and budget tables, watch the policy
+    file, answer Router and RouterAdmin, publish decisions and audit events. Health says NOT_SERVING until both
+    tables have caught up, and again from the start of shutdown."""
     table, budgets = LiveModelTable(), BudgetStateTable()
     followers = [LiveTableFollower(settings, ROUTING_TABLES, table), LiveTableFollower(settings, BUDGET_STATE, budgets)]
 
@@ -253,31 +555,45 @@ def serve(
         return all(f.caught_up.is_set() for f in followers)
 
     health_servicer = new_health_servicer(health_pb2.HealthCheckResponse.NOT_SERVING)
-    publisher = publisher or KafkaDecisionPublisher(settings)
+    publisher = publisher or KafkaRecordPublisher(settings, ROUTING_DECISIONS, "prismops-gateway")
+    audit_publisher = KafkaRecordPublisher(settings, POLICY_AUDIT, "prismops-gateway-audit")
+    holder: dict[str, GatewayState] = {}
     try:
+        store = open_policy_store(settings, audit_publisher, holder)
+        state = GatewayState(
+            settings, table, store, budgets=budgets,
+            catalog=load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides),
+        )
+        holder["state"] = state
         server = build_server(
-            settings, table, publisher=publisher, health_servicer=health_servicer, is_ready=caught_up, budgets=budgets,
+            settings, table, publisher=publisher, health_servicer=health_servicer, is_ready=caught_up,
+            budgets=budgets, state=state,
         )
     except Exception:
         publisher.close()
+        audit_publisher.close()
         raise
     server.start()
     for follower in followers:
         follower.start()
-    log.info("routing.v1.Router listening on %s:%d (following %s; budgets in %s mode)", settings.gateway.host,
-             settings.gateway.port, ", ".join(f.topic for f in followers), settings.budgets.mode.upper())
+    store.start_watching(settings.gateway.policy_reload_interval_s)
+    log.info("routing.v1.Router listening on %s:%d (%s; following %s; policy version %d; budgets in %s mode)",
+             settings.gateway.host, settings.gateway.port, "TLS" if settings.gateway.tls_cert_file else "plaintext",
+             ", ".join(f.topic for f in followers), store.current.version, settings.budgets.mode.upper())
     serving = False
     try:
         while not stop_event.wait(0.1):
             if not serving and caught_up():
-                for service in (OVERALL_HEALTH, ROUTER_SERVICE):
+                for service in (OVERALL_HEALTH, ROUTER_SERVICE, ADMIN_SERVICE):
                     health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
                 serving = True
                 log.info("tables loaded (%d models, %d budget scopes): SERVING", len(table), len(budgets))
     finally:
         log.info("shutting down: NOT_SERVING, draining for up to %.1f s", grace_s)
         health_servicer.enter_graceful_shutdown()
+        store.stop_watching()
         server.stop(grace_s).wait()
         for follower in followers:
             follower.stop()
         publisher.close()
+        audit_publisher.close()

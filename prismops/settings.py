@@ -117,8 +117,17 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 15051
     max_workers: int = 16
+    max_concurrent_rpcs: int = Field(default=256, description="beyond this the gateway answers RESOURCE_EXHAUSTED")
     default_input_tokens: int = 1000
     default_output_tokens: int = 500
+    policy_file: Path | None = Field(default=None, description="routing policy YAML; default: the bundled example")
+    policy_reload_interval_s: float = Field(default=1.0, description="how often the policy file is checked for changes")
+    tokens_file: Path | None = Field(
+        default=None, description="YAML list of {name, role, token_sha256 | token}; without it every caller is an "
+        "anonymous `service` (Decide, ReportOutcome, reads) and nobody may change the policy",
+    )
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain; with tls_key_file: TLS on")
+    tls_key_file: Path | None = None
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,5 @@
-"""ClickHouse sinks: decoded records become rows of `cost_lines`, `routing_decisions` and `dead_letters`.
+"""ClickHouse sinks: decoded records become rows of `cost_lines`, `routing_decisions`, `dead_letters`,
+`budget_events`, `gpu_allocations` and `policy_audit`.
 
 Row mapping is plain functions (one per table) so it can be tested without a server. Each sink's `write`
 skips ids already stored or repeated in the batch and inserts the rest in one block, so replaying a batch
@@ -121,6 +122,8 @@ def cost_line_row(
 def routing_decision_row(
     value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
 ) -> Row:
+    """One decision, v1 or v2: the codec fills v2's fields with their defaults for v1 bytes, and the same
+    defaults apply here to a record built without them."""
     decided_at = as_utc(value["decided_at"])
     candidates = value["candidates"]
     return {
@@ -136,6 +139,22 @@ def routing_decision_row(
         "chosen_model": value.get("chosen_model"),
         "reason_code": value["reason_code"],
         "reason": value["reason"],
+        "reason_codes": list(value.get("reason_codes") or []),
+        "route": value.get("route") or "",
+        "policy_version": value.get("policy_version") or 0,
+        "experiment": value.get("experiment"),
+        "arm": value.get("arm"),
+        "shadow_provider": value.get("shadow_provider"),
+        "shadow_model": value.get("shadow_model"),
+        "fallbacks": list(value.get("fallbacks") or []),
+        "budget_status": value.get("budget_status"),
+        "budget_used_pct": value.get("budget_used_pct"),
+        "downgraded": int(value.get("downgraded", False)),
+        "static_fallback": int(value.get("static_fallback", False)),
+        "estimated_cost_usd": value.get("estimated_cost_usd"),
+        "customer": value.get("customer"),
+        "session_id": value.get("session_id"),
+        "live_table_age_ms": value.get("live_table_age_ms"),
         "candidate_provider": [c["provider"] for c in candidates],
         "candidate_model": [c["model"] for c in candidates],
         "candidate_p95_latency_ms": [c.get("p95_latency_ms") for c in candidates],
@@ -143,6 +162,7 @@ def routing_decision_row(
         "candidate_estimated_cost_usd": [c.get("estimated_cost_usd") for c in candidates],
         "candidate_eligible": [int(c["eligible"]) for c in candidates],
         "candidate_verdict": [c["verdict"] for c in candidates],
+        "candidate_breaker_state": [c.get("breaker_state") for c in candidates],
         "kafka_partition": kafka_partition,
         "kafka_offset": kafka_offset,
         "ingested_at": as_utc(ingested_at),
@@ -360,3 +380,36 @@ class GpuAllocationSink(ClickHouseTableSink):
     id_column = "allocation_id"
     prune_column = "window_date"
     to_row = staticmethod(allocation_row)
+
+
+def policy_audit_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    changed_at = as_utc(value["changed_at"])
+    return {
+        "audit_id": value["audit_id"],
+        "changed_at": changed_at,
+        "changed_date": changed_at.date(),
+        "actor": value["actor"],
+        "role": value["role"],
+        "action": value["action"],
+        "source": value["source"],
+        "old_version": value["old_version"],
+        "new_version": value["new_version"],
+        "old_sha256": value["old_sha256"],
+        "new_sha256": value["new_sha256"],
+        "diff": value["diff"],
+        "comment": value.get("comment"),
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+class PolicyAuditSink(ClickHouseTableSink):
+    """audit.policy.v1 → policy_audit; a replayed change (same audit_id) is skipped like any replay."""
+
+    table = "policy_audit"
+    id_column = "audit_id"
+    prune_column = "changed_date"
+    to_row = staticmethod(policy_audit_row)

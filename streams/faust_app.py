@@ -17,6 +17,9 @@ from streams.codecs import codec_for
 
 
 def create_app(settings: Settings) -> faust.App:
+    # Faust's default data dir is "<app id>-data" in the working directory; keep it with the rest of our state
+    faust_home = settings.stack.home.expanduser().resolve() / "faust"
+    faust_home.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.worker.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -24,6 +27,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
+        datadir=str(faust_home / f"{settings.worker.app_id}-data"),
         web_enabled=True,
         web_port=settings.worker.web_port,
         web_bind="127.0.0.1",

@@ -65,3 +65,55 @@ def pipeline(settings: Settings, events: int, fmt: str) -> None:
         {"measure": "end to end: first produce → last row in ClickHouse", "events": events,
          "seconds": round(report.end_to_end_seconds, 2), "events_per_s": round(report.end_to_end_events_per_s)},
     ], fmt, title="pipeline throughput (everything on this machine)")
+
+
+@command.command("route")
+@click.option("--requests", "requests_", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="timed calls per target")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
+              help="client threads, each on its own channel")
+@click.option("--warmup", default=500, show_default=True, type=click.IntRange(min=0),
+              help="untimed calls per target before timing")
+@FORMAT_OPTION
+@click.pass_obj
+def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt: str) -> None:
+    """Router Decide against a do-nothing gRPC echo, same process and load: what routing adds to a call."""
+    from rich.progress import Progress
+
+    from gateway_grpc import codegen
+
+    codegen.ensure_stubs()
+    from gateway_grpc.echo_baseline import LoadResult, compare_router_with_echo
+
+    with Progress(console=stderr_console, transient=True) as progress:
+        router_task = progress.add_task("router Decide", total=requests_)
+        echo_task = progress.add_task("echo baseline", total=requests_)
+        try:
+            result = compare_router_with_echo(
+                settings, requests=requests_, concurrency=concurrency, warmup=warmup,
+                on_router_progress=lambda n: progress.advance(router_task, n),
+                on_echo_progress=lambda n: progress.advance(echo_task, n),
+            )
+        except Exception as exc:
+            fail(f"benchmark failed: {exc}")
+
+    def row(target: str, measured: LoadResult, baseline: LoadResult) -> dict:
+        p50, baseline_p50 = measured.percentile_ms(0.50), baseline.percentile_ms(0.50)
+        return {
+            "target": target, "requests": measured.requests, "concurrency": measured.concurrency,
+            "errors": measured.errors, "qps": round(measured.qps, 1), "p50_ms": round(p50, 3),
+            "p99_ms": round(measured.percentile_ms(0.99), 3), "max_ms": round(measured.max_ms, 3),
+            "qps_vs_echo": round(measured.qps / baseline.qps, 2) if baseline.qps else None,
+            "p50_vs_echo": round(p50 / baseline_p50, 2) if baseline_p50 else None,
+        }
+
+    for name, measured in (("router", result.router), ("echo", result.echo)):
+        if measured.errors == measured.requests:
+            fail(f"every {name} call failed: {measured.first_error}")
+        if measured.errors:
+            stderr_console.print(f"{measured.errors} {name} call(s) failed, e.g. {measured.first_error}", highlight=False)
+    emit([
+        row("routing.v1.Router/Decide", result.router, result.echo),
+        row("echo (gRPC floor)", result.echo, result.echo),
+    ], fmt, title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
+                  f"(router chose {result.chosen_model}: {result.reason_code})")

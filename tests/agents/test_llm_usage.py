@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agents.llm_usage import LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
-from agents.pricing import load_catalog
+from agents.pricing import load_catalog, parse_tenant_overrides
 from agents.tagging import load_service_registry
 from prismops.settings import Settings
 from streams.codecs import codec_for
@@ -127,7 +127,11 @@ def test_events_written_with_older_schemas_are_priced(make_event, now, version):
     assert (result.cost_line["reasoning_tokens"], result.cost_line["cache_write_tokens"]) == (0, 0)
     assert result.cost_line["user_hash"] is None
     assert result.cost_line["line_id"] == cost_line_id("llm", event["event_id"])
-    assert result == _process(_avro(event), now)
+    newest = _process(_avro(event), now)
+    assert result.cost_line == newest.cost_line
+    # llm_usage_event v1 had no time_to_first_token_ms: the observation says so rather than inventing one
+    expected_ttft = None if version == 1 else event["time_to_first_token_ms"]
+    assert result.observation == {**newest.observation, "ttft_ms": expected_ttft}
 
 
 def test_every_token_kind_is_priced(make_event, now):
@@ -202,8 +206,13 @@ def test_the_observation_carries_list_prices_not_the_tenants(make_event, now):
     entry = current_entry("openai", "gpt-4o", event["event_time"])
     assert observation["input_price_per_mtok"] == Decimal(entry["input_per_mtok"])
     assert observation["output_price_per_mtok"] == Decimal(entry["output_per_mtok"])
+    # the cost and its split are the tenant's (discounted); everything else matches a list-price tenant's call
+    money = ("cost_usd", "input_cost_usd", "output_cost_usd")
     assert observation == {**_process(_avro(make_event(tenant="acme")), now).observation,
-                           "cost_usd": observation["cost_usd"]}
+                           **{name: observation[name] for name in money}}
+    factor = (100 - Decimal(HOOLI["discount_pct"])) / 100
+    assert observation["input_cost_usd"] == (800 * Decimal(entry["input_per_mtok"])
+                                             + 200 * Decimal(entry["cache_read_per_mtok"])) * factor / MILLION
 
 
 def test_observation_fields(make_event, now):
@@ -220,8 +229,50 @@ def test_observation_fields(make_event, now):
     entry = current_entry("openai", "gpt-4o", event["event_time"])
     assert observation["input_price_per_mtok"] == Decimal(entry["input_per_mtok"])
     assert observation["output_price_per_mtok"] == Decimal(entry["output_per_mtok"])
+    assert (observation["input_tokens"], observation["output_tokens"]) == (1000, 0)
+    assert observation["ttft_ms"] == event["time_to_first_token_ms"] == 270
     codec = codec_for("model_observation")
     assert codec.decode(codec.encode(observation)) == observation
+
+
+def test_the_cost_split_puts_cache_tokens_with_input_and_reasoning_with_output(make_event, now):
+    # claude-sonnet-4 has its own cache read and write prices; reasoning falls back to the output price
+    event = make_event(provider="anthropic", model="claude-sonnet-4", input_tokens=50_000, cached_input_tokens=20_000,
+                       cache_write_tokens=10_000, output_tokens=3_000, reasoning_tokens=1_000)
+    result = _process(_avro(event), now)
+    entry = current_entry("anthropic", "claude-sonnet-4", event["event_time"])
+    rate = {name: Decimal(str(entry[name])) / MILLION for name in
+            ("input_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok", "output_per_mtok")}
+    expected_input = 20_000 * rate["input_per_mtok"] + 20_000 * rate["cache_read_per_mtok"] \
+        + 10_000 * rate["cache_write_per_mtok"]
+    expected_output = 3_000 * rate["output_per_mtok"]  # 2,000 plain output + 1,000 reasoning at the output price
+    observation = result.observation
+    assert observation["input_cost_usd"] == expected_input == Decimal("0.1035")  # 0.06 + 0.006 + 0.0375, by hand
+    assert observation["output_cost_usd"] == expected_output == Decimal("0.045")
+    assert observation["input_cost_usd"] + observation["output_cost_usd"] == result.cost_line["cost_usd"]
+    assert (observation["input_tokens"], observation["output_tokens"]) == (50_000, 3_000)
+    codec = codec_for("model_observation")
+    assert codec.decode(codec.encode(observation)) == observation
+
+
+def test_the_cost_split_adds_up_to_the_cost_when_rounding_bites(make_event, now):
+    # A 33.333333333% discount on 1 input + 1 output token of gpt-4o leaves 18 decimal places in each part.
+    # Rounded alone, input (…1.666666666675e-6) and output (…6.6666666667e-6) both round up and would sum to
+    # one 1e-12 more than the rounded total; output is therefore the total minus the rounded input.
+    third = parse_tenant_overrides([{"tenant": "third", "discount_pct": "33.333333333"}])
+    catalog = PRICING.catalog.with_overrides(third)
+    pricing = LlmPricingContext(catalog, PRICING.registry, KEY)
+    event = make_event(tenant="third", input_tokens=1, cached_input_tokens=0, output_tokens=1)
+    observation = _process(_avro(event), now, pricing).observation
+    factor = (100 - Decimal("33.333333333")) / 100
+    entry = current_entry("openai", "gpt-4o", event["event_time"])
+    exact_input = Decimal(entry["input_per_mtok"]) / MILLION * factor
+    exact_output = Decimal(entry["output_per_mtok"]) / MILLION * factor
+    money = Decimal("1e-12")
+    assert observation["input_cost_usd"] == exact_input.quantize(money) == Decimal("0.000001666667")
+    assert observation["cost_usd"] == (exact_input + exact_output).quantize(money) == Decimal("0.000008333333")
+    assert observation["output_cost_usd"] == Decimal("0.000006666666") != exact_output.quantize(money)
+    assert observation["input_cost_usd"] + observation["output_cost_usd"] == observation["cost_usd"]
 
 
 # --- tagging through the pipeline ------------------------------------------------------------------------------
@@ -260,6 +311,8 @@ def test_unknown_model_is_kept_flagged_unpriced(make_event, now):
     assert result.cost_line["price_version"] == "unpriced"
     assert result.observation["input_price_per_mtok"] is None
     assert result.observation["output_price_per_mtok"] is None
+    assert (result.observation["input_cost_usd"], result.observation["output_cost_usd"]) == (None, None)
+    assert (result.observation["input_tokens"], result.observation["output_tokens"]) == (1000, 500)
     codec_for("cost_line").encode(result.cost_line)
     codec_for("model_observation").encode(result.observation)
 

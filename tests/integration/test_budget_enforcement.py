@@ -191,7 +191,7 @@ def refusal(router: RouterClient, tenant: str) -> grpc.RpcError | None:
     try:
         router.decide(tenant, "support-bot", "answer", [MODEL, ("openai", "gpt-4o-mini")], latency_slo_ms=2000)
     except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
             return error
         raise
     return None
@@ -209,6 +209,20 @@ def test_a_tenant_past_80_and_100_percent_gets_one_warn_one_block_and_is_refused
         assert usage["used_pct"] >= 80 and usage["spent"] < DAILY_USD and row["blocked"] is False, usage
         warn_only = wait_for("the warn event", lambda: [e for _, e in budget_events(settings) if e["scope_id"] == TENANT])
         assert [e["action"] for e in warn_only] == ["warn"]
+
+        # past 80%: the router downgrades the tenant to the route's economy tier (bundled policy, support-chat)
+        with RouterClient(f"{settings.gateway.host}:{settings.gateway.port}") as router:
+            def downgraded_answer():
+                answer = router.decide(TENANT, "support-bot", "answer")
+                return answer if answer.budget.downgraded else None
+
+            answer = wait_for("the router to downgrade the tenant", downgraded_answer)
+            assert (answer.model.provider, answer.model.model) == ("openai", "gpt-4o-mini")
+            assert (answer.budget.status, answer.budget.tier, answer.budget.budget_id) == ("warn", "economy", BUDGET)
+            assert 80 <= answer.budget.used_pct < 100 and "budget_downgrade" in answer.reason_codes
+            assert not answer.HasField("shadow"), "no shadow spend while downgraded"
+            other = router.decide(OTHER, "support-bot", "answer")
+            assert (other.model.model, other.budget.downgraded) == ("gpt-4o", False)
 
         row, usage, _ = spend_until(settings, watch, components, TENANT, "block")
         assert usage["spent"] >= DAILY_USD and row["blocked"] is True

@@ -110,7 +110,7 @@ def test_gateway_follows_the_live_table_and_publishes_its_decisions(gateway):
     with RouterClient(target) as client:
         assert client.wait_ready(FOLLOW_TIMEOUT_S), "the gateway never reported SERVING"
 
-        first = client.decide("acme", "chat", "summarize", allowed, latency_slo_ms=SLO_MS,
+        first = client.decide("acme", "chat", "digest", allowed, latency_slo_ms=SLO_MS,
                               expected_input_tokens=1000, expected_output_tokens=500, request_id="r-1")
         assert (first.model.provider, first.model.model) == CHEAP
         assert first.reason_code == "cheapest_within_slo"
@@ -144,7 +144,7 @@ def test_gateway_follows_the_live_table_and_publishes_its_decisions(gateway):
     assert decision["reason"] == last.reason
 
 
-def test_gateway_on_an_empty_live_table_is_serving_at_once_and_says_no_live_data(isolated_settings: Settings):
+def test_gateway_on_an_empty_live_table_is_serving_at_once_and_prices_from_the_catalog(isolated_settings: Settings):
     settings = isolated_settings.with_overrides(gateway={"host": "127.0.0.1", "port": free_port()})
     stop_event = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, stop_event), kwargs={"grace_s": 0.5}, daemon=True)
@@ -152,9 +152,11 @@ def test_gateway_on_an_empty_live_table_is_serving_at_once_and_says_no_live_data
     try:
         with RouterClient(f"127.0.0.1:{settings.gateway.port}") as client:
             assert client.wait_ready(FOLLOW_TIMEOUT_S), "an empty table must count as caught up"
-            answer = client.decide("acme", "chat", "summarize", [PRICEY, CHEAP], latency_slo_ms=SLO_MS)
-        assert (answer.model.provider, answer.model.model) == PRICEY
-        assert answer.reason_code == "no_live_data"
+            answer = client.decide("acme", "chat", "digest", [PRICEY, CHEAP], latency_slo_ms=SLO_MS)
+        # no live rows: the default route ranks by the price catalog's list prices
+        assert (answer.model.provider, answer.model.model) == CHEAP
+        assert answer.reason_code == "no_live_data" and answer.route == "default" and not answer.static_fallback
+        assert [c.estimated_cost_usd for c in answer.candidates] == ["0.0075", "0.00045"]
     finally:
         stop_event.set()
         thread.join(30.0)

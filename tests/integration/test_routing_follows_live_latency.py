@@ -39,7 +39,8 @@ def wait_for_choice(router: RouterClient, components, wanted: tuple[str, str], t
     while time.monotonic() < deadline:
         components.check_alive()
         answer = decide(router)
-        if (answer.model.provider, answer.model.model) == wanted:
+        # before the first live rows arrive the static catalog prices answer (no_live_data); wait for live ones
+        if (answer.model.provider, answer.model.model) == wanted and answer.reason_code == "cheapest_within_slo":
             return answer
         time.sleep(0.5)
     raise AssertionError(f"Decide never chose {wanted}; last answer: {answer}")

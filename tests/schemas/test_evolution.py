@@ -76,6 +76,70 @@ def sample_value(schema: Any, rng: random.Random, named: dict[str, Any]) -> Any:
     return sample_value(kind, rng, named)
 
 
+def nested_record(schema: Any) -> tuple[str, dict[str, Any]] | None:
+    """(container, record) for a field type that is a record, an array of records or a map of records."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "record":
+        return "record", schema
+    inner = schema.get("items") if schema.get("type") == "array" else schema.get("values")
+    if schema.get("type") in ("array", "map") and isinstance(inner, dict) and inner.get("type") == "record":
+        return schema["type"], inner
+    return None
+
+
+def records_in(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """The top-level record and every record defined inline in its fields, however deep."""
+    found = [definition]
+    for field in definition["fields"]:
+        branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        for branch in branches:
+            if inner := nested_record(branch):
+                found.extend(records_in(inner[1]))
+    return found
+
+
+def assert_only_adds_fields_with_defaults(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    old_fields, new_fields = _fields(old), _fields(new)
+    removed = set(old_fields) - set(new_fields)
+    assert not removed, f"{where} removes {removed}"
+    for added in set(new_fields) - set(old_fields):
+        assert "default" in new_fields[added], f"{where} adds {added} without a default"
+    for kept in old_fields:
+        old_type, new_type = old_fields[kept]["type"], new_fields[kept]["type"]
+        if old_type == new_type:
+            continue
+        old_inner, new_inner = nested_record(old_type), nested_record(new_type)
+        if old_inner and new_inner and old_inner[0] == new_inner[0] and old_inner[1]["name"] == new_inner[1]["name"]:
+            # a record nested in a record (or in an array or map) evolves by the same rule
+            assert_only_adds_fields_with_defaults(old_inner[1], new_inner[1], f"{where}.{kept}")
+            continue
+        # Only widening is allowed: the old type must still be one of the new union's branches.
+        assert isinstance(new_type, list) and old_type in new_type, f"{where}.{kept} changed type"
+
+
+def as_read_by_newer(value: Any, old: Any, new: Any) -> Any:
+    """`value`, written with schema `old`, as a reader with `new` gets it: added record fields take their
+    defaults, in nested records too; anything else reads back unchanged."""
+    if old == new:
+        return value
+    new_inner, old_inner = nested_record(new), nested_record(old)
+    if new_inner is None or old_inner is None:
+        return value  # a widened union reads the written value unchanged
+    kind, new_record = new_inner
+    old_record = old_inner[1]
+    if kind == "array":
+        return [as_read_by_newer(v, old_record, new_record) for v in value]
+    if kind == "map":
+        return {k: as_read_by_newer(v, old_record, new_record) for k, v in value.items()}
+    old_fields = _fields(old_record)
+    return {
+        name: as_read_by_newer(value[name], old_fields[name]["type"], field["type"])
+        if name in old_fields else default_as_read(field)
+        for name, field in _fields(new_record).items()
+    }
+
+
 def default_as_read(field: dict[str, Any]) -> Any:
     """The value a reader gets for a missing field: the JSON default, as the Avro spec defines it."""
     default = field["default"]
@@ -97,22 +161,31 @@ def _write(definition: dict[str, Any], record: dict[str, Any]) -> bytes:
 def test_consecutive_versions_only_add_fields_with_defaults(name):
     versions = schemas.versions(name)
     for old, new in zip(versions, versions[1:]):
-        old_fields, new_fields = _fields(old.definition), _fields(new.definition)
-        removed = set(old_fields) - set(new_fields)
-        assert not removed, f"{name} v{new.version} removes {removed}"
-        for added in set(new_fields) - set(old_fields):
-            assert "default" in new_fields[added], f"{name} v{new.version} adds {added} without a default"
-        for kept in old_fields:
-            old_type, new_type = old_fields[kept]["type"], new_fields[kept]["type"]
-            if old_type != new_type:
-                # Only widening is allowed: the old type must still be one of the new union's branches.
-                assert isinstance(new_type, list) and old_type in new_type, f"{name}.{kept} changed type"
+        assert_only_adds_fields_with_defaults(old.definition, new.definition, f"{name} v{new.version}")
+
+
+def test_the_rule_reaches_records_nested_in_arrays():
+    item = {"type": "record", "name": "Item", "fields": [{"name": "a", "type": "string"}]}
+    old = {"type": "record", "name": "Outer", "fields": [{"name": "items", "type": {"type": "array", "items": item}}]}
+    grown = {**item, "fields": [*item["fields"], {"name": "b", "type": ["null", "string"], "default": None}]}
+    new = {**old, "fields": [{"name": "items", "type": {"type": "array", "items": grown}}]}
+    assert_only_adds_fields_with_defaults(old, new, "outer")
+    assert as_read_by_newer({"items": [{"a": "x"}]}, old, new) == {"items": [{"a": "x", "b": None}]}
+
+    def outer_with(items: dict[str, Any]) -> dict[str, Any]:
+        return {**old, "fields": [{"name": "items", "type": {"type": "array", "items": items}}]}
+
+    no_default = {**item, "fields": [*item["fields"], {"name": "b", "type": "string"}]}
+    with pytest.raises(AssertionError, match=r"outer.items adds b without a default"):
+        assert_only_adds_fields_with_defaults(old, outer_with(no_default), "outer")
+    with pytest.raises(AssertionError, match=r"outer.items removes"):
+        assert_only_adds_fields_with_defaults(old, outer_with({**item, "fields": []}), "outer")
 
 
 @pytest.mark.parametrize("name", schemas.schema_names())
 def test_null_defaults_sit_on_unions_whose_first_branch_is_null(name):
     for version in schemas.versions(name):
-        for field in version.definition["fields"]:
+        for field in (f for record in records_in(version.definition) for f in record["fields"]):
             if "default" in field and field["default"] is None:
                 assert isinstance(field["type"], list) and field["type"][0] == "null", (
                     f"{name} v{version.version}.{field['name']}: a null default needs 'null' as first union branch"
@@ -132,13 +205,8 @@ def test_newer_version_reads_data_written_with_older_version(name, old, new):
         read = fastavro.schemaless_reader(
             io.BytesIO(data), fastavro.parse_schema(old_def), fastavro.parse_schema(new_def)
         )
-        new_fields = _fields(new_def)
-        assert set(read) == set(new_fields)
-        for field_name, field in new_fields.items():
-            if field_name in record:
-                assert read[field_name] == record[field_name], field_name
-            else:
-                assert read[field_name] == default_as_read(field), field_name
+        assert set(read) == set(_fields(new_def))
+        assert read == as_read_by_newer(record, old_def, new_def)
 
 
 @pytest.mark.parametrize("name", schemas.schema_names())
@@ -149,8 +217,7 @@ def test_codec_decodes_bytes_written_with_every_shipped_version(name):
         record = sample_value(version.definition, random.Random(version.version), {})
         decoded = codec.decode(codec.encode(record, version=version.version))
         assert set(decoded) == set(_fields(latest.definition))
-        for field_name, value in record.items():
-            assert decoded[field_name] == value, field_name
+        assert decoded == as_read_by_newer(record, version.definition, latest.definition)
 
 
 def _v1_llm_usage_record() -> dict[str, Any]:

@@ -13,13 +13,15 @@ def test_shipped_migrations_are_numbered_from_one_without_gaps_and_create_the_ta
     migrations = load_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     created = " ".join(" ".join(m.statements()) for m in migrations)
-    for table in ("cost_lines", "routing_decisions", "dead_letters"):
+    tables = ("cost_lines", "routing_decisions", "dead_letters", "gpu_allocations", "budget_events", "policy_audit")
+    for table in tables:
         assert f"CREATE TABLE IF NOT EXISTS {table}" in created
 
 
 def test_shipped_ddl_stays_in_the_subset_clickhouse_18_16_runs():
     text = " ".join(m.sql for m in load_migrations()).lower()
-    for forbidden in ("lowcardinality", "datetime64", " map(", " ttl ", " over ("):
+    # ADD COLUMN IF NOT EXISTS came in 19.1: an 18.16 server rejects the whole ALTER
+    for forbidden in ("lowcardinality", "datetime64", " map(", " ttl ", " over (", "add column if not exists"):
         assert forbidden not in text, forbidden
     assert "decimal(38, 12)" in text
 
@@ -78,3 +80,11 @@ def test_unterminated_quote_is_an_error():
 
 def test_migrations_dir_ships_inside_the_package():
     assert MIGRATIONS_DIR.name == "migrations" and MIGRATIONS_DIR.parent.name == "sinks"
+
+
+def test_the_routing_decisions_v2_columns_are_added_in_one_alter():
+    [migration] = [m for m in load_migrations() if m.name == "routing_decisions_v2"]
+    [statement] = migration.statements()  # all or nothing: a failed run leaves no column half-added
+    assert statement.startswith("ALTER TABLE routing_decisions")
+    assert "candidate_breaker_state Array(Nullable(String))" in statement
+    assert "estimated_cost_usd Nullable(Decimal(38, 12))" in statement

@@ -112,10 +112,27 @@ def routing_decision(**overrides: Any) -> dict[str, Any]:
         "reason": "cheapest model whose p95 meets the SLO",
         "candidates": [
             {"provider": "google", "model": "gemini-2.0-flash", "p95_latency_ms": 610.25, "error_rate": 0.0125,
-             "estimated_cost_usd": Decimal("0.000123456789"), "eligible": True, "verdict": "chosen"},
+             "estimated_cost_usd": Decimal("0.000123456789"), "eligible": True, "verdict": "chosen",
+             "breaker_state": "closed"},
             {"provider": "openai", "model": "gpt-4o", "p95_latency_ms": None, "error_rate": None,
-             "estimated_cost_usd": None, "eligible": False, "verdict": "no_live_data"},
+             "estimated_cost_usd": None, "eligible": False, "verdict": "no_live_data", "breaker_state": "open"},
         ],
+        "reason_codes": ["cheapest_within_slo", "shadow_sampled"],
+        "route": "default",
+        "policy_version": 3,
+        "experiment": None,
+        "arm": None,
+        "shadow_provider": "anthropic",
+        "shadow_model": "claude-sonnet-4",
+        "fallbacks": ["openai/gpt-4o"],
+        "budget_status": "warn",
+        "budget_used_pct": 85.5,
+        "downgraded": True,
+        "static_fallback": False,
+        "estimated_cost_usd": Decimal("0.000123456789"),
+        "customer": None,
+        "session_id": "s-1",
+        "live_table_age_ms": 1250,
     }
     record.update(overrides)
     return record
@@ -250,7 +267,10 @@ def test_doubles_longs_and_nullable_decimals_round_trip_in_model_live_stats():
         "error_count": 3, "error_rate": 0.015625, "p50_latency_ms": 812.5, "p95_latency_ms": 1500.25,
         "p99_latency_ms": 4200.0, "cost_usd": Decimal("12.345678901234"), "tokens": 2**62,
         "input_price_per_mtok": Decimal("2.5"), "output_price_per_mtok": None,
-        "updated_at": dt.datetime(2026, 1, 1, tzinfo=UTC),
+        "updated_at": dt.datetime(2026, 1, 1, tzinfo=UTC), "rate_limited_count": 2, "rate_limited_rate": 0.01,
+        "p50_ttft_ms": 120.5, "p95_ttft_ms": 480.0, "p99_ttft_ms": None, "requests_per_second": 0.5,
+        "tokens_per_second": 812.25, "input_tokens": 2**40, "output_tokens": 7,
+        "cost_per_1k_input_usd": Decimal("0.0025"), "cost_per_1k_output_usd": None,
     }
     assert _avro_round_trip("model_live_stats", record) == record
 

@@ -24,6 +24,11 @@ OBSERVATION = {
     "cost_usd": Decimal("0.00725"),
     "input_price_per_mtok": Decimal("2.50"),
     "output_price_per_mtok": None,
+    "ttft_ms": 240,
+    "input_tokens": 1000,
+    "output_tokens": 500,
+    "input_cost_usd": Decimal("0.0025"),
+    "output_cost_usd": Decimal("0.00475"),
 }
 
 

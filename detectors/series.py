@@ -1,0 +1,201 @@
+"""Event-time tumbling windows per series key, with grace for late events: what the detectors are fed.
+
+One watermark for the stream (the newest event time seen, or a time given to advance()); a window
+[start, start + window_s) closes once watermark >= its end + grace_s, and closed windows are returned in
+(start, key) order. An event whose window has already closed is returned as a LateEvent — counted and
+reported, never silently dropped and never folded into a later window. A key with no event in a window
+gets no window: the detector sees a gap, not a zero.
+
+A window keeps exact aggregates: Decimal cost, request/error/token counts, every latency sample (for an
+exact nearest-rank p95) and per-dimension totals of cost, errors and tokens for root-cause analysis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from detectors.online import dump_state, load_state
+from detectors.rca import DimensionTotals, rca_dimensions
+from streams.errors import FieldRuleError
+
+# How series are keyed: grouping name -> the event fields that make the key.
+GROUPINGS: dict[str, tuple[str, ...]] = {"tenant_model": ("tenant", "model"), "service_feature": ("service", "feature")}
+METRICS = ("cost", "tokens_per_request", "latency_p95_ms", "error_rate")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True, order=True)
+class SeriesKey:
+    grouping: str
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.grouping}:{'/'.join(self.values)}"
+
+
+@dataclass(frozen=True)
+class UsageSample:
+    """One priced LLM call, reduced to what windows aggregate."""
+
+    event_time: dt.datetime
+    cost: Decimal
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    error: bool
+    fields: Mapping[str, str]  # key fields (tenant, model, service, feature)
+    dimensions: Mapping[str, str]  # RCA dimensions, see detectors.rca.rca_dimensions
+
+    @classmethod
+    def from_usage_event(cls, event: Mapping[str, object], cost: Decimal) -> "UsageSample":
+        """From a decoded llm_usage_event (any version) and the cost the pricing agent gave it."""
+        if not isinstance(cost, Decimal):
+            raise FieldRuleError("cost", "decimal", f"must be a Decimal, got {type(cost).__name__}")
+        event_time = event.get("event_time")
+        if not isinstance(event_time, dt.datetime):
+            raise FieldRuleError("event_time", "datetime", "must be a datetime")
+        key_fields = {name for fields in GROUPINGS.values() for name in fields}
+        return cls(
+            event_time=event_time, cost=cost,
+            input_tokens=int(event.get("input_tokens") or 0), output_tokens=int(event.get("output_tokens") or 0),  # type: ignore[call-overload]
+            latency_ms=float(event.get("latency_ms") or 0),  # type: ignore[arg-type]
+            error=event.get("status", "ok") != "ok",
+            fields={name: str(event.get(name) or "(none)") for name in key_fields},
+            dimensions=rca_dimensions(event),
+        )
+
+
+@dataclass
+class WindowAggregate:
+    cost: Decimal = Decimal(0)
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    cost_by_dimension: DimensionTotals = field(default_factory=DimensionTotals)
+    errors_by_dimension: DimensionTotals = field(default_factory=DimensionTotals)
+    tokens_by_dimension: DimensionTotals = field(default_factory=DimensionTotals)
+
+    def add(self, sample: UsageSample) -> None:
+        tokens = sample.input_tokens + sample.output_tokens
+        self.cost += sample.cost
+        self.requests += 1
+        self.errors += int(sample.error)
+        self.tokens += tokens
+        self.latencies_ms.append(sample.latency_ms)
+        self.cost_by_dimension.add(sample.dimensions, sample.cost)
+        self.errors_by_dimension.add(sample.dimensions, int(sample.error))
+        self.tokens_by_dimension.add(sample.dimensions, tokens)
+
+    def latency_p95_ms(self) -> float:
+        """Nearest-rank 95th percentile: an actual sample, exact for any count."""
+        ordered = sorted(self.latencies_ms)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def metrics(self) -> dict[str, Decimal | float]:
+        """The detector inputs: cost per window (Decimal), tokens per request (input + output), p95 latency, error rate."""
+        return {
+            "cost": self.cost,
+            "tokens_per_request": self.tokens / self.requests,
+            "latency_p95_ms": self.latency_p95_ms(),
+            "error_rate": self.errors / self.requests,
+        }
+
+    def totals_for(self, metric: str) -> DimensionTotals | None:
+        """The additive amount RCA splits for a metric; None for p95 latency, which does not add up."""
+        return {"cost": self.cost_by_dimension, "error_rate": self.errors_by_dimension,
+                "tokens_per_request": self.tokens_by_dimension}.get(metric)
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    key: SeriesKey
+    start: dt.datetime
+    end: dt.datetime
+    aggregate: WindowAggregate
+
+
+@dataclass(frozen=True)
+class LateEvent:
+    key: SeriesKey
+    event_time: dt.datetime
+    window_start: dt.datetime
+    watermark: dt.datetime
+
+
+@dataclass(frozen=True)
+class WindowAdvance:
+    closed: list[ClosedWindow]
+    late: list[LateEvent]
+
+
+def _utc(moment: dt.datetime, field_name: str) -> dt.datetime:
+    if not isinstance(moment, dt.datetime):
+        raise FieldRuleError(field_name, "datetime", "must be a datetime")
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+class TumblingWindows:
+    """Open windows per (key, start); add() and advance() return what closed (and add() what came too late)."""
+
+    def __init__(self, window_s: int = 60, grace_s: int = 30, groupings: Mapping[str, tuple[str, ...]] | None = None):
+        if window_s < 1:
+            raise FieldRuleError("window_s", "positive", "must be >= 1 second")
+        if grace_s < 0:
+            raise FieldRuleError("grace_s", "non_negative", "must be >= 0 seconds")
+        self.window_s = window_s
+        self.grace_s = grace_s
+        self.groupings = dict(groupings or GROUPINGS)
+        self.open: dict[tuple[SeriesKey, dt.datetime], WindowAggregate] = {}
+        self.watermark: dt.datetime | None = None
+        self.late_count = 0
+
+    def window_start(self, moment: dt.datetime) -> dt.datetime:
+        seconds = (moment - _EPOCH) // dt.timedelta(seconds=1)
+        return _EPOCH + dt.timedelta(seconds=seconds - seconds % self.window_s)
+
+    def _is_closed(self, start: dt.datetime) -> bool:
+        return self.watermark is not None and start + dt.timedelta(seconds=self.window_s + self.grace_s) <= self.watermark
+
+    def add(self, sample: UsageSample) -> WindowAdvance:
+        event_time = _utc(sample.event_time, "event_time")
+        start = self.window_start(event_time)
+        late = []
+        for grouping, names in self.groupings.items():
+            key = SeriesKey(grouping, tuple(sample.fields.get(name, "(none)") for name in names))
+            if self._is_closed(start):
+                late.append(LateEvent(key, event_time, start, self.watermark))  # type: ignore[arg-type]
+                continue
+            self.open.setdefault((key, start), WindowAggregate()).add(sample)
+        self.late_count += len(late)
+        return WindowAdvance(self.advance(event_time), late)
+
+    def advance(self, watermark: dt.datetime) -> list[ClosedWindow]:
+        """Move the watermark forward (never back), e.g. on a wall-clock tick when traffic is idle; return closed windows."""
+        watermark = _utc(watermark, "watermark")
+        if self.watermark is None or watermark > self.watermark:
+            self.watermark = watermark
+        return self._close(lambda start: self._is_closed(start))
+
+    def flush(self) -> list[ClosedWindow]:
+        """Close every open window now (shutdown); the watermark moves past them, so later events for them are late."""
+        if self.open:
+            newest = max(start for _, start in self.open) + dt.timedelta(seconds=self.window_s + self.grace_s)
+            self.watermark = newest if self.watermark is None else max(self.watermark, newest)
+        return self._close(lambda start: True)
+
+    def _close(self, closes) -> list[ClosedWindow]:  # type: ignore[no-untyped-def]
+        ready = sorted(((start, key) for key, start in self.open if closes(start)), key=lambda pair: (pair[0], str(pair[1])))
+        width = dt.timedelta(seconds=self.window_s)
+        return [ClosedWindow(key, start, start + width, self.open.pop((key, start))) for start, key in ready]
+
+    def to_bytes(self) -> bytes:
+        return dump_state(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TumblingWindows":
+        return load_state(data, cls)
