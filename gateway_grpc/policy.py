@@ -305,7 +305,7 @@ def classify_complexity(request: RoutingRequest, simple: ComplexityClass | None,
     """"simple", "complex" or None. Hints win, then the task type, then the prompt size."""
     rules = [("complex", complex_), ("simple", simple)]
     hints = {hint.strip().lower() for hint in request.hints}
-    for label, rule in rules:
+    for label, rule in rules[::-1]:
         if rule and hints & {h.lower() for h in rule.hints}:
             return label
     task = request.task_type.strip().lower()

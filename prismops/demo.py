@@ -32,20 +32,24 @@ from streams.topics import COST_LINES, delete_topics, ensure_topics
 Progress = Callable[[str], None]
 
 ROUTING_SCENARIOS: tuple[dict[str, Any], ...] = (
-    # roomy SLO: the cheapest of several qualifying models wins
+    # default route, roomy SLO: the cheapest of the caller's qualifying models wins
     {"tenant": "globex", "service": "search", "feature": "rerank", "latency_slo_ms": 1200,
      "allowed": [("openai", "gpt-4o-mini"), ("google", "gemini-2.0-flash")]},
-    # the SLO rules out the slower models, whatever they cost
-    {"tenant": "acme", "service": "support-bot", "feature": "answer", "latency_slo_ms": 1500,
-     "allowed": [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4"), ("openai", "gpt-4o")]},
-    {"tenant": "initech", "service": "doc-summarizer", "feature": "summarize", "latency_slo_ms": 2500,
-     "allowed": [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4")]},
+    # the support-chat route: its primary unless a filter rules it out, fallbacks in order, a sampled shadow
+    {"tenant": "globex", "service": "support-bot", "feature": "answer", "latency_slo_ms": 0, "allowed": []},
+    # a simple question (hint) goes to the route's cheap tier
+    {"tenant": "initech", "service": "support-bot", "feature": "answer", "latency_slo_ms": 0, "allowed": [],
+     "hints": ["simple"]},
+    # the summaries A/B test: the arm is sticky per tenant
+    {"tenant": "initech", "service": "doc-summarizer", "feature": "summarize", "latency_slo_ms": 0, "allowed": []},
     # free self-hosted models tie on cost: the lower p95 wins
     {"tenant": "hooli", "service": "code-assist", "feature": "complete", "latency_slo_ms": 900,
      "allowed": [("local", "llama-3.1-8b"), ("local", "mistral-7b"), ("openai", "gpt-4o")]},
     # nothing is fast enough: the fastest model, said plainly
-    {"tenant": "umbrella", "service": "support-bot", "feature": "triage", "latency_slo_ms": 100,
+    {"tenant": "umbrella", "service": "search", "feature": "triage", "latency_slo_ms": 100,
      "allowed": [("openai", "gpt-4o-mini"), ("google", "gemini-2.0-flash")]},
+    # the biggest spender of the simulation is over its daily USD budget by now: refused, with the numbers
+    {"tenant": "acme", "service": "support-bot", "feature": "answer", "latency_slo_ms": 0, "allowed": []},
 )
 
 
@@ -122,24 +126,31 @@ def routing_decisions(target: str) -> list[dict[str, Any]]:
     rows = []
     with RouterClient(target) as client:
         for scenario in ROUTING_SCENARIOS:
+            hints = scenario.get("hints", [])
             row = {
                 "tenant": scenario["tenant"],
-                "feature": f"{scenario['service']}/{scenario['feature']}",
-                "slo_p95_ms": scenario["latency_slo_ms"],
+                "request": f"{scenario['service']}/{scenario['feature']}" + "".join(f" +{h}" for h in hints),
+                "slo_p95_ms": scenario["latency_slo_ms"] or "route",
             }
             try:
                 answer = client.decide(
                     scenario["tenant"], scenario["service"], scenario["feature"], scenario["allowed"],
                     latency_slo_ms=scenario["latency_slo_ms"], expected_input_tokens=1000, expected_output_tokens=300,
+                    hints=hints,
                 )
             except grpc.RpcError as refusal:
-                if refusal.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if refusal.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                rows.append(row | {"chosen": "(refused)", "reason_code": "budget_blocked", "reason": refusal.details()})
+                rows.append(row | {"chosen": "(refused)", "route": "", "reason_codes": "budget_blocked",
+                                   "fallbacks": "", "reason": refusal.details()})
                 continue
+            arm = f" arm={answer.arm}" if answer.arm else ""
+            shadow = f" shadow={answer.shadow.provider}/{answer.shadow.model}" if answer.HasField("shadow") else ""
             rows.append(row | {
                 "chosen": f"{answer.model.provider}/{answer.model.model}",
-                "reason_code": answer.reason_code,
+                "route": answer.route + arm + shadow,
+                "reason_codes": " ".join(answer.reason_codes),
+                "fallbacks": ", ".join(f"{f.model.provider}/{f.model.model}" for f in answer.fallbacks),
                 "reason": answer.reason,
             })
     return rows

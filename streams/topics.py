@@ -47,6 +47,9 @@ BUDGET_STATE = TopicSpec(
 )
 ROUTING_DECISIONS = TopicSpec("routing.decisions.v1", "routing_decision", "tenant", "every Decide answer with its reasons")
 POLICY_AUDIT = TopicSpec("audit.policy.v1", "policy_audit", "audit_id", "every routing policy change: who, when, diff")
+ANOMALIES = TopicSpec(
+    "cost.anomalies.v1", "anomaly_event", "series_key", "anomalous windows with expectation, severity and root causes",
+)
 DEAD_LETTERS = TopicSpec("prismops.dlq.v1", "dead_letter", "source topic", "rejected input with reason and original bytes")
 BUDGET_TEAM_LINES = TopicSpec(
     "prismops.budget-team-lines.v1", "cost_line", "team", "cost lines repartitioned by team for team budgets",
@@ -54,7 +57,7 @@ BUDGET_TEAM_LINES = TopicSpec(
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, GPU_ALLOCATIONS, MODEL_OBSERVATIONS, ROUTING_TABLES,
-    BUDGET_EVENTS, BUDGET_STATE, ROUTING_DECISIONS, DEAD_LETTERS, BUDGET_TEAM_LINES, POLICY_AUDIT,
+    BUDGET_EVENTS, BUDGET_STATE, ROUTING_DECISIONS, DEAD_LETTERS, BUDGET_TEAM_LINES, POLICY_AUDIT, ANOMALIES,
 )
 
 

@@ -919,6 +919,9 @@ def test_without_prices_the_observed_cost_per_token_estimates_rounded_half_even(
     thirds = live_row(MINI, prices=None, cost_usd="1", tokens=3)
     assert estimate_cost(thirds, 1, 0) == Decimal("0.333333333333")
     assert estimate_cost(live_row(MINI, prices=None, cost_usd="2", tokens=3), 1, 0) == Decimal("0.666666666667")
+    # 0.000000000005 / 2 = 2.5e-12 per token: a tie at the 13th place goes to the even neighbour
+    assert estimate_cost(live_row(MINI, prices=None, cost_usd="0.000000000005", tokens=2), 1, 0) == Decimal("2E-12")
+    assert estimate_cost(live_row(MINI, prices=None, cost_usd="0.000000000007", tokens=2), 1, 0) == Decimal("4E-12")
     # 0.03 / 90,000 x 1,500 = 0.0005 exactly
     assert estimate_cost(live_row(MINI, prices=None, cost_usd="0.03", tokens=90_000), 1000, 500) == Decimal("0.0005")
     one_price = live_row(MINI, prices=None, cost_usd="1.2", tokens=100_000)
