@@ -114,6 +114,8 @@ class RoutingRequest:
             self,
             expected_input_tokens=self.expected_input_tokens or from_prompt or input_tokens,
             expected_output_tokens=self.expected_output_tokens or output_tokens,
+            # the size the caller actually stated; a default token count must not look like a known prompt size
+            prompt_chars=self.prompt_chars or self.expected_input_tokens * CHARS_PER_TOKEN,
         )
 
 
@@ -171,6 +173,7 @@ class RoutingChoice:
     static_fallback: bool = False
     live_table_age_ms: int | None = None
     refused: bool = False
+    latency_slo_ms: float | None = None
 
     def decision_record(self, request: RoutingRequest, decision_id: str) -> dict[str, Any]:
         """The routing_decision Avro record (schemas/routing_decision.v2.avsc) for this answer."""
@@ -181,7 +184,7 @@ class RoutingChoice:
             "service": request.service,
             "feature": request.feature,
             "request_id": request.request_id or None,
-            "latency_slo_ms": float(request.latency_slo_ms),
+            "latency_slo_ms": float(self.latency_slo_ms if self.latency_slo_ms is not None else request.latency_slo_ms),
             "chosen_provider": self.provider,
             "chosen_model": self.model,
             "reason_code": self.reason_code,
@@ -305,14 +308,14 @@ def classify_complexity(request: RoutingRequest, simple: ComplexityClass | None,
     """"simple", "complex" or None. Hints win, then the task type, then the prompt size."""
     rules = [("complex", complex_), ("simple", simple)]
     hints = {hint.strip().lower() for hint in request.hints}
-    for label, rule in rules[::-1]:
+    for label, rule in rules:
         if rule and hints & {h.lower() for h in rule.hints}:
             return label
     task = request.task_type.strip().lower()
     for label, rule in rules:
         if rule and task and task in {t.lower() for t in rule.task_types}:
             return label
-    chars = request.prompt_chars or request.expected_input_tokens * CHARS_PER_TOKEN
+    chars = request.prompt_chars  # with_default_tokens fills it from caller-given input tokens only
     if chars:
         if complex_ and complex_.min_prompt_chars is not None and chars >= complex_.min_prompt_chars:
             return "complex"
@@ -428,7 +431,10 @@ class _Decision:
     def _apply_canary(self, canary: Canary, chain: list[ModelKey]) -> list[ModelKey]:
         key = parse_model_ref(canary.model)
         name = f"{self.route.name}:{canary.model}"
-        status = self.state.canaries.evaluate(name, canary_config(canary), self.state.rows.get(key), self.now)
+        row = self.state.rows.get(key)
+        if row is not None and (self.now - row["updated_at"]).total_seconds() > self.policy.defaults.live.max_age_s:
+            row = None  # a stale row says nothing about the canary now
+        status = self.state.canaries.evaluate(name, canary_config(canary), row, self.now)
         if status.state == "rolled_back":
             self.add(CANARY_ROLLED_BACK)
             return [k for k in chain if k != key]
@@ -457,7 +463,7 @@ class _Decision:
                 order, key, row, fresh, live, self._cost(key, row if fresh else None),
                 str(self.state.breakers.state(key, self.now)), self.state.breakers.would_allow(key, self.now),
             )
-            candidate.capability_problem = self._capability_problem(key)
+            candidate.capability_problem = self.capability_problem(key)
             if live:
                 p95, error_rate = float(row["p95_latency_ms"]), float(row["error_rate"])  # type: ignore[index]
                 if p95 > slo:
@@ -470,7 +476,7 @@ class _Decision:
             assessed.append(candidate)
         return assessed
 
-    def _capability_problem(self, key: ModelKey) -> str | None:
+    def capability_problem(self, key: ModelKey) -> str | None:
         request, spec = self.request, self.policy.model_spec(key)
         needs = [
             name for name, wanted in (
@@ -535,7 +541,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
         if standing.status == "block" or standing.used_pct >= budget_rule.refuse_at_pct:
             budget_status = "block"
             if state.budget_mode == "manual":
-                return _refusal(request, work, standing, now)
+                return _refusal(request, work, standing, now, slo)
             work.add(BUDGET_OVER_NOTIFY)
             downgrade = True  # past the refuse threshold is past the downgrade threshold too
         elif standing.used_pct >= budget_rule.downgrade_at_pct:
@@ -562,7 +568,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
     ranked_passing: list[_Candidate]
 
     if not usable:
-        chosen = min((c for c in capable if c.tier_problem is None) or capable,
+        chosen = min([c for c in capable if c.tier_problem is None] or capable,
                      key=lambda c: (state.breakers.retry_in_s(c.key, now), c.order))
         lead_code = ALL_BREAKERS_OPEN
         reason = (f"every usable model's circuit breaker is open; {model_name(chosen.key)} is the first to allow a "
@@ -621,7 +627,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
         policy_version=state.policy_version, retry=retry, fallbacks=fallbacks, shadow=shadow,
         experiment=work.experiment, arm=work.arm, budget=standing, budget_status=budget_status,
         downgraded=downgrade_tier is not None, downgrade_tier=downgrade_tier, static_fallback=static and any_rows,
-        live_table_age_ms=int(min(ages) * 1000) if ages else None,
+        live_table_age_ms=int(min(ages) * 1000) if ages else None, latency_slo_ms=slo,
     )
 
 
@@ -643,8 +649,10 @@ def _rank(candidates: list[_Candidate], strategy: str, *, live: bool) -> list[_C
 
 def _fallbacks(chosen: _Candidate, ranked_passing: list[_Candidate], usable: list[_Candidate],
                retry: RetryConfig) -> tuple[RouteStep, ...]:
-    rest = [c for c in ranked_passing if c is not chosen]
-    rest += sorted((c for c in usable if c is not chosen and c not in rest), key=lambda c: (c.p95, c.order))
+    # a half-open model takes only its one probe, as a chosen model: never as a fallback others may pile onto
+    candidates = [c for c in usable if c.breaker_state != "half_open"]
+    rest = [c for c in ranked_passing if c is not chosen and c in candidates]
+    rest += sorted((c for c in candidates if c is not chosen and c not in rest), key=lambda c: (c.p95, c.order))
     return tuple(RouteStep(c.key[0], c.key[1], c.cost, retry) for c in rest)
 
 
@@ -653,6 +661,8 @@ def _shadow(work: _Decision, route: Route, chosen: _Candidate, downgrade: bool) 
         return None
     key = parse_model_ref(route.shadow.model)
     if key == chosen.key or not work.state.breakers.would_allow(key, work.now):
+        return None
+    if work.capability_problem(key) is not None:  # a shadow may not break the request's region or needs either
         return None
     if not sampled(route.shadow.sample_rate, "shadow", route.name, work.decision_id):
         return None
@@ -705,12 +715,14 @@ def _verdict(candidate: _Candidate, chosen: _Candidate) -> CandidateVerdict:
     )
 
 
-def _refusal(request: RoutingRequest, work: _Decision, standing: "BudgetStanding", now: dt.datetime) -> RoutingChoice:
-    """A MANUAL-mode budget refusal: no model, every route model left unweighed."""
-    try:
-        keys = work.chain()
-    except PolicyInputError:
-        keys = list(request.allowed_models)
+def _refusal(
+    request: RoutingRequest, work: _Decision, standing: "BudgetStanding", now: dt.datetime, slo: float
+) -> RoutingChoice:
+    """A MANUAL-mode budget refusal: no model, the route's models left unweighed (no experiment or canary
+    is consulted, so a refused tenant never moves a canary's numbers)."""
+    route_models = [parse_model_ref(name) for name in work.route.model_names()]
+    keys = [k for k in route_models if not request.allowed_models or k in request.allowed_models] or \
+        list(request.allowed_models) or route_models
     verdict = f"not weighed: budget {standing.budget_id} blocks"
     candidates = tuple(
         CandidateVerdict(k[0], k[1], False, None, None, 0, None, False, verdict, "closed") for k in keys
@@ -720,4 +732,5 @@ def _refusal(request: RoutingRequest, work: _Decision, standing: "BudgetStanding
         provider=None, model=None, reason_code=BUDGET_BLOCKED, reason_codes=tuple(work.codes), reason=standing.message,
         estimated_cost_usd=None, candidates=candidates, decided_at=now, route=work.route.name,
         policy_version=work.state.policy_version, budget=standing, budget_status="block", refused=True,
+        latency_slo_ms=slo,
     )

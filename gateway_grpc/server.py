@@ -40,7 +40,7 @@ from gateway_grpc.policy import (
     PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd, validate_request,
 )
 from gateway_grpc.policy_config import (
-    BreakerPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
+    BreakerPolicy, InstalledPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
 )
 from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
@@ -212,6 +212,7 @@ class GatewayState:
     def __post_init__(self) -> None:
         self.budget_gate = BudgetGate.from_settings(self.settings, self.budgets) if self.budgets is not None else None
         self.breakers.replace_config(breaker_config(self.policy_store.current.policy.defaults.breaker))
+        self._breaker_policy_version = self.policy_store.current.version
 
     def static_prices(self, key: tuple[str, str], at: dt.datetime) -> tuple[Decimal, Decimal] | None:
         quote = self.catalog.quote(key[0], key[1], at) if self.catalog is not None else None
@@ -220,8 +221,16 @@ class GatewayState:
         prices = quote.prices.per_million()
         return prices["input"], prices["output"]
 
-    def routing_state(self, request: RoutingRequest, now: dt.datetime) -> RoutingState:
+    def installed_policy(self) -> InstalledPolicy:
+        """The running policy, with the breakers following its settings (after SetPolicy or a file reload)."""
         installed = self.policy_store.current
+        if installed.version != self._breaker_policy_version:
+            self.breakers.replace_config(breaker_config(installed.policy.defaults.breaker))
+            self._breaker_policy_version = installed.version
+        return installed
+
+    def routing_state(self, request: RoutingRequest, now: dt.datetime) -> RoutingState:
+        installed = self.installed_policy()
         return RoutingState(
             policy=installed.policy, policy_version=installed.version, rows=LiveRows(self.table),  # type: ignore[arg-type]
             breakers=self.breakers, canaries=self.canaries,
@@ -355,6 +364,7 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         except FieldRuleError as error:
             _invalid(context, error)
         key = (request.model.provider, request.model.model)
+        self._state.installed_policy()
         now = self._state.clock()
         breakers = self._state.breakers
         if not request.shadow:
@@ -435,7 +445,6 @@ class RouterAdminServicer(routing_pb2_grpc.RouterAdminServicer):
             context.abort(grpc.StatusCode.ABORTED, str(error))
         except AuditNotDelivered as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the policy was not changed: its audit event failed ({error})")
-        self._state.breakers.replace_config(breaker_config(store.current.policy.defaults.breaker))
         return routing_pb2.SetPolicyResponse(
             version=change.new_version, audit_id=self._state.last_audit_ids.get(change.new_version, ""), diff=change.diff,
         )

@@ -76,7 +76,8 @@ def test_no_tokens_file_or_an_empty_one_turns_authentication_off(tmp_path: Path)
         ("- {name: a, role: admin, token_sha256: abc123}", "tokens[0].token_sha256", "sha256_hex"),
         (f"- {{name: a, role: admin, token_sha256: {'z' * 64}}}", "tokens[0].token_sha256", "sha256_hex"),
         ("- {name: a, role: admin, token: x}\n- {name: b, role: viewer, token: x}", "tokens[1].token_sha256", "unique"),
-        (f"- {{name: a, role: admin, token: x}}\n- {{name: b, role: viewer, token_sha256: {token_digest('x').upper()}}}",
+        ("- {name: a, role: admin, token: x}\n"
+         f"- {{name: b, role: viewer, token_sha256: {token_digest('x').upper()}}}",
          "tokens[1].token_sha256", "unique"),
     ],
 )

@@ -215,6 +215,15 @@ def test_the_server_refuses_a_blocked_tenant_with_failed_precondition_and_publis
         ("gpt-4o-mini", False, "not weighed: budget tenant-daily-usd blocks")]
 
 
+def test_get_tables_lists_the_budget_rows_with_exact_amounts(manual):
+    rows = {(row.scope, row.scope_id): row for row in manual.get_tables().budgets}
+    assert set(rows) == {("tenant", "acme"), ("tenant", "initech")}
+    acme = rows[("tenant", "acme")]
+    assert (acme.budget_id, acme.period, acme.unit, acme.limit, acme.spent, acme.status) == (
+        "tenant-daily-usd", "daily", "usd", "30", "31", "block")
+    assert rows[("tenant", "initech")].used_pct == 85.0
+
+
 def test_other_tenants_route_and_bad_input_is_still_invalid_argument(manual, publisher):
     allowed = manual.decide("globex", "support-bot", "answer", [MINI])
     assert (allowed.model.provider, allowed.model.model) == MINI
@@ -229,7 +238,9 @@ def test_other_tenants_route_and_bad_input_is_still_invalid_argument(manual, pub
 def test_a_tenant_at_its_warning_is_downgraded_to_the_routes_tier(manual, publisher):
     response = manual.decide("initech", "support-bot", "answer", prompt_chars=5000)
     assert (response.model.provider, response.model.model) == MINI
-    assert list(response.reason_codes) == ["primary_skipped", "budget_downgrade"]
+    # the bundled support route samples a 5% shadow by random decision id; under a downgrade it is skipped
+    assert [c for c in response.reason_codes if c != "shadow_skipped_budget"] == ["primary_skipped", "budget_downgrade"]
+    assert not response.HasField("shadow")
     budget = response.budget
     assert (budget.status, budget.budget_id, budget.scope, budget.scope_id) == (
         "warn", "tenant-daily-usd", "tenant", "initech")

@@ -353,6 +353,7 @@ COMPLEXITY_ROUTE = chat_route(complexity={
         ({"hints": (" SIMPLE ",)}, "simple"),
         ({"hints": ("simple",), "task_type": "reasoning", "prompt_chars": 50000}, "simple"),  # hints win
         ({"hints": ("complex",), "task_type": "classification"}, "complex"),
+        ({"hints": ("simple", "complex")}, "complex"),  # both hinted: the stronger class, never the weaker
         ({"task_type": "classification", "prompt_chars": 50000}, "simple"),  # task type beats prompt size
         ({"task_type": "Reasoning", "prompt_chars": 10}, "complex"),
         ({"prompt_chars": 2000}, "simple"),
@@ -361,10 +362,12 @@ COMPLEXITY_ROUTE = chat_route(complexity={
         ({"prompt_chars": 0, "expected_input_tokens": 500}, "simple"),
         ({"prompt_chars": 2001}, None),
         ({"hints": ("urgent",), "task_type": "chat", "prompt_chars": 19999}, None),
+        ({"hints": ("urgent",), "task_type": "chat", "prompt_chars": 0}, None),  # unknown size: no class
     ],
 )
 def test_complexity_picks_the_class_models_by_hints_then_task_type_then_prompt_size(fields, label):
-    choice = run(make_policy(COMPLEXITY_ROUTE), request=ask(**fields))
+    # as the server does: caller-given input tokens stand for the prompt size, gateway defaults never do
+    choice = run(make_policy(COMPLEXITY_ROUTE), request=ask(**fields).with_default_tokens(1000, 500))
     codes = [code for code in choice.reason_codes if code.startswith("complexity_")]
     if label is None:
         assert codes == []
@@ -442,7 +445,7 @@ def test_an_experiment_sticky_by_session_falls_back_to_the_tenant_without_a_sess
 
 # --- 3c. canaries -------------------------------------------------------------------------------------------
 
-CANARY_ROUTE = chat_route(fallbacks=[name(CLAUDE)], canary={
+CANARY_ROUTE = chat_route(fallbacks=[name(CLAUDE), name(O3)], canary={  # o3 leaves the chain unless canaried
     "model": name(O3), "started_at": T0.isoformat(), "stages": [10, 50, 100], "stage_duration_s": 600,
     "min_samples": 50, "max_error_rate": 0.1, "max_p95_ms": 30000,
 })
@@ -776,7 +779,8 @@ def test_never_any_rows_is_no_live_data_not_a_static_fallback():
     assert chosen(choice) == GPT4O
     assert choice.reason_codes == (NO_LIVE_DATA,)
     assert (choice.static_fallback, choice.live_table_age_ms) == (False, None)
-    assert choice.reason == "none of the 4 models has live data; static policy order on route chat answers openai/gpt-4o"
+    assert choice.reason == ("none of the 4 models has live data; static policy order on route chat answers "
+                             "openai/gpt-4o")
     assert set(verdicts(choice).values()) == {"chosen", "no live data"}
     assert choice.estimated_cost_usd is None
     assert "cost unknown" not in choice.reason
@@ -1041,7 +1045,8 @@ def test_a_refusal_and_a_no_live_data_decision_encode_too():
     record = refusal.decision_record(ask(), "d-2")
     decoded = codec.decode(codec.encode(record))
     assert decoded == record
-    assert (decoded["chosen_model"], decoded["reason_code"], decoded["budget_status"]) == (None, BUDGET_BLOCKED, "block")
+    assert (decoded["chosen_model"], decoded["reason_code"], decoded["budget_status"]) == (
+        None, BUDGET_BLOCKED, "block")
 
     empty = run(make_policy(chat_route()), {})
     decoded = codec.decode(codec.encode(empty.decision_record(ask(request_id=""), "d-3")))
@@ -1061,7 +1066,8 @@ def test_the_bundled_policy_routes_its_example_services():
     assert support.retry is not None and support.retry.backoff_ms == (1000, 2000, 4000)
     summaries = run(policy, rows, ask(service="search", feature="summarize"))
     assert (summaries.route, summaries.experiment) == ("summaries-ab", "summarize-mini-vs-flash")
-    fallback = run(policy, rows, ask(service="search", allowed_models=(("openai", "gpt-4o"), ("openai", "gpt-4o-mini"))))
+    allowed = (("openai", "gpt-4o"), ("openai", "gpt-4o-mini"))
+    fallback = run(policy, rows, ask(service="search", allowed_models=allowed))
     assert (fallback.route, chosen(fallback), fallback.reason_code) == (
         "default", ("openai", "gpt-4o-mini"), CHEAPEST_WITHIN_SLO)
 

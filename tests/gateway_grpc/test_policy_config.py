@@ -132,7 +132,8 @@ def test_a_canary_start_is_kept_in_utc_and_tiers_rank_models():
                                  "'2026-06-15T14:00:00+02:00'}}"))
     assert policy.routes[0].canary.started_at == T0
     assert policy.routes[0].canary.started_at.tzinfo == dt.timezone.utc
-    assert (policy.tier_rank(("a", "one")), policy.tier_rank(("a", "two")), policy.tier_rank(("x", "y"))) == (0, 2, None)
+    ranks = [policy.tier_rank(key) for key in (("a", "one"), ("a", "two"), ("x", "y"))]
+    assert ranks == [0, 2, None]
 
 
 def test_the_bundled_policy_is_valid_and_routes_the_example_services():

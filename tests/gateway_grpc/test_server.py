@@ -322,7 +322,8 @@ def test_report_outcome_moves_the_breaker_and_decide_follows_it(client, clock):
     clock.advance(31)
     probe = client.decide("acme", "support-bot", "answer", prompt_chars=5000)
     assert key_of(probe.model) == GPT4O
-    assert list(probe.reason_codes) == ["primary", "breaker_probe"]
+    # the bundled support route shadows 5% of decisions (random ids), so its code may follow
+    assert [code for code in probe.reason_codes if code != "shadow_sampled"] == ["primary", "breaker_probe"]
     assert probe.candidates[0].breaker_state == "half_open"
     others = client.decide("acme", "support-bot", "answer", prompt_chars=5000)
     assert key_of(others.model) == SONNET
@@ -487,7 +488,8 @@ def test_set_policy_refuses_an_invalid_document_or_a_stale_version_and_keeps_the
         with pytest.raises(grpc.RpcError) as invalid:
             client.set_policy(BUNDLED_TEXT.replace("primary: openai/gpt-4o\n", "primary: openai/gpt-5\n"))
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert invalid.value.details() == "routes[0].primary: 'openai/gpt-5' is not in the models catalog [unknown_model]"
+        assert invalid.value.details() == (
+            "routes[0].primary: 'openai/gpt-5' is not in the models catalog [unknown_model]")
 
         with pytest.raises(grpc.RpcError) as stale:
             client.set_policy(BUNDLED_TEXT + "\n", expected_version=7)
