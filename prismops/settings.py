@@ -30,6 +30,7 @@ class StackSettings(BaseModel):
     clickhouse_tcp_port: int = 19000
     clickhouse_http_port: int = 18123
     clickhouse_interserver_port: int = 19009
+    prometheus_port: int = 19090
     start_timeout_s: float = 90.0
 
 
@@ -109,6 +110,7 @@ class BudgetSettings(BaseModel):
 
 class SinkSettings(BaseModel):
     group_id: str = "prismops-sink-clickhouse"
+    metrics_port: int = Field(default=16067, description="HTTP /metrics of `prismops sink`; 0: off")
     batch_max_rows: int = 5000
     batch_max_wait_s: float = 1.0
 
@@ -116,6 +118,7 @@ class SinkSettings(BaseModel):
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 15051
+    metrics_port: int = Field(default=15052, description="HTTP /metrics of the gateway; 0: off")
     max_workers: int = 16
     max_concurrent_rpcs: int = Field(default=256, description="beyond this the gateway answers RESOURCE_EXHAUSTED")
     default_input_tokens: int = 1000

@@ -29,9 +29,9 @@ def isolated(stack_settings: Settings) -> Iterator[Settings]:
     settings = stack_settings.with_overrides(
         kafka={"topic_namespace": f"t{suffix}."},
         clickhouse={"database": f"prismops_t{suffix}"},
-        sink={"group_id": f"prismops-sink-t{suffix}", "batch_max_wait_s": 0.5},
+        sink={"group_id": f"prismops-sink-t{suffix}", "batch_max_wait_s": 0.5, "metrics_port": free_port()},
         worker={"app_id": f"prismops-worker-t{suffix}", "web_port": free_port(), "live_publish_interval_s": 0.5},
-        gateway={"port": free_port()},
+        gateway={"port": free_port(), "metrics_port": free_port()},
     )
     ensure_topics(settings)
     client = Client(settings.clickhouse_host, port=settings.clickhouse_port)
