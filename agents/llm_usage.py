@@ -109,6 +109,16 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "status": event["status"],
         "tag_source": tag_source,
         "labels": mask_labels(event.get("labels") or {}),
+        "session_id": event.get("session_id"),
+        "request_id": event.get("request_id"),
+        "model_version": event.get("model_version"),
+        "deployment_id": event.get("deployment_id"),
+        "prompt_chars": event.get("prompt_chars"),
+        "latency_ms": event["latency_ms"],
+        "cache_hit": bool(event.get("cache_hit")),
+        "fallback": bool(event.get("fallback")),
+        "shadow": bool(event.get("shadow")),
+        "decision_id": event.get("decision_id"),
     }
     list_quote = pricing.catalog.quote(dims["provider"], dims["model"], event["event_time"])
     prices = list_quote.prices.per_million() if list_quote else None  # the router compares list prices

@@ -92,6 +92,16 @@ def cost_line(**overrides: Any) -> dict[str, Any]:
         "status": "ok",
         "tag_source": {"team": "inferred", "tenant": "explicit"},
         "labels": {"region": "us-east-1"},
+        "session_id": "s-9",
+        "request_id": None,
+        "model_version": "gpt-4o-2024-08-06",
+        "deployment_id": None,
+        "prompt_chars": 4200,
+        "latency_ms": 812,
+        "cache_hit": False,
+        "fallback": True,
+        "shadow": False,
+        "decision_id": "dec-7",
     }
     record.update(overrides)
     return record
@@ -508,6 +518,9 @@ cost_lines = st.fixed_dictionaries({
     "billed_cost_usd": st.none() | _money, "list_cost_usd": st.none() | _money, "charge_category": st.none() | _text,
     "usage_quantity": _money, "usage_unit": _text, "cost_usd": _money, "priced": st.booleans(),
     "price_version": _text, "status": _text, "tag_source": _labels, "labels": _labels,
+    "session_id": st.none() | _text, "request_id": st.none() | _text, "model_version": st.none() | _text,
+    "deployment_id": st.none() | _text, "prompt_chars": st.none() | _long, "latency_ms": st.none() | _long,
+    "cache_hit": st.booleans(), "fallback": st.booleans(), "shadow": st.booleans(), "decision_id": st.none() | _text,
 })
 
 
