@@ -9,7 +9,7 @@ from streams.errors import FieldRuleError
 
 
 class FixedThresholdDetector:
-    """Fires when |value - mean| > k·std, mean and std taken over the first `warmup` values and then frozen.
+    """Fires when value > mean + k·std, mean and std taken over the first `warmup` values and then frozen.
 
     No seasonality, no adaptation: it is here to be scored beside SeriesDetector in the same run, so a
     claimed improvement is measured, not asserted.
@@ -28,5 +28,5 @@ class FixedThresholdDetector:
         if len(learnt) < 2:
             return [False] * len(values)
         mean, std = statistics.fmean(learnt), statistics.pstdev(learnt)
-        limit = self.k * std
-        return [i >= self.warmup and abs(float(v) - mean) > limit for i, v in enumerate(values)]
+        limit = mean + self.k * std
+        return [i >= self.warmup and float(v) > limit for i, v in enumerate(values)]

@@ -61,7 +61,8 @@ class UsageSample:
         key_fields = {name for fields in GROUPINGS.values() for name in fields}
         return cls(
             event_time=event_time, cost=cost,
-            input_tokens=int(event.get("input_tokens") or 0), output_tokens=int(event.get("output_tokens") or 0),  # type: ignore[call-overload]
+            input_tokens=int(event.get("input_tokens") or 0),  # type: ignore[call-overload]
+            output_tokens=int(event.get("output_tokens") or 0),  # type: ignore[call-overload]
             latency_ms=float(event.get("latency_ms") or 0),  # type: ignore[arg-type]
             error=event.get("status", "ok") != "ok",
             fields={name: str(event.get(name) or "(none)") for name in key_fields},

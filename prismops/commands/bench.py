@@ -117,3 +117,35 @@ def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt
         row("echo (gRPC floor)", result.echo, result.echo),
     ], fmt, title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
                   f"(router chose {result.chosen_model}: {result.reason_code})")
+
+
+@command.command("detect")
+@click.option("--series", "series_count", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--updates", default=100_000, show_default=True, type=click.IntRange(min=1000))
+@FORMAT_OPTION
+def detect(series_count: int, updates: int, fmt: str) -> None:
+    """Series updates per second through the anomaly detectors (one DetectorBank, keys round-robin, one core),
+    and the size and speed of their state round trip."""
+    from detectors.online import DetectorBank
+    from detectors.synthetic import generate_series
+
+    per_series = max(1, updates // series_count)
+    shapes = [generate_series(seed=7, category=("spike", "level_shift", "drift", "none")[i % 4], index=i // 4,
+                              points=max(per_series, 10_080), interval_s=60) for i in range(min(series_count, 8))]
+    feed = [(f"tenant_model:t{k}/m", shapes[k % len(shapes)].timestamps[i], shapes[k % len(shapes)].values[i])
+            for i in range(per_series) for k in range(series_count)]
+    bank = DetectorBank()
+    started = time.perf_counter()
+    for key, window_start, value in feed:
+        bank.update("cost", key, window_start, value)
+    update_s = time.perf_counter() - started
+    started = time.perf_counter()
+    state = bank.to_bytes()
+    DetectorBank.from_bytes(state)
+    state_s = time.perf_counter() - started
+    emit([
+        {"measure": f"detector updates ({series_count} series x {per_series} windows)", "count": len(feed),
+         "seconds": round(update_s, 3), "per_s": round(len(feed) / update_s)},
+        {"measure": f"state to_bytes + from_bytes ({len(state) // series_count} bytes per series)", "count": series_count,
+         "seconds": round(state_s, 3), "per_s": round(series_count / state_s) if state_s else None},
+    ], fmt, title="anomaly detector throughput, one core")

@@ -1,0 +1,123 @@
+"""Event-time tumbling windows: grace, ordered closing, late events reported, exact aggregates, state round trip."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.series import SeriesKey, TumblingWindows, UsageSample
+from streams.errors import FieldRuleError
+
+T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def sample(seconds: float, cost: str = "0.001", tenant: str = "acme", latency: float = 100.0, error: bool = False,
+           tokens: tuple[int, int] = (100, 50), model_version: str = "v1") -> UsageSample:
+    return UsageSample.from_usage_event({
+        "event_time": T0 + dt.timedelta(seconds=seconds), "tenant": tenant, "model": "gpt-x", "service": "api",
+        "feature": "chat", "input_tokens": tokens[0], "output_tokens": tokens[1], "latency_ms": latency,
+        "status": "error" if error else "ok", "model_version": model_version, "prompt_chars": 1200,
+        "provider": "openai", "cache_hit": False, "fallback": False,
+    }, Decimal(cost))
+
+
+def test_a_window_closes_only_after_its_grace_and_carries_exact_metrics():
+    windows = TumblingWindows(window_s=60, grace_s=30, groupings={"tenant_model": ("tenant", "model")})
+    for i, latency in enumerate([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500,
+                                 1600, 1700, 1800, 1900, 5000]):
+        advance = windows.add(sample(i, cost="0.000000000001", latency=latency, error=i % 4 == 0, tokens=(i, 10)))
+        assert advance.closed == [] and advance.late == []
+    assert windows.add(sample(89)).closed == []  # 12:01:29 is inside the grace of [12:00, 12:01)
+    (closed,) = windows.add(sample(90)).closed
+    assert closed.key == SeriesKey("tenant_model", ("acme", "gpt-x")) and str(closed.key) == "tenant_model:acme/gpt-x"
+    assert (closed.start, closed.end) == (T0, T0 + dt.timedelta(minutes=1))
+    metrics = closed.aggregate.metrics()
+    assert metrics["cost"] == Decimal("0.000000000020")  # twenty picodollars, not a float sum
+    assert metrics["tokens_per_request"] == (sum(range(20)) + 200) / 20
+    assert metrics["latency_p95_ms"] == 1900  # nearest rank: the 19th of 20 sorted samples
+    assert metrics["error_rate"] == 5 / 20
+
+
+def test_late_events_beyond_grace_are_reported_not_merged():
+    windows = TumblingWindows(window_s=60, grace_s=10)
+    windows.add(sample(5))
+    closed = windows.add(sample(75)).closed  # watermark 12:01:15 closes [12:00, 12:01) for both groupings
+    assert [str(c.key) for c in closed] == ["service_feature:api/chat", "tenant_model:acme/gpt-x"]
+    advance = windows.add(sample(30, cost="9"))
+    assert advance.closed == []
+    assert [(str(late.key), late.window_start) for late in advance.late] == [
+        ("tenant_model:acme/gpt-x", T0), ("service_feature:api/chat", T0)]
+    assert windows.late_count == 2
+    assert all(a.cost != Decimal(9) for a in windows.open.values())
+
+
+def test_closed_windows_come_out_in_time_then_key_order():
+    windows = TumblingWindows(window_s=60, grace_s=120, groupings={"tenant_model": ("tenant", "model")})
+    for seconds, tenant in [(70, "zeta"), (10, "beta"), (65, "alpha"), (20, "alpha")]:
+        assert windows.add(sample(seconds, tenant=tenant)).late == []
+    closed = windows.advance(T0 + dt.timedelta(minutes=5))
+    assert [(c.start.minute, c.key.values[0]) for c in closed] == [(0, "alpha"), (0, "beta"), (1, "alpha"), (1, "zeta")]
+    assert windows.advance(T0) == []  # the watermark never goes back
+
+
+def test_flush_closes_everything_and_later_events_for_those_windows_are_late():
+    windows = TumblingWindows(window_s=60, grace_s=30, groupings={"tenant_model": ("tenant", "model")})
+    windows.add(sample(1))
+    assert len(windows.flush()) == 1 and windows.open == {}
+    assert len(windows.add(sample(2)).late) == 1
+
+
+def test_state_round_trip_keeps_open_windows_and_the_watermark():
+    windows = TumblingWindows(window_s=60, grace_s=30)
+    windows.add(sample(1, cost="0.5"))
+    restored = TumblingWindows.from_bytes(windows.to_bytes())
+    restored.add(sample(2, cost="0.25"))
+    closed = restored.advance(T0 + dt.timedelta(minutes=3))
+    assert [c.aggregate.cost for c in closed] == [Decimal("0.75"), Decimal("0.75")]
+
+
+def test_windows_keep_rca_totals_per_dimension():
+    windows = TumblingWindows(window_s=60, grace_s=0, groupings={"tenant_model": ("tenant", "model")})
+    windows.add(sample(1, cost="1", model_version="v1"))
+    windows.add(sample(2, cost="3", model_version="v2", error=True))
+    (closed,) = windows.advance(T0 + dt.timedelta(minutes=1))
+    totals = closed.aggregate.totals_for("cost")
+    assert totals.by_value[("model_version", "v2")] == Decimal(3) and totals.total == Decimal(4)
+    assert closed.aggregate.totals_for("error_rate").by_value[("model_version", "v2")] == 1
+    assert closed.aggregate.totals_for("latency_p95_ms") is None
+
+
+def test_bad_configuration_and_events_name_the_field():
+    with pytest.raises(FieldRuleError) as error:
+        TumblingWindows(window_s=0)
+    assert error.value.field == "window_s"
+    with pytest.raises(FieldRuleError) as error:
+        UsageSample.from_usage_event({"event_time": T0}, 0.5)  # type: ignore[arg-type]
+    assert (error.value.field, error.value.rule) == ("cost", "decimal")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=600), st.integers(min_value=0, max_value=10_000)),
+                min_size=1, max_size=60),
+       st.integers(min_value=0, max_value=120))
+def test_every_event_is_counted_exactly_once_or_reported_late(events, grace_s):
+    windows = TumblingWindows(window_s=60, grace_s=grace_s, groupings={"tenant_model": ("tenant", "model")})
+    closed, late_total, late_count, newest = [], Decimal(0), 0, None
+    for seconds, micros in events:
+        advance = windows.add(sample(seconds, cost=f"0.{micros:06d}"))
+        closed += advance.closed
+        window_end = seconds - seconds % 60 + 60
+        assert bool(advance.late) == (newest is not None and window_end + grace_s <= newest)
+        newest = seconds if newest is None else max(newest, seconds)
+        if advance.late:
+            late_total += Decimal(f"0.{micros:06d}")
+            late_count += 1
+    closed += windows.flush()
+    assert sum(c.aggregate.requests for c in closed) + late_count == len(events)
+    assert sum((c.aggregate.cost for c in closed), Decimal(0)) + late_total == sum(Decimal(f"0.{m:06d}") for _, m in events)
+    starts = [(c.start, str(c.key)) for c in closed]
+    assert starts == sorted(starts)
