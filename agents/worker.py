@@ -5,6 +5,7 @@ Each domain module exposes `register(ctx: WorkerContext)`, which declares its to
 - agents.gpu_agents:     GPU usage → event-time windows → allocations and GPU cost lines
 - agents.billing_agents: FOCUS cloud cost lines → cost lines
 - agents.budget_agents:  cost lines → budget state (for the router) and warn/block events
+- agents.anomaly_agents: LLM cost lines → windows → online detectors → anomalies with root causes
 
 Agents send output with `event.send(...)`, so Faust publishes it before committing the source offset.
 """
@@ -69,7 +70,7 @@ class WorkerContext:
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    from agents import billing_agents, budget_agents, gpu_agents, llm_agents
+    from agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, llm_agents
 
     context = WorkerContext(settings, create_app(settings))
 
@@ -77,7 +78,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
-    for domain in (llm_agents, gpu_agents, billing_agents, budget_agents):
+    for domain in (llm_agents, gpu_agents, billing_agents, budget_agents, anomaly_agents):
         domain.register(context)
     return context.app
 

@@ -108,6 +108,21 @@ class BudgetSettings(BaseModel):
     alerts_group_id: str = Field(default="prismops-alerts-webhook", description="consumer group of `prismops alerts`")
 
 
+class DetectorSettings(BaseModel):
+    """Online anomaly detection over cost lines (agents.anomaly_agents, detectors/)."""
+
+    enabled: bool = True
+    window_s: int = Field(default=60, description="event-time tumbling window of every series")
+    grace_s: int = Field(default=30, description="how late an event may arrive and still count in its window")
+    warmup_windows: int = Field(default=120, description="windows a series learns before it may alert")
+    baseline_windows: int = Field(default=60, description="quiet windows the root-cause analysis compares with")
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="anomalies below it are not published")
+    idle_close_s: float = Field(
+        default=30.0, description="after this long without events, event time is assumed to move with the clock")
+    save_interval_s: float = Field(default=2.0, description="how often open-window state is saved to the changelog")
+
+
 class SinkSettings(BaseModel):
     group_id: str = "prismops-sink-clickhouse"
     metrics_port: int = Field(default=16067, description="HTTP /metrics of `prismops sink`; 0: off")
@@ -145,6 +160,7 @@ class Settings(BaseSettings):
     pii: PiiSettings = PiiSettings()
     gpu: GpuSettings = GpuSettings()
     budgets: BudgetSettings = BudgetSettings()
+    detectors: DetectorSettings = DetectorSettings()
     sink: SinkSettings = SinkSettings()
     gateway: GatewaySettings = GatewaySettings()
 

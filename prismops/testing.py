@@ -7,18 +7,23 @@ on PrismOps can use it too.
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickhouse_driver import Client
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from prismops.processes import Components
 from prismops.settings import Settings
-from streams.topics import delete_topics, ensure_topics
+from streams.codecs import codec_for
+from streams.topics import TopicSpec, delete_topics, ensure_topics
 
 
 @contextlib.contextmanager
@@ -75,3 +80,64 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, components: Compone
             return last
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:
+    """Every record of a registry topic from the beginning to its current end, decoded, as (key, value)."""
+    topic = spec.name(settings)
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        found = []
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            found.append((message.key(), codec_for(spec.schema).decode(message.value())))
+            if message.offset() + 1 >= remaining.get(message.partition(), 0):
+                remaining.pop(message.partition(), None)
+        assert not remaining, f"could not read {topic} to its end"
+        return found
+    finally:
+        consumer.close()
+
+
+class RecordingWebhook:
+    """A Slack-style endpoint on 127.0.0.1 that records every POST; it answers `first_status` to the first
+    request (e.g. 500, to exercise retries) and 200 afterwards."""
+
+    def __init__(self, first_status: int = 200) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        webhook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with webhook.lock:
+                    status = first_status if not webhook.requests else 200
+                    webhook.requests.append({"alert_id": self.headers["X-PrismOps-Alert-Id"], "body": body, "status": status})
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok" if status == 200 else b"boom")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T1/B1/secret"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def accepted(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["status"] == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

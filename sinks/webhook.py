@@ -1,4 +1,5 @@
-"""Budget alerts to a Slack-compatible webhook: `prismops alerts` reads budget.events.v1 and POSTs each event once.
+"""Alerts to a Slack-compatible webhook: `prismops alerts` reads budget.events.v1 and cost.anomalies.v1 and POSTs
+each event once.
 
 Each event goes through these steps, one event at a time (alerts are rare; order per scope is kept):
 1. decode it; undecodable bytes go to the dead-letter topic with the reason (flushed), then the offset commits;
@@ -42,7 +43,7 @@ from prismops.settings import Settings
 from sinks.clickhouse import clickhouse_client, require_table, table_ref
 from streams.codecs import CodecError, codec_for
 from streams.dead_letters import dead_letter_record
-from streams.topics import BUDGET_EVENTS, DEAD_LETTERS
+from streams.topics import ANOMALIES, BUDGET_EVENTS, DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,43 @@ def slack_payload(event: Mapping[str, Any]) -> dict[str, Any]:
             ]},
         ],
     }
+
+
+def anomaly_slack_payload(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The Slack-compatible body for one anomaly: what moved, by how much, and the top root-cause hints."""
+    icon = ":rotating_light:" if event["severity"] == "critical" else ":warning:"
+    title = f"Anomaly ({event['severity']}): {event['metric']} of {event['series']} {event['series_key']}"
+    causes = "\n".join(
+        f"• {_mrkdwn(c['dimension'])} = {_mrkdwn(c['value'])}: {c['share']:.0%} of the change"
+        for c in event["contributors"]
+    ) or "no single dimension value explains it"
+    return {
+        "text": f"{icon} {title}: {event['message']}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} {_mrkdwn(event['message'])}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Root-cause hints*\n{causes}"}},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": f"PrismOps anomaly {event['anomaly_id']} · window "
+                                          f"{event['window_start']:%Y-%m-%d %H:%M} UTC"},
+            ]},
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class AlertSource:
+    """A topic whose events become alerts: which field is the alert id and how the message reads."""
+
+    topic: TopicSpec
+    id_field: str
+    payload: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+ALERT_SOURCES = (
+    AlertSource(BUDGET_EVENTS, "event_id", slack_payload),
+    AlertSource(ANOMALIES, "anomaly_id", anomaly_slack_payload),
+)
 
 
 # -- posting with retries ------------------------------------------------------------------------------------
@@ -247,19 +285,20 @@ def deliver_alert(
     ledger: DeliveryLedger,
     poster: WebhookPoster,
     unrecorded: dict[str, DeliveryOutcome] | None = None,
+    source: AlertSource = ALERT_SOURCES[0],
 ) -> DeliveryOutcome:
-    """Steps 2-4 for one decoded budget event: skip if delivered, post with retries, record the outcome.
+    """Steps 2-4 for one decoded event: skip if delivered, post with retries, record the outcome.
 
     `unrecorded` (kept by a long-running caller) holds outcomes posted but not yet recorded because the ledger
     failed; a retry records them instead of posting again, so only a process crash can repeat a post.
     """
-    event_id = event["event_id"]
+    event_id = event[source.id_field]
     pending = unrecorded if unrecorded is not None else {}
     outcome = pending.get(event_id)
     if outcome is None:
         if ledger.is_delivered(event_id):
             return DeliveryOutcome(event_id, ALREADY_DELIVERED, 0)
-        outcome = poster.post(event_id, slack_payload(event))
+        outcome = poster.post(event_id, source.payload(event))
         pending[event_id] = outcome
     ledger.record(outcome, poster.target)
     pending.pop(event_id, None)
@@ -283,7 +322,8 @@ class AlertCounters:
 
 
 class AlertConsumer:
-    """Consumes budget.events.v1 in group `settings.budgets.alerts_group_id` and delivers each event once."""
+    """Consumes budget.events.v1 and cost.anomalies.v1 in group `settings.budgets.alerts_group_id` and delivers
+    each event once."""
 
     POLL_TIMEOUT_S = 0.5
     ERROR_BACKOFF_FIRST_S = 0.5
@@ -301,9 +341,9 @@ class AlertConsumer:
         self.poster = poster
         self.on_outcome = on_outcome
         self.counters = AlertCounters()
-        self.topic = BUDGET_EVENTS.name(settings)
+        self.sources = {source.topic.name(settings): source for source in ALERT_SOURCES}
+        self.topic = ", ".join(self.sources)
         self._dlq_topic = DEAD_LETTERS.name(settings)
-        self._codec = codec_for(BUDGET_EVENTS.schema)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._assigned_at: float | None = None
@@ -335,7 +375,7 @@ class AlertConsumer:
             "auto.offset.reset": "earliest",
             "client.id": f"prismops-{STAGE}",
         })
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+        self._consumer.subscribe(list(self.sources), on_assign=self._on_assign)
         last_activity: float | None = None
         try:
             while not stop_event.is_set() and not idle(last_activity):
@@ -381,13 +421,14 @@ class AlertConsumer:
         return True
 
     def _handle(self, message: Message) -> None:
+        source = self.sources[message.topic()]
         try:
-            event = self._codec.decode(message.value())
+            event = codec_for(source.topic.schema).decode(message.value())
         except CodecError as exc:
             self._dead_letter(message, exc)
             self.counters.dead_letters += 1
             return
-        outcome = deliver_alert(event, self.ledger, self.poster, self._unrecorded)
+        outcome = deliver_alert(event, self.ledger, self.poster, self._unrecorded, source)
         if outcome.status == DELIVERED:
             self.counters.delivered += 1
         elif outcome.status == FAILED:

@@ -1,4 +1,4 @@
-"""`prismops alerts`: deliver budget alerts (budget.events.v1) to a Slack-compatible webhook, each once."""
+"""`prismops alerts`: deliver budget alerts and anomalies to a Slack-compatible webhook, each once."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from prismops.settings import Settings
 @FORMAT_OPTION
 @click.pass_obj
 def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
-    """POST each budget warn/block event to budgets.webhook_url (Slack-compatible JSON, retried, never repeated
+    """POST each budget warn/block event and each anomaly to budgets.webhook_url (Slack-compatible JSON, retried, never repeated
     once recorded in ClickHouse `alert_deliveries`); prints the totals at exit.
 
     Without a webhook_url nothing is delivered: the command says so and waits for SIGINT/SIGTERM (or exits at

@@ -8,10 +8,8 @@ real child processes; nothing is injected into any topic by hand.
 
 from __future__ import annotations
 
-import http.server
 import json
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,6 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from clickhouse_driver import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from gateway_grpc.client import RouterClient
 from gateway_grpc.live_table import BudgetStateTable, LiveTableFollower
@@ -30,10 +27,9 @@ from prismops.cli import main as cli_main
 from prismops.processes import Components
 from prismops.settings import Settings
 from sinks.migrations import apply_migrations
-from streams.codecs import codec_for
 from streams.producer import UsageProducer, new_llm_usage_event
 from streams.topics import BUDGET_EVENTS, BUDGET_STATE
-from prismops.testing import isolated
+from prismops.testing import RecordingWebhook, isolated, read_topic_to_end
 
 TENANT = "budget-tenant"
 OTHER = "thrifty-tenant"
@@ -45,47 +41,15 @@ TEAM_BUDGET = "team-monthly-usd"
 WAIT_S = 60.0
 
 
-class Webhook:
-    """A Slack-style endpoint on 127.0.0.1 that answers 500 to its first request and 200 afterwards."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        webhook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with webhook.lock:
-                    status = 500 if not webhook.requests else 200
-                    webhook.requests.append({"alert_id": self.headers["X-PrismOps-Alert-Id"], "body": body, "status": status})
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(b"ok" if status == 200 else b"boom")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T1/B1/secret"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def accepted(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r for r in self.requests if r["status"] == 200]
-
-
 @pytest.fixture(scope="module")
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    hook.thread.start()
+def webhook() -> Iterator[RecordingWebhook]:
+    hook = RecordingWebhook(first_status=500)
     yield hook
-    hook.server.shutdown()
-    hook.server.server_close()
+    hook.close()
 
 
 @pytest.fixture(scope="module")
-def budget_pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory, webhook: Webhook):
+def budget_pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory, webhook: RecordingWebhook):
     definitions = tmp_path_factory.mktemp("budgets") / "budgets.yaml"
     definitions.write_text(
         f"budgets:\n  - {{id: {TEAM_BUDGET}, scope: team, scope_id: '*', period: monthly, unit: usd, limit: '1000'}}\n"
@@ -154,27 +118,7 @@ def spend_until(settings, watch: BudgetWatch, components, tenant: str, status: s
 
 def budget_events(settings: Settings) -> list[tuple[bytes, dict[str, Any]]]:
     """Every record on budget.events.v1, read from the beginning to the current end."""
-    topic = BUDGET_EVENTS.name(settings)
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        remaining = {p: end for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
-        found = []
-        deadline = time.monotonic() + 30
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            found.append((message.key(), codec_for("budget_event").decode(message.value())))
-            if message.offset() + 1 >= remaining.get(message.partition(), 0):
-                remaining.pop(message.partition(), None)
-        assert not remaining, f"could not read {topic} to its end"
-        return found
-    finally:
-        consumer.close()
+    return read_topic_to_end(settings, BUDGET_EVENTS)
 
 
 def wait_for(what: str, probe, timeout_s: float = WAIT_S):
