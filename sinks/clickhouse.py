@@ -423,3 +423,50 @@ class PolicyAuditSink(ClickHouseTableSink):
     id_column = "audit_id"
     prune_column = "changed_date"
     to_row = staticmethod(policy_audit_row)
+
+
+def anomaly_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    window_start = as_utc(value["window_start"])
+    contributors = value.get("contributors") or []
+    return {
+        "anomaly_id": value["anomaly_id"],
+        "detected_at": as_utc(value["detected_at"]),
+        "window_start": window_start,
+        "window_end": as_utc(value["window_end"]),
+        "window_date": window_start.date(),
+        "metric": value["metric"],
+        "series": value["series"],
+        "series_key": value["series_key"],
+        "tenant": value.get("tenant"),
+        "service": value.get("service"),
+        "feature": value.get("feature"),
+        "provider": value.get("provider"),
+        "model": value.get("model"),
+        "actual": value["actual"],
+        "expected": value["expected"],
+        "actual_cost_usd": value.get("actual_cost_usd"),
+        "expected_cost_usd": value.get("expected_cost_usd"),
+        "score": value["score"],
+        "severity": value["severity"],
+        "contributor_dimension": [c["dimension"] for c in contributors],
+        "contributor_value": [c["value"] for c in contributors],
+        "contributor_window_value": [c["window_value"] for c in contributors],
+        "contributor_baseline_value": [c["baseline_value"] for c in contributors],
+        "contributor_delta": [c["delta"] for c in contributors],
+        "contributor_share": [c["share"] for c in contributors],
+        "message": value["message"],
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+class AnomalySink(ClickHouseTableSink):
+    """cost.anomalies.v1 → anomalies; a re-scored window carries the same anomaly_id and is skipped."""
+
+    table = "anomalies"
+    id_column = "anomaly_id"
+    prune_column = "window_date"
+    to_row = staticmethod(anomaly_row)

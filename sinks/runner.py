@@ -22,13 +22,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord
 from sinks.clickhouse import (
-    BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
+    AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
     clickhouse_client,
 )
 from streams.dead_letters import dead_letter_record
 from streams.codecs import CodecError, codec_for
 from streams.topics import (
-    BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
+    ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def first_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
 
 
 def default_routes(settings: Settings, client: Client | None = None) -> list[Route]:
-    """Cost lines, routing decisions, dead letters, budget events, GPU allocations and policy changes into their
-    tables, through one ClickHouse connection."""
+    """Cost lines, routing decisions, dead letters, budget events, GPU allocations, policy changes and anomalies
+    into their tables, through one ClickHouse connection."""
     client = client or clickhouse_client(settings)
     database = settings.clickhouse.database
     return [
@@ -111,6 +111,7 @@ def default_routes(settings: Settings, client: Client | None = None) -> list[Rou
         Route(BUDGET_EVENTS, BudgetEventSink(client, database)),
         Route(GPU_ALLOCATIONS, GpuAllocationSink(client, database)),
         Route(POLICY_AUDIT, PolicyAuditSink(client, database)),
+        Route(ANOMALIES, AnomalySink(client, database)),
     ]
 
 
