@@ -76,7 +76,8 @@ def build_worker_app(settings: Settings) -> faust.App:
 
     @context.app.page("/metrics")
     async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format's full header goes as a header
+        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     for domain in (llm_agents, gpu_agents, billing_agents, budget_agents, anomaly_agents):
         domain.register(context)

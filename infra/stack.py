@@ -1,4 +1,4 @@
-"""Start, stop and inspect the local Kafka + ClickHouse that `prismops stack` runs.
+"""Start, stop and inspect the local Kafka + ClickHouse (+ Prometheus, on request) that `prismops stack` runs.
 
 Servers run detached (they outlive the CLI) with all state under `settings.stack.home`. A server counts
 as ours only while its pid file exists and /proc/<pid>/cmdline still names our config file, so `down`
@@ -13,12 +13,21 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.config import INFRA_DIR, StackPaths, render_clickhouse_config, render_kafka_properties
+from infra.config import (
+    INFRA_DIR,
+    PROMETHEUS_RULES,
+    StackPaths,
+    render_clickhouse_config,
+    render_kafka_properties,
+    render_prometheus_config,
+)
 from infra.processes import cmdline_matches, port_open, process_alive, read_cmdline, tail
 from prismops.settings import Settings
 
@@ -308,13 +317,86 @@ class ClickHouseServer(LocalServer):
             client.disconnect()
 
 
-class LocalStack:
-    """The local Kafka + ClickHouse pair: `up`, `down` and `status` are all idempotent."""
+class PrometheusServer(LocalServer):
+    """Debian's `prometheus` on `stack.prometheus_port`, scraping the components at the settings' ports.
 
-    def __init__(self, settings: Settings) -> None:
+    The package's own service (port 9090) is never used: we run our binary with our config and data dir.
+    """
+
+    name = "prometheus"
+    title = "Prometheus"
+    retention = "7d"
+
+    def __init__(self, settings: Settings, paths: StackPaths) -> None:
+        super().__init__(settings, paths)
+        self.port = self.stack.prometheus_port
+        self.ports = (self.port,)
+        self.log_path = self.console_log = paths.logs / "prometheus.log"
+        self.config = paths.prometheus_dir / "prometheus.yml"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def ownership_args(self) -> list[str]:
+        return [f"--config.file={self.config}"]
+
+    def write_config(self) -> None:
+        """The rendered scrape config and the alert rules it loads, side by side."""
+        self.paths.prometheus_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(render_prometheus_config(self.settings))
+        shutil.copyfile(PROMETHEUS_RULES, self.paths.prometheus_dir / PROMETHEUS_RULES.name)
+
+    def prepare(self, progress: Progress) -> list[str]:
+        binary = find_or_install("prometheus", "prometheus", progress, extra_dirs=["/usr/bin"])
+        self.paths.prometheus_data.mkdir(parents=True, exist_ok=True)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        return [
+            binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.paths.prometheus_data}",
+            f"--storage.tsdb.retention.time={self.retention}", f"--web.listen-address={self.address}",
+        ]
+
+    def start(self, progress: Progress) -> subprocess.Popen | None:
+        """As LocalServer.start; a Prometheus of ours that is already running re-reads a changed config."""
+        pid = self.our_pid()
+        if pid is not None:
+            before = self._written_config()
+            self.write_config()
+            if self._written_config() != before:
+                progress("Prometheus config changed; reloading it (SIGHUP)")
+                os.kill(pid, signal.SIGHUP)
+        return super().start(progress)
+
+    def _written_config(self) -> tuple[str, ...]:
+        files = (self.config, self.paths.prometheus_dir / PROMETHEUS_RULES.name)
+        return tuple(path.read_text() if path.is_file() else "" for path in files)
+
+    def answers(self, timeout_s: float) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=timeout_s) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class LocalStack:
+    """The local Kafka + ClickHouse pair, plus Prometheus with `with_prometheus`: `up`, `down` and `status`
+    are all idempotent. `down` and `status` always cover a Prometheus of ours that is running."""
+
+    def __init__(self, settings: Settings, with_prometheus: bool = False) -> None:
         self.settings = settings
         self.paths = StackPaths.from_settings(settings.stack)
+        self.prometheus = PrometheusServer(settings, self.paths)
         self.servers: list[LocalServer] = [KafkaServer(settings, self.paths), ClickHouseServer(settings, self.paths)]
+        if with_prometheus:
+            self.servers.append(self.prometheus)
+
+    def _covered(self) -> list[LocalServer]:
+        """The servers asked for, plus our Prometheus when it runs though this stack was built without it."""
+        if self.prometheus in self.servers or self.prometheus.our_pid() is None:
+            return list(self.servers)
+        return [*self.servers, self.prometheus]
 
     def up(self, progress: Progress | None = None) -> list[ServiceStatus]:
         """Start what is not running and wait for it; on failure, stop what this call started."""
@@ -335,7 +417,7 @@ class LocalStack:
         return self.status()
 
     def down(self) -> list[ServiceStatus]:
-        return [server.stop() for server in self.servers]
+        return [server.stop() for server in self._covered()]
 
     def status(self) -> list[ServiceStatus]:
-        return [server.status() for server in self.servers]
+        return [server.status() for server in self._covered()]
