@@ -10,10 +10,11 @@ from __future__ import annotations
 import faust
 
 from agents.live_stats import LiveModelWindows
-from agents.metrics import CONTENT_FIELDS_DROPPED, record_cost_line
+from agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_line
 from agents.llm_usage import LlmPricingContext, Rejection, process_llm_usage
 from agents.worker import WorkerContext, utcnow
 from streams.codecs import CodecError, codec_for
+from streams.metrics import EVENTS_IN, EVENTS_OUT
 from streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
 
 
@@ -25,10 +26,13 @@ def register(ctx: WorkerContext) -> None:
     observations_topic, tables_topic = ctx.topic(MODEL_OBSERVATIONS), ctx.topic(ROUTING_TABLES)
     cost_codec, observation_codec = codec_for(COST_LINES.schema), codec_for(MODEL_OBSERVATIONS.schema)
     stats_codec = codec_for(ROUTING_TABLES.schema)
+    llm_metrics = LlmCallMetrics(settings.worker.metrics_top_tenants)
+    usage_name, cost_name = LLM_USAGE.name(settings), COST_LINES.name(settings)
 
     @ctx.app.agent(usage_topic)
     async def price_llm_usage(stream: faust.StreamT) -> None:
         async for event in stream.events():
+            EVENTS_IN.labels(usage_name).inc()
             outcome = process_llm_usage(event.value, pricing, utcnow())
             if isinstance(outcome, Rejection):
                 await ctx.dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message,
@@ -36,9 +40,11 @@ def register(ctx: WorkerContext) -> None:
                 continue
             line, obs = outcome.cost_line, outcome.observation
             record_cost_line(line)
+            llm_metrics.record(line, utcnow())
             for name in outcome.dropped_content_fields:
                 CONTENT_FIELDS_DROPPED.labels(name).inc()
             await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line))
+            EVENTS_OUT.labels(cost_name).inc()
             await event.send(
                 observations_topic, key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)
             )

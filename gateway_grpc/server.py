@@ -28,6 +28,7 @@ import grpc
 from confluent_kafka import KafkaException, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
 from agents.pricing import PriceCatalog, load_catalog
 from agents.privacy import mask_personal_data
@@ -36,6 +37,7 @@ from gateway_grpc.breakers import BreakerBoard, BreakerConfig, classify_outcome
 from gateway_grpc.budget_gate import BudgetGate
 from gateway_grpc.experiments import CanaryTracker
 from gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
+from gateway_grpc.metrics import DECISIONS, GatewayStateCollector
 from gateway_grpc.policy import (
     PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd, validate_request,
 )
@@ -46,6 +48,7 @@ from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
 from streams.codecs import CodecError, codec_for
 from streams.errors import FieldRuleError
+from streams.metrics import serve_metrics
 from streams.topics import BUDGET_STATE, POLICY_AUDIT, ROUTING_DECISIONS, ROUTING_TABLES, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -348,6 +351,7 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         if record["customer"]:
             record["customer"] = mask_personal_data(record["customer"])  # as cost lines store it
         self._publisher.publish(routing_request.tenant, record)
+        DECISIONS.labels(choice.reason_code).inc()
         if choice.refused:
             context.set_trailing_metadata((("prismops-decision-id", decision_id),))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, choice.reason)
@@ -586,6 +590,9 @@ def serve(
     for follower in followers:
         follower.start()
     store.start_watching(settings.gateway.policy_reload_interval_s)
+    collector = GatewayStateCollector(state, state.clock)
+    REGISTRY.register(collector)
+    serve_metrics(settings.gateway.metrics_port, "gateway")
     log.info("routing.v1.Router listening on %s:%d (%s; following %s; policy version %d; budgets in %s mode)",
              settings.gateway.host, settings.gateway.port, "TLS" if settings.gateway.tls_cert_file else "plaintext",
              ", ".join(f.topic for f in followers), store.current.version, settings.budgets.mode.upper())
@@ -601,6 +608,7 @@ def serve(
         log.info("shutting down: NOT_SERVING, draining for up to %.1f s", grace_s)
         health_servicer.enter_graceful_shutdown()
         store.stop_watching()
+        REGISTRY.unregister(collector)
         server.stop(grace_s).wait()
         for follower in followers:
             follower.stop()

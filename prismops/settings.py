@@ -65,6 +65,7 @@ class WorkerSettings(BaseModel):
     live_window_s: float = 300.0
     live_window_max_samples: int = 5000
     live_publish_interval_s: float = 1.0
+    metrics_top_tenants: int = Field(default=20, description="tenants with their own metric label; the rest: other")
 
 
 class PricingSettings(BaseModel):

@@ -19,6 +19,9 @@ from typing import Any
 from clickhouse_driver import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
+
 from prismops.settings import Settings
 from sinks.base import Sink, SinkRecord
 from sinks.clickhouse import (
@@ -27,11 +30,21 @@ from sinks.clickhouse import (
 )
 from streams.dead_letters import dead_letter_record
 from streams.codecs import CodecError, codec_for
+from streams.metrics import EVENTS_IN
 from streams.topics import (
     ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
 )
 
 log = logging.getLogger(__name__)
+
+BATCH_ROWS = Histogram("prismops_sink_batch_rows", "records per sink batch",
+                       buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000))
+BATCH_SECONDS = Histogram("prismops_sink_batch_seconds", "time to decode and write one sink batch",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SINK_FAILURES = PromCounter("prismops_sink_failures_total", "sink batches that failed (retried, not committed)",
+                            ["table"])
+CONSUMER_LAG = Gauge("prismops_consumer_lag", "records behind the end of the topic", ["group", "topic"])
+LAG_INTERVAL_S = 5.0
 
 STAGE = "sink.clickhouse"
 DLQ_FLUSH_TIMEOUT_S = 30.0
@@ -138,6 +151,7 @@ class SinkRunner:
         self._producer: Producer | None = None
         self._assigned_at: float | None = None
         self._failures_in_row = 0
+        self._lag_measured_at = 0.0
 
     @property
     def topics(self) -> list[str]:
@@ -240,11 +254,14 @@ class SinkRunner:
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error)
+        self._measure_lag()
         if not messages:
             return 0
         try:
             report = self._process(messages)
         except Exception:
+            for topic in {m.topic() for m in messages}:
+                SINK_FAILURES.labels(self._routes[topic].sink.table).inc()
             self.counters.failed_batches += 1
             self._failures_in_row += 1
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures_in_row - 1))
@@ -254,6 +271,10 @@ class SinkRunner:
             return len(messages)
         self._failures_in_row = 0
         self._commit(report.next_offsets)
+        BATCH_ROWS.observe(report.records)
+        BATCH_SECONDS.observe(report.seconds)
+        for message in messages:
+            EVENTS_IN.labels(message.topic()).inc()
         self.counters.batches += 1
         self.counters.records += report.records
         self.counters.rows_written += report.rows_written
@@ -264,6 +285,25 @@ class SinkRunner:
         if self.on_batch:
             self.on_batch(report)
         return len(messages)
+
+    def _measure_lag(self) -> None:
+        """Records between the committed position and the end of each topic, every LAG_INTERVAL_S at most."""
+        now = time.monotonic()
+        if self._consumer is None or now - self._lag_measured_at < LAG_INTERVAL_S:
+            return
+        self._lag_measured_at = now
+        lag: dict[str, int] = {}
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:  # nothing consumed there yet
+                    continue
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("lag not measured: %s", exc)
+            return
+        for topic, behind in lag.items():
+            CONSUMER_LAG.labels(self.settings.sink.group_id, topic).set(behind)
 
     def _process(self, messages: Sequence[Message]) -> BatchReport:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from prismops.settings import Settings
 def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
     """Run the ClickHouse sink in the foreground; prints a line per batch to stderr and the totals at exit."""
     from sinks.runner import BatchReport, SinkRunner, default_routes
+    from streams.metrics import serve_metrics
 
     def progress(report: BatchReport) -> None:
         stderr_console.print(
@@ -26,6 +27,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
             style="dim", highlight=False,
         )
 
+    serve_metrics(settings.sink.metrics_port, "sink")
     with run_until_signalled(settings) as stop, \
             SinkRunner(settings, default_routes(settings), on_batch=progress) as runner:
         stderr_console.print(
