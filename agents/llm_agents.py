@@ -8,6 +8,7 @@ publish_live_table:  every interval, changed rows → routing.tables.v1 (compact
 from __future__ import annotations
 
 import faust
+from opentelemetry import trace
 
 from agents.live_stats import LiveModelWindows
 from agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_line
@@ -15,7 +16,11 @@ from agents.llm_usage import LlmPricingContext, Rejection, process_llm_usage
 from agents.worker import WorkerContext, utcnow
 from streams.codecs import CodecError, codec_for
 from streams.metrics import EVENTS_IN, EVENTS_OUT
+from streams.telemetry import context_from_headers, trace_headers
 from streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
+
+
+_tracer = trace.get_tracer("prismops.agents.llm")
 
 
 def register(ctx: WorkerContext) -> None:
@@ -33,7 +38,12 @@ def register(ctx: WorkerContext) -> None:
     async def price_llm_usage(stream: faust.StreamT) -> None:
         async for event in stream.events():
             EVENTS_IN.labels(usage_name).inc()
-            outcome = process_llm_usage(event.value, pricing, utcnow())
+            parent = context_from_headers(event.message.headers)
+            with _tracer.start_as_current_span("price_llm_usage", context=parent, kind=trace.SpanKind.CONSUMER) as span:
+                outcome = process_llm_usage(event.value, pricing, utcnow())
+                headers = trace_headers()
+                if isinstance(outcome, Rejection):
+                    span.set_attribute("prismops.rejected_rule", outcome.rule)
             if isinstance(outcome, Rejection):
                 await ctx.dead_letter(event, "worker.price_llm_usage", outcome.field, outcome.rule, outcome.message,
                                       value=outcome.value)
@@ -43,7 +53,7 @@ def register(ctx: WorkerContext) -> None:
             llm_metrics.record(line, utcnow())
             for name in outcome.dropped_content_fields:
                 CONTENT_FIELDS_DROPPED.labels(name).inc()
-            await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line))
+            await event.send(cost_topic, key=line["tenant"].encode(), value=cost_codec.encode(line), headers=headers)
             EVENTS_OUT.labels(cost_name).inc()
             await event.send(
                 observations_topic, key=f"{obs['provider']}/{obs['model']}".encode(), value=observation_codec.encode(obs)

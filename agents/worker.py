@@ -25,6 +25,7 @@ from prismops.settings import Settings
 from streams.codecs import codec_for
 from streams.dead_letters import dead_letter_record
 from streams.faust_app import create_app
+from streams.telemetry import configure_tracing
 from streams.topics import DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
+    configure_tracing(settings, "worker")
     app = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from streams.producer import new_llm_usage_event
+from streams.telemetry import PROPAGATOR
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ class RouterClient:
 
     def decide_message(self, request: routing_pb2.DecideRequest, timeout: float = 2.0) -> routing_pb2.DecideResponse:
         """Decide with a request built by the caller (benchmarks reuse one message)."""
-        return self._router.Decide(request, timeout=timeout, metadata=self._metadata)
+        carrier: dict[str, str] = {}
+        PROPAGATOR.inject(carrier)  # the caller's trace continues in the gateway's Decide span
+        return self._router.Decide(request, timeout=timeout, metadata=self._metadata + tuple(carrier.items()))
 
     def report_outcome(
         self,

@@ -28,6 +28,7 @@ import grpc
 from confluent_kafka import KafkaException, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 
 from agents.pricing import PriceCatalog, load_catalog
@@ -49,10 +50,12 @@ from prismops.settings import Settings
 from streams.codecs import CodecError, codec_for
 from streams.errors import FieldRuleError
 from streams.metrics import serve_metrics
+from streams.telemetry import configure_tracing, context_from_headers
 from streams.topics import BUDGET_STATE, POLICY_AUDIT, ROUTING_DECISIONS, ROUTING_TABLES, TopicSpec
 
 log = logging.getLogger(__name__)
 
+_tracer = trace.get_tracer("prismops.gateway")
 ROUTER_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 ADMIN_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["RouterAdmin"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -331,6 +334,11 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         self._is_ready = is_ready
 
     def Decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
+        parent = context_from_headers(context.invocation_metadata())
+        with _tracer.start_as_current_span("routing.v1.Router/Decide", context=parent, kind=trace.SpanKind.SERVER):
+            return self._decide(request, context)
+
+    def _decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
         if not self._is_ready():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
         routing_request = request_from_proto(request)
@@ -561,6 +569,7 @@ def serve(
     """Run the gateway until `stop_event` is set: follow the live model and budget tables, watch the policy
     file, answer Router and RouterAdmin, publish decisions and audit events. Health says NOT_SERVING until both
     tables have caught up, and again from the start of shutdown."""
+    configure_tracing(settings, "gateway")
     table, budgets = LiveModelTable(), BudgetStateTable()
     followers = [LiveTableFollower(settings, ROUTING_TABLES, table), LiveTableFollower(settings, BUDGET_STATE, budgets)]
 

@@ -124,6 +124,14 @@ class DetectorSettings(BaseModel):
     save_interval_s: float = Field(default=2.0, description="how often open-window state is saved to the changelog")
 
 
+class TelemetrySettings(BaseModel):
+    """Where spans go (streams.telemetry): none, console (stderr), file (JSON lines) or otlp (OTLP/HTTP)."""
+
+    exporter: Literal["none", "console", "file", "otlp"] = "none"
+    spans_file: Path | None = Field(default=None, description="JSON-lines span file for exporter=file")
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+
+
 class SinkSettings(BaseModel):
     group_id: str = "prismops-sink-clickhouse"
     metrics_port: int = Field(default=16067, description="HTTP /metrics of `prismops sink`; 0: off")
@@ -162,6 +170,7 @@ class Settings(BaseSettings):
     gpu: GpuSettings = GpuSettings()
     budgets: BudgetSettings = BudgetSettings()
     detectors: DetectorSettings = DetectorSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     sink: SinkSettings = SinkSettings()
     gateway: GatewaySettings = GatewaySettings()
 

@@ -19,6 +19,7 @@ from typing import Any
 from clickhouse_driver import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from opentelemetry import trace
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
@@ -31,6 +32,7 @@ from sinks.clickhouse import (
 from streams.dead_letters import dead_letter_record
 from streams.codecs import CodecError, codec_for
 from streams.metrics import EVENTS_IN
+from streams.telemetry import context_from_headers, links_from
 from streams.topics import (
     ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
 )
@@ -45,6 +47,7 @@ SINK_FAILURES = PromCounter("prismops_sink_failures_total", "sink batches that f
                             ["table"])
 CONSUMER_LAG = Gauge("prismops_consumer_lag", "records behind the end of the topic", ["group", "topic"])
 LAG_INTERVAL_S = 5.0
+_tracer = trace.get_tracer("prismops.sinks")
 
 STAGE = "sink.clickhouse"
 DLQ_FLUSH_TIMEOUT_S = 30.0
@@ -332,10 +335,15 @@ class SinkRunner:
             )
         self._send_dead_letters(rejects)
         rows_written = duplicates_skipped = 0
-        for topic, records in decoded.items():
-            result = self._routes[topic].sink.write(records)
-            rows_written += result.rows_written
-            duplicates_skipped += result.duplicates_skipped
+        contexts = [context_from_headers(m.headers()) for m in messages if m.headers()]
+        parent = contexts[0] if contexts else None
+        with _tracer.start_as_current_span("sink.write", context=parent, kind=trace.SpanKind.CONSUMER,
+                                           links=links_from(contexts[1:])) as span:
+            span.set_attribute("messaging.batch.message_count", len(messages))
+            for topic, records in decoded.items():
+                result = self._routes[topic].sink.write(records)
+                rows_written += result.rows_written
+                duplicates_skipped += result.duplicates_skipped
         offsets: dict[str, dict[int, int]] = {}
         for (topic, partition), offset in next_offsets(messages).items():
             offsets.setdefault(topic, {})[partition] = offset

@@ -18,6 +18,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
     """Run the ClickHouse sink in the foreground; prints a line per batch to stderr and the totals at exit."""
     from sinks.runner import BatchReport, SinkRunner, default_routes
     from streams.metrics import serve_metrics
+    from streams.telemetry import configure_tracing
 
     def progress(report: BatchReport) -> None:
         stderr_console.print(
@@ -28,6 +29,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
         )
 
     serve_metrics(settings.sink.metrics_port, "sink")
+    configure_tracing(settings, "sink")
     with run_until_signalled(settings) as stop, \
             SinkRunner(settings, default_routes(settings), on_batch=progress) as runner:
         stderr_console.print(
