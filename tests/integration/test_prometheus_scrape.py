@@ -68,8 +68,11 @@ def test_prometheus_sees_the_pipeline_counters_move_during_a_simulation(pipeline
         assert targets["prismops-worker"] == f"http://127.0.0.1:{settings.worker.web_port}/metrics"
         assert targets["prismops-sink"] == f"http://127.0.0.1:{settings.sink.metrics_port}/metrics"
         assert targets["prismops-gateway"] == f"http://127.0.0.1:{settings.gateway.metrics_port}/metrics"
-        wait_until_scraped(server, "prismops-worker", components)
+        for job in ("prismops-worker", "prismops-sink", "prismops-gateway"):
+            wait_until_scraped(server, job, components)
         baseline = instant(server, COST_LINES) or 0.0
+        sink_in = 'sum(prismops_events_in_total{job="prismops-sink"})'
+        sink_baseline = instant(server, sink_in) or 0.0
 
         with UsageProducer(settings) as producer:
             sent = simulate(producer, TrafficGenerator(seed=4242).events(EVENTS), rate_per_s=250)
@@ -78,6 +81,9 @@ def test_prometheus_sees_the_pipeline_counters_move_during_a_simulation(pipeline
         wait_for(lambda: (instant(server, COST_LINES) or 0.0) >= baseline + EVENTS, 90, components,
                  f"{EVENTS} more cost lines counted in Prometheus (from {baseline:g})")
         assert (instant(server, 'sum(increase(prismops_cost_lines_total{job="prismops-worker"}[1m]))') or 0) > 0
+        wait_for(lambda: (instant(server, sink_in) or 0.0) >= sink_baseline + EVENTS, 60, components,
+                 "the sink's consumed records moving in Prometheus")
+        assert (instant(server, 'sum(llm_request_total{job="prismops-worker"})') or 0) >= EVENTS
         alert_groups = {group["name"] for group in api(server, "/api/v1/rules")["groups"]}
         assert alert_groups == {"prismops-llm", "prismops-finops", "prismops-pipeline"}
     finally:
