@@ -213,19 +213,6 @@ BENCH_MODELS = (
 )
 
 
-class DiscardingPublisher:
-    """Decisions go nowhere: the benchmark measures the RPC, not Kafka."""
-
-    def publish(self, key: str, record: Any) -> None:
-        return None
-
-    def publish_and_wait(self, key: str, record: Any, timeout_s: float) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 def bench_live_rows(now: dt.datetime) -> list[dict[str, Any]]:
     """Live rows as the live-stats agent publishes them: fresh, with traffic, priced exactly."""
     return [
@@ -272,7 +259,7 @@ def compare_router_with_echo(
     one after the other with the same load; the echo gets the Decide request's bytes so payloads match."""
     from gateway_grpc.client import RouterClient
     from gateway_grpc.live_table import LiveModelTable
-    from gateway_grpc.server import build_server
+    from gateway_grpc.server import DiscardingPublisher, build_server
 
     table = LiveModelTable()
     for row in bench_live_rows(dt.datetime.now(dt.timezone.utc)):

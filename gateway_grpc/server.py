@@ -82,6 +82,19 @@ class RecordPublisher(Protocol):
     def close(self) -> None: ...
 
 
+class DiscardingPublisher:
+    """Records go nowhere: for embedded use without Kafka, benchmarks of the RPC alone, and tests."""
+
+    def publish(self, key: str, record: Mapping[str, Any]) -> None:
+        return None
+
+    def publish_and_wait(self, key: str, record: Mapping[str, Any], timeout_s: float) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class KafkaRecordPublisher:
     """Publishes one topic's records; `publish` never blocks the RPC on delivery, `publish_and_wait` does."""
 

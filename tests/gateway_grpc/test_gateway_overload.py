@@ -16,22 +16,11 @@ codegen.ensure_stubs()
 from gateway_grpc.client import RouterClient  # noqa: E402
 from gateway_grpc.live_table import LiveModelTable  # noqa: E402
 from gateway_grpc.policy_config import PolicyStore  # noqa: E402
-from gateway_grpc.server import GatewayState, build_server  # noqa: E402
+from gateway_grpc.server import DiscardingPublisher, GatewayState, build_server  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
 from prismops.testing import free_port  # noqa: E402
 
 MODEL = ("openai", "gpt-4o-mini")
-
-
-class DiscardingPublisher:
-    def publish(self, key, record) -> None:
-        pass
-
-    def publish_and_wait(self, key, record, timeout_s) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def test_calls_beyond_the_concurrency_limit_get_resource_exhausted():

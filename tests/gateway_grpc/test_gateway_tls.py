@@ -16,20 +16,9 @@ codegen.ensure_stubs()
 
 from gateway_grpc.client import RouterClient  # noqa: E402
 from gateway_grpc.live_table import LiveModelTable  # noqa: E402
-from gateway_grpc.server import ServeError, build_server  # noqa: E402
+from gateway_grpc.server import DiscardingPublisher, ServeError, build_server  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
 from prismops.testing import free_port  # noqa: E402
-
-
-class DiscardingPublisher:
-    def publish(self, key, record) -> None:
-        pass
-
-    def publish_and_wait(self, key, record, timeout_s) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
