@@ -9,7 +9,7 @@ import click
 from prismops.settings import load_settings
 
 # Each module under prismops.commands exposes `command`; the order is the order of `prismops --help`.
-COMMAND_MODULES = ["stack", "topics", "migrate", "price", "worker", "sink", "gateway", "simulate", "report", "demo", "bench", "proto", "ingest", "alerts", "budgets", "detectors", "top"]
+COMMAND_MODULES = ["stack", "topics", "migrate", "db", "price", "worker", "sink", "gateway", "simulate", "report", "export", "demo", "bench", "proto", "ingest", "alerts", "budgets", "detectors", "top"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

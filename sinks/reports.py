@@ -1,13 +1,16 @@
 """Report queries over the sink tables; plain SQL that ClickHouse 18.16 and current ClickHouse both run.
 
-Every query reads with FINAL, so a duplicate that slipped past the sink (it should not) is still counted
-once: the ReplacingMergeTree key is the row's id within its date.
+Every query is exact under replays: raw tables are read with FINAL (a duplicate that slipped past the sink is
+still counted once: the ReplacingMergeTree key is the row's id within its date), and the cost reports read
+settled days from the rollups only while those still match the raw table (see sinks.rollups).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_driver import Client
@@ -97,3 +100,230 @@ def costs_by(
          "unpriced_lines": int(row[-1])}
         for row in rows
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# showback, unit economics, monthly and anomaly reports: exact, over settled rollups and raw FINAL (sinks.rollups)
+
+SHOWBACK_DIMENSIONS = (
+    "team", "tenant", "feature", "model", "customer", "product", "service", "environment", "provider", "source", "node",
+)
+# Per-unit figures are divided once in Decimal and rounded half-even: money to 12 places, rates to 6.
+PER_UNIT_PLACES = decimal.Decimal("1e-12")
+RATE_PLACES = decimal.Decimal("1e-6")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Rows (one per group), the columns to show in order, and a total row whose additive figures are the exact
+    sums of the rows (and so of the raw table over the same range)."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    total: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows, "total": self.total}
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The rows and then the total, labelled TOTAL in the first column."""
+        first = self.columns[0]
+        return [*self.rows, {**self.total, first: "TOTAL"}]
+
+
+def _check_dimensions(by: Sequence[str]) -> list[str]:
+    if not by:
+        raise ValueError(f"--by needs a dimension: {', '.join(SHOWBACK_DIMENSIONS)}")
+    unknown = [d for d in by if d not in SHOWBACK_DIMENSIONS]
+    if unknown:
+        raise ValueError(f"--by {', '.join(unknown)}: not a dimension; use one of {', '.join(SHOWBACK_DIMENSIONS)}")
+    return list(dict.fromkeys(by))
+
+
+def _ratio(numerator: decimal.Decimal | int, denominator: decimal.Decimal | int, places: decimal.Decimal) -> decimal.Decimal | None:
+    if not denominator:
+        return None
+    with decimal.localcontext() as context:
+        context.prec = 80
+        return (decimal.Decimal(numerator) / decimal.Decimal(denominator)).quantize(places, decimal.ROUND_HALF_EVEN)
+
+
+def _sum_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for name in names:
+        values = [row[name] for row in rows]
+        total[name] = sum(values, decimal.Decimal(0) if name.endswith("_usd") else 0)
+    return total
+
+
+def _span(since: dt.date, until: dt.date) -> str:
+    return f"{since} to {until - dt.timedelta(days=1)}"
+
+
+SHOWBACK_MEASURES = ["lines", "cost_usd", "llm_requests", "input_tokens", "output_tokens", "unpriced_lines"]
+
+
+def showback(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date) -> Report:
+    """Cost of [since, until) per group of `by` (e.g. team), most expensive first, every source included."""
+    from sinks.rollups import cost_query
+
+    dimensions = _check_dimensions(by)
+    groups = cost_query(client, database, dimensions, since=since, until=until, measures=SHOWBACK_MEASURES)
+    total = _sum_rows(groups, SHOWBACK_MEASURES)
+    rows = []
+    for group in groups:
+        row = {d: group[d] for d in dimensions}
+        row.update({name: group[name] for name in SHOWBACK_MEASURES})
+        row["share_pct"] = _ratio(group["cost_usd"] * 100, total["cost_usd"], decimal.Decimal("0.01"))
+        rows.append(row)
+    total["share_pct"] = decimal.Decimal("100.00") if rows and total["cost_usd"] else None
+    columns = [*dimensions, "cost_usd", "share_pct", "lines", "llm_requests", "input_tokens", "output_tokens",
+               "unpriced_lines"]
+    return Report(f"showback by {', '.join(dimensions)}, {_span(since, until)}", columns, rows,
+                  {d: "" for d in dimensions} | total)
+
+
+UNIT_MEASURES = [
+    "cost_usd", "llm_cost_usd", "llm_requests", "input_tokens", "output_tokens", "cached_input_tokens",
+    "cache_hit_requests", "fallback_requests", "shadow_requests", "error_requests", "lines",
+]
+
+
+def _unit_figures(group: dict[str, Any]) -> dict[str, Any]:
+    tokens = group["input_tokens"] + group["output_tokens"]
+    requests = group["llm_requests"]
+    return {
+        "tokens": tokens,
+        "cost_per_request": _ratio(group["llm_cost_usd"], requests, PER_UNIT_PLACES),
+        "cost_per_session": _ratio(group["llm_cost_usd"], group["sessions"], PER_UNIT_PLACES),
+        "cost_per_customer": _ratio(group["cost_usd"], group["customers"], PER_UNIT_PLACES),
+        "cost_per_1k_tokens": _ratio(group["llm_cost_usd"] * 1000, tokens, PER_UNIT_PLACES),
+        "cache_hit_rate": _ratio(group["cache_hit_requests"], requests, RATE_PLACES),
+        "fallback_rate": _ratio(group["fallback_requests"], requests, RATE_PLACES),
+        "error_rate": _ratio(group["error_requests"], requests, RATE_PLACES),
+    }
+
+
+def unit_economics(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date) -> Report:
+    """Per group: LLM cost per request, session, customer and 1k tokens, cache-hit, fallback and error rates.
+    Requests are LLM calls (one cost line each); cost_per_customer divides the group's cost from every source.
+    The total's sessions and customers are counted distinct over the whole range, not summed over groups."""
+    from sinks.rollups import cost_query
+
+    dimensions = _check_dimensions(by)
+    from sinks.rollups import day_sources
+
+    sources = day_sources(client, database, since, until)
+    groups = cost_query(client, database, dimensions, since=since, until=until, sources=sources)
+    overall = cost_query(client, database, [], since=since, until=until, sources=sources,
+                         measures=["sessions", "customers"])[0]
+    rows = []
+    for group in groups:
+        row = {d: group[d] for d in dimensions}
+        row.update({name: group[name] for name in [*UNIT_MEASURES, "sessions", "customers"]})
+        row.update(_unit_figures(group))
+        rows.append(row)
+    total = _sum_rows(rows, UNIT_MEASURES)
+    total.update(sessions=overall["sessions"], customers=overall["customers"])
+    total.update(_unit_figures(total))
+    columns = [*dimensions, "llm_requests", "sessions", "customers", "tokens", "llm_cost_usd", "cost_usd",
+               "cost_per_request", "cost_per_session", "cost_per_customer", "cost_per_1k_tokens", "cache_hit_rate",
+               "fallback_rate", "error_rate"]
+    return Report(f"unit economics by {', '.join(dimensions)}, {_span(since, until)}", columns, rows,
+                  {d: "" for d in dimensions} | total)
+
+
+def month_range(month: str) -> tuple[dt.date, dt.date]:
+    """'YYYY-MM' -> (first day, first day of the next month)."""
+    try:
+        first = dt.datetime.strptime(month, "%Y-%m").date()
+    except ValueError:
+        raise ValueError(f"month {month!r}: expected YYYY-MM") from None
+    following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return first, following
+
+
+MONTHLY_MEASURES = ["lines", "cost_usd", "llm_requests", "input_tokens", "output_tokens", "unpriced_lines"]
+
+
+def monthly(client: Any, database: str, month: str) -> Report:
+    """One calendar month (UTC) by service and node: LLM and cloud lines by the service they were tagged with,
+    GPU lines by the node (cluster/node) whose cost they carry; every source, so the total is the month's cost."""
+    from sinks.rollups import cost_query
+
+    since, until = month_range(month)
+    groups = cost_query(client, database, ["service", "node", "source"], since=since, until=until,
+                        measures=MONTHLY_MEASURES)
+    total = _sum_rows(groups, MONTHLY_MEASURES)
+    rows = []
+    for group in groups:
+        row = {name: group[name] for name in ["service", "node", "source", *MONTHLY_MEASURES]}
+        row["share_pct"] = _ratio(group["cost_usd"] * 100, total["cost_usd"], decimal.Decimal("0.01"))
+        rows.append(row)
+    total["share_pct"] = decimal.Decimal("100.00") if rows and total["cost_usd"] else None
+    columns = ["service", "node", "source", "cost_usd", "share_pct", "lines", "llm_requests", "input_tokens",
+               "output_tokens", "unpriced_lines"]
+    return Report(f"monthly cost by service and node, {month}", columns, rows,
+                  {"service": "", "node": "", "source": ""} | total)
+
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+def anomalies(
+    client: Any, database: str, *, since: dt.date, until: dt.date, min_severity: str = "info",
+    tenant: str | None = None,
+) -> Report:
+    """Anomalous windows starting in [since, until), newest first, at `min_severity` or above; excess cost is
+    actual minus expected for cost anomalies. Read with FINAL: a re-detected window is listed once."""
+    if min_severity not in SEVERITIES:
+        raise ValueError(f"--severity {min_severity!r}: use one of {', '.join(SEVERITIES)}")
+    params: dict[str, Any] = {
+        "since": since, "until": until, "severities": SEVERITIES[SEVERITIES.index(min_severity):],
+    }
+    tenant_filter = ""
+    if tenant is not None:
+        tenant_filter = " AND tenant = %(tenant)s"
+        params["tenant"] = tenant
+    found = client.execute(
+        f"""
+        SELECT window_start, window_end, metric, series_key, ifNull(tenant, ''), severity, score, actual, expected,
+               actual_cost_usd, expected_cost_usd, contributor_dimension, contributor_value, contributor_share, message
+        FROM {table_ref(database, "anomalies")} FINAL
+        WHERE window_date >= %(since)s AND window_date < %(until)s AND severity IN %(severities)s{tenant_filter}
+        ORDER BY window_start DESC, metric, series_key
+        """,
+        params,
+    )
+    rows = []
+    for (start, end, metric, series_key, tenant_name, severity, score, actual, expected, actual_cost, expected_cost,
+         dimensions, values, shares, message) in found:
+        excess = (decimal.Decimal(actual_cost) - decimal.Decimal(expected_cost)
+                  if actual_cost is not None and expected_cost is not None else None)
+        top = max(zip(dimensions, values, shares), key=lambda c: abs(c[2]), default=None)
+        rows.append({
+            "window_start": start, "window_end": end, "metric": metric, "series_key": series_key,
+            "tenant": tenant_name, "severity": severity, "score": round(float(score), 3),
+            "actual": actual, "expected": expected,
+            "actual_cost_usd": None if actual_cost is None else decimal.Decimal(actual_cost),
+            "expected_cost_usd": None if expected_cost is None else decimal.Decimal(expected_cost),
+            "excess_cost_usd": excess,
+            "top_cause": f"{top[0]}={top[1]} ({top[2]:.0%})" if top else "",
+            "message": message,
+        })
+
+    def money(name: str) -> decimal.Decimal:
+        return sum((r[name] for r in rows if r[name] is not None), decimal.Decimal(0))
+
+    total = {
+        "anomalies": len(rows),
+        **{severity: sum(1 for r in rows if r["severity"] == severity) for severity in SEVERITIES},
+        "actual_cost_usd": money("actual_cost_usd"), "expected_cost_usd": money("expected_cost_usd"),
+        "excess_cost_usd": money("excess_cost_usd"),
+    }
+    columns = ["window_start", "metric", "series_key", "severity", "score", "actual", "expected", "actual_cost_usd",
+               "expected_cost_usd", "excess_cost_usd", "top_cause"]
+    counts = ", ".join(f"{total[s]} {s}" for s in reversed(SEVERITIES) if total[s])
+    title = f"{len(rows)} anomalies at {min_severity} or above, {_span(since, until)}" + (f" ({counts})" if counts else "")
+    return Report(title, columns, rows, {"window_start": "", **total})

@@ -149,3 +149,78 @@ def detect(series_count: int, updates: int, fmt: str) -> None:
         {"measure": f"state to_bytes + from_bytes ({len(state) // series_count} bytes per series)", "count": series_count,
          "seconds": round(state_s, 3), "per_s": round(series_count / state_s) if state_s else None},
     ], fmt, title="anomaly detector throughput, one core")
+
+
+@command.command("showback")
+@click.option("--rows", default=10_000_000, show_default=True, type=click.IntRange(min=1000),
+              help="cost lines to generate inside ClickHouse")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=1, max=31))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(min=1), help="timed runs per report")
+@FORMAT_OPTION
+@click.pass_obj
+def showback(settings: Settings, rows: int, days: int, repeat: int, fmt: str) -> None:
+    """`report showback` over ROWS cost lines: generated inside ClickHouse (INSERT … SELECT from numbers()) in a
+    scratch database, settled, then timed (best and median of REPEAT runs) from the rollups and, for comparison,
+    from the raw table alone; also the whole `prismops report showback` command. The scratch database is dropped."""
+    import os
+    import secrets
+    import statistics
+    import subprocess
+    import sys
+
+    from sinks import reports
+    from sinks.bench_data import insert_bench_cost_lines
+    from sinks.clickhouse import clickhouse_client, quote_identifier, table_ref
+    from sinks.migrations import apply_migrations
+    from sinks.rollups import DaySources, cost_query, day_sources, settle_days
+
+    scratch = settings.with_overrides(
+        clickhouse={"database": f"{settings.clickhouse.database}_bench_{secrets.token_hex(4)}"})
+    database = scratch.clickhouse.database
+    start = dt.date(2025, 6, 1)
+    until = start + dt.timedelta(days=days)
+    client = clickhouse_client(scratch, database="")
+    measures = []
+
+    def timed(name: str, action, runs: int = repeat) -> object:  # type: ignore[no-untyped-def]
+        seconds, result = [], None
+        for _ in range(runs):
+            began = time.perf_counter()
+            result = action()
+            seconds.append(time.perf_counter() - began)
+        measures.append({"measure": name, "rows": rows, "runs": runs, "best_s": round(min(seconds), 3),
+                         "median_s": round(statistics.median(seconds), 3)})
+        return result
+
+    try:
+        apply_migrations(scratch)
+        stderr_console.print(f"generating {rows:,} cost lines in {database} …", highlight=False)
+        timed("generate (INSERT … SELECT numbers())", lambda: insert_bench_cost_lines(
+            client, database, rows, start=start, days=days,
+            on_chunk=lambda done: stderr_console.print(f"  {done:,} rows", highlight=False)), runs=1)
+        timed("settle every day (rollups from FINAL)",
+              lambda: settle_days(client, database, since=start, until=until), runs=1)
+        by_team = timed("report showback --by team (rollups)",
+                        lambda: reports.showback(client, database, ["team"], since=start, until=until))
+        timed("report showback --by customer (rollups)",
+              lambda: reports.showback(client, database, ["customer"], since=start, until=until))
+        timed("report unit-economics --by model (rollups)",
+              lambda: reports.unit_economics(client, database, ["model"], since=start, until=until))
+        raw_only = DaySources({}, day_sources(client, database, start, until).days)
+        timed("showback --by team from cost_lines FINAL only", lambda: cost_query(
+            client, database, ["team"], since=start, until=until, sources=raw_only), runs=min(repeat, 3))
+        ((raw_total,),) = client.execute(f"SELECT sum(cost_usd) FROM {table_ref(database, 'cost_lines')} FINAL")
+        if by_team.total["cost_usd"] != raw_total:
+            fail(f"showback total {by_team.total['cost_usd']} differs from cost_lines FINAL {raw_total}")
+        command_line = [sys.executable, "-m", "prismops", "report", "showback", "--by", "team",
+                        "--from", str(start), "--to", str(until), "--format", "json"]
+        environment = {**os.environ, "PRISMOPS_CLICKHOUSE__DATABASE": database}
+        timed("`prismops report showback` command, end to end", lambda: subprocess.run(
+            command_line, env=environment, check=True, capture_output=True), runs=min(repeat, 3))
+    except Exception as exc:
+        fail(f"benchmark failed: {exc}")
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database)}")
+        client.disconnect()
+    emit(measures, fmt, title=f"showback over {rows:,} cost lines, {days} days (total {by_team.total['cost_usd']} "
+                              f"= cost_lines FINAL); scratch database dropped")

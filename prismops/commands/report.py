@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import click
 from clickhouse_driver.errors import Error as ClickHouseError
@@ -92,3 +93,153 @@ def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...
         client.disconnect()
     span = f"{first or 'start'} to {last or 'now'}"
     emit(rows, fmt, title=f"cost by {', '.join(group_by) or 'everything'} ({span})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# showback, unit economics, monthly, anomalies: exact reports with a TOTAL row (sinks.reports, sinks.rollups)
+
+REPORT_FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+    help="table for people, csv for spreadsheets, json for scripts (money as exact decimal strings)",
+)
+BY_CHOICE = click.Choice(["team", "tenant", "feature", "model", "customer", "product", "service", "environment",
+                          "provider", "source", "node"])
+
+
+def _period(since: dt.datetime | None, until: dt.datetime | None, month: str | None) -> tuple[dt.date, dt.date]:
+    """--month, or --from/--to (--to is the first day NOT included, like FOCUS period ends); default: this month."""
+    from sinks.reports import month_range
+
+    if month and (since or until):
+        fail("give --month or --from/--to, not both")
+    if month:
+        try:
+            return month_range(month)
+        except ValueError as error:
+            fail(str(error))
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first = since.date() if since else today.replace(day=1)
+    last = until.date() if until else today + dt.timedelta(days=1)
+    if last <= first:
+        fail(f"--to {last} must be after --from {first} (--to is exclusive)")
+    return first, last
+
+
+def period_options(function):  # type: ignore[no-untyped-def]
+    function = click.option("--month", default=None, help="one UTC calendar month, YYYY-MM")(function)
+    function = click.option("--to", "until", type=DATE, default=None,
+                            help="first UTC day NOT included (default: tomorrow)")(function)
+    return click.option("--from", "since", type=DATE, default=None,
+                        help="first UTC day included (default: the 1st of this month)")(function)
+
+
+def write_csv(columns: list[str], rows: list[dict]) -> None:
+    import csv
+    import sys
+
+    from prismops.output import to_jsonable
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else to_jsonable(row.get(c)) for c in columns])
+
+
+def emit_report(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from prismops.output import emit_json
+
+    if fmt == "json":
+        emit_json(report.as_json())
+    elif fmt == "csv":
+        write_csv(report.columns, report.table_rows())
+    else:
+        emit(report.table_rows(), "table", title=report.title, columns=report.columns)
+
+
+def run_report(settings: Settings, build):  # type: ignore[no-untyped-def]
+    """Open a connection, build the report, turn errors into one clear line."""
+    from sinks.clickhouse import clickhouse_client, server_message
+
+    client = clickhouse_client(settings)
+    try:
+        return build(client, settings.clickhouse.database)
+    except ValueError as error:
+        fail(escape(str(error)))
+    except (ClickHouseError, OSError) as error:
+        fail(escape(
+            f"ClickHouse {settings.clickhouse_host}:{settings.clickhouse_port}: {server_message(error)} "
+            "(has `prismops db migrate` been run for this database?)"
+        ))
+    finally:
+        client.disconnect()
+
+
+@command.command()
+@click.option("--by", "by", multiple=True, type=BY_CHOICE, default=("team",), show_default=True,
+              help="dimension to group by (repeatable, e.g. --by tenant --by customer)")
+@period_options
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write a bar chart of cost by group to this .svg file")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def showback(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
+             month: str | None, chart: Path | None, fmt: str) -> None:
+    """Cost by team, tenant, feature, model or customer (every source: LLM, GPU, cloud), with a TOTAL row equal
+    to the raw table's total for the period."""
+    from sinks import reports
+
+    if chart is not None and chart.suffix.lower() != ".svg":
+        fail(f"--chart {chart}: the chart is written as SVG; name the file *.svg")
+    first, last = _period(since, until, month)
+    report = run_report(settings, lambda client, db: reports.showback(client, db, by, since=first, until=last))
+    if chart is not None:
+        from sinks.svg_chart import bar_chart_svg
+
+        labels = [" / ".join(str(row[d]) or "(none)" for d in by) for row in report.rows]
+        chart.write_text(bar_chart_svg(report.title, labels, [row["cost_usd"] for row in report.rows]),
+                         encoding="utf-8")
+    emit_report(report, fmt)
+
+
+@command.command(name="unit-economics")
+@click.option("--by", "by", multiple=True, type=BY_CHOICE, default=("feature",), show_default=True,
+              help="dimension to group by (repeatable)")
+@period_options
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def unit_economics(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
+                   month: str | None, fmt: str) -> None:
+    """LLM cost per request, session, customer and 1k tokens, with cache-hit, fallback and error rates."""
+    from sinks import reports
+
+    first, last = _period(since, until, month)
+    emit_report(run_report(settings, lambda client, db: reports.unit_economics(client, db, by, since=first, until=last)),
+                fmt)
+
+
+@command.command()
+@click.option("--month", required=True, help="UTC calendar month, YYYY-MM")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def monthly(settings: Settings, month: str, fmt: str) -> None:
+    """One month's cost by service (LLM and cloud lines) and node (GPU lines), with the month's TOTAL."""
+    from sinks import reports
+
+    emit_report(run_report(settings, lambda client, db: reports.monthly(client, db, month)), fmt)
+
+
+@command.command(name="anomalies")
+@period_options
+@click.option("--severity", type=click.Choice(["info", "warning", "critical"]), default="info", show_default=True,
+              help="the lowest severity listed")
+@click.option("--tenant", default=None, help="only this tenant's series")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def anomalies_report(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, month: str | None,
+                     severity: str, tenant: str | None, fmt: str) -> None:
+    """Anomalous windows, newest first, with expected vs actual and the excess cost in total."""
+    from sinks import reports
+
+    first, last = _period(since, until, month)
+    emit_report(run_report(settings, lambda client, db: reports.anomalies(
+        client, db, since=first, until=last, min_severity=severity, tenant=tenant)), fmt)
