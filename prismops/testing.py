@@ -141,3 +141,36 @@ class RecordingWebhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ScrapeTarget:
+    """A stand-in /metrics endpoint on 127.0.0.1: the n-th scrape (counting from 1) gets `page(n)`, in the
+    Prometheus text format; any other path is a 404."""
+
+    def __init__(self, page: Callable[[int], str]) -> None:
+        self.scrapes = 0
+        target = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                target.scrapes += 1
+                body = page(target.scrapes).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

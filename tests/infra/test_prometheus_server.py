@@ -4,12 +4,10 @@ home, scraping a stand-in worker /metrics page, reloading a changed config, list
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from infra.processes import process_alive
 from infra.stack import LocalStack, PrometheusServer
 from prismops.commands.stack import command
 from prismops.settings import GatewaySettings, Settings, SinkSettings, StackSettings, WorkerSettings
-from prismops.testing import free_port
+from prismops.testing import ScrapeTarget, free_port
 
 
 def settings_for(home: Path, worker_port: int = 16066, sink_port: int = 16067, gateway_port: int = 15052) -> Settings:
@@ -69,32 +67,13 @@ def test_prometheus_runs_on_our_port_with_our_config_and_data_under_the_home(tmp
     assert server.ownership_args() == [f"--config.file={server.config}"]
 
 
-class WorkerMetrics(BaseHTTPRequestHandler):
-    """A stand-in worker: a counter that grows by 5 on every scrape."""
-
-    scrapes = 0
-
-    def do_GET(self) -> None:
-        type(self).scrapes += 1
-        body = (f"# TYPE prismops_cost_lines_total counter\n"
-                f'prismops_cost_lines_total{{source="llm",priced="true"}} {5 * type(self).scrapes}\n').encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def worker_metrics() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), WorkerMetrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    """A stand-in worker: a counter that grows by 5 on every scrape."""
+    target = ScrapeTarget(lambda n: "# TYPE prismops_cost_lines_total counter\n"
+                                    f'prismops_cost_lines_total{{source="llm",priced="true"}} {5 * n}\n')
+    yield target.port
+    target.close()
 
 
 def query(server: PrometheusServer, path: str, **params: str) -> dict:

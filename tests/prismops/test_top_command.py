@@ -4,10 +4,8 @@ a tiny local HTTP server that serves canned /metrics pages."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +13,7 @@ from rich.console import Console
 
 from prismops.commands.top import Endpoint, Scrape, command, endpoints_from_settings, render, summarize
 from prismops.settings import GatewaySettings, Settings, SinkSettings, WorkerSettings
-from prismops.testing import free_port
+from prismops.testing import ScrapeTarget, free_port
 
 FIRST = """\
 # TYPE prismops_events_in_total counter
@@ -133,34 +131,12 @@ def test_endpoints_come_from_the_settings_ports_and_port_0_is_off():
     ]
 
 
-class CannedMetrics(BaseHTTPRequestHandler):
-    """Serves the server's pages in order, repeating the last one; anything but /metrics is a 404."""
-
-    def do_GET(self) -> None:
-        if self.path != "/metrics":
-            self.send_error(404)
-            return
-        pages = self.server.pages  # type: ignore[attr-defined]
-        body = (pages.pop(0) if len(pages) > 1 else pages[0]).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def metrics_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), CannedMetrics)
-    server.pages = [FIRST, SECOND]  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def metrics_server() -> Iterator[ScrapeTarget]:
+    """The first scrape gets FIRST, every later one SECOND."""
+    target = ScrapeTarget(lambda n: FIRST if n == 1 else SECOND)
+    yield target
+    target.close()
 
 
 def settings_pointing_at(worker_port: int) -> Settings:
@@ -170,7 +146,7 @@ def settings_pointing_at(worker_port: int) -> Settings:
 
 
 def test_once_json_reads_the_settings_endpoints_and_reports_the_silent_one(metrics_server):
-    settings = settings_pointing_at(metrics_server.server_address[1])
+    settings = settings_pointing_at(metrics_server.port)
     result = CliRunner().invoke(command, ["--once", "--interval", "0.2", "--format", "json"], obj=settings)
     assert result.exit_code == 0, result.output
     view = json.loads(result.output)
@@ -185,7 +161,7 @@ def test_once_json_reads_the_settings_endpoints_and_reports_the_silent_one(metri
 
 
 def test_live_view_refreshes_and_renders_every_section(metrics_server):
-    url = f"worker=http://127.0.0.1:{metrics_server.server_address[1]}/metrics"
+    url = f"worker=http://127.0.0.1:{metrics_server.port}/metrics"
     result = CliRunner().invoke(command, ["--url", url, "--interval", "0.05", "--count", "2"], obj=Settings())
     assert result.exit_code == 0, result.output
     for text in ("Throughput", "usage.llm.v1", "Consumer lag", "prismops-sink-clickhouse", "Top tenants", "globex",
@@ -194,7 +170,7 @@ def test_live_view_refreshes_and_renders_every_section(metrics_server):
 
 
 def test_json_without_once_prints_one_object_per_refresh(metrics_server):
-    url = f"worker=http://127.0.0.1:{metrics_server.server_address[1]}/metrics"
+    url = f"worker=http://127.0.0.1:{metrics_server.port}/metrics"
     result = CliRunner().invoke(command, ["--url", url, "--interval", "0.05", "--count", "3", "--format", "json"],
                                 obj=Settings())
     assert result.exit_code == 0, result.output
