@@ -7,10 +7,11 @@ State: one `PartitionWatch` per partition of cost.lines.v1 (windows, detector mo
 applied offset), pickled into the Faust table `anomaly_watch` keyed by partition, with a changelog
 co-partitioned with cost.lines.v1, so a restarted worker resumes its detectors instead of warming up again.
 It is saved whenever a window closes (detector state changed) and otherwise every `save_interval_s`, because
-pickling every series on every line would cost more than the detection itself. What that leaves, honestly:
-after a crash (not a clean stop), the lines of the open window that arrived after the last save and whose
-offsets were already committed are missing from that window — at most `save_interval_s` of traffic; lines
-are never counted twice (offsets at or below the saved one are skipped).
+pickling every series on every line would cost more than the detection itself; a timer saves lines that
+arrived since the last save within `save_interval_s` too. What that leaves, honestly: after a crash (or a stop
+within `save_interval_s` of the last line), the lines of the open window that arrived after the last save and
+whose offsets were already committed are missing from that window; lines are never counted twice (offsets at or
+below the saved one are skipped).
 
 Anomalies are published and awaited BEFORE the state that says "scored" is saved (as in gpu_agents): a crash
 in between scores the window again on replay, with the same deterministic anomaly id, which the sink dedupes.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import logging
 from collections.abc import Sequence
 
@@ -112,20 +114,33 @@ def register(ctx: WorkerContext) -> None:
                 if step.scored or watch.save_due(now, settings.save_interval_s):
                     table[str(message.partition)] = base64.b64encode(watch.to_bytes(now)).decode("ascii")
 
-    @ctx.app.timer(interval=max(1.0, settings.idle_close_s / 4))
-    async def close_quiet_anomaly_windows() -> None:
+    def save_outside_stream(partition: int, watch: PartitionWatch, now: dt.datetime) -> None:
+        state = base64.b64encode(watch.to_bytes(now)).decode("ascii")
+        # Outside stream iteration Faust cannot pick the changelog partition itself: it is this one.
+        table.data[str(partition)] = state
+        table.send_changelog(partition, str(partition), state)
+
+    def assigned_watches() -> list[tuple[int, PartitionWatch]]:
         app = ctx.app
         if app.rebalancing or not app.tables.recovery.completed.is_set():
-            return
+            return []
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == lines_topic_name}
+        return [(partition, watches[partition]) for partition in sorted(assigned & set(watches))]
+
+    @ctx.app.timer(interval=max(1.0, settings.idle_close_s / 4))
+    async def close_quiet_anomaly_windows() -> None:
         async with state_lock:
-            for partition in sorted(assigned & set(watches)):
-                watch, now = watches[partition], utcnow()
+            for partition, watch in assigned_watches():
+                now = utcnow()
                 step = watch.idle_tick(now, settings.idle_close_s)
-                if not step.scored:
-                    continue
-                await publish([step])
-                state = base64.b64encode(watch.to_bytes(now)).decode("ascii")
-                # Outside stream iteration Faust cannot pick the changelog partition itself: it is this one.
-                table.data[str(partition)] = state
-                table.send_changelog(partition, str(partition), state)
+                if step.scored:
+                    await publish([step])
+                    save_outside_stream(partition, watch, now)
+
+    @ctx.app.timer(interval=settings.save_interval_s)
+    async def save_anomaly_state() -> None:
+        """Lines since the last save would otherwise wait for the next line (or be lost on a stop) to be saved."""
+        async with state_lock:
+            for partition, watch in assigned_watches():
+                if watch.dirty:
+                    save_outside_stream(partition, watch, utcnow())

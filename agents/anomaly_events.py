@@ -53,12 +53,14 @@ class PartitionWatch:
         self.max_event_time: dt.datetime | None = None
         self.last_arrival: dt.datetime | None = None
         self.saved_at: dt.datetime | None = None
+        self.dirty = False
 
     def is_replay(self, offset: int) -> bool:
         return offset <= self.last_offset
 
     def observe(self, sample: UsageSample, offset: int, arrived_at: dt.datetime) -> WatchStep:
         step = self.watch.observe(sample)
+        self.dirty = True
         self.last_offset = offset
         self.last_arrival = arrived_at
         if self.max_event_time is None or sample.event_time > self.max_event_time:
@@ -78,7 +80,7 @@ class PartitionWatch:
         return self.saved_at is None or (now - self.saved_at).total_seconds() >= interval_s
 
     def to_bytes(self, now: dt.datetime) -> bytes:
-        self.saved_at = now
+        self.saved_at, self.dirty = now, False
         return dump_state(self)
 
     @classmethod
