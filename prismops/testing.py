@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickhouse_driver import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from prismops.processes import Components
@@ -55,7 +55,12 @@ def delete_topics_with_prefix(settings: Settings, prefixes: tuple[str, ...]) -> 
     admin = AdminClient(settings.kafka_client_config())
     names = [n for n in admin.list_topics(timeout=settings.kafka.admin_timeout_s).topics if n.startswith(prefixes)]
     for future in (admin.delete_topics(names, operation_timeout=settings.kafka.admin_timeout_s).values() if names else []):
-        future.result()
+        try:
+            future.result()
+        except KafkaException as exc:
+            # the listing can trail a deletion that just happened (delete_topics above): already gone is fine
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
 
 
 def free_port() -> int:
