@@ -1,5 +1,6 @@
 # The two commands that matter: `make demo` and `make test`. Both work on a fresh machine:
-# they create the virtualenv, install PrismOps, generate the gRPC stubs, and the stack installs itself.
+# they create the virtualenv, install PrismOps with its platform and dev extras (the build generates the
+# gRPC stubs), and the stack installs itself.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,13 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test unit integration install proto stack-up stack-down clean
 
-$(STAMP): pyproject.toml
+# PYTHONWARNINGS: setuptools explains editable installs in UserWarnings on every build; not for our users.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install --quiet -e '.[platform,dev]'
 	touch $(STAMP)
 
-install: $(STAMP) proto
+install: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/prismops proto
@@ -22,13 +24,13 @@ demo: install
 	$(BIN)/prismops demo
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: install
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/pytest -q -m "not integration"
 
 integration: install
-	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/pytest -q -m integration
 
 stack-up: install
 	$(BIN)/prismops stack up

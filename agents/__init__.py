@@ -1,1 +1,1 @@
-"""Stream processing: plain, testable modules (validation, pricing, tagging, live windows) and the thin Faust agents around them (`agents.worker`)."""
+"""The Faust worker: thin agents around the domain core (`prismops.finops`), one module per domain, built into one app by `prismops.agents.worker`."""

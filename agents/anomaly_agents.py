@@ -1,4 +1,4 @@
-"""Faust agents for online anomaly detection: thin shells around `agents.anomaly_events` and `detectors/`.
+"""Faust agents for online anomaly detection: thin shells around `prismops.finops.anomaly_events` and `detectors/`.
 
 watch_cost_anomalies:    cost.lines.v1 (LLM lines) → per-partition windows and detectors → cost.anomalies.v1
 close_quiet_anomaly_windows: timer: a quiet partition's open windows close as event time moves on with the clock
@@ -7,11 +7,11 @@ State: one `PartitionWatch` per partition of cost.lines.v1 (windows, detector mo
 applied offset), pickled into the Faust table `anomaly_watch` keyed by partition, with a changelog
 co-partitioned with cost.lines.v1, so a restarted worker resumes its detectors instead of warming up again.
 It is saved whenever a window closes (detector state changed) and otherwise every `save_interval_s`, because
-pickling every series on every line would cost more than the detection itself; a timer saves lines that
-arrived since the last save within `save_interval_s` too. What that leaves, honestly: after a crash (or a stop
-within `save_interval_s` of the last line), the lines of the open window that arrived after the last save and
-whose offsets were already committed are missing from that window; lines are never counted twice (offsets at or
-below the saved one are skipped).
+pickling every series on every line would cost more than the detection itself. Offsets are committed more
+often than that, so after a stop or a crash the saved state may end before the first line Faust hands over
+again: on restore, the lines in between are read back from cost.lines.v1 (`streams.replay`) and applied
+before that first line, so no line of an open window is lost, deterministically. Lines are never counted twice
+(offsets at or below the saved one are skipped).
 
 Anomalies are published and awaited BEFORE the state that says "scored" is saved (as in gpu_agents): a crash
 in between scores the window again on replay, with the same deterministic anomaly id, which the sink dedupes.
@@ -32,12 +32,13 @@ from collections.abc import Sequence
 import faust
 from prometheus_client import Counter as PromCounter
 
-from agents.anomaly_events import PartitionWatch, anomaly_record, new_watch, reportable, usage_sample
-from agents.worker import WorkerContext, utcnow
-from detectors.watch import WatchStep
-from streams.codecs import CodecError, codec_for
-from streams.errors import FieldRuleError
-from streams.topics import ANOMALIES, COST_LINES
+from prismops.finops.anomaly_events import PartitionWatch, anomaly_record, new_watch, reportable, usage_sample
+from prismops.agents.context import WorkerContext, utcnow
+from prismops.detectors.watch import WatchStep
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.errors import FieldRuleError
+from prismops.streams.replay import read_partition_range
+from prismops.streams.topics import ANOMALIES, COST_LINES
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def register(ctx: WorkerContext) -> None:
     # Faust tables serialize values as JSON: the pickled state travels as base64 text.
     table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per cost-lines partition (base64 pickle)")
     watches: dict[int, PartitionWatch] = {}
+    caught_up: set[int] = set()  # partitions whose unsaved gap has been read back since they were assigned
     state_lock = asyncio.Lock()
 
     def watch_for(partition: int) -> PartitionWatch:
@@ -74,6 +76,28 @@ def register(ctx: WorkerContext) -> None:
         for tp in revoked:
             if tp.topic == lines_topic_name:
                 watches.pop(tp.partition, None)
+                caught_up.discard(tp.partition)
+
+    async def catch_up(partition: int, watch: PartitionWatch, first_offset: int) -> None:
+        """Apply the lines between the saved state and `first_offset`, the first line handed over since the
+        partition was assigned: they were processed (and their offsets committed) but not saved."""
+        start = watch.last_offset + 1
+        if watch.last_offset < 0 or first_offset <= start:
+            return
+        records = await asyncio.get_running_loop().run_in_executor(
+            None, read_partition_range, ctx.settings, lines_topic_name, partition, start, first_offset)
+        applied = 0
+        for offset, value in records:
+            try:
+                sample = usage_sample(line_codec.decode(value))
+            except (CodecError, FieldRuleError):
+                continue  # dead-lettered when it was first seen
+            if sample is not None:
+                await publish([watch.observe(sample, offset, utcnow())])
+                applied += 1
+        if applied:
+            log.info("anomaly watch %d: applied %d unsaved lines (offsets %d..%d) read back from %s",
+                     partition, applied, start, first_offset - 1, lines_topic_name)
 
     async def publish(steps: Sequence[WatchStep]) -> None:
         now, pending = utcnow(), []
@@ -106,6 +130,9 @@ def register(ctx: WorkerContext) -> None:
                 continue
             async with state_lock:
                 watch = watch_for(message.partition)
+                if message.partition not in caught_up:
+                    await catch_up(message.partition, watch, message.offset)
+                    caught_up.add(message.partition)
                 if watch.is_replay(message.offset):
                     continue
                 now = utcnow()
@@ -125,7 +152,8 @@ def register(ctx: WorkerContext) -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return []
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == lines_topic_name}
-        return [(partition, watches[partition]) for partition in sorted(assigned & set(watches))]
+        # a restored watch closes no window before its unsaved lines are read back (they would come late)
+        return [(partition, watches[partition]) for partition in sorted(assigned & set(watches) & caught_up)]
 
     @ctx.app.timer(interval=max(1.0, settings.idle_close_s / 4))
     async def close_quiet_anomaly_windows() -> None:

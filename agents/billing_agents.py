@@ -1,4 +1,4 @@
-"""Faust agent for FOCUS bills: a thin shell around `agents.focus_billing.process_cloud_cost_line`.
+"""Faust agent for FOCUS bills: a thin shell around `prismops.finops.focus_billing.process_cloud_cost_line`.
 
 cost_cloud_billing:  billing.cloud.v1 → cost.lines.v1 (keyed by tenant) | DLQ (undecodable or rule-breaking rows)
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import faust
 
-from agents.focus_billing import process_cloud_cost_line
-from agents.llm_usage import Rejection
-from agents.worker import WorkerContext
-from streams.codecs import codec_for
-from streams.topics import CLOUD_BILLING, COST_LINES
+from prismops.finops.focus_billing import process_cloud_cost_line
+from prismops.finops.llm_usage import Rejection
+from prismops.agents.context import WorkerContext
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import CLOUD_BILLING, COST_LINES
 
 STAGE = "worker.cost_cloud_billing"
 

@@ -1,4 +1,4 @@
-"""Faust agents for budgets: thin shells around `agents.budgets.BudgetLedger`.
+"""Faust agents for budgets: thin shells around `prismops.finops.budgets.BudgetLedger`.
 
 track_tenant_budgets: cost.lines.v1 (keyed by tenant) → the tenant ledger → budget.events.v1 (warn/block
     crossings) + routing.budgets.v1 (the tenant's state row, compacted, read by the router). Lines whose
@@ -20,10 +20,10 @@ import logging
 
 import faust
 
-from agents.budgets import BudgetLedger, LedgerOutcome
-from agents.worker import WorkerContext, utcnow
-from streams.codecs import CodecError, codec_for
-from streams.topics import BUDGET_EVENTS, BUDGET_STATE, BUDGET_TEAM_LINES, COST_LINES
+from prismops.finops.budgets import BudgetLedger, LedgerOutcome
+from prismops.agents.context import WorkerContext, utcnow
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE, BUDGET_TEAM_LINES, COST_LINES
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Faust agents for GPU usage: thin shells around `agents.gpu_windows` and `agents.gpu_allocation`.
+"""Faust agents for GPU usage: thin shells around `prismops.finops.gpu_windows` and `prismops.finops.gpu_allocation`.
 
 attribute_gpu_usage:      usage.gpu.v1 (keyed cluster/node) → validate → pool window state | DLQ;
                           windows the watermark passed → cost.allocations.v1 + cost.lines.v1
@@ -29,13 +29,13 @@ from collections.abc import Sequence
 
 import faust
 
-from agents.gpu_allocation import IDLE_POLICIES, attribute_window, load_inference_pools
-from agents.gpu_pricing import load_gpu_catalog
-from agents.gpu_windows import ClosedWindow, PoolWindows, validate_gpu_usage
-from agents.worker import WorkerContext, utcnow
-from streams.codecs import codec_for
-from streams.errors import FieldRuleError
-from streams.topics import COST_LINES, GPU_ALLOCATIONS, GPU_USAGE
+from prismops.finops.gpu_allocation import IDLE_POLICIES, attribute_window, load_inference_pools
+from prismops.finops.gpu_pricing import load_gpu_catalog
+from prismops.finops.gpu_windows import ClosedWindow, PoolWindows, validate_gpu_usage
+from prismops.agents.context import WorkerContext, utcnow
+from prismops.streams.codecs import codec_for
+from prismops.errors import FieldRuleError
+from prismops.streams.topics import COST_LINES, GPU_ALLOCATIONS, GPU_USAGE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def register(ctx: WorkerContext) -> None:
     catalog = load_gpu_catalog(gpu.price_table)
     if load_inference_pools(gpu.inference_pools):  # parsed so a broken file fails at start, not later
         log.warning("gpu.inference_pools is set, but the worker does not attribute inference pools by tokens yet "
-                    "(agents.gpu_allocation.inference_pool_allocations does it as a plain function)")
+                    "(prismops.finops.gpu_allocation.inference_pool_allocations does it as a plain function)")
     usage_topic, allocations_topic, cost_topic = ctx.topic(GPU_USAGE), ctx.topic(GPU_ALLOCATIONS), ctx.topic(COST_LINES)
     usage_topic_name = GPU_USAGE.name(settings)
     usage_codec, allocation_codec, cost_codec = (

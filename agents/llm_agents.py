@@ -1,4 +1,4 @@
-"""Faust agents for LLM usage: thin shells around `agents.llm_usage` and `agents.live_stats`.
+"""Faust agents for LLM usage: thin shells around `prismops.finops.llm_usage` and `prismops.finops.live_stats`.
 
 price_llm_usage:     usage.llm.v1 → cost.lines.v1 + model observations (keyed provider/model) | DLQ
 track_model_health:  model observations → sliding windows per model
@@ -10,14 +10,14 @@ from __future__ import annotations
 import faust
 from opentelemetry import trace
 
-from agents.live_stats import LiveModelWindows
-from agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_line
-from agents.llm_usage import LlmPricingContext, Rejection, process_llm_usage
-from agents.worker import WorkerContext, utcnow
-from streams.codecs import CodecError, codec_for
-from streams.metrics import EVENTS_IN, EVENTS_OUT
-from streams.telemetry import context_from_headers, trace_headers
-from streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
+from prismops.finops.live_stats import LiveModelWindows
+from prismops.agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_line
+from prismops.finops.llm_usage import LlmPricingContext, Rejection, process_llm_usage
+from prismops.agents.context import WorkerContext, utcnow
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.metrics import EVENTS_IN, EVENTS_OUT
+from prismops.streams.telemetry import context_from_headers, trace_headers
+from prismops.streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
 
 
 _tracer = trace.get_tracer("prismops.agents.llm")

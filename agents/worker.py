@@ -1,78 +1,30 @@
 """The Faust worker: one app, and one module of thin agents per domain.
 
 Each domain module exposes `register(ctx: WorkerContext)`, which declares its topics, agents and timers:
-- agents.llm_agents:     LLM usage → cost lines, model observations, the live model table
-- agents.gpu_agents:     GPU usage → event-time windows → allocations and GPU cost lines
-- agents.billing_agents: FOCUS cloud cost lines → cost lines
-- agents.budget_agents:  cost lines → budget state (for the router) and warn/block events
-- agents.anomaly_agents: LLM cost lines → windows → online detectors → anomalies with root causes
+- prismops.agents.llm_agents:     LLM usage → cost lines, model observations, the live model table
+- prismops.agents.gpu_agents:     GPU usage → event-time windows → allocations and GPU cost lines
+- prismops.agents.billing_agents: FOCUS cloud cost lines → cost lines
+- prismops.agents.budget_agents:  cost lines → budget state (for the router) and warn/block events
+- prismops.agents.anomaly_agents: LLM cost lines → windows → online detectors → anomalies with root causes
 
 Agents send output with `event.send(...)`, so Faust publishes it before committing the source offset.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-from dataclasses import dataclass
-
 import faust
 import faust.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.metrics import DEAD_LETTERED
+from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, llm_agents
+from prismops.agents.context import WorkerContext
 from prismops.settings import Settings
-from streams.codecs import codec_for
-from streams.dead_letters import dead_letter_record
-from streams.faust_app import create_app
-from streams.telemetry import configure_tracing
-from streams.topics import DEAD_LETTERS, TopicSpec
-
-log = logging.getLogger(__name__)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass
-class WorkerContext:
-    settings: Settings
-    app: faust.App
-
-    def __post_init__(self) -> None:
-        self._topics: dict[str, faust.TopicT] = {}
-        self._dlq = self.topic(DEAD_LETTERS)
-
-    def topic(self, spec: TopicSpec) -> faust.TopicT:
-        """The Faust topic for a registry entry; values are raw bytes, decoded by the agents themselves."""
-        name = spec.name(self.settings)
-        if name not in self._topics:
-            self._topics[name] = self.app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            )
-        return self._topics[name]
-
-    async def dead_letter(
-        self, event: faust.types.EventT, stage: str, field: str | None, rule: str, message: str,
-        value: bytes | None = None,
-    ) -> None:
-        """Send the event's original bytes (or `value`, a copy with prompts removed) to the DLQ with the
-        reason; published before its offset commits."""
-        msg = event.message
-        DEAD_LETTERED.labels(stage, rule).inc()
-        record = dead_letter_record(
-            stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-            value=msg.value if value is None else value,
-            headers=[(k, v) for k, v in (msg.headers or [])], field=field, rule=rule, message=message,
-        )
-        log.warning("dead letter from %s[%s]@%s: %s [%s]", msg.topic, msg.partition, msg.offset, message, rule)
-        await event.send(self._dlq, key=msg.topic.encode(), value=codec_for(DEAD_LETTERS.schema).encode(record))
+from prismops.streams.faust_app import create_app
+from prismops.streams.telemetry import configure_tracing
+from prismops.streams.topics import TopicPlan, ensure_topic_plans, ensure_topics
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    from agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, llm_agents
-
     context = WorkerContext(settings, create_app(settings))
 
     @context.app.page("/metrics")
@@ -85,9 +37,30 @@ def build_worker_app(settings: Settings) -> faust.App:
     return context.app
 
 
+def internal_topic_plans(app: faust.App) -> list[TopicPlan]:
+    """Faust's own topics for this app: every table's changelog (partitions and cleanup policy as Faust would
+    declare them) and the leader-assignor topic."""
+    plans = []
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        cleanup = ",".join(flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on)
+        config = {"cleanup.policy": cleanup} if cleanup else {}
+        if topic.retention:
+            config["retention.ms"] = str(int(topic.retention * 1000))
+        plans.append(TopicPlan(topic.get_topic_name(), topic.partitions or app.conf.topic_partitions, config))
+    plans.append(TopicPlan(f"{app.conf.id}-__assignor-__leader", 1))
+    return plans
+
+
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
-    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    """Run the worker in the foreground until SIGINT/SIGTERM.
+
+    Every topic the worker touches exists, with the right partitions, before any agent starts: the
+    registry topics and Faust's changelog and assignor topics (Faust's own lazy creation races the
+    broker's metadata on a fresh cluster and crash-loops the table agents with PartitionsMismatch)."""
     configure_tracing(settings, "worker")
     app = build_worker_app(settings)
+    ensure_topics(settings)
+    ensure_topic_plans(settings, internal_topic_plans(app))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

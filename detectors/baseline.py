@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 
 class FixedThresholdDetector:

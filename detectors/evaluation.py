@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from detectors.baseline import FixedThresholdDetector
-from detectors.nab import CorpusScore, NabFile, probationary_length, score_detections
-from detectors.online import SEVERITIES, DetectorConfig, SeriesDetector, Severity
-from streams.errors import FieldRuleError
+from prismops.detectors.baseline import FixedThresholdDetector
+from prismops.detectors.nab import CorpusScore, NabFile, probationary_length, score_detections
+from prismops.detectors.online import SEVERITIES, DetectorConfig, SeriesDetector, Severity
+from prismops.errors import FieldRuleError
 
 DETECTOR_NAMES = ("prismops", "threshold")
 

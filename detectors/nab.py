@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 LABELS_FILE = "combined_windows.json"
 

@@ -63,7 +63,7 @@ from typing import Literal
 
 from river import proba, utils
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 SEVERITIES = ("info", "warning", "critical")
 Severity = Literal["info", "warning", "critical"]

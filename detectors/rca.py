@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 RCA_DIMENSIONS = ("model", "model_version", "deployment_id", "provider", "feature", "prompt_length", "fallback", "cache_hit")
 ABSENT = "(none)"

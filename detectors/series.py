@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from detectors.online import dump_state, load_state
-from detectors.rca import DimensionTotals, rca_dimensions
-from streams.errors import FieldRuleError
+from prismops.detectors.online import dump_state, load_state
+from prismops.detectors.rca import DimensionTotals, rca_dimensions
+from prismops.errors import FieldRuleError
 
 # How series are keyed: grouping name -> the event fields that make the key.
 GROUPINGS: dict[str, tuple[str, ...]] = {"tenant_model": ("tenant", "model"), "service_feature": ("service", "feature")}
@@ -48,7 +48,7 @@ class UsageSample:
     latency_ms: float
     error: bool
     fields: Mapping[str, str]  # key fields (tenant, model, service, feature)
-    dimensions: Mapping[str, str]  # RCA dimensions, see detectors.rca.rca_dimensions
+    dimensions: Mapping[str, str]  # RCA dimensions, see prismops.detectors.rca.rca_dimensions
 
     @classmethod
     def from_usage_event(cls, event: Mapping[str, object], cost: Decimal) -> "UsageSample":

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 CATEGORIES = ("spike", "level_shift", "drift", "none")
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from detectors.online import DetectionResult, DetectorBank, DetectorConfig, dump_state, load_state
-from detectors.rca import Contribution, DimensionTotals, explain
-from detectors.series import METRICS, ClosedWindow, LateEvent, SeriesKey, TumblingWindows, UsageSample, WindowAggregate
-from streams.errors import FieldRuleError
+from prismops.detectors.online import DetectionResult, DetectorBank, DetectorConfig, dump_state, load_state
+from prismops.detectors.rca import Contribution, DimensionTotals, explain
+from prismops.detectors.series import METRICS, ClosedWindow, LateEvent, SeriesKey, TumblingWindows, UsageSample, WindowAggregate
+from prismops.errors import FieldRuleError
 
 
 @dataclass(frozen=True)

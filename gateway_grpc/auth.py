@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import yaml
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 ROLES = ("viewer", "service", "admin")
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 ModelKey = tuple[str, str]
 

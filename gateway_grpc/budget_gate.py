@@ -16,46 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from agents.budgets import format_amount, format_pct, in_period, period_end, period_label
-from agents.tagging import ServiceRegistry, load_service_registry
-from gateway_grpc.live_table import BudgetStateTable
-from gateway_grpc.policy import RoutingRequest
+from prismops.finops.budgets import BudgetStanding, in_period
+from prismops.finops.tagging import ServiceRegistry, load_service_registry
+from prismops.gateway_grpc.live_table import BudgetStateTable
+from prismops.gateway_grpc.policy import RoutingRequest
 from prismops.settings import Settings
 
 BUDGET_BLOCKED = "budget_blocked"
-
-
-@dataclass(frozen=True)
-class BudgetStanding:
-    """The budget closest to (or over) its limit for a request's tenant or team, with its numbers."""
-
-    tenant: str
-    scope: str
-    scope_id: str
-    budget_id: str
-    period: str
-    period_start: dt.datetime
-    unit: str
-    limit: Decimal
-    spent: Decimal
-    used_pct: float
-    status: str
-
-    @property
-    def message(self) -> str:
-        """The refusal sentence, with the budget and the numbers."""
-        who = f"tenant {self.tenant}" if self.scope == "tenant" else f"tenant {self.tenant}'s team {self.scope_id}"
-        when = ("on " if self.period == "daily" else "in ") + period_label(self.period, self.period_start)
-        until = period_end(self.period, self.period_start).strftime("%Y-%m-%d %H:%M UTC")
-        return (
-            f"{who} is over budget {self.budget_id}: spent {format_amount(self.unit, self.spent)} of "
-            f"{format_amount(self.unit, self.limit)} ({format_pct(self.used_pct)}) {when} UTC; "
-            f"routing refused until {until} (MANUAL mode)"
-        )
 
 
 def current_usages(row: Mapping[str, Any] | None, now: dt.datetime) -> list[Mapping[str, Any]]:

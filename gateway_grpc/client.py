@@ -20,9 +20,9 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
-from streams.producer import new_llm_usage_event
-from streams.telemetry import PROPAGATOR
+from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
+from prismops.streams.producer import new_llm_usage_event
+from prismops.streams.telemetry import PROPAGATOR
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class RoutingClient(Protocol):
 
 
 class LlmUsageSink(Protocol):
-    """The part of streams.producer.UsageProducer that `call_with_fallback` uses."""
+    """The part of prismops.streams.producer.UsageProducer that `call_with_fallback` uses."""
 
     def record_llm_call(self, event: Mapping[str, Any]) -> None: ...
 

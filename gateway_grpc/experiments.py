@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 RUNNING = "running"
 PROMOTED = "promoted"

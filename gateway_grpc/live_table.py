@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from prismops.settings import Settings
-from streams.codecs import CodecError, codec_for
-from streams.topics import TopicSpec
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from gateway_grpc.server import GatewayState
+class GatewayTables(Protocol):
+    """What the collector reads of the server's state (`server.GatewayState` has these)."""
+
+    breakers: Any
+    table: Any
+    budgets: Any
+
 
 DECISIONS = PromCounter("prismops_decisions_total", "routing decisions by reason code", ["reason_code"])
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -21,7 +26,7 @@ BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 class GatewayStateCollector(Collector):
     """llm_circuit_breaker_state, prismops_live_table_age_seconds and prismops_budget_used_ratio from the state."""
 
-    def __init__(self, state: "GatewayState", clock: Callable[[], dt.datetime]):
+    def __init__(self, state: GatewayTables, clock: Callable[[], dt.datetime]):
         self.state = state
         self.clock = clock
 

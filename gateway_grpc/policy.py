@@ -39,17 +39,15 @@ import decimal
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway_grpc.breakers import BreakerBoard
-from gateway_grpc.experiments import CanaryConfig, CanaryTracker, choose_arm, in_canary, sampled
-from gateway_grpc.policy_config import (
+from prismops.gateway_grpc.breakers import BreakerBoard
+from prismops.gateway_grpc.experiments import CanaryConfig, CanaryTracker, choose_arm, in_canary, sampled
+from prismops.gateway_grpc.policy_config import (
     Canary, ComplexityClass, RetryConfig, Route, RoutingPolicy, model_name, parse_model_ref,
 )
-from streams.errors import FieldRuleError
-
-if TYPE_CHECKING:
-    from gateway_grpc.budget_gate import BudgetStanding
+from prismops.errors import FieldRuleError
+from prismops.finops.budgets import BudgetStanding
 
 CHEAPEST_WITHIN_SLO = "cheapest_within_slo"
 PRIMARY = "primary"
@@ -166,7 +164,7 @@ class RoutingChoice:
     shadow: ModelKey | None = None
     experiment: str | None = None
     arm: str | None = None
-    budget: "BudgetStanding | None" = None
+    budget: BudgetStanding | None = None
     budget_status: str = "ok"
     downgraded: bool = False
     downgrade_tier: str | None = None
@@ -230,7 +228,7 @@ class RoutingState:
     breakers: BreakerBoard
     canaries: CanaryTracker
     policy_version: int = 0
-    budget: "BudgetStanding | None" = None
+    budget: BudgetStanding | None = None
     budget_mode: str = "manual"
     static_prices: StaticPrices | None = None
 
@@ -716,7 +714,7 @@ def _verdict(candidate: _Candidate, chosen: _Candidate) -> CandidateVerdict:
 
 
 def _refusal(
-    request: RoutingRequest, work: _Decision, standing: "BudgetStanding", now: dt.datetime, slo: float
+    request: RoutingRequest, work: _Decision, standing: BudgetStanding, now: dt.datetime, slo: float
 ) -> RoutingChoice:
     """A MANUAL-mode budget refusal: no model, the route's models left unweighed (no experiment or canary
     is consulted, so a refused tenant never moves a canary's numbers)."""

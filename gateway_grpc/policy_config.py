@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 log = logging.getLogger(__name__)
 

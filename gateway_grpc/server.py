@@ -31,27 +31,27 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 
-from agents.pricing import PriceCatalog, load_catalog
-from agents.privacy import mask_personal_data
-from gateway_grpc.auth import BearerAuthInterceptor, TokensFileError, current_principal, load_token_grants
-from gateway_grpc.breakers import BreakerBoard, BreakerConfig, classify_outcome
-from gateway_grpc.budget_gate import BudgetGate
-from gateway_grpc.experiments import CanaryTracker
-from gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
-from gateway_grpc.metrics import DECISIONS, GatewayStateCollector
-from gateway_grpc.policy import (
+from prismops.finops.pricing import PriceCatalog, load_catalog
+from prismops.finops.privacy import mask_personal_data
+from prismops.gateway_grpc.auth import BearerAuthInterceptor, TokensFileError, current_principal, load_token_grants
+from prismops.gateway_grpc.breakers import BreakerBoard, BreakerConfig, classify_outcome
+from prismops.gateway_grpc.budget_gate import BudgetGate
+from prismops.gateway_grpc.experiments import CanaryTracker
+from prismops.gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
+from prismops.gateway_grpc.metrics import DECISIONS, GatewayStateCollector
+from prismops.gateway_grpc.policy import (
     PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd, validate_request,
 )
-from gateway_grpc.policy_config import (
+from prismops.gateway_grpc.policy_config import (
     BreakerPolicy, InstalledPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
 )
-from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
+from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
-from streams.codecs import CodecError, codec_for
-from streams.errors import FieldRuleError
-from streams.metrics import serve_metrics
-from streams.telemetry import configure_tracing, context_from_headers
-from streams.topics import BUDGET_STATE, POLICY_AUDIT, ROUTING_DECISIONS, ROUTING_TABLES, TopicSpec
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.errors import FieldRuleError
+from prismops.streams.metrics import serve_metrics
+from prismops.streams.telemetry import configure_tracing, context_from_headers
+from prismops.streams.topics import BUDGET_STATE, POLICY_AUDIT, ROUTING_DECISIONS, ROUTING_TABLES, TopicSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.config import (
+from prismops.infra.config import (
     INFRA_DIR,
     PROMETHEUS_RULES,
     StackPaths,
@@ -28,7 +28,7 @@ from infra.config import (
     render_kafka_properties,
     render_prometheus_config,
 )
-from infra.processes import cmdline_matches, port_open, process_alive, read_cmdline, tail
+from prismops.infra.processes import cmdline_matches, port_open, process_alive, read_cmdline, tail
 from prismops.settings import Settings
 
 STOP_TIMEOUT_S = 30.0
@@ -308,6 +308,8 @@ class ClickHouseServer(LocalServer):
     def answers(self, timeout_s: float) -> bool:
         from clickhouse_driver import Client
 
+        if not port_open(self.port):  # the driver would log each refused connection with a traceback
+            return False
         client = Client("127.0.0.1", port=self.port, connect_timeout=timeout_s, send_receive_timeout=timeout_s)
         try:
             return client.execute("SELECT 1") == [(1,)]

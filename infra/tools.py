@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from infra.config import StackPaths
+from prismops.infra.config import StackPaths
 from prismops.settings import Settings
 
 GRPCURL_MODULE = "github.com/fullstorydev/grpcurl/cmd/grpcurl"

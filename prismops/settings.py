@@ -7,6 +7,8 @@ No other module reads the environment.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+
+KAFKA_CLIENT_LOGGER = "prismops.kafka"
 
 
 class StackSettings(BaseModel):
@@ -110,7 +115,7 @@ class BudgetSettings(BaseModel):
 
 
 class DetectorSettings(BaseModel):
-    """Online anomaly detection over cost lines (agents.anomaly_agents, detectors/)."""
+    """Online anomaly detection over cost lines (prismops.agents.anomaly_agents, detectors/)."""
 
     enabled: bool = True
     window_s: int = Field(default=60, description="event-time tumbling window of every series")
@@ -125,7 +130,7 @@ class DetectorSettings(BaseModel):
 
 
 class TelemetrySettings(BaseModel):
-    """Where spans go (streams.telemetry): none, console (stderr), file (JSON lines) or otlp (OTLP/HTTP)."""
+    """Where spans go (prismops.streams.telemetry): none, console (stderr), file (JSON lines) or otlp (OTLP/HTTP)."""
 
     exporter: Literal["none", "console", "file", "otlp"] = "none"
     spans_file: Path | None = Field(default=None, description="JSON-lines span file for exporter=file")
@@ -208,6 +213,8 @@ class Settings(BaseSettings):
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka.security_protocol,
+            # librdkafka's own log lines go through Python logging, where each command decides what to show
+            "logger": logging.getLogger(KAFKA_CLIENT_LOGGER),
         }
         if self.kafka.sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka.sasl_mechanism

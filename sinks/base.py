@@ -28,7 +28,7 @@ class WriteResult:
 class Sink(abc.ABC):
     """Writes batches of decoded records to an external store, exactly once per record id.
 
-    The runner (`sinks.runner.SinkRunner`) checkpoints every batch in this order, and a sink relies on it:
+    The runner (`prismops.sinks.runner.SinkRunner`) checkpoints every batch in this order, and a sink relies on it:
 
     1. poll a batch of Kafka records (auto-commit is off, so nothing is acknowledged yet);
     2. decode each value; a record that fails goes to the dead-letter topic with the reason and its original

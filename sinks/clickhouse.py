@@ -17,7 +17,7 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import ErrorCodes, ServerException
 
 from prismops.settings import Settings
-from sinks.base import Sink, SinkRecord, WriteResult
+from prismops.sinks.base import Sink, SinkRecord, WriteResult
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BATCH_IDS_TABLE = "_batch_ids"

@@ -27,8 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sinks.clickhouse import table_ref
-from sinks.reports import month_range
+from prismops.sinks.clickhouse import table_ref
+from prismops.sinks.reports import month_range
 
 FOCUS_VERSION = "1.2"
 SERVICE_CATEGORY = "AI and Machine Learning"

@@ -18,7 +18,7 @@ from typing import Any
 from clickhouse_driver import Client
 
 from prismops.settings import Settings
-from sinks.clickhouse import clickhouse_client, quote_identifier, server_message
+from prismops.sinks.clickhouse import clickhouse_client, quote_identifier, server_message
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATIONS_TABLE = "schema_migrations"

@@ -2,7 +2,7 @@
 
 Every query is exact under replays: raw tables are read with FINAL (a duplicate that slipped past the sink is
 still counted once: the ReplacingMergeTree key is the row's id within its date), and the cost reports read
-settled days from the rollups only while those still match the raw table (see sinks.rollups).
+settled days from the rollups only while those still match the raw table (see prismops.sinks.rollups).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from clickhouse_driver import Client
 
-from sinks.clickhouse import table_ref
+from prismops.sinks.clickhouse import table_ref
 
 
 def _date_filter(since: dt.date | None, until: dt.date | None) -> tuple[str, dict[str, Any]]:
@@ -103,7 +103,7 @@ def costs_by(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# showback, unit economics, monthly and anomaly reports: exact, over settled rollups and raw FINAL (sinks.rollups)
+# showback, unit economics, monthly and anomaly reports: exact, over settled rollups and raw FINAL (prismops.sinks.rollups)
 
 SHOWBACK_DIMENSIONS = (
     "team", "tenant", "feature", "model", "customer", "product", "service", "environment", "provider", "source", "node",
@@ -166,7 +166,7 @@ SHOWBACK_MEASURES = ["lines", "cost_usd", "llm_requests", "input_tokens", "outpu
 
 def showback(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date) -> Report:
     """Cost of [since, until) per group of `by` (e.g. team), most expensive first, every source included."""
-    from sinks.rollups import cost_query
+    from prismops.sinks.rollups import cost_query
 
     dimensions = _check_dimensions(by)
     groups = cost_query(client, database, dimensions, since=since, until=until, measures=SHOWBACK_MEASURES)
@@ -209,10 +209,10 @@ def unit_economics(client: Any, database: str, by: Sequence[str], *, since: dt.d
     """Per group: LLM cost per request, session, customer and 1k tokens, cache-hit, fallback and error rates.
     Requests are LLM calls (one cost line each); cost_per_customer divides the group's cost from every source.
     The total's sessions and customers are counted distinct over the whole range, not summed over groups."""
-    from sinks.rollups import cost_query
+    from prismops.sinks.rollups import cost_query
 
     dimensions = _check_dimensions(by)
-    from sinks.rollups import day_sources
+    from prismops.sinks.rollups import day_sources
 
     sources = day_sources(client, database, since, until)
     groups = cost_query(client, database, dimensions, since=since, until=until, sources=sources)
@@ -250,7 +250,7 @@ MONTHLY_MEASURES = ["lines", "cost_usd", "llm_requests", "input_tokens", "output
 def monthly(client: Any, database: str, month: str) -> Report:
     """One calendar month (UTC) by service and node: LLM and cloud lines by the service they were tagged with,
     GPU lines by the node (cluster/node) whose cost they carry; every source, so the total is the month's cost."""
-    from sinks.rollups import cost_query
+    from prismops.sinks.rollups import cost_query
 
     since, until = month_range(month)
     groups = cost_query(client, database, ["service", "node", "source"], since=since, until=until,

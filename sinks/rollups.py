@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sinks.clickhouse import table_ref
+from prismops.sinks.clickhouse import table_ref
 
 
 class QueryClient(Protocol):
-    """clickhouse-driver's Client, or sinks.chdb_client.ChdbClient."""
+    """clickhouse-driver's Client, or prismops.sinks.chdb_client.ChdbClient."""
 
     def execute(self, query: str, params: Any = None) -> list[tuple[Any, ...]]: ...
 

@@ -1,4 +1,4 @@
-"""Consumes the sink topics in batches and checkpoints each batch in the order `sinks.base.Sink` documents.
+"""Consumes the sink topics in batches and checkpoints each batch in the order `prismops.sinks.base.Sink` documents.
 
 One confluent-kafka consumer (auto-commit off) reads every routed topic. A batch is: decode, dead-letter the
 undecodable records (flushed), write each topic's records through its sink, then commit the next offsets
@@ -24,16 +24,16 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 from prismops.settings import Settings
-from sinks.base import Sink, SinkRecord
-from sinks.clickhouse import (
+from prismops.sinks.base import Sink, SinkRecord
+from prismops.sinks.clickhouse import (
     AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
     clickhouse_client,
 )
-from streams.dead_letters import dead_letter_record
-from streams.codecs import CodecError, codec_for
-from streams.metrics import EVENTS_IN
-from streams.telemetry import context_from_headers, links_from
-from streams.topics import (
+from prismops.streams.dead_letters import dead_letter_record
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.metrics import EVENTS_IN
+from prismops.streams.telemetry import context_from_headers, links_from
+from prismops.streams.topics import (
     ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
 )
 

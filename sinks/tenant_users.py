@@ -14,7 +14,7 @@ Two mechanisms, chosen by the server's version:
   backfill and the view both copied is still counted once.
 
 Tables whose rows belong to no tenant (dead letters, policy audit, settlements, rollups) are not copied;
-the tenant's reports read its copy of cost_lines directly (`sinks.rollups.has_rollups` is false there).
+the tenant's reports read its copy of cost_lines directly (`prismops.sinks.rollups.has_rollups` is false there).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
-from sinks.clickhouse import quote_identifier, table_ref
+from prismops.sinks.clickhouse import quote_identifier, table_ref
 
 # table -> condition selecting the tenant's rows (%(tenant)s is the tenant's name)
 TENANT_FILTERS: dict[str, str] = {

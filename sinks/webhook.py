@@ -40,10 +40,10 @@ from clickhouse_driver import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from prismops.settings import Settings
-from sinks.clickhouse import clickhouse_client, require_table, table_ref
-from streams.codecs import CodecError, codec_for
-from streams.dead_letters import dead_letter_record
-from streams.topics import ANOMALIES, BUDGET_EVENTS, DEAD_LETTERS, TopicSpec
+from prismops.sinks.clickhouse import clickhouse_client, require_table, table_ref
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.dead_letters import dead_letter_record
+from prismops.streams.topics import ANOMALIES, BUDGET_EVENTS, DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-import schemas
-from streams.errors import FieldRuleError
+from prismops import schemas
+from prismops.errors import FieldRuleError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _HEADER_LEN = 10

@@ -1,6 +1,6 @@
 """Faust app factory: one place that turns Settings into a configured faust.App.
 
-Values travel as raw bytes; agents decode them with `streams.codecs` themselves so a bad message can be
+Values travel as raw bytes; agents decode them with `prismops.streams.codecs` themselves so a bad message can be
 sent to the dead-letter topic with its original bytes instead of being skipped inside Faust.
 
 Agents send their output with `event.send(...)`: with `stream_publish_on_commit` Faust attaches those
@@ -13,7 +13,7 @@ from __future__ import annotations
 import faust
 
 from prismops.settings import Settings
-from streams.codecs import codec_for
+from prismops.streams.codecs import codec_for
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -19,8 +19,8 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from prismops.settings import Settings
-from streams.codecs import codec_for
-from streams.topics import GPU_USAGE, LLM_USAGE, TopicSpec
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import GPU_USAGE, LLM_USAGE, TopicSpec
 
 _tracer = trace.get_tracer("prismops.streams.producer")
 _propagator = TraceContextTextMapPropagator()

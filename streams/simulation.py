@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from streams.producer import UsageProducer
+from prismops.streams.producer import UsageProducer
 
 
 @dataclass(frozen=True)

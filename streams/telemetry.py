@@ -5,22 +5,23 @@ Every component calls `configure_tracing` once at start. Exporters: `none` (defa
 the hot path pays nothing), `console` (stderr, for local runs), `file` (JSON lines, one span each, for tests and
 offline looks), `otlp` (OTLP/HTTP to `telemetry.otlp_endpoint`, e.g. a collector or Jaeger). Each hop extracts
 the context its input carried, opens its span as a child, and injects its own context into what it sends on.
+
+Propagation needs only opentelemetry-api (a service's light install); recording and exporting spans needs the
+SDK of the platform extra, imported when a component configures an exporter.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter,
-)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 from prismops.settings import Settings
 
@@ -34,6 +35,8 @@ def _json_line(span: Any) -> str:
 
 
 def span_exporter(settings: Settings) -> SpanExporter | None:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
     telemetry = settings.telemetry
     if telemetry.exporter == "console":
         return ConsoleSpanExporter(out=sys.stderr, formatter=_json_line)
@@ -58,6 +61,10 @@ def configure_tracing(settings: Settings, component: str) -> None:
     exporter = span_exporter(settings)
     if exporter is None:
         return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
     provider = TracerProvider(resource=Resource.create({"service.name": f"prismops-{component}"}))
     # file and console write each span as it ends, so a killed process loses none; OTLP batches
     processor = BatchSpanProcessor(exporter) if settings.telemetry.exporter == "otlp" else SimpleSpanProcessor(exporter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -61,32 +62,84 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class TopicPlan:
+    """A concrete topic that must exist before a component starts: name, partitions and configs."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+class TopicsNotReady(RuntimeError):
+    """A topic could not be created, has the wrong partition count, or never showed up in the metadata."""
+
+
+def plans_for(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[TopicPlan]:
+    return [
+        TopicPlan(spec.name(settings), spec.partitions or settings.kafka.default_partitions, dict(spec.config))
+        for spec in specs
+    ]
+
+
 def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left as they are."""
+    """Create the missing registry topics and wait until the broker serves them; return the names created."""
+    return ensure_topic_plans(settings, plans_for(settings, specs))
+
+
+def ensure_topic_plans(settings: Settings, plans: list[TopicPlan]) -> list[str]:
+    """Create the missing topics, then wait until every partition of every planned topic has a leader.
+
+    Existing topics are left as they are, but one whose partition count differs from the plan is an error
+    (Faust refuses a changelog whose partitions differ from its source's, and would crash-loop later).
+    Waiting for the metadata here, before any consumer starts, is what keeps a first run from racing the
+    broker: a client that starts while a new topic is still missing from the metadata gives up on it."""
     timeout_s = settings.kafka.admin_timeout_s
     admin = AdminClient(settings.kafka_client_config())
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    existing = admin.list_topics(timeout=timeout_s).topics
     wanted = [
-        NewTopic(
-            spec.name(settings),
-            num_partitions=spec.partitions or settings.kafka.default_partitions,
-            replication_factor=settings.kafka.replication_factor,
-            config=dict(spec.config),
-        )
-        for spec in specs
-        if spec.name(settings) not in existing
+        NewTopic(plan.name, num_partitions=plan.partitions, replication_factor=settings.kafka.replication_factor,
+                 config=dict(plan.config))
+        for plan in plans
+        if plan.name not in existing
     ]
-    if not wanted:
-        return []
     created = []
-    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
-        try:
-            future.result()
-            created.append(name)
-        except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    if wanted:
+        for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                future.result()
+                created.append(name)
+            except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise TopicsNotReady(f"could not create topic {name}: {exc}") from exc
+    wait_for_topics(admin, plans, timeout_s)
     return created
+
+
+def wait_for_topics(admin: AdminClient, plans: list[TopicPlan], timeout_s: float) -> None:
+    """Poll the cluster metadata until each planned topic has its partitions, each with a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s).topics
+        problems = []
+        for plan in plans:
+            topic = metadata.get(plan.name)
+            if topic is None or topic.error is not None:
+                problems.append(f"{plan.name}: not in the cluster metadata yet")
+                continue
+            if len(topic.partitions) != plan.partitions:
+                raise TopicsNotReady(
+                    f"topic {plan.name} has {len(topic.partitions)} partitions, {plan.partitions} expected; "
+                    "delete it (its data is derived) or use another topic namespace / worker app id"
+                )
+            leaderless = [p for p, meta in topic.partitions.items() if meta.leader < 0]
+            if leaderless:
+                problems.append(f"{plan.name}: partitions {leaderless} have no leader yet")
+        if not problems:
+            return
+        if time.monotonic() >= deadline:
+            raise TopicsNotReady(f"topics not ready after {timeout_s:.0f}s: " + "; ".join(problems))
+        time.sleep(0.2)
 
 
 def delete_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> None:

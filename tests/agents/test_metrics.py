@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from agents.metrics import TagCoverage, record_cost_line
+from prismops.agents.metrics import TagCoverage, record_cost_line
 
 
 def sample(name: str, **labels: str) -> float:

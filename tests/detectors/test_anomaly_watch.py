@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from detectors.online import DetectorConfig
-from detectors.series import UsageSample
-from detectors.watch import AnomalyWatch
+from prismops.detectors.online import DetectorConfig
+from prismops.detectors.series import UsageSample
+from prismops.detectors.watch import AnomalyWatch
 
 T0 = dt.datetime(2024, 5, 6, 0, 0, tzinfo=dt.timezone.utc)
 CONFIGS = {"cost": DetectorConfig(warmup_windows=30), "error_rate": DetectorConfig(warmup_windows=30, direction="up")}

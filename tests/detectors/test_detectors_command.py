@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from prismops.cli import main
+from prismops.cli.app import main
 from prismops.settings import Settings
 
 # Measured with this seed and size: prismops 69.06 (precision 76.9 %, recall 76.9 %), threshold baseline -508.19.

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from detectors.nab import (
+from prismops.detectors.nab import (
     CorpusScore, probationary_length, read_corpus, scaled_sigmoid, score_detections,
 )
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 T0 = dt.datetime(2024, 1, 1)
 STAMPS = [T0 + dt.timedelta(minutes=5 * i) for i in range(40)]  # probation: floor(0.15 * 40) = 6 points

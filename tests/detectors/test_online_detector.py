@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from detectors.online import (
+from prismops.detectors.online import (
     MONEY_QUANTUM, DetectorBank, DetectorConfig, SeriesDetector, SeverityThresholds, dump_state,
 )
-from detectors.synthetic import generate_series
-from streams.errors import FieldRuleError
+from prismops.detectors.synthetic import generate_series
+from prismops.errors import FieldRuleError
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 

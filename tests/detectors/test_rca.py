@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.rca import ABSENT, DimensionTotals, explain, explain_rows, prompt_length_bucket, rca_dimensions
-from streams.errors import FieldRuleError
+from prismops.detectors.rca import ABSENT, DimensionTotals, explain, explain_rows, prompt_length_bucket, rca_dimensions
+from prismops.errors import FieldRuleError
 
 
 def call(model_version="v1", deployment="d1", feature="chat", prompt_chars=2_000, cache_hit=False, fallback=False):

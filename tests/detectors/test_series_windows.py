@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.series import SeriesKey, TumblingWindows, UsageSample
-from streams.errors import FieldRuleError
+from prismops.detectors.series import SeriesKey, TumblingWindows, UsageSample
+from prismops.errors import FieldRuleError
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from detectors.nab import probationary_length, read_corpus
-from detectors.synthetic import CATEGORIES, generate_corpus, generate_series
-from streams.errors import FieldRuleError
+from prismops.detectors.nab import probationary_length, read_corpus
+from prismops.detectors.synthetic import CATEGORIES, generate_corpus, generate_series
+from prismops.errors import FieldRuleError
 
 
 def test_same_seed_writes_byte_identical_corpora_and_another_seed_does_not(tmp_path):

@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from gateway_grpc.auth import (  # noqa: E402
+from prismops.gateway_grpc.auth import (  # noqa: E402
     ANONYMOUS,
     METHOD_ROLES,
     Principal,
@@ -25,14 +25,14 @@ from gateway_grpc.auth import (  # noqa: E402
     load_token_grants,
     token_digest,
 )
-from gateway_grpc.live_table import LiveModelTable  # noqa: E402
-from gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
-from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc  # noqa: E402
-from gateway_grpc.server import ServeError, build_server  # noqa: E402
+from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
+from prismops.gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
+from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc  # noqa: E402
+from prismops.gateway_grpc.server import ServeError, build_server  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
-from streams.codecs import codec_for  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
 
 TOKENS = {"viewer": "viewer-secret", "service": "service-secret", "admin": "admin-secret"}
 NEW_POLICY = BUNDLED_POLICY.read_text(encoding="utf-8").replace("latency_slo_ms: 8000", "latency_slo_ms: 7000")

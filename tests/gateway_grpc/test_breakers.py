@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_grpc.breakers import (
+from prismops.gateway_grpc.breakers import (
     CLIENT_ERROR,
     CLOSED,
     FAILURE_OUTCOMES,
@@ -26,7 +26,7 @@ from gateway_grpc.breakers import (
     CircuitBreaker,
     classify_outcome,
 )
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 T0 = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
 MINI = ("openai", "gpt-4o-mini")

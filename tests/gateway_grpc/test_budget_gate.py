@@ -12,20 +12,20 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from agents.pricing import load_catalog  # noqa: E402
-from agents.tagging import load_service_registry  # noqa: E402
-from gateway_grpc.budget_gate import BUDGET_BLOCKED, BudgetGate, BudgetStanding, current_usages  # noqa: E402
-from gateway_grpc.client import RouterClient  # noqa: E402
-from gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower  # noqa: E402
-from gateway_grpc.policy import RoutingRequest  # noqa: E402
-from gateway_grpc.server import GatewayState, build_server, open_policy_store  # noqa: E402
+from prismops.finops.pricing import load_catalog  # noqa: E402
+from prismops.finops.tagging import load_service_registry  # noqa: E402
+from prismops.gateway_grpc.budget_gate import BUDGET_BLOCKED, BudgetGate, BudgetStanding, current_usages  # noqa: E402
+from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower  # noqa: E402
+from prismops.gateway_grpc.policy import RoutingRequest  # noqa: E402
+from prismops.gateway_grpc.server import GatewayState, build_server, open_policy_store  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
-from streams.codecs import codec_for  # noqa: E402
-from streams.topics import BUDGET_STATE  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
+from prismops.streams.topics import BUDGET_STATE  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
 TODAY = dt.datetime(2026, 6, 15, tzinfo=dt.timezone.utc)

@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from gateway_grpc.client import RouterClient  # noqa: E402
-from gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc  # noqa: E402
+from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
 

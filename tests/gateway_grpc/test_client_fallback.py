@@ -14,16 +14,16 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from gateway_grpc.client import (  # noqa: E402
+from prismops.gateway_grpc.client import (  # noqa: E402
     AllModelsFailed, Attempt, BudgetRefused, LlmCallOutcome, ProviderError, RoutingRefused, call_with_fallback,
     status_for_http,
 )
-from gateway_grpc.routing.v1 import routing_pb2  # noqa: E402
-from streams.codecs import codec_for  # noqa: E402
+from prismops.gateway_grpc.routing.v1 import routing_pb2  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
 
 MINI = ("openai", "gpt-4o-mini")
 HAIKU = ("anthropic", "claude-3-5-haiku")

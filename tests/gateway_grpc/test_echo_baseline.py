@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway_grpc.echo_baseline import EchoServer, LoadResult, drive_unary, echo_call
+from prismops.testing.echo_baseline import EchoServer, LoadResult, drive_unary, echo_call
 
 
 def test_the_echo_answers_with_its_input_bytes_over_a_real_channel():

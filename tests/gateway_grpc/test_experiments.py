@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_grpc.experiments import (
+from prismops.gateway_grpc.experiments import (
     PROMOTED,
     ROLLED_BACK,
     RUNNING,
@@ -28,7 +28,7 @@ from gateway_grpc.experiments import (
     sampled,
     unit_interval,
 )
-from streams.errors import FieldRuleError
+from prismops.errors import FieldRuleError
 
 T0 = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
 KEYS = [f"tenant-{n}" for n in range(20_000)]
@@ -65,7 +65,7 @@ def test_unit_interval_keeps_parts_apart():
 def test_unit_interval_is_the_same_in_another_process():
     parts = [["exp", key] for key in KEYS[:20]]
     script = (
-        "import json, sys; from gateway_grpc.experiments import unit_interval; "
+        "import json, sys; from prismops.gateway_grpc.experiments import unit_interval; "
         "print(json.dumps([unit_interval(*p) for p in json.loads(sys.argv[1])]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")

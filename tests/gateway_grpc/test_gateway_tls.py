@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from gateway_grpc.client import RouterClient  # noqa: E402
-from gateway_grpc.live_table import LiveModelTable  # noqa: E402
-from gateway_grpc.server import DiscardingPublisher, ServeError, build_server  # noqa: E402
+from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
+from prismops.gateway_grpc.server import DiscardingPublisher, ServeError, build_server  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
 from prismops.testing import free_port  # noqa: E402
 

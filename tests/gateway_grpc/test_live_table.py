@@ -6,10 +6,10 @@ import datetime as dt
 import threading
 from decimal import Decimal
 
-from gateway_grpc.live_table import LiveModelTable, LiveTableFollower, model_key_from_record_key
+from prismops.gateway_grpc.live_table import LiveModelTable, LiveTableFollower, model_key_from_record_key
 from prismops.settings import Settings
-from streams.codecs import codec_for
-from streams.topics import ROUTING_TABLES
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import ROUTING_TABLES
 
 NOW = dt.datetime(2025, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

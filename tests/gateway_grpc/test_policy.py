@@ -14,10 +14,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_grpc.breakers import BreakerBoard, BreakerConfig
-from gateway_grpc.budget_gate import BudgetStanding
-from gateway_grpc.experiments import CanaryTracker
-from gateway_grpc.policy import (
+from prismops.gateway_grpc.breakers import BreakerBoard, BreakerConfig
+from prismops.gateway_grpc.budget_gate import BudgetStanding
+from prismops.gateway_grpc.experiments import CanaryTracker
+from prismops.gateway_grpc.policy import (
     ALL_BREAKERS_OPEN,
     BREAKER_PROBE,
     BUDGET_BLOCKED,
@@ -47,8 +47,8 @@ from gateway_grpc.policy import (
     format_ms,
     format_usd,
 )
-from gateway_grpc.policy_config import BUNDLED_POLICY, ComplexityClass, RoutingPolicy, load_policy_file, parse_policy
-from streams.codecs import codec_for
+from prismops.gateway_grpc.policy_config import BUNDLED_POLICY, ComplexityClass, RoutingPolicy, load_policy_file, parse_policy
+from prismops.streams.codecs import codec_for
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
 T0 = NOW  # canaries start here

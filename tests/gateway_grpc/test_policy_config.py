@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_grpc.policy_config import (
+from prismops.gateway_grpc.policy_config import (
     BUNDLED_POLICY,
     IMPLICIT_ROUTE,
     PolicyChange,
@@ -289,7 +289,7 @@ def test_a_bad_file_keeps_the_running_policy_and_a_fixed_file_is_picked_up(tmp_p
     store = PolicyStore.from_file(path)
 
     write(path, routes("{name: r, primary: a/nine}"), bump_s=10)
-    with caplog.at_level(logging.ERROR, logger="gateway_grpc.policy_config"):
+    with caplog.at_level(logging.ERROR, logger="prismops.gateway_grpc.policy_config"):
         assert store.reload_if_changed() is None
     assert (store.current.version, store.current.text) == (1, GOOD)
     assert "keeping version 1" in caplog.text and "routes[0].primary" in caplog.text

@@ -16,16 +16,16 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from agents.pricing import load_catalog  # noqa: E402
-from gateway_grpc.auth import token_digest  # noqa: E402
-from gateway_grpc.client import RouterClient  # noqa: E402
-from gateway_grpc.live_table import BudgetStateTable, LiveModelTable  # noqa: E402
-from gateway_grpc.policy_config import BUNDLED_POLICY, sha256_text  # noqa: E402
-from gateway_grpc.server import (  # noqa: E402
+from prismops.finops.pricing import load_catalog  # noqa: E402
+from prismops.gateway_grpc.auth import token_digest  # noqa: E402
+from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc.live_table import BudgetStateTable, LiveModelTable  # noqa: E402
+from prismops.gateway_grpc.policy_config import BUNDLED_POLICY, sha256_text  # noqa: E402
+from prismops.gateway_grpc.server import (  # noqa: E402
     AuditNotDelivered,
     GatewayState,
     ServeError,
@@ -35,9 +35,9 @@ from gateway_grpc.server import (  # noqa: E402
 )
 from grpc_health.v1 import health_pb2  # noqa: E402
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase  # noqa: E402
-from prismops.cli import main as cli_main  # noqa: E402
+from prismops.cli.app import main as cli_main  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
-from streams.codecs import codec_for  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
 GPT4O = ("openai", "gpt-4o")
@@ -558,14 +558,14 @@ def test_cli_decide_reports_rpc_errors_and_bad_models(target):
 def test_codegen_writes_importable_stubs_next_to_the_proto(tmp_path: Path):
     for proto in codegen.PROTO_FILES:
         (tmp_path / proto).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(codegen.PACKAGE_ROOT / proto, tmp_path / proto)
+        shutil.copy(codegen.SOURCE_DIR / proto, tmp_path / proto)
 
     assert codegen.stubs_are_current(tmp_path) is False
     written = codegen.generate(tmp_path)
 
     assert sorted(p.name for p in written) == ["routing_pb2.py", "routing_pb2.pyi", "routing_pb2_grpc.py"]
-    assert all(p.parent == tmp_path / "gateway_grpc/routing/v1" for p in written)
-    assert "from gateway_grpc.routing.v1 import routing_pb2" in (written[0].parent / "routing_pb2_grpc.py").read_text()
+    assert all(p.parent == tmp_path / "routing/v1" for p in written)
+    assert "from prismops.gateway_grpc.routing.v1 import routing_pb2" in (written[0].parent / "routing_pb2_grpc.py").read_text()
     assert codegen.stubs_are_current(tmp_path) is True
 
 

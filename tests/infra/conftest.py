@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import INFRA_DIR
-from infra.stack import StackError, find_or_install
+from prismops.infra.config import INFRA_DIR
+from prismops.infra.stack import StackError, find_or_install
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")

@@ -4,6 +4,7 @@ are real settings, and its Prometheus config is the one the local stack renders 
 from __future__ import annotations
 
 import re
+import tomllib
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import INFRA_DIR, render_prometheus_config
-from infra.stack import StackError, find_or_install
+from prismops.infra.config import INFRA_DIR, render_prometheus_config
+from prismops.infra.stack import StackError, find_or_install
 from prismops.settings import GatewaySettings, Settings, SinkSettings, StackSettings, WorkerSettings
 
 COMPOSE_DIR = INFRA_DIR / "compose"
@@ -97,8 +98,7 @@ def test_the_image_copies_every_package():
     dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
     copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.MULTILINE))
     pyproject = (REPO / "pyproject.toml").read_text()
-    include = re.search(r"include = \[(.*?)\]", pyproject).group(1)
-    packages = {name.strip(' "*') for name in include.split(",")}
-    assert packages <= copied, packages - copied
+    folders = set(tomllib.loads(pyproject)["tool"]["setuptools"]["package-dir"].values())
+    assert folders <= copied, folders - copied
     for package in copied:
         assert (REPO / package / "__init__.py").is_file(), package

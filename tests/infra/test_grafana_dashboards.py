@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from infra.config import INFRA_DIR
+from prismops.infra.config import INFRA_DIR
 
 GRAFANA = INFRA_DIR / "grafana"
 DASHBOARDS = {"llmops": "prismops-llmops", "finops": "prismops-finops", "pipeline": "prismops-pipeline"}

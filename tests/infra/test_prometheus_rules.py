@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from infra.config import INFRA_DIR
+from prismops.infra.config import INFRA_DIR
 
 RULES = INFRA_DIR / "prometheus" / "alerts.yml"
 RULE_TESTS = INFRA_DIR / "prometheus" / "alerts_test.yml"

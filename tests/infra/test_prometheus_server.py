@@ -14,10 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from infra.config import StackPaths, render_prometheus_config, scrape_targets
-from infra.processes import process_alive
-from infra.stack import LocalStack, PrometheusServer
-from prismops.commands.stack import command
+from prismops.infra.config import StackPaths, render_prometheus_config, scrape_targets
+from prismops.infra.processes import process_alive
+from prismops.infra.stack import LocalStack, PrometheusServer
+from prismops.cli.commands.stack import command
 from prismops.settings import GatewaySettings, Settings, SinkSettings, StackSettings, WorkerSettings
 from prismops.testing import ScrapeTarget, free_port
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra.config import StackPaths, render_clickhouse_config, render_kafka_properties
-from infra.processes import cmdline_matches, process_alive, read_cmdline
-from infra.stack import LocalStack
-from prismops.commands.stack import command
+from prismops.infra.config import StackPaths, render_clickhouse_config, render_kafka_properties
+from prismops.infra.processes import cmdline_matches, process_alive, read_cmdline
+from prismops.infra.stack import LocalStack
+from prismops.cli.commands.stack import command
 from prismops.settings import Settings, StackSettings
 
 PORTS = dict(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.processes import process_alive, tail
-from infra.stack import LocalServer, LocalStack, StackError, find_or_install
+from prismops.infra.processes import process_alive, tail
+from prismops.infra.stack import LocalServer, LocalStack, StackError, find_or_install
 from prismops.settings import Settings, StackSettings
 
 
@@ -93,6 +93,6 @@ def test_tail_reads_only_the_last_lines(tmp_path):
 
 
 def test_a_missing_tool_without_root_says_what_to_install(monkeypatch):
-    monkeypatch.setattr("infra.stack.os.geteuid", lambda: 1000)
+    monkeypatch.setattr("prismops.infra.stack.os.geteuid", lambda: 1000)
     with pytest.raises(StackError, match=r"`no-such-server` not found; .*apt-get install -y no-such-package"):
         find_or_install("no-such-server", "no-such-package", progress=lambda message: None)

@@ -1,6 +1,6 @@
 """One real stack per test session; each test gets its own topics and ClickHouse database.
 
-The stack is brought up through `infra.stack.LocalStack` (the same code as `prismops stack up`) and
+The stack is brought up through `prismops.infra.stack.LocalStack` (the same code as `prismops stack up`) and
 stopped at the end only if this session started it. There is no fallback: if Kafka or ClickHouse
 cannot be started, the tests fail with the launcher's message.
 """
@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_grpc.client import RouterClient
-from prismops.processes import Components
+from prismops.gateway_grpc.client import RouterClient
+from prismops.infra.components import Components
 from prismops.settings import Settings, load_settings
 from prismops.testing import isolated
-from sinks.migrations import apply_migrations
+from prismops.sinks.migrations import apply_migrations
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
-    from infra.stack import LocalStack
+    from prismops.infra.stack import LocalStack
 
     settings = load_settings()
     stack = LocalStack(settings)

@@ -21,14 +21,14 @@ import pytest
 from click.testing import CliRunner
 from clickhouse_driver import Client
 
-from gateway_grpc.client import RouterClient
-from gateway_grpc.live_table import BudgetStateTable, LiveTableFollower
-from prismops.cli import main as cli_main
-from prismops.processes import Components
+from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.live_table import BudgetStateTable, LiveTableFollower
+from prismops.cli.app import main as cli_main
+from prismops.infra.components import Components
 from prismops.settings import Settings
-from sinks.migrations import apply_migrations
-from streams.producer import UsageProducer, new_llm_usage_event
-from streams.topics import BUDGET_EVENTS, BUDGET_STATE
+from prismops.sinks.migrations import apply_migrations
+from prismops.streams.producer import UsageProducer, new_llm_usage_event
+from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE
 from prismops.testing import RecordingWebhook, isolated, read_topic_to_end
 
 TENANT = "budget-tenant"
@@ -36,7 +36,7 @@ OTHER = "thrifty-tenant"
 MODEL = ("openai", "gpt-4o")
 DAILY_USD = Decimal("0.05")
 BUDGET = "tenant-daily-usd"
-TEAM = "customer-experience"  # owner of support-bot in agents/service_registry.yaml
+TEAM = "customer-experience"  # owner of support-bot in finops/service_registry.yaml
 TEAM_BUDGET = "team-monthly-usd"
 WAIT_S = 60.0
 

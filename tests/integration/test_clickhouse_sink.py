@@ -17,15 +17,15 @@ from clickhouse_driver import Client
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from prismops.cli import main
+from prismops.cli.app import main
 from prismops.settings import Settings
-from sinks.base import SinkRecord, WriteResult
-from sinks.clickhouse import CostLineSink, clickhouse_client
-from sinks.migrations import load_migrations, MIGRATIONS_DIR, MigrationError, apply_migrations, migration_status
-from sinks.reports import count_cost_lines, spend_by_tenant_and_model
-from sinks.runner import Route, SinkRunner, default_routes
-from streams.codecs import codec_for
-from streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS
+from prismops.sinks.base import SinkRecord, WriteResult
+from prismops.sinks.clickhouse import CostLineSink, clickhouse_client
+from prismops.sinks.migrations import load_migrations, MIGRATIONS_DIR, MigrationError, apply_migrations, migration_status
+from prismops.sinks.reports import count_cost_lines, spend_by_tenant_and_model
+from prismops.sinks.runner import Route, SinkRunner, default_routes
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS
 
 pytestmark = pytest.mark.integration
 
@@ -372,4 +372,4 @@ def test_cli_migrate_sink_and_report_spend_speak_json(settings):
     assert sum(r["calls"] for r in spent) == 30
 
     missing = cli.invoke(main, ["report", "spend"], env={**env, "PRISMOPS_CLICKHOUSE__DATABASE": "prismops_absent_db"})
-    assert missing.exit_code != 0 and "prismops migrate" in missing.stderr
+    assert missing.exit_code != 0 and "prismops db migrate" in missing.stderr

@@ -8,9 +8,9 @@ import uuid
 from click.testing import CliRunner
 from confluent_kafka import Consumer
 
-from prismops.cli import main
-from streams.codecs import codec_for
-from streams.topics import LLM_USAGE
+from prismops.cli.app import main
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import LLM_USAGE
 
 
 def test_simulate_produces_decodable_events_through_the_sdk(isolated_settings):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from agents.focus_billing import read_focus_file
-from prismops.cli import main
+from prismops.finops.focus_billing import read_focus_file
+from prismops.cli.app import main
 from prismops.settings import Settings
 from prismops.testing import clickhouse
-from sinks.base import SinkRecord
-from sinks.clickhouse import AnomalySink, CostLineSink
-from sinks.synthetic_month import synthetic_month, totals_by
+from prismops.sinks.base import SinkRecord
+from prismops.sinks.clickhouse import AnomalySink, CostLineSink
+from prismops.testing.synthetic_month import synthetic_month, totals_by
 
 
 def test_db_report_and_export_commands(isolated_settings: Settings, tmp_path: Path) -> None:

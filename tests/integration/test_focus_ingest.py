@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from clickhouse_driver import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from prismops.cli import main
+from prismops.cli.app import main
 from prismops.testing import clickhouse, wait_for
-from streams.codecs import codec_for
-from streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
 
 pytestmark = pytest.mark.integration
 

@@ -12,15 +12,15 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from gateway_grpc import codegen
+from prismops.gateway_grpc import codegen
 
 codegen.ensure_stubs()
 
-from gateway_grpc.client import RouterClient  # noqa: E402
-from gateway_grpc.server import serve  # noqa: E402
+from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc.server import serve  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
-from streams.codecs import codec_for  # noqa: E402
-from streams.topics import ROUTING_DECISIONS, ROUTING_TABLES  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
+from prismops.streams.topics import ROUTING_DECISIONS, ROUTING_TABLES  # noqa: E402
 
 CHEAP = ("openai", "gpt-4o-mini")
 PRICEY = ("openai", "gpt-4o")

@@ -1,6 +1,6 @@
 """GPU cost attribution on the real stack: SDK → usage.gpu.v1 → Faust worker (windows, allocation) →
 cost.allocations.v1 + cost.lines.v1 → sink → ClickHouse, checked against pool costs computed here from the
-price YAML, independently of agents.gpu_pricing and agents.gpu_allocation.
+price YAML, independently of prismops.finops.gpu_pricing and prismops.finops.gpu_allocation.
 
 Windows are 60 s with 3 s of grace, and every event is hours in the past: the first window of each pool is
 closed by the watermark (the second window's usage), the second one and the single-window pool by
@@ -22,11 +22,11 @@ import yaml
 from clickhouse_driver import Client
 from confluent_kafka.admin import AdminClient
 
-from prismops.processes import Components
+from prismops.infra.components import Components
 from prismops.settings import Settings
-from sinks.migrations import apply_migrations
-from streams.codecs import codec_for
-from streams.producer import UsageProducer
+from prismops.sinks.migrations import apply_migrations
+from prismops.streams.codecs import codec_for
+from prismops.streams.producer import UsageProducer
 from prismops.testing import isolated, wait_for
 
 WINDOW_S, GRACE_S = 60, 3
@@ -122,7 +122,7 @@ def second_batch() -> list[dict]:
 
 def yaml_rate(gpu_model: str, capacity_type: str, at: dt.datetime) -> Fraction | None:
     """$/GPU-hour from the bundled YAML: the latest entry in effect; on-prem amortized by its written formula."""
-    document = yaml.safe_load(resources.files("agents").joinpath("gpu_prices.yaml").read_text())
+    document = yaml.safe_load(resources.files("prismops.finops").joinpath("gpu_prices.yaml").read_text())
     table_from = dt.datetime.fromisoformat(document["effective_from"].replace("Z", "+00:00"))
     best = None
     for entry in document["prices"]:
@@ -180,7 +180,7 @@ def allocation_messages(settings: Settings) -> list[dict]:
     """Every record on cost.allocations.v1, read from the start."""
     from confluent_kafka import Consumer
 
-    from streams.topics import GPU_ALLOCATIONS
+    from prismops.streams.topics import GPU_ALLOCATIONS
 
     consumer = Consumer(settings.kafka_client_config() | {"group.id": f"check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
     consumer.subscribe([GPU_ALLOCATIONS.name(settings)])
@@ -339,7 +339,7 @@ def committed_gpu_offsets(settings: Settings) -> int:
     """How many usage.gpu.v1 messages the worker's consumer group has committed (Faust's group id is the app id)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from streams.topics import GPU_USAGE
+    from prismops.streams.topics import GPU_USAGE
 
     topic = GPU_USAGE.name(settings)
     consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.worker.app_id, "enable.auto.commit": False})

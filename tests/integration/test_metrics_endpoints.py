@@ -8,9 +8,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient
 from prismops.testing import wait_for
-from streams.producer import UsageProducer, new_llm_usage_event
+from prismops.streams.producer import UsageProducer, new_llm_usage_event
 
 SEED_METRICS = {  # DESIGN.md: "Prometheus metric names from the seeds"
     "llm_request_duration_seconds": {"service", "node", "provider", "model"},

@@ -15,18 +15,18 @@ import yaml
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 
-from prismops.cli import main
+from prismops.cli.app import main
 from prismops.testing import clickhouse, wait_for
-from streams.codecs import codec_for
-from streams.producer import UsageProducer, new_llm_usage_event
-from streams.simulation import TrafficGenerator
-from streams.topics import DEAD_LETTERS, LLM_USAGE
+from prismops.streams.codecs import codec_for
+from prismops.streams.producer import UsageProducer, new_llm_usage_event
+from prismops.streams.simulation import TrafficGenerator
+from prismops.streams.topics import DEAD_LETTERS, LLM_USAGE
 
 EVENTS = 10_000
 
 
 def independent_cost(event: dict, catalog: dict) -> Decimal:
-    """The cost of one call computed here from the catalog YAML's numbers, without agents.pricing:
+    """The cost of one call computed here from the catalog YAML's numbers, without prismops.finops.pricing:
     the entry in effect at the event's time, the cache-read price (else input), the tenant's discount."""
     when = event["event_time"].date().isoformat()
     entries = [m for m in catalog["models"] if (m["provider"], m["model"]) == (event["provider"], event["model"])]
@@ -46,7 +46,7 @@ def independent_cost(event: dict, catalog: dict) -> Decimal:
 
 
 def bundled_prices() -> dict:
-    return yaml.safe_load(resources.files("agents").joinpath("price_catalog.yaml").read_text())
+    return yaml.safe_load(resources.files("prismops.finops").joinpath("price_catalog.yaml").read_text())
 
 
 def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost(pipeline):
@@ -80,7 +80,7 @@ def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost
     client.disconnect()
 
     # "what did team X cost today": one command over the one cost-line table
-    owners = yaml.safe_load(resources.files("agents").joinpath("service_registry.yaml").read_text())["services"]
+    owners = yaml.safe_load(resources.files("prismops.finops").joinpath("service_registry.yaml").read_text())["services"]
     team = owners[events[0]["service"]]["team"]
     expected_team = sum((independent_cost(e, prices) for e in events if owners[e["service"]]["team"] == team), Decimal(0))
     result = CliRunner().invoke(

@@ -11,11 +11,11 @@ import urllib.request
 
 import pytest
 
-from infra.stack import LocalStack, PrometheusServer
-from prismops.processes import Components
+from prismops.infra.stack import LocalStack, PrometheusServer
+from prismops.infra.components import Components
 from prismops.testing import free_port, wait_for
-from streams.producer import UsageProducer
-from streams.simulation import TrafficGenerator, simulate
+from prismops.streams.producer import UsageProducer
+from prismops.streams.simulation import TrafficGenerator, simulate
 
 pytestmark = pytest.mark.integration
 

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 
-from agents.focus_billing import read_focus_file
+from prismops.finops.focus_billing import read_focus_file
 from prismops.settings import Settings
 from prismops.testing import clickhouse
-from sinks.base import SinkRecord
-from sinks.clickhouse import (
+from prismops.sinks.base import SinkRecord
+from prismops.sinks.clickhouse import (
     AnomalySink, BudgetEventSink, CostLineSink, GpuAllocationSink, RoutingDecisionSink, cost_line_row,
 )
-from sinks.focus_export import export_focus_month
-from sinks.migrations import apply_migrations
-from sinks.rollups import day_sources, settle_days
-from sinks.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
+from prismops.sinks.focus_export import export_focus_month
+from prismops.sinks.migrations import apply_migrations
+from prismops.sinks.rollups import day_sources, settle_days
+from prismops.testing.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
 
 MONTH = dt.date(2025, 6, 1)
 UNTIL = dt.date(2025, 7, 1)

@@ -10,8 +10,8 @@ import time
 
 from clickhouse_driver import Client
 
-from gateway_grpc.client import RouterClient
-from streams.producer import UsageProducer, new_llm_usage_event
+from prismops.gateway_grpc.client import RouterClient
+from prismops.streams.producer import UsageProducer, new_llm_usage_event
 
 CHEAP = ("google", "gemini-2.0-flash")
 PRICIER = ("openai", "gpt-4o-mini")

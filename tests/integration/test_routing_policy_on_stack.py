@@ -20,15 +20,15 @@ import grpc
 import pytest
 from confluent_kafka import Consumer
 
-from gateway_grpc.auth import token_digest
-from gateway_grpc.client import RouterClient
-from infra.tools import ensure_grpcurl
-from prismops.processes import Components
+from prismops.gateway_grpc.auth import token_digest
+from prismops.gateway_grpc.client import RouterClient
+from prismops.infra.tools import ensure_grpcurl
+from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.testing import clickhouse, isolated, wait_for
-from sinks.migrations import apply_migrations
-from streams.codecs import codec_for
-from streams.topics import POLICY_AUDIT
+from prismops.sinks.migrations import apply_migrations
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import POLICY_AUDIT
 
 SERVICE_TOKEN = "service-token-" + uuid.uuid4().hex
 ADMIN_TOKEN = "admin-token-" + uuid.uuid4().hex

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra.stack import LocalStack
-from prismops.commands.stack import command
+from prismops.infra.stack import LocalStack
+from prismops.cli.commands.stack import command
 from prismops.settings import Settings, StackSettings
 from prismops.testing import free_port
 

@@ -14,15 +14,15 @@ import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException
 
-from infra.config import StackPaths
+from prismops.infra.config import StackPaths
 from prismops.settings import Settings
 from prismops.testing import clickhouse
-from sinks import reports
-from sinks.base import SinkRecord
-from sinks.clickhouse import CostLineSink
-from sinks.migrations import apply_migrations
-from sinks.synthetic_month import SyntheticMonth, synthetic_month
-from sinks.tenant_users import create_tenant_user, drop_tenant_user
+from prismops.sinks import reports
+from prismops.sinks.base import SinkRecord
+from prismops.sinks.clickhouse import CostLineSink
+from prismops.sinks.migrations import apply_migrations
+from prismops.testing.synthetic_month import SyntheticMonth, synthetic_month
+from prismops.sinks.tenant_users import create_tenant_user, drop_tenant_user
 
 MONTH = dt.date(2025, 6, 1)
 ACCESS_DENIED = 291

@@ -12,12 +12,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway_grpc.client import RouterClient
-from prismops.processes import Components
+from prismops.gateway_grpc.client import RouterClient
+from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.testing import isolated, wait_for
-from sinks.migrations import apply_migrations
-from streams.producer import UsageProducer, new_llm_usage_event
+from prismops.sinks.migrations import apply_migrations
+from prismops.streams.producer import UsageProducer, new_llm_usage_event
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from typing import Any
 import fastavro
 import pytest
 
-import schemas
-from streams.codecs import codec_for
+from prismops import schemas
+from prismops.streams.codecs import codec_for
 
 UTC = dt.timezone.utc
 

@@ -9,13 +9,13 @@ from importlib import resources
 import fastavro
 import pytest
 
-import schemas
+from prismops import schemas
 
 AVSC_FILE = re.compile(r"^(?P<name>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
 
 
 def _avsc_files() -> list[str]:
-    return sorted(e.name for e in resources.files("schemas").iterdir() if e.name.endswith(".avsc"))
+    return sorted(e.name for e in resources.files("prismops.schemas").iterdir() if e.name.endswith(".avsc"))
 
 
 def test_every_avsc_file_is_well_named_and_registered():
@@ -29,14 +29,14 @@ def test_every_avsc_file_is_well_named_and_registered():
 
 
 def test_the_topic_schemas_are_all_present():
-    from streams.topics import ALL_TOPICS
+    from prismops.streams.topics import ALL_TOPICS
 
     assert {spec.schema for spec in ALL_TOPICS} <= set(schemas.schema_names())
 
 
 @pytest.mark.parametrize("file_name", _avsc_files())
 def test_every_schema_file_parses_with_fastavro(file_name):
-    definition = json.loads(resources.files("schemas").joinpath(file_name).read_text())
+    definition = json.loads(resources.files("prismops.schemas").joinpath(file_name).read_text())
     assert definition["type"] == "record"
     parsed = fastavro.parse_schema(definition)
     match = AVSC_FILE.match(file_name)

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agents.focus_billing import read_focus_file
-from sinks import reports
-from sinks.chdb_client import ChdbClient
-from sinks.clickhouse import allocation_row, anomaly_row, budget_event_row, cost_line_row, routing_decision_row
-from sinks.focus_export import export_focus_month
-from sinks.migrations import load_migrations
-from sinks.rollups import day_sources, prune_superseded, settle_days
-from sinks.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
-from sinks.tenant_users import TENANT_FILTERS, row_policy_statements
+from prismops.finops.focus_billing import read_focus_file
+from prismops.sinks import reports
+from prismops.sinks.chdb_client import ChdbClient
+from prismops.sinks.clickhouse import allocation_row, anomaly_row, budget_event_row, cost_line_row, routing_decision_row
+from prismops.sinks.focus_export import export_focus_month
+from prismops.sinks.migrations import load_migrations
+from prismops.sinks.rollups import day_sources, prune_superseded, settle_days
+from prismops.testing.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
+from prismops.sinks.tenant_users import TENANT_FILTERS, row_policy_statements
 
 DATABASE = "prismops_chdb"
 MONTH = dt.date(2025, 6, 1)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from sinks.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, split_statements
+from prismops.sinks.migrations import MIGRATIONS_DIR, MigrationError, load_migrations, split_statements
 
 
 def test_shipped_migrations_are_numbered_from_one_without_gaps_and_create_the_tables():

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sinks import reports
-from sinks.chdb_client import parse_value, sql_literal
-from sinks.rollups import ROLLUPS, rollup_for
-from sinks.svg_chart import bar_chart_svg
-from sinks.tenant_users import tenant_database, tenant_slug, users_xml
+from prismops.sinks import reports
+from prismops.sinks.chdb_client import parse_value, sql_literal
+from prismops.sinks.rollups import ROLLUPS, rollup_for
+from prismops.sinks.svg_chart import bar_chart_svg
+from prismops.sinks.tenant_users import tenant_database, tenant_slug, users_xml
 
 SVG = "{http://www.w3.org/2000/svg}"
 

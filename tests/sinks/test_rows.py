@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prismops.settings import Settings
-from sinks.clickhouse import (
+from prismops.sinks.clickhouse import (
     PolicyAuditSink,
     cost_line_row,
     dead_letter_id,
@@ -21,11 +21,11 @@ from sinks.clickhouse import (
     routing_decision_row,
     unique_by,
 )
-from sinks.migrations import load_migrations
-from sinks.runner import default_routes
-from streams.dead_letters import dead_letter_record
-from streams.codecs import codec_for
-from streams.topics import POLICY_AUDIT
+from prismops.sinks.migrations import load_migrations
+from prismops.sinks.runner import default_routes
+from prismops.streams.dead_letters import dead_letter_record
+from prismops.streams.codecs import codec_for
+from prismops.streams.topics import POLICY_AUDIT
 
 INGESTED_AT = dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 POSITION = {"kafka_partition": 3, "kafka_offset": 41, "ingested_at": INGESTED_AT}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sinks.webhook import (
+from prismops.sinks.webhook import (
     ALERT_ID_HEADER, ALREADY_DELIVERED, DELIVERED, FAILED, DeliveryOutcome, WebhookPoster, deliver_alert,
     retry_after_s, slack_payload,
 )
@@ -179,7 +179,7 @@ def test_the_target_keeps_the_secret_path_out():
 def test_the_alerts_command_without_a_webhook_delivers_nothing_and_exits_cleanly():
     from click.testing import CliRunner
 
-    from prismops.cli import main as cli_main
+    from prismops.cli.app import main as cli_main
     from prismops.settings import Settings
 
     result = CliRunner().invoke(cli_main, ["alerts", "--until-idle", "0", "--format", "json"],

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import schemas
+from prismops import schemas
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ from fastavro.schema import to_parsing_canonical_form
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import schemas
-from streams.codecs import SINGLE_OBJECT_MAGIC, AvroCodec, CodecError, codec_for
+from prismops import schemas
+from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, AvroCodec, CodecError, codec_for
 
 UTC = dt.timezone.utc
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from streams.codecs import codec_for
-from streams.dead_letters import dead_letter_record
+from prismops.streams.codecs import codec_for
+from prismops.streams.dead_letters import dead_letter_record
 
 UTC = dt.timezone.utc
 

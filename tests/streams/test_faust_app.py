@@ -9,8 +9,8 @@ from decimal import Decimal
 import faust
 import pytest
 
-from streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
-from streams.faust_app import AvroSingleObjectCodec
+from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
+from prismops.streams.faust_app import AvroSingleObjectCodec
 
 UTC = dt.timezone.utc
 

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from prismops.settings import KafkaSettings, Settings
-from streams.codecs import CodecError, codec_for
-from streams.producer import (
+from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.producer import (
     AVRO_SINGLE_OBJECT,
     CONTENT_TYPE_HEADER,
     DeliveryFailed,
@@ -29,7 +29,7 @@ from streams.producer import (
     new_llm_usage_event,
     safe_producer_config,
 )
-from streams.topics import LLM_USAGE
+from prismops.streams.topics import LLM_USAGE
 
 UTC = dt.timezone.utc
 TRACEPARENT = re.compile(r"^00-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})$")

@@ -8,9 +8,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from agents.validation import validate_llm_usage
-from streams.codecs import codec_for
-from streams.simulation import TrafficGenerator
+from prismops.finops.validation import validate_llm_usage
+from prismops.streams.codecs import codec_for
+from prismops.streams.simulation import TrafficGenerator
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 5, 1, tzinfo=UTC)

@@ -1,1 +1,1 @@
-"""routing.v1: the .proto and the stubs generated from it by `python -m gateway_grpc.codegen`."""
+"""routing.v1: the .proto and the stubs generated from it by `python -m prismops.gateway_grpc.codegen`."""

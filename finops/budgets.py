@@ -1,0 +1,593 @@
+"""Budgets per tenant and per team, daily and monthly, in USD and in tokens, and the ledger that spends them.
+
+Plain Python (no Faust, no Kafka) so the rules are tested on their own; `prismops.agents.budget_agents` runs one
+ledger per scope with its store in a Faust table (changelogged, so a restart neither forgets spend nor
+re-decides a crossing).
+
+The rules:
+- Budgets are the YAML list named by `settings.budgets.definitions` plus two seeds for every tenant: daily USD
+  (`default_tenant_daily_usd`) and daily tokens (`default_tenant_daily_tokens`). A seed set to 0 is left out;
+  a YAML budget with a seed's id replaces the seed.
+- A budget for a named scope id replaces the "*" budget of the same scope, period and unit for that id, so
+  one tenant can be given a larger (or smaller) allowance than everyone else.
+- Periods are UTC calendar days and months of the cost line's `event_time`.
+- USD counts every line's `cost_usd`, whatever its source (llm, gpu, cloud); tokens count input + output tokens.
+- A threshold is crossed when spent x 100 >= limit x pct: `warn_pct` warns, `block_pct` blocks. Each (budget,
+  scope id, period, threshold) is crossed at most once; its event id is derived from exactly those four, so
+  anything that re-sends it sends the same id.
+- A line is applied at most once per scope: its line_id is remembered (for the current and the previous
+  calendar month), so a replayed line is recognized and not counted again. A line older than that horizon is
+  not counted at all (`LedgerOutcome.too_late`): its replay could no longer be recognized.
+- Blocked means: some budget of the scope is at or over block_pct in the period that contains `now`. A new
+  period starts from zero, so it unblocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prismops.settings import BudgetSettings
+from prismops.errors import FieldRuleError
+
+SCOPES = ("tenant", "team")
+PERIODS = ("daily", "monthly")
+UNITS = ("usd", "tokens")
+WILDCARD = "*"
+SEED_DAILY_USD = "tenant-daily-usd"
+SEED_DAILY_TOKENS = "tenant-daily-tokens"
+BUDGET_EVENT_NAMESPACE = uuid.UUID("0b6f7d2e-8c1a-4f5e-9a37-2d4c6e8f1b90")
+
+_EXACT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+_SCOPE_PREFIX = "scope|"
+_LINE_PREFIX = "line|"
+
+
+class BudgetDefinitionError(FieldRuleError):
+    """A budget definition that cannot be used; names the field (e.g. budgets[2].limit) and the rule."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    budget_id: str
+    scope: str
+    scope_id: str
+    period: str
+    unit: str
+    limit: Decimal
+
+    def describe(self) -> str:
+        """'tenant-daily-usd ($30 per day)'."""
+        per = "day" if self.period == "daily" else "month"
+        return f"{self.budget_id} ({format_amount(self.unit, self.limit)} per {per})"
+
+
+@dataclass(frozen=True)
+class BudgetBook:
+    """Every budget, and which of them govern one scope id."""
+
+    budgets: tuple[Budget, ...]
+
+    def for_scope(self, scope: str, scope_id: str) -> list[Budget]:
+        """The scope id's own budgets, plus the "*" budgets of a (period, unit) it has no own budget for."""
+        own = [b for b in self.budgets if b.scope == scope and b.scope_id == scope_id]
+        covered = {(b.period, b.unit) for b in own}
+        everyone = [
+            b for b in self.budgets
+            if b.scope == scope and b.scope_id == WILDCARD and (b.period, b.unit) not in covered
+        ]
+        return own + everyone
+
+    def has_scope(self, scope: str) -> bool:
+        return any(b.scope == scope for b in self.budgets)
+
+
+def seed_budgets(settings: BudgetSettings) -> list[Budget]:
+    """The seeds' defaults for every tenant: daily USD and daily tokens (a default of 0 is left out)."""
+    seeds = []
+    usd = Decimal(settings.default_tenant_daily_usd)
+    if usd < 0:
+        raise BudgetDefinitionError("budgets.default_tenant_daily_usd", "non_negative", f"must be >= 0, got {usd}")
+    if usd > 0:
+        seeds.append(Budget(SEED_DAILY_USD, "tenant", WILDCARD, "daily", "usd", usd))
+    tokens = int(settings.default_tenant_daily_tokens)
+    if tokens < 0:
+        raise BudgetDefinitionError(
+            "budgets.default_tenant_daily_tokens", "non_negative", f"must be >= 0, got {tokens}"
+        )
+    if tokens > 0:
+        seeds.append(Budget(SEED_DAILY_TOKENS, "tenant", WILDCARD, "daily", "tokens", Decimal(tokens)))
+    return seeds
+
+
+def parse_budgets(document: Any) -> list[Budget]:
+    """Budgets from a parsed YAML document `{budgets: [{id, scope, scope_id, period, unit, limit}]}`."""
+    if document is None:
+        return []
+    if not isinstance(document, Mapping):
+        raise BudgetDefinitionError(None, "mapping", "the budgets file must be a mapping with a `budgets` list")
+    entries = document.get("budgets") or []
+    if not isinstance(entries, list):
+        raise BudgetDefinitionError("budgets", "list", "must be a list of budgets")
+    budgets: list[Budget] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"budgets[{index}]"
+        if not isinstance(entry, Mapping):
+            raise BudgetDefinitionError(
+                where, "mapping", "must be a mapping with id, scope, scope_id, period, unit, limit"
+            )
+        budget_id = _required_text(entry, "id", where)
+        if budget_id in seen:
+            raise BudgetDefinitionError(f"{where}.id", "unique", f"{budget_id!r} is defined twice")
+        seen.add(budget_id)
+        scope = _choice(entry, "scope", SCOPES, where)
+        scope_id = _required_text(entry, "scope_id", where)
+        period = _choice(entry, "period", PERIODS, where)
+        unit = _choice(entry, "unit", UNITS, where)
+        limit = _limit(entry.get("limit"), unit, f"{where}.limit")
+        budgets.append(Budget(budget_id, scope, scope_id, period, unit, limit))
+    return budgets
+
+
+def load_budget_book(settings: BudgetSettings) -> BudgetBook:
+    """The seeds plus the definitions file (a file budget with a seed's id replaces the seed)."""
+    defined = parse_budgets(yaml.safe_load(Path(settings.definitions).read_text())) if settings.definitions else []
+    defined_ids = {b.budget_id for b in defined}
+    seeds = [b for b in seed_budgets(settings) if b.budget_id not in defined_ids]
+    return BudgetBook(tuple(seeds + defined))
+
+
+def _required_text(entry: Mapping[str, Any], name: str, where: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise BudgetDefinitionError(f"{where}.{name}", "required", "is required and must be a non-empty string")
+    return value.strip()
+
+
+def _choice(entry: Mapping[str, Any], name: str, allowed: Sequence[str], where: str) -> str:
+    value = entry.get(name)
+    if value not in allowed:
+        raise BudgetDefinitionError(f"{where}.{name}", "one_of", f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _limit(value: Any, unit: str, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise BudgetDefinitionError(where, "required", "is required: a positive number (a decimal string for USD)")
+    try:
+        limit = Decimal(str(value).strip())
+    except decimal.InvalidOperation:
+        raise BudgetDefinitionError(where, "decimal", f"{value!r} is not a number") from None
+    if not limit.is_finite() or limit <= 0:
+        raise BudgetDefinitionError(where, "positive", f"must be > 0, got {value!r}")
+    if unit == "tokens" and limit != limit.to_integral_value():
+        raise BudgetDefinitionError(where, "whole_tokens", f"a token budget is a whole number, got {value!r}")
+    return limit
+
+
+# -- periods -------------------------------------------------------------------------------------------------
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+def period_start(period: str, moment: dt.datetime) -> dt.datetime:
+    """Start of the UTC calendar day or month that holds `moment`."""
+    moment = as_utc(moment)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        return day
+    if period == "monthly":
+        return day.replace(day=1)
+    raise ValueError(f"unknown budget period {period!r}")
+
+
+def period_end(period: str, start: dt.datetime) -> dt.datetime:
+    """Exclusive end of the period that starts at `start`."""
+    if period == "daily":
+        return start + dt.timedelta(days=1)
+    return _next_month(start)
+
+
+def _next_month(start: dt.datetime) -> dt.datetime:
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def period_label(period: str, start: dt.datetime) -> str:
+    return start.strftime("%Y-%m-%d" if period == "daily" else "%Y-%m")
+
+
+def retention_start(now: dt.datetime) -> dt.datetime:
+    """First instant whose lines the ledger still remembers: the start of the previous UTC calendar month."""
+    month = period_start("monthly", now)
+    return month.replace(year=month.year - 1, month=12) if month.month == 1 else month.replace(month=month.month - 1)
+
+
+def in_period(period: str, start: dt.datetime, now: dt.datetime) -> bool:
+    return start <= as_utc(now) < period_end(period, start)
+
+
+# -- amounts -------------------------------------------------------------------------------------------------
+
+def line_amount(line: Mapping[str, Any], unit: str) -> Decimal:
+    """What a cost line spends of a budget in `unit`: its cost_usd, or its input + output tokens."""
+    if unit == "usd":
+        return Decimal(line["cost_usd"])
+    return Decimal(int(line.get("input_tokens") or 0) + int(line.get("output_tokens") or 0))
+
+
+def plain_decimal(amount: Decimal) -> str:
+    """Exact, without exponent or trailing zeros: Decimal('0.050000000000') -> '0.05'."""
+    text = format(amount.normalize(context=_EXACT), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def format_amount(unit: str, amount: Decimal) -> str:
+    if unit == "usd":
+        return f"${plain_decimal(amount)}"
+    return f"{int(amount):,} tokens"
+
+
+def used_pct(spent: Decimal, limit: Decimal) -> float:
+    return float(_EXACT.divide(spent * 100, limit).quantize(Decimal("0.01"), context=_EXACT))
+
+
+def format_pct(pct: float) -> str:
+    return f"{pct:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+@dataclass(frozen=True)
+class BudgetStanding:
+    """The budget closest to (or over) its limit for a request's tenant or team, with its numbers."""
+
+    tenant: str
+    scope: str
+    scope_id: str
+    budget_id: str
+    period: str
+    period_start: dt.datetime
+    unit: str
+    limit: Decimal
+    spent: Decimal
+    used_pct: float
+    status: str
+
+    @property
+    def message(self) -> str:
+        """The refusal sentence, with the budget and the numbers."""
+        who = f"tenant {self.tenant}" if self.scope == "tenant" else f"tenant {self.tenant}'s team {self.scope_id}"
+        when = ("on " if self.period == "daily" else "in ") + period_label(self.period, self.period_start)
+        until = period_end(self.period, self.period_start).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"{who} is over budget {self.budget_id}: spent {format_amount(self.unit, self.spent)} of "
+            f"{format_amount(self.unit, self.limit)} ({format_pct(self.used_pct)}) {when} UTC; "
+            f"routing refused until {until} (MANUAL mode)"
+        )
+
+
+def budget_event_id(budget: Budget, scope_id: str, start: dt.datetime, threshold_pct: int) -> str:
+    """Deterministic from (budget, scope id, period start, threshold): a replay can only repeat the same id."""
+    return str(uuid.uuid5(
+        BUDGET_EVENT_NAMESPACE, f"{budget.budget_id}|{budget.scope}/{scope_id}|{start.isoformat()}|{threshold_pct}"
+    ))
+
+
+# -- the ledger ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Crossing:
+    """One threshold of one budget crossed by one scope id in one period, and the line that crossed it."""
+
+    event_id: str
+    budget: Budget
+    scope_id: str
+    period_start: dt.datetime
+    threshold_pct: int
+    action: str
+    limit: Decimal
+    spent: Decimal
+    at: dt.datetime
+    line_id: str
+    message: str
+
+    @property
+    def scope_key(self) -> str:
+        return f"{self.budget.scope}/{self.scope_id}"
+
+    def event_record(self) -> dict[str, Any]:
+        """The budget_event Avro record (schemas/budget_event.v1.avsc)."""
+        return {
+            "event_id": self.event_id,
+            "at": self.at,
+            "budget_id": self.budget.budget_id,
+            "scope": self.budget.scope,
+            "scope_id": self.scope_id,
+            "period": self.budget.period,
+            "period_start": self.period_start,
+            "unit": self.budget.unit,
+            "threshold_pct": self.threshold_pct,
+            "action": self.action,
+            "limit": self.limit,
+            "spent": self.spent,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class LedgerOutcome:
+    """What applying one line did.
+
+    crossings: thresholds this line crossed for the first time; over the ledger's life each (budget, scope id,
+        period, threshold) appears here at most once.
+    redelivered: when the line is a replay, the crossings it caused the first time, unchanged. Sending them
+        again closes the crash window between the store's write and the event's publication (the consumers
+        dedupe on the same event id); they are never new decisions.
+    states: the budget_state row of every scope the line touched (re-sent on a replay too: rows are idempotent).
+    """
+
+    crossings: tuple[Crossing, ...] = ()
+    redelivered: tuple[Crossing, ...] = ()
+    states: tuple[dict[str, Any], ...] = ()
+    duplicate: bool = False
+    too_late: bool = False
+
+
+class BudgetLedger:
+    """Applies cost lines to the budgets of some scopes; all state lives in `store`, a mutable mapping of
+    JSON-able values (a dict in tests, a Faust table in the worker).
+
+    Store keys:
+      scope|<scope>/<scope_id>            -> {"last_line", "shard", "periods": {"<budget>|<start>": {"spent",
+                                              "crossed": {"<pct>": {"line_id", "at", "spent", "limit"}}}}}
+      line|<scope>/<scope_id>|<line_id>   -> {"date", "shard"}: the line was applied to this scope
+    A line's scope record is written before its line marker. A store that keeps writes in order (one Kafka
+    changelog partition) and loses only a tail can therefore lose the marker of the last line alone, and
+    `last_line` in the scope record recognizes that line: no interleaving double counts or drops a line.
+    """
+
+    def __init__(
+        self,
+        book: BudgetBook,
+        store: MutableMapping[str, Any],
+        *,
+        warn_pct: int = 80,
+        block_pct: int = 100,
+        mode: str = "manual",
+        scopes: Sequence[str] = SCOPES,
+    ):
+        if not 0 < warn_pct < block_pct:
+            raise BudgetDefinitionError(
+                "budgets.warn_pct", "below_block", f"need 0 < warn_pct ({warn_pct}) < block_pct ({block_pct})"
+            )
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown:
+            raise ValueError(f"unknown budget scopes {unknown}")
+        self.book = book
+        self.store = store
+        self.warn_pct = warn_pct
+        self.block_pct = block_pct
+        self.mode = mode
+        self.scopes = tuple(scopes)
+        self._thresholds = ((warn_pct, "warn"), (block_pct, "block"))
+
+    @classmethod
+    def from_settings(
+        cls, settings: BudgetSettings, store: MutableMapping[str, Any], scopes: Sequence[str] = SCOPES
+    ) -> "BudgetLedger":
+        return cls(
+            load_budget_book(settings), store, warn_pct=settings.warn_pct, block_pct=settings.block_pct,
+            mode=settings.mode, scopes=scopes,
+        )
+
+    def governs(self, line: Mapping[str, Any], scope: str) -> bool:
+        """Whether any budget governs the line's id in `scope` (e.g. whether to repartition it by team)."""
+        return bool(self.book.for_scope(scope, line[scope]))
+
+    def apply(self, line: Mapping[str, Any], now: dt.datetime, *, shard: int | None = None) -> LedgerOutcome:
+        """Apply one decoded cost line (schemas/cost_line.v2.avsc) to every budget of its scopes.
+
+        `now` decides which period is current for the state rows; `shard` tags what this call writes (the
+        worker passes the source partition) so `prune` removes only entries of the shard it is called for.
+        """
+        event_time = as_utc(line["event_time"])
+        if event_time < retention_start(now):
+            return LedgerOutcome(too_late=True)
+        crossings: list[Crossing] = []
+        redelivered: list[Crossing] = []
+        states: list[dict[str, Any]] = []
+        duplicate = False
+        for scope in self.scopes:
+            scope_id = line[scope]
+            budgets = self.book.for_scope(scope, scope_id)
+            if not budgets:
+                continue
+            scope_key = f"{scope}/{scope_id}"
+            record_key = _SCOPE_PREFIX + scope_key
+            marker_key = f"{_LINE_PREFIX}{scope_key}|{line['line_id']}"
+            record = _copy_record(self.store.get(record_key))
+            if marker_key in self.store or record.get("last_line") == line["line_id"]:
+                duplicate = True
+                redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line["line_id"], event_time))
+            else:
+                crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
+                record["last_line"] = line["line_id"]
+                record["shard"] = shard
+                _forget_periods_before(record, retention_start(now))
+                self.store[record_key] = record
+                self.store[marker_key] = {"date": event_time.date().isoformat(), "shard": shard}
+            states.append(self._state_row(scope, scope_id, budgets, record, now))
+        return LedgerOutcome(tuple(crossings), tuple(redelivered), tuple(states), duplicate, False)
+
+    def state_row(self, scope: str, scope_id: str, now: dt.datetime) -> dict[str, Any] | None:
+        """The budget_state row of one scope id as the store has it now (None when no budget governs it)."""
+        budgets = self.book.for_scope(scope, scope_id)
+        if not budgets:
+            return None
+        record = _copy_record(self.store.get(f"{_SCOPE_PREFIX}{scope}/{scope_id}"))
+        return self._state_row(scope, scope_id, budgets, record, now)
+
+    def prune(self, now: dt.datetime, *, shard: int | None = None) -> int:
+        """Forget line markers (and empty scope records) from before the retention horizon; with `shard`,
+        only those that shard wrote. Returns how many entries were removed."""
+        horizon = retention_start(now)
+        horizon_date = horizon.date().isoformat()
+        doomed = []
+        for key, value in list(self.store.items()):
+            if shard is not None and (value or {}).get("shard") != shard:
+                continue
+            if key.startswith(_LINE_PREFIX) and value["date"] < horizon_date:
+                doomed.append(key)
+            elif key.startswith(_SCOPE_PREFIX):
+                periods = value.get("periods") or {}
+                if all(_parse_time(k.rsplit("|", 1)[1]) < horizon for k in periods):
+                    doomed.append(key)
+        for key in doomed:
+            del self.store[key]
+        return len(doomed)
+
+    def _spend(
+        self, budgets: Iterable[Budget], scope_id: str, record: dict[str, Any], line: Mapping[str, Any],
+        event_time: dt.datetime,
+    ) -> list[Crossing]:
+        crossings = []
+        for budget in budgets:
+            start = period_start(budget.period, event_time)
+            entry = record["periods"].setdefault(_period_key(budget, start), {"spent": "0", "crossed": {}})
+            spent = _EXACT.add(Decimal(entry["spent"]), line_amount(line, budget.unit))
+            entry["spent"] = str(spent)
+            for pct, action in self._thresholds:
+                if str(pct) in entry["crossed"] or _EXACT.multiply(spent, 100) < _EXACT.multiply(budget.limit, pct):
+                    continue
+                entry["crossed"][str(pct)] = {
+                    "line_id": line["line_id"], "at": event_time.isoformat(), "spent": str(spent),
+                    "limit": str(budget.limit),
+                }
+                crossings.append(self._crossing(budget, scope_id, start, pct, entry["crossed"][str(pct)]))
+        return crossings
+
+    def _crossings_of_line(
+        self, budgets: Iterable[Budget], scope_id: str, record: Mapping[str, Any], line_id: str,
+        event_time: dt.datetime,
+    ) -> list[Crossing]:
+        found = []
+        for budget in budgets:
+            start = period_start(budget.period, event_time)
+            entry = record["periods"].get(_period_key(budget, start))
+            for pct, _action in self._thresholds:
+                crossed = (entry or {}).get("crossed", {}).get(str(pct))
+                if crossed and crossed["line_id"] == line_id:
+                    found.append(self._crossing(budget, scope_id, start, pct, crossed))
+        return found
+
+    def _crossing(
+        self, budget: Budget, scope_id: str, start: dt.datetime, pct: int, crossed: Mapping[str, str]
+    ) -> Crossing:
+        action = "warn" if pct == self.warn_pct else "block"
+        limit, spent = Decimal(crossed["limit"]), Decimal(crossed["spent"])
+        return Crossing(
+            event_id=budget_event_id(budget, scope_id, start, pct),
+            budget=budget,
+            scope_id=scope_id,
+            period_start=start,
+            threshold_pct=pct,
+            action=action,
+            limit=limit,
+            spent=spent,
+            at=_parse_time(crossed["at"]),
+            line_id=crossed["line_id"],
+            message=self._message(budget, scope_id, start, pct, action, limit, spent),
+        )
+
+    def _message(
+        self, budget: Budget, scope_id: str, start: dt.datetime, pct: int, action: str, limit: Decimal, spent: Decimal,
+    ) -> str:
+        head = (
+            f"{budget.scope} {scope_id} reached {pct}% of budget {budget.budget_id}: "
+            f"{format_amount(budget.unit, spent)} of {format_amount(budget.unit, limit)} "
+            f"({format_pct(used_pct(spent, limit))}) {'on' if budget.period == 'daily' else 'in'} "
+            f"{period_label(budget.period, start)} UTC"
+        )
+        if action == "warn":
+            return f"{head}; warning"
+        until = period_end(budget.period, start).strftime("%Y-%m-%d %H:%M UTC")
+        if self.mode == "manual":
+            return f"{head}; routing is blocked until {until} (MANUAL mode)"
+        return f"{head}; NOTIFY mode: routing continues"
+
+    def _state_row(
+        self, scope: str, scope_id: str, budgets: Iterable[Budget], record: Mapping[str, Any], now: dt.datetime
+    ) -> dict[str, Any]:
+        usages = []
+        blocked_reason = None
+        for budget in budgets:
+            start = period_start(budget.period, now)
+            entry = record["periods"].get(_period_key(budget, start)) or {}
+            spent = Decimal(entry.get("spent", "0"))
+            pct = used_pct(spent, budget.limit)
+            if _EXACT.multiply(spent, 100) >= _EXACT.multiply(budget.limit, self.block_pct):
+                status = "block"
+            elif _EXACT.multiply(spent, 100) >= _EXACT.multiply(budget.limit, self.warn_pct):
+                status = "warn"
+            else:
+                status = "ok"
+            if status == "block" and blocked_reason is None:
+                blocked_reason = (
+                    f"budget {budget.budget_id}: {format_amount(budget.unit, spent)} of "
+                    f"{format_amount(budget.unit, budget.limit)} ({format_pct(pct)}) "
+                    f"{'on' if budget.period == 'daily' else 'in'} {period_label(budget.period, start)} UTC"
+                )
+            usages.append({
+                "budget_id": budget.budget_id,
+                "period": budget.period,
+                "period_start": start,
+                "unit": budget.unit,
+                "limit": budget.limit,
+                "spent": spent,
+                "used_pct": pct,
+                "status": status,
+            })
+        return {
+            "scope": scope,
+            "scope_id": scope_id,
+            "blocked": blocked_reason is not None,
+            "blocked_reason": blocked_reason,
+            "budgets": usages,
+            "updated_at": as_utc(now),
+        }
+
+
+def _period_key(budget: Budget, start: dt.datetime) -> str:
+    return f"{budget.budget_id}|{start.isoformat()}"
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return as_utc(dt.datetime.fromisoformat(text))
+
+
+def _copy_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A private, mutable copy: a Faust table only records what is assigned back to it."""
+    if not record:
+        return {"last_line": None, "shard": None, "periods": {}}
+    return {
+        "last_line": record.get("last_line"),
+        "shard": record.get("shard"),
+        "periods": {
+            key: {"spent": entry["spent"], "crossed": {pct: dict(c) for pct, c in entry.get("crossed", {}).items()}}
+            for key, entry in (record.get("periods") or {}).items()
+        },
+    }
+
+
+def _forget_periods_before(record: dict[str, Any], horizon: dt.datetime) -> None:
+    record["periods"] = {
+        key: entry for key, entry in record["periods"].items() if _parse_time(key.rsplit("|", 1)[1]) >= horizon
+    }

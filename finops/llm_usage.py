@@ -1,0 +1,154 @@
+"""One LLM usage message in, a cost line and a model observation out, or a rejection naming field and rule.
+
+This is the whole per-message logic of the pricing agent, kept free of Faust so it is testable alone:
+strip conversation content → decode → validate → tag (normalize, infer, default) → price at event time
+with the tenant's overrides → mask personal data → cost line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from prismops.finops.pricing import MONEY_QUANTUM, CostBreakdown, PriceCatalog, load_catalog, price_llm_call
+from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
+from prismops.finops.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
+from prismops.finops.validation import validate_llm_usage
+from prismops.settings import Settings
+from prismops.streams.codecs import codec_for
+from prismops.errors import FieldRuleError
+
+COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
+INPUT_COMPONENTS = ("input", "cache_read", "cache_write")
+"""Priced components billed for prompt tokens; everything else (output, reasoning) is billed for completion tokens."""
+
+
+def cost_line_id(source: str, source_event_id: str) -> str:
+    """Deterministic, so reprocessing the same event yields the same line id and the sink can dedupe."""
+    return str(uuid.uuid5(COST_LINE_NAMESPACE, f"{source}:{source_event_id}"))
+
+
+def cost_by_direction(priced: CostBreakdown) -> tuple[Decimal | None, Decimal | None]:
+    """(input cost, output cost) of one priced call, or (None, None) when it is unpriced.
+
+    Input is the uncached input, cache-read and cache-write components; output is the output and reasoning
+    components. The exact input sum is rounded half-even to 12 places, once; output is the (already rounded)
+    cost_usd minus that, so the two always add up exactly to cost_usd and no second rounding is needed.
+    """
+    if not priced.priced:
+        return None, None
+    exact_input = sum((priced.components[name] for name in INPUT_COMPONENTS), Decimal(0))
+    input_cost = exact_input.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return input_cost, priced.cost_usd - input_cost
+
+
+@dataclass(frozen=True)
+class Rejection:
+    field: str | None
+    rule: str
+    message: str
+    value: bytes | None = None
+    """The bytes to dead-letter: the original, or a copy with conversation content removed."""
+
+
+@dataclass(frozen=True)
+class PricedUsage:
+    cost_line: dict[str, Any]
+    observation: dict[str, Any]
+    dropped_content_fields: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LlmPricingContext:
+    """Everything pricing and tagging an LLM call needs, loaded once per worker."""
+
+    catalog: PriceCatalog
+    registry: ServiceRegistry
+    user_hash_key: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LlmPricingContext":
+        return cls(
+            load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides),
+            load_service_registry(settings.tagging.service_registry),
+            settings.pii.hash_key.get_secret_value().encode(),
+        )
+
+
+def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
+    dims, tag_source = resolve_dimensions(event, pricing.registry, pricing.catalog.infer_provider)
+    priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"]}, pricing.catalog)
+    tokens = event["input_tokens"] + event["output_tokens"]
+    customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
+    line = {
+        "line_id": cost_line_id("llm", event["event_id"]),
+        "source": "llm",
+        "source_event_id": event["event_id"],
+        "event_time": event["event_time"],
+        **{k: dims[k] for k in ("tenant", "team", "product", "service", "feature", "environment", "provider", "model")},
+        "customer": customer,
+        "user_hash": hash_user_id(event["user_id"], pricing.user_hash_key) if event.get("user_id") else None,
+        "region": None,
+        "resource": None,
+        "input_tokens": event["input_tokens"],
+        "output_tokens": event["output_tokens"],
+        "cached_input_tokens": event["cached_input_tokens"],
+        "cache_write_tokens": event.get("cache_write_tokens") or 0,
+        "reasoning_tokens": event.get("reasoning_tokens") or 0,
+        "usage_quantity": Decimal(tokens),
+        "usage_unit": "token",
+        "cost_usd": priced.cost_usd,
+        "billed_cost_usd": None,
+        "list_cost_usd": None,
+        "charge_category": "Usage",  # FOCUS ChargeCategory casing, as bill lines carry it
+        "priced": priced.priced,
+        "price_version": priced.price_version,
+        "status": event["status"],
+        "tag_source": tag_source,
+        "labels": mask_labels(event.get("labels") or {}),
+        "session_id": event.get("session_id"),
+        "request_id": event.get("request_id"),
+        "model_version": event.get("model_version"),
+        "deployment_id": event.get("deployment_id"),
+        "prompt_chars": event.get("prompt_chars"),
+        "latency_ms": event["latency_ms"],
+        "cache_hit": bool(event.get("cache_hit")),
+        "fallback": bool(event.get("fallback")),
+        "shadow": bool(event.get("shadow")),
+        "decision_id": event.get("decision_id"),
+    }
+    list_quote = pricing.catalog.quote(dims["provider"], dims["model"], event["event_time"])
+    prices = list_quote.prices.per_million() if list_quote else None  # the router compares list prices
+    input_cost, output_cost = cost_by_direction(priced)
+    observation = {
+        "provider": dims["provider"],
+        "model": dims["model"],
+        "event_time": event["event_time"],
+        "latency_ms": event["latency_ms"],
+        "status": event["status"],
+        "tokens": tokens,
+        "cost_usd": priced.cost_usd,
+        "input_price_per_mtok": prices["input"] if prices else None,
+        "output_price_per_mtok": prices["output"] if prices else None,
+        "ttft_ms": event.get("time_to_first_token_ms"),
+        "input_tokens": event["input_tokens"],
+        "output_tokens": event["output_tokens"],
+        "input_cost_usd": input_cost,
+        "output_cost_usd": output_cost,
+    }
+    return PricedUsage(line, observation)
+
+
+def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.datetime) -> PricedUsage | Rejection:
+    """Strip content, decode, validate, tag, price and mask one message value."""
+    cleaned, dropped = strip_content_fields(value)
+    try:
+        event = codec_for("llm_usage_event").decode(cleaned)
+        validate_llm_usage(event, now)
+    except FieldRuleError as exc:
+        return Rejection(exc.field, exc.rule, exc.message, cleaned)
+    outcome = build_llm_cost_line(event, pricing)
+    return PricedUsage(outcome.cost_line, outcome.observation, dropped) if dropped else outcome

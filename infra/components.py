@@ -1,0 +1,83 @@
+"""Run the PrismOps components (worker, sink, gateway, alerts) as child processes, as an operator would.
+
+Used by `prismops demo` and the end-to-end tests, so both exercise the real commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prismops.settings import Settings, settings_as_env
+
+# Faust logs a crashed agent or service as "Crashed reason=..." and Python prints "Traceback (...)" for any
+# unhandled error; PartitionsMismatch is the first-run changelog race.
+CRASH_MARKERS = re.compile(r"Crashed reason=|Traceback \(most recent call last\)|PartitionsMismatch")
+
+COMPONENT_COMMANDS: dict[str, list[str]] = {
+    "worker": ["worker", "--loglevel", "WARNING"],
+    "sink": ["sink"],
+    "gateway": ["gateway", "serve"],
+    "alerts": ["alerts"],  # idles when budgets.webhook_url is unset, so starting it is always safe
+}
+
+
+@dataclass
+class Components:
+    """Child processes started together and always stopped together (SIGTERM, then SIGKILL)."""
+
+    settings: Settings
+    log_dir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, *names: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRISMOPS_")} | settings_as_env(self.settings)
+        for name in names:
+            log = open(self.log_path(name), "ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "prismops", *COMPONENT_COMMANDS[name]],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )
+            log.close()
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def crashes(self, name: str) -> list[str]:
+        """Lines of a component's log that say an agent or the process crashed (a normal run has none)."""
+        path = self.log_path(name)
+        if not path.is_file():
+            return []
+        return [line for line in path.read_text(errors="replace").splitlines() if CRASH_MARKERS.search(line)]
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = self.log_path(name).read_text(errors="replace").splitlines()[-25:]
+                raise RuntimeError(f"{name} exited with {process.returncode}; last log lines:\n" + "\n".join(tail))
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        self.processes.clear()
+        return codes
+
+    def __enter__(self) -> "Components":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

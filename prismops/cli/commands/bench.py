@@ -1,0 +1,223 @@
+"""`prismops bench`: throughput figures, printed rather than asserted in tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import click
+
+from prismops.cli.output import FORMAT_OPTION, emit, fail, stderr_console
+from prismops.settings import Settings
+
+
+@click.group("bench")
+def command() -> None:
+    """Measure throughput (figures go in issue notes; tests assert behaviour, not timings)."""
+
+
+@command.command("logic")
+@click.option("--events", default=50_000, show_default=True, type=click.IntRange(min=1000))
+@FORMAT_OPTION
+def logic(events: int, fmt: str) -> None:
+    """In-process rates of each step an event takes in the worker: encode, decode + price + tag, encode out."""
+    from prismops.finops.llm_usage import LlmPricingContext, process_llm_usage
+    from prismops.settings import Settings
+    from prismops.streams.codecs import codec_for
+    from prismops.streams.simulation import TrafficGenerator
+
+    usage, lines, observations = codec_for("llm_usage_event"), codec_for("cost_line"), codec_for("model_observation")
+    generated = list(TrafficGenerator(seed=1).events(events))
+    pricing, now = LlmPricingContext.from_settings(Settings()), dt.datetime.now(dt.timezone.utc)
+
+    def timed(step):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        result = step()
+        return result, time.perf_counter() - started
+
+    encoded, encode_s = timed(lambda: [usage.encode(e) for e in generated])
+    priced, process_s = timed(lambda: [process_llm_usage(b, pricing, now) for b in encoded])
+    _, out_s = timed(lambda: [(lines.encode(p.cost_line), observations.encode(p.observation)) for p in priced])
+    rows = [
+        {"step": "SDK encode (Avro single-object)", "events_per_s": round(events / encode_s)},
+        {"step": "decode + validate + price + tag", "events_per_s": round(events / process_s)},
+        {"step": "encode cost line + observation", "events_per_s": round(events / out_s)},
+        {"step": "worker logic in total", "events_per_s": round(events / (process_s + out_s))},
+    ]
+    emit(rows, fmt, title=f"per-event logic, {events} simulated events, one core")
+
+
+@command.command("pipeline")
+@click.option("--events", default=20_000, show_default=True, type=click.IntRange(min=1000))
+@FORMAT_OPTION
+@click.pass_obj
+def pipeline(settings: Settings, events: int, fmt: str) -> None:
+    """SDK → Kafka → worker → sink → ClickHouse on the local stack, as `prismops demo` runs it."""
+    from prismops.cli.demo import run_demo
+
+    try:
+        report = run_demo(settings, events, lambda line: stderr_console.print(line, highlight=False))
+    except Exception as exc:
+        fail(f"benchmark failed: {exc}")
+    emit([
+        {"measure": "SDK produce (acks=all, idempotent)", "events": events, "seconds": round(report.produce_seconds, 2),
+         "events_per_s": round(report.produce_events_per_s)},
+        {"measure": "end to end: first produce → last row in ClickHouse", "events": events,
+         "seconds": round(report.end_to_end_seconds, 2), "events_per_s": round(report.end_to_end_events_per_s)},
+    ], fmt, title="pipeline throughput (everything on this machine)")
+
+
+@command.command("route")
+@click.option("--requests", "requests_", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="timed calls per target")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
+              help="client threads, each on its own channel")
+@click.option("--warmup", default=500, show_default=True, type=click.IntRange(min=0),
+              help="untimed calls per target before timing")
+@FORMAT_OPTION
+@click.pass_obj
+def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt: str) -> None:
+    """Router Decide against a do-nothing gRPC echo, same process and load: what routing adds to a call."""
+    from rich.progress import Progress
+
+    from prismops.testing.echo_baseline import LoadResult, compare_router_with_echo
+
+    with Progress(console=stderr_console, transient=True) as progress:
+        router_task = progress.add_task("router Decide", total=requests_)
+        echo_task = progress.add_task("echo baseline", total=requests_)
+        try:
+            result = compare_router_with_echo(
+                settings, requests=requests_, concurrency=concurrency, warmup=warmup,
+                on_router_progress=lambda n: progress.advance(router_task, n),
+                on_echo_progress=lambda n: progress.advance(echo_task, n),
+            )
+        except Exception as exc:
+            fail(f"benchmark failed: {exc}")
+
+    def row(target: str, measured: LoadResult, baseline: LoadResult) -> dict:
+        p50, baseline_p50 = measured.percentile_ms(0.50), baseline.percentile_ms(0.50)
+        return {
+            "target": target, "requests": measured.requests, "concurrency": measured.concurrency,
+            "errors": measured.errors, "qps": round(measured.qps, 1), "p50_ms": round(p50, 3),
+            "p99_ms": round(measured.percentile_ms(0.99), 3), "max_ms": round(measured.max_ms, 3),
+            "qps_vs_echo": round(measured.qps / baseline.qps, 2) if baseline.qps else None,
+            "p50_vs_echo": round(p50 / baseline_p50, 2) if baseline_p50 else None,
+        }
+
+    for name, measured in (("router", result.router), ("echo", result.echo)):
+        if measured.errors == measured.requests:
+            fail(f"every {name} call failed: {measured.first_error}")
+        if measured.errors:
+            stderr_console.print(f"{measured.errors} {name} call(s) failed, e.g. {measured.first_error}", highlight=False)
+    emit([
+        row("routing.v1.Router/Decide", result.router, result.echo),
+        row("echo (gRPC floor)", result.echo, result.echo),
+    ], fmt, title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
+                  f"(router chose {result.chosen_model}: {result.reason_code})")
+
+
+@command.command("detect")
+@click.option("--series", "series_count", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--updates", default=100_000, show_default=True, type=click.IntRange(min=1000))
+@FORMAT_OPTION
+def detect(series_count: int, updates: int, fmt: str) -> None:
+    """Series updates per second through the anomaly detectors (one DetectorBank, keys round-robin, one core),
+    and the size and speed of their state round trip."""
+    from prismops.detectors.online import DetectorBank
+    from prismops.detectors.synthetic import generate_series
+
+    per_series = max(1, updates // series_count)
+    shapes = [generate_series(seed=7, category=("spike", "level_shift", "drift", "none")[i % 4], index=i // 4,
+                              points=max(per_series, 10_080), interval_s=60) for i in range(min(series_count, 8))]
+    feed = [(f"tenant_model:t{k}/m", shapes[k % len(shapes)].timestamps[i], shapes[k % len(shapes)].values[i])
+            for i in range(per_series) for k in range(series_count)]
+    bank = DetectorBank()
+    started = time.perf_counter()
+    for key, window_start, value in feed:
+        bank.update("cost", key, window_start, value)
+    update_s = time.perf_counter() - started
+    started = time.perf_counter()
+    state = bank.to_bytes()
+    DetectorBank.from_bytes(state)
+    state_s = time.perf_counter() - started
+    emit([
+        {"measure": f"detector updates ({series_count} series x {per_series} windows)", "count": len(feed),
+         "seconds": round(update_s, 3), "per_s": round(len(feed) / update_s)},
+        {"measure": f"state to_bytes + from_bytes ({len(state) // series_count} bytes per series)", "count": series_count,
+         "seconds": round(state_s, 3), "per_s": round(series_count / state_s) if state_s else None},
+    ], fmt, title="anomaly detector throughput, one core")
+
+
+@command.command("showback")
+@click.option("--rows", default=10_000_000, show_default=True, type=click.IntRange(min=1000),
+              help="cost lines to generate inside ClickHouse")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=1, max=31))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(min=1), help="timed runs per report")
+@FORMAT_OPTION
+@click.pass_obj
+def showback(settings: Settings, rows: int, days: int, repeat: int, fmt: str) -> None:
+    """`report showback` over ROWS cost lines: generated inside ClickHouse (INSERT … SELECT from numbers()) in a
+    scratch database, settled, then timed (best and median of REPEAT runs) from the rollups and, for comparison,
+    from the raw table alone; also the whole `prismops report showback` command. The scratch database is dropped."""
+    import os
+    import secrets
+    import statistics
+    import subprocess
+    import sys
+
+    from prismops.sinks import reports
+    from prismops.testing.bench_data import insert_bench_cost_lines
+    from prismops.sinks.clickhouse import clickhouse_client, quote_identifier, table_ref
+    from prismops.sinks.migrations import apply_migrations
+    from prismops.sinks.rollups import DaySources, cost_query, day_sources, settle_days
+
+    scratch = settings.with_overrides(
+        clickhouse={"database": f"{settings.clickhouse.database}_bench_{secrets.token_hex(4)}"})
+    database = scratch.clickhouse.database
+    start = dt.date(2025, 6, 1)
+    until = start + dt.timedelta(days=days)
+    client = clickhouse_client(scratch, database="")
+    measures = []
+
+    def timed(name: str, action, runs: int = repeat) -> object:  # type: ignore[no-untyped-def]
+        seconds, result = [], None
+        for _ in range(runs):
+            began = time.perf_counter()
+            result = action()
+            seconds.append(time.perf_counter() - began)
+        measures.append({"measure": name, "rows": rows, "runs": runs, "best_s": round(min(seconds), 3),
+                         "median_s": round(statistics.median(seconds), 3)})
+        return result
+
+    try:
+        apply_migrations(scratch)
+        stderr_console.print(f"generating {rows:,} cost lines in {database} …", highlight=False)
+        timed("generate (INSERT … SELECT numbers())", lambda: insert_bench_cost_lines(
+            client, database, rows, start=start, days=days,
+            on_chunk=lambda done: stderr_console.print(f"  {done:,} rows", highlight=False)), runs=1)
+        timed("settle every day (rollups from FINAL)",
+              lambda: settle_days(client, database, since=start, until=until), runs=1)
+        by_team = timed("report showback --by team (rollups)",
+                        lambda: reports.showback(client, database, ["team"], since=start, until=until))
+        timed("report showback --by customer (rollups)",
+              lambda: reports.showback(client, database, ["customer"], since=start, until=until))
+        timed("report unit-economics --by model (rollups)",
+              lambda: reports.unit_economics(client, database, ["model"], since=start, until=until))
+        raw_only = DaySources({}, day_sources(client, database, start, until).days)
+        timed("showback --by team from cost_lines FINAL only", lambda: cost_query(
+            client, database, ["team"], since=start, until=until, sources=raw_only), runs=min(repeat, 3))
+        ((raw_total,),) = client.execute(f"SELECT sum(cost_usd) FROM {table_ref(database, 'cost_lines')} FINAL")
+        if by_team.total["cost_usd"] != raw_total:
+            fail(f"showback total {by_team.total['cost_usd']} differs from cost_lines FINAL {raw_total}")
+        command_line = [sys.executable, "-m", "prismops", "report", "showback", "--by", "team",
+                        "--from", str(start), "--to", str(until), "--format", "json"]
+        environment = {**os.environ, "PRISMOPS_CLICKHOUSE__DATABASE": database}
+        timed("`prismops report showback` command, end to end", lambda: subprocess.run(
+            command_line, env=environment, check=True, capture_output=True), runs=min(repeat, 3))
+    except Exception as exc:
+        fail(f"benchmark failed: {exc}")
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database)}")
+        client.disconnect()
+    emit(measures, fmt, title=f"showback over {rows:,} cost lines, {days} days (total {by_team.total['cost_usd']} "
+                              f"= cost_lines FINAL); scratch database dropped")

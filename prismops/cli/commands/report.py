@@ -1,0 +1,240 @@
+"""`prismops report …`: showback queries over the ClickHouse tables the sink fills."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+from clickhouse_driver.errors import Error as ClickHouseError
+from rich.markup import escape
+
+from prismops.cli.errors import describe_clickhouse_error
+from prismops.cli.output import FORMAT_OPTION, emit, fail
+from prismops.settings import Settings
+
+DATE = click.DateTime(formats=["%Y-%m-%d"])
+SPEND_COLUMNS = ["tenant", "provider", "model", "calls", "input_tokens", "output_tokens", "cost_usd"]
+
+
+@click.group(name="report")
+def command() -> None:
+    """Reports from ClickHouse (exact Decimal money; JSON prints it as strings)."""
+
+
+@command.command()
+@click.option("--since", type=DATE, default=None, help="first UTC event date, inclusive (YYYY-MM-DD)")
+@click.option("--until", type=DATE, default=None, help="last UTC event date, exclusive (YYYY-MM-DD)")
+@FORMAT_OPTION
+@click.pass_obj
+def spend(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, fmt: str) -> None:
+    """Spend by tenant and model, most expensive first."""
+    from prismops.sinks.clickhouse import clickhouse_client
+    from prismops.sinks.reports import spend_by_tenant_and_model
+
+    client = clickhouse_client(settings)
+    try:
+        rows = spend_by_tenant_and_model(
+            client, settings.clickhouse.database,
+            since=since.date() if since else None, until=until.date() if until else None,
+        )
+    except (ClickHouseError, OSError) as error:
+        fail(escape(describe_clickhouse_error(settings, error)))
+    finally:
+        client.disconnect()
+    emit(rows, fmt, title=f"spend by tenant and model ({settings.clickhouse.database})", columns=SPEND_COLUMNS)
+
+
+def _day(value: str) -> dt.date:
+    today = dt.datetime.now(dt.timezone.utc).date()
+    named = {"today": today, "yesterday": today - dt.timedelta(days=1)}
+    if value in named:
+        return named[value]
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not YYYY-MM-DD, today or yesterday", param_hint="--on") from None
+
+
+@command.command()
+@click.option("--by", "group_by", multiple=True, help="dimension to group by (repeatable): team, tenant, source, …")
+@click.option("--where", "filters", multiple=True, help="dimension=value filter (repeatable), e.g. team=devtools")
+@click.option("--on", "on_day", default=None, help="one UTC day: YYYY-MM-DD, today or yesterday")
+@click.option("--since", type=DATE, default=None, help="first UTC event date, inclusive")
+@click.option("--until", type=DATE, default=None, help="last UTC event date, exclusive")
+@FORMAT_OPTION
+@click.pass_obj
+def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...], on_day: str | None,
+          since: dt.datetime | None, until: dt.datetime | None, fmt: str) -> None:
+    """Cost from every source (LLM, GPU, cloud) by any dimensions: `--by team --by source --where team=X --on yesterday`."""
+    from prismops.sinks.clickhouse import clickhouse_client
+    from prismops.sinks.reports import costs_by
+
+    where = {}
+    for item in filters:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--where {item!r}: expected dimension=value")
+        where[name.strip()] = value.strip()
+    first, last = (since.date() if since else None), (until.date() if until else None)
+    if on_day:
+        first = _day(on_day)
+        last = first + dt.timedelta(days=1)
+    client = clickhouse_client(settings)
+    try:
+        rows = costs_by(client, settings.clickhouse.database, list(group_by), where=where, since=first, until=last)
+    except ValueError as error:
+        fail(str(error))
+    except (ClickHouseError, OSError) as error:
+        fail(escape(describe_clickhouse_error(settings, error)))
+    finally:
+        client.disconnect()
+    span = f"{first or 'start'} to {last or 'now'}"
+    emit(rows, fmt, title=f"cost by {', '.join(group_by) or 'everything'} ({span})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# showback, unit economics, monthly, anomalies: exact reports with a TOTAL row (prismops.sinks.reports, prismops.sinks.rollups)
+
+REPORT_FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+    help="table for people, csv for spreadsheets, json for scripts (money as exact decimal strings)",
+)
+BY_CHOICE = click.Choice(["team", "tenant", "feature", "model", "customer", "product", "service", "environment",
+                          "provider", "source", "node"])
+
+
+def _period(since: dt.datetime | None, until: dt.datetime | None, month: str | None) -> tuple[dt.date, dt.date]:
+    """--month, or --from/--to (--to is the first day NOT included, like FOCUS period ends); default: this month."""
+    from prismops.sinks.reports import month_range
+
+    if month and (since or until):
+        fail("give --month or --from/--to, not both")
+    if month:
+        try:
+            return month_range(month)
+        except ValueError as error:
+            fail(str(error))
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first = since.date() if since else today.replace(day=1)
+    last = until.date() if until else today + dt.timedelta(days=1)
+    if last <= first:
+        fail(f"--to {last} must be after --from {first} (--to is exclusive)")
+    return first, last
+
+
+def period_options(function):  # type: ignore[no-untyped-def]
+    function = click.option("--month", default=None, help="one UTC calendar month, YYYY-MM")(function)
+    function = click.option("--to", "until", type=DATE, default=None,
+                            help="first UTC day NOT included (default: tomorrow)")(function)
+    return click.option("--from", "since", type=DATE, default=None,
+                        help="first UTC day included (default: the 1st of this month)")(function)
+
+
+def write_csv(columns: list[str], rows: list[dict]) -> None:
+    import csv
+    import sys
+
+    from prismops.cli.output import to_jsonable
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else to_jsonable(row.get(c)) for c in columns])
+
+
+def emit_report(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from prismops.cli.output import emit_json
+
+    if fmt == "json":
+        emit_json(report.as_json())
+    elif fmt == "csv":
+        write_csv(report.columns, report.table_rows())
+    else:
+        emit(report.table_rows(), "table", title=report.title, columns=report.columns)
+
+
+def run_report(settings: Settings, build):  # type: ignore[no-untyped-def]
+    """Open a connection, build the report, turn errors into one clear line."""
+    from prismops.sinks.clickhouse import clickhouse_client
+
+    client = clickhouse_client(settings)
+    try:
+        return build(client, settings.clickhouse.database)
+    except ValueError as error:
+        fail(escape(str(error)))
+    except (ClickHouseError, OSError) as error:
+        fail(escape(describe_clickhouse_error(settings, error)))
+    finally:
+        client.disconnect()
+
+
+@command.command()
+@click.option("--by", "by", multiple=True, type=BY_CHOICE, default=("team",), show_default=True,
+              help="dimension to group by (repeatable, e.g. --by tenant --by customer)")
+@period_options
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write a bar chart of cost by group to this .svg file")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def showback(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
+             month: str | None, chart: Path | None, fmt: str) -> None:
+    """Cost by team, tenant, feature, model or customer (every source: LLM, GPU, cloud), with a TOTAL row equal
+    to the raw table's total for the period."""
+    from prismops.sinks import reports
+
+    if chart is not None and chart.suffix.lower() != ".svg":
+        fail(f"--chart {chart}: the chart is written as SVG; name the file *.svg")
+    first, last = _period(since, until, month)
+    report = run_report(settings, lambda client, db: reports.showback(client, db, by, since=first, until=last))
+    if chart is not None:
+        from prismops.sinks.svg_chart import bar_chart_svg
+
+        labels = [" / ".join(str(row[d]) or "(none)" for d in by) for row in report.rows]
+        chart.write_text(bar_chart_svg(report.title, labels, [row["cost_usd"] for row in report.rows]),
+                         encoding="utf-8")
+    emit_report(report, fmt)
+
+
+@command.command(name="unit-economics")
+@click.option("--by", "by", multiple=True, type=BY_CHOICE, default=("feature",), show_default=True,
+              help="dimension to group by (repeatable)")
+@period_options
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def unit_economics(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
+                   month: str | None, fmt: str) -> None:
+    """LLM cost per request, session, customer and 1k tokens, with cache-hit, fallback and error rates."""
+    from prismops.sinks import reports
+
+    first, last = _period(since, until, month)
+    emit_report(run_report(settings, lambda client, db: reports.unit_economics(client, db, by, since=first, until=last)),
+                fmt)
+
+
+@command.command()
+@click.option("--month", required=True, help="UTC calendar month, YYYY-MM")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def monthly(settings: Settings, month: str, fmt: str) -> None:
+    """One month's cost by service (LLM and cloud lines) and node (GPU lines), with the month's TOTAL."""
+    from prismops.sinks import reports
+
+    emit_report(run_report(settings, lambda client, db: reports.monthly(client, db, month)), fmt)
+
+
+@command.command(name="anomalies")
+@period_options
+@click.option("--severity", type=click.Choice(["info", "warning", "critical"]), default="info", show_default=True,
+              help="the lowest severity listed")
+@click.option("--tenant", default=None, help="only this tenant's series")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def anomalies_report(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, month: str | None,
+                     severity: str, tenant: str | None, fmt: str) -> None:
+    """Anomalous windows, newest first, with expected vs actual and the excess cost in total."""
+    from prismops.sinks import reports
+
+    first, last = _period(since, until, month)
+    emit_report(run_report(settings, lambda client, db: reports.anomalies(
+        client, db, since=first, until=last, min_severity=severity, tenant=tenant)), fmt)

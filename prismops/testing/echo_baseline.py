@@ -1,0 +1,304 @@
+"""The floor the router is measured against in `prismops bench route`: a gRPC service that does nothing.
+
+`EchoServer` answers one unary method with its input, on a grpc.aio server in its own thread and event loop.
+It needs no .proto: a generic handler with identity (bytes) serializers, so the only work on either side is
+gRPC's own. `drive_unary` runs the same closed-loop load (N calls from C threads, each with its own
+channel) against any unary call, and `compare_router_with_echo` drives the real Router and the echo with it,
+so both are timed the same way and the difference is what routing costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import grpc
+
+ECHO_SERVICE = "prismops.bench.v1.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+class EchoServer:
+    """Start with `start()` (returns the target), stop with `stop()`; usable as a context manager."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._address = f"{host}:{port}"
+        self._host = host
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        self._thread = threading.Thread(target=self._run, name="echo-baseline", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"echo server did not start on {self._address} within {timeout_s} s")
+        if self._failure is not None:
+            raise RuntimeError(f"echo server cannot listen on {self._address}: {self._failure}") from self._failure
+        return self.target
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(10.0)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start(), which is waiting on another thread
+            self._failure = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        # as in the router: without this a second server on a taken port would start and share the traffic
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)},
+        ),))
+        self.port = server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise RuntimeError("no port bound")
+        await server.start()
+        self._ready.set()
+        await self._stopping.wait()
+        await server.stop(0)
+
+    def __enter__(self) -> "EchoServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def echo_call(channel: grpc.Channel) -> Callable[..., bytes]:
+    """The client side of the echo: bytes in, the same bytes out."""
+    return channel.unary_unary(ECHO_METHOD)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    concurrency: int
+    errors: int
+    seconds: float
+    latencies_ms: tuple[float, ...]
+    first_error: str = ""
+
+    @property
+    def qps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, fraction: float) -> float:
+        """Nearest-rank percentile of the successful calls, so p50 <= p99 <= max always holds."""
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.latencies_ms, default=0.0)
+
+
+# Opens one client's connection: returns the call to time and what closes the connection afterwards.
+OpenCaller = Callable[[], tuple[Callable[[], Any], Callable[[], None]]]
+
+
+def drive_unary(
+    open_caller: OpenCaller,
+    *,
+    requests: int,
+    concurrency: int,
+    warmup: int = 0,
+    on_progress: Callable[[int], None] = lambda done: None,
+    progress_every: int = 100,
+) -> LoadResult:
+    """`requests` timed calls split over `concurrency` threads, each on its own connection; each thread first
+    makes its share of `warmup` untimed calls, then all start together. QPS is over the timed phase's wall
+    time; a failed call counts as an error and is left out of the latencies."""
+    shares = [requests // concurrency + (1 if i < requests % concurrency else 0) for i in range(concurrency)]
+    warmups = [warmup // concurrency + (1 if i < warmup % concurrency else 0) for i in range(concurrency)]
+    start_line = threading.Barrier(concurrency + 1)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[list[str]] = [[] for _ in range(concurrency)]
+    crashes: list[BaseException] = []
+
+    def client(index: int) -> None:
+        close: Callable[[], None] = lambda: None
+        try:
+            call, close = open_caller()
+            for _ in range(warmups[index]):
+                call()
+            start_line.wait()
+            timed, failed, pending = latencies[index], errors[index], 0
+            for _ in range(shares[index]):
+                started = time.perf_counter()
+                try:
+                    call()
+                except grpc.RpcError as error:
+                    failed.append(_describe(error))
+                else:
+                    timed.append((time.perf_counter() - started) * 1000.0)
+                pending += 1
+                if pending == progress_every:
+                    on_progress(pending)
+                    pending = 0
+            on_progress(pending)
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            crashes.append(exc)
+            start_line.abort()
+        finally:
+            close()
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"bench-client-{i}") for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        start_line.wait()
+    except threading.BrokenBarrierError:
+        pass
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if crashes:
+        raise RuntimeError(f"a benchmark client failed: {_describe(crashes[0])}") from crashes[0]
+    all_errors = [e for per_thread in errors for e in per_thread]
+    return LoadResult(
+        requests=requests, concurrency=concurrency, errors=len(all_errors), seconds=seconds,
+        latencies_ms=tuple(ms for per_thread in latencies for ms in per_thread),
+        first_error=all_errors[0] if all_errors else "",
+    )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
+
+
+# --- the router against the echo --------------------------------------------------------------------------
+
+BENCH_MODELS = (
+    # provider, model, p95 ms, input and output USD per million tokens: the cheapest one misses the SLO
+    ("openai", "gpt-4o", 600.0, "2.5", "10"),
+    ("openai", "gpt-4o-mini", 412.0, "0.15", "0.6"),
+    ("google", "gemini-2.0-flash", 1200.0, "0.10", "0.40"),
+)
+
+
+def bench_live_rows(now: dt.datetime) -> list[dict[str, Any]]:
+    """Live rows as the live-stats agent publishes them: fresh, with traffic, priced exactly."""
+    return [
+        {
+            "provider": provider, "model": model, "window_seconds": 300.0, "sample_count": 120, "error_count": 1,
+            "error_rate": 1 / 120, "p50_latency_ms": p95 / 2, "p95_latency_ms": p95, "p99_latency_ms": p95 * 1.4,
+            "cost_usd": Decimal("0.25"), "tokens": 400_000, "input_price_per_mtok": Decimal(input_price),
+            "output_price_per_mtok": Decimal(output_price), "updated_at": now,
+        }
+        for provider, model, p95, input_price, output_price in BENCH_MODELS
+    ]
+
+
+def bench_decide_request() -> Any:
+    """A request shaped like a real one: three allowed models, an SLO, token estimates, session and size."""
+    from prismops.gateway_grpc.routing.v1 import routing_pb2
+
+    return routing_pb2.DecideRequest(
+        tenant="acme", service="chat", feature="answer", request_id="bench-0001",
+        allowed_models=[routing_pb2.ModelRef(provider=p, model=m) for p, m, *_ in BENCH_MODELS],
+        latency_slo_ms=800, expected_input_tokens=1200, expected_output_tokens=300,
+        session_id="session-42", task_type="classification", prompt_chars=4800, customer="globex",
+    )
+
+
+@dataclass(frozen=True)
+class RouteBenchResult:
+    router: LoadResult
+    echo: LoadResult
+    chosen_model: str
+    reason_code: str
+
+
+def compare_router_with_echo(
+    settings: Any,
+    *,
+    requests: int,
+    concurrency: int,
+    warmup: int,
+    on_router_progress: Callable[[int], None] = lambda done: None,
+    on_echo_progress: Callable[[int], None] = lambda done: None,
+) -> RouteBenchResult:
+    """The real Router (in process, on a free loopback port, live table filled in memory) and the echo, driven
+    one after the other with the same load; the echo gets the Decide request's bytes so payloads match."""
+    from prismops.gateway_grpc.client import RouterClient
+    from prismops.gateway_grpc.live_table import LiveModelTable
+    from prismops.gateway_grpc.server import DiscardingPublisher, build_server
+
+    table = LiveModelTable()
+    for row in bench_live_rows(dt.datetime.now(dt.timezone.utc)):
+        table.upsert(row)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    router_settings = settings.with_overrides(gateway={"host": "127.0.0.1", "port": port})
+    router = build_server(router_settings, table, publisher=DiscardingPublisher(), budgets=None)
+    router.start()
+    request = bench_decide_request()
+    target = f"127.0.0.1:{port}"
+    try:
+        with RouterClient(target) as probe_client:
+            if not probe_client.wait_ready(10.0):
+                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
+            first = probe_client.decide_message(request, timeout=10.0)
+
+        def open_router() -> tuple[Callable[[], Any], Callable[[], None]]:
+            client = RouterClient(target)
+            if not client.wait_ready(10.0):
+                client.close()
+                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
+            return (lambda: client.decide_message(request, timeout=10.0)), client.close
+
+        router_result = drive_unary(open_router, requests=requests, concurrency=concurrency, warmup=warmup,
+                                    on_progress=on_router_progress)
+    finally:
+        router.stop(0).wait()
+
+    payload = request.SerializeToString()
+    with EchoServer() as echo:
+
+        def open_echo() -> tuple[Callable[[], Any], Callable[[], None]]:
+            channel = grpc.insecure_channel(echo.target)
+            grpc.channel_ready_future(channel).result(timeout=10.0)
+            call = echo_call(channel)
+            return (lambda: call(payload, timeout=10.0)), channel.close
+
+        echo_result = drive_unary(open_echo, requests=requests, concurrency=concurrency, warmup=warmup,
+                                  on_progress=on_echo_progress)
+    return RouteBenchResult(router_result, echo_result, f"{first.model.provider}/{first.model.model}", first.reason_code)

@@ -1,0 +1,45 @@
+"""Read a range of offsets of one partition back from Kafka, outside any consumer group.
+
+A stateful agent that saves its state less often than its offsets are committed uses this on restore: the
+records between the offset its saved state covers and the first record handed to it were applied before a
+stop or crash but not saved, and are read again here instead of being lost.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from prismops.settings import Settings
+
+
+def read_partition_range(
+    settings: Settings, topic: str, partition: int, start: int, end: int, timeout_s: float = 30.0,
+) -> list[tuple[int, bytes]]:
+    """(offset, value) of every record of `topic`[`partition`] with start <= offset < end, in order."""
+    if end <= start:
+        return []
+    consumer = Consumer(settings.kafka_client_config() | {
+        "group.id": "prismops-range-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+    })
+    records: list[tuple[int, bytes]] = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    return records
+                raise KafkaException(message.error())
+            if message.offset() >= end:
+                return records
+            records.append((message.offset(), message.value()))
+            if message.offset() == end - 1:
+                return records
+        raise TimeoutError(f"reading {topic}[{partition}] offsets {start}..{end - 1} took over {timeout_s:.0f}s")
+    finally:
+        consumer.close()

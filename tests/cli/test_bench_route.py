@@ -1,0 +1,38 @@
+"""`prismops bench route` end to end through click: the real Router and the echo, both measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prismops.cli.app import main
+from prismops.settings import Settings
+
+
+def test_bench_route_json_has_a_router_and_an_echo_row_with_rates_and_ordered_percentiles():
+    result = CliRunner().invoke(
+        main, ["bench", "route", "--requests", "200", "--concurrency", "2", "--warmup", "20", "--format", "json"],
+        obj=Settings(),
+    )
+
+    assert result.exit_code == 0, result.output
+    rows = {row["target"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"routing.v1.Router/Decide", "echo (gRPC floor)"}
+    for row in rows.values():
+        assert (row["requests"], row["concurrency"], row["errors"]) == (200, 2, 0)
+        assert row["qps"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    echo, router = rows["echo (gRPC floor)"], rows["routing.v1.Router/Decide"]
+    assert (echo["qps_vs_echo"], echo["p50_vs_echo"]) == (1.0, 1.0)
+    assert router["qps_vs_echo"] == pytest.approx(router["qps"] / echo["qps"], abs=0.01)
+
+
+def test_bench_route_table_is_for_people():
+    result = CliRunner().invoke(main, ["bench", "route", "--requests", "50", "--concurrency", "1", "--warmup", "0"],
+                                obj=Settings())
+
+    assert result.exit_code == 0, result.output
+    assert "routing.v1.Router/Decide" in result.stdout and "echo (gRPC floor)" in result.stdout
+    assert not result.stdout.lstrip().startswith("[")

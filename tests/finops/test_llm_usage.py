@@ -1,0 +1,465 @@
+"""finops/llm_usage.py: one message in, a cost line and a model observation out, or a Rejection.
+
+Expected costs are computed here from the numbers in finops/price_catalog.yaml, never taken from the code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
+from prismops.finops.pricing import load_catalog, parse_tenant_overrides
+from prismops.finops.tagging import load_service_registry
+from prismops.settings import Settings
+from prismops.streams.codecs import codec_for
+
+KEY = b"unit-test-hash-key"
+PRICING = LlmPricingContext(load_catalog(), load_service_registry(), KEY)
+CATALOG_YAML = yaml.safe_load(resources.files("prismops.finops").joinpath("price_catalog.yaml").read_text())
+OWNERS = yaml.safe_load(resources.files("prismops.finops").joinpath("service_registry.yaml").read_text())["services"]
+HOOLI = next(o for o in CATALOG_YAML["tenant_overrides"] if o["tenant"] == "hooli")
+MILLION = Decimal(1_000_000)
+EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "litellm" / "model_prices_excerpt.json"
+
+
+def current_entry(provider: str, model: str, at: dt.datetime) -> dict:
+    """The YAML entry in effect at `at`: the latest effective_from not after it."""
+    entries = [e for e in CATALOG_YAML["models"] if (e["provider"], e["model"]) == (provider, model)
+               and dt.datetime.fromisoformat(str(e["effective_from"])).replace(tzinfo=dt.timezone.utc) <= at]
+    return max(entries, key=lambda e: str(e["effective_from"]))
+
+
+def expected_cost(entry: dict, event: dict, factor: Decimal = Decimal(1)) -> Decimal:
+    def rate(name: str, fallback: str) -> Decimal:
+        return Decimal(str(entry.get(name, entry[fallback])))
+
+    cached, written, reasoning = event["cached_input_tokens"], event["cache_write_tokens"], event["reasoning_tokens"]
+    exact = (
+        (event["input_tokens"] - cached - written) * rate("input_per_mtok", "input_per_mtok")
+        + cached * rate("cache_read_per_mtok", "input_per_mtok")
+        + written * rate("cache_write_per_mtok", "input_per_mtok")
+        + (event["output_tokens"] - reasoning) * rate("output_per_mtok", "output_per_mtok")
+        + reasoning * rate("reasoning_per_mtok", "output_per_mtok")
+    ) / MILLION
+    return (exact * factor).quantize(Decimal("1e-12"))
+
+
+def _avro(event: dict, version: int | None = None) -> bytes:
+    return codec_for("llm_usage_event").encode(event, version=version)
+
+
+def _json(event: dict) -> bytes:
+    return json.dumps(event, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v)).encode()
+
+
+def _process(value, now, pricing: LlmPricingContext = PRICING) -> PricedUsage | Rejection:
+    return process_llm_usage(value, pricing, now)
+
+
+def _everything_stored(result: PricedUsage) -> bytes:
+    """Every byte that leaves the worker for this call: the encoded line and observation, and their repr."""
+    return b"".join([
+        codec_for("cost_line").encode(result.cost_line), codec_for("model_observation").encode(result.observation),
+        repr(result.cost_line).encode(), repr(result.observation).encode(),
+    ])
+
+
+# --- the happy path ------------------------------------------------------------------------------------------
+
+def test_good_avro_event_becomes_a_cost_line_that_encodes(make_event, now):
+    event = make_event()
+    result = _process(_avro(event), now)
+    assert isinstance(result, PricedUsage)
+    line = result.cost_line
+    codec = codec_for("cost_line")
+    assert codec.decode(codec.encode(line)) == line
+
+    expected = expected_cost(current_entry("openai", "gpt-4o", event["event_time"]), event)
+    assert expected == Decimal("0.00725")  # 800 × $2.50/M + 200 × $1.25/M + 500 × $10/M, by hand
+    assert line["cost_usd"] == expected
+    assert line["priced"] is True
+    assert line["price_version"] == CATALOG_YAML["version"]
+    assert line["source"] == "llm"
+    assert line["source_event_id"] == event["event_id"]
+    assert line["event_time"] == event["event_time"]
+    assert (line["tenant"], line["service"], line["feature"]) == ("acme", "code-assist", "complete")
+    assert (line["team"], line["product"]) == (OWNERS["code-assist"]["team"], OWNERS["code-assist"]["product"])
+    assert line["tag_source"]["team"] == "inferred"
+    assert line["tag_source"]["tenant"] == "explicit"
+    assert line["usage_quantity"] == Decimal(1500)
+    assert line["usage_unit"] == "token"
+    assert (line["input_tokens"], line["output_tokens"], line["cached_input_tokens"]) == (1000, 500, 200)
+    assert (line["cache_write_tokens"], line["reasoning_tokens"]) == (0, 0)
+    assert line["user_hash"] is None
+    assert line["charge_category"] == "Usage"  # FOCUS ChargeCategory casing
+    assert line["status"] == "ok"
+    assert result.observation["tokens"] == 1000 + 500
+    assert result.observation["cost_usd"] == expected
+    assert result.dropped_content_fields == []
+
+
+def test_the_same_event_as_json_gets_the_same_line(make_event, now):
+    event = make_event(user_id="user-1", cache_write_tokens=100, labels={"region": "eu"})
+    from_avro = _process(_avro(event), now)
+    from_json = _process(_json(event), now)
+    assert isinstance(from_json, PricedUsage)
+    assert from_json == from_avro
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_events_written_with_older_schemas_are_priced(make_event, now, version):
+    event = make_event(reasoning_tokens=0)
+    result = _process(_avro(event, version=version), now)
+    assert isinstance(result, PricedUsage)
+    assert result.cost_line["priced"] is True
+    assert result.cost_line["cost_usd"] == expected_cost(current_entry("openai", "gpt-4o", event["event_time"]), event)
+    assert (result.cost_line["reasoning_tokens"], result.cost_line["cache_write_tokens"]) == (0, 0)
+    assert result.cost_line["user_hash"] is None
+    assert result.cost_line["line_id"] == cost_line_id("llm", event["event_id"])
+    newest = _process(_avro(event), now)
+    assert result.cost_line == newest.cost_line
+    # llm_usage_event v1 had no time_to_first_token_ms: the observation says so rather than inventing one
+    expected_ttft = None if version == 1 else event["time_to_first_token_ms"]
+    assert result.observation == {**newest.observation, "ttft_ms": expected_ttft}
+
+
+def test_every_token_kind_is_priced(make_event, now):
+    # claude-sonnet-4 has its own cache read and write prices; reasoning falls back to the output price
+    event = make_event(provider="anthropic", model="claude-sonnet-4", input_tokens=50_000, cached_input_tokens=20_000,
+                       cache_write_tokens=10_000, output_tokens=3_000, reasoning_tokens=1_000)
+    result = _process(_avro(event), now)
+    entry = current_entry("anthropic", "claude-sonnet-4", event["event_time"])
+    assert result.cost_line["cost_usd"] == expected_cost(entry, event)
+    # by hand: 20k × 3 + 20k × 0.30 + 10k × 3.75 + 3k × 15 (per million)
+    assert result.cost_line["cost_usd"] == Decimal("0.06") + Decimal("0.006") + Decimal("0.0375") + Decimal("0.045")
+    assert result.cost_line["cache_write_tokens"] == 10_000
+    assert result.cost_line["reasoning_tokens"] == 1_000
+
+
+def test_an_aliased_model_is_priced_as_its_target(make_event, now):
+    event = make_event(provider="", model="claude-sonnet-4-20250514", input_tokens=1000, cached_input_tokens=0,
+                       output_tokens=100)
+    result = _process(_avro(event), now)
+    entry = current_entry("anthropic", "claude-sonnet-4", event["event_time"])
+    assert result.cost_line["cost_usd"] == expected_cost(entry, event)
+    assert (result.cost_line["provider"], result.cost_line["tag_source"]["provider"]) == ("anthropic", "inferred")
+    assert result.cost_line["model"] == "claude-sonnet-4-20250514"
+
+
+def test_the_event_time_picks_the_price(make_event, now):
+    old = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+    event = make_event(event_time=old)
+    result = _process(_avro(event), now)
+    assert result.cost_line["cost_usd"] == expected_cost(current_entry("openai", "gpt-4o", old), event)
+    assert result.cost_line["cost_usd"] == Decimal("0.0125")  # first gpt-4o entry: 1000 × $5/M + 500 × $15/M
+    assert result.observation["input_price_per_mtok"] == Decimal("5.00")
+
+
+def test_line_id_is_deterministic_per_event(make_event, now):
+    first = _process(_avro(make_event(event_id="evt-A")), now).cost_line["line_id"]
+    again = _process(_avro(make_event(event_id="evt-A", latency_ms=1)), now).cost_line["line_id"]
+    other = _process(_avro(make_event(event_id="evt-B")), now).cost_line["line_id"]
+    assert first == again
+    assert first != other
+    assert uuid.UUID(first)
+    assert first == cost_line_id("llm", "evt-A")
+    assert cost_line_id("gpu", "evt-A") != first  # the source is part of the identity
+
+
+# --- tenants ---------------------------------------------------------------------------------------------------
+
+def test_a_tenant_discount_is_applied(make_event, now):
+    event = make_event(tenant="Hooli")
+    result = _process(_avro(event), now)
+    factor = (100 - Decimal(HOOLI["discount_pct"])) / 100
+    entry = current_entry("openai", "gpt-4o", event["event_time"])
+    assert result.cost_line["cost_usd"] == expected_cost(entry, event, factor)
+    assert result.cost_line["cost_usd"] == Decimal("0.0061625")  # 0.00725 × 0.85 by hand
+    assert result.cost_line["tenant"] == "hooli"
+
+
+def test_the_discount_follows_the_resolved_tenant(make_event, now, tmp_path: Path):
+    # the tenant as tagging resolved it (from a label, through an alias) is the one whose prices apply
+    from_label = _process(_avro(make_event(tenant="", labels={"tenant": "hooli"})), now).cost_line
+    assert (from_label["tenant"], from_label["cost_usd"]) == ("hooli", Decimal("0.0061625"))
+    path = tmp_path / "registry.yaml"
+    path.write_text("services: {}\naliases:\n  tenant:\n    hooli inc: hooli\n")
+    pricing = LlmPricingContext(PRICING.catalog, load_service_registry(path), KEY)
+    via_alias = _process(_avro(make_event(tenant="Hooli Inc")), now, pricing).cost_line
+    assert (via_alias["tenant"], via_alias["cost_usd"]) == ("hooli", Decimal("0.0061625"))
+
+
+def test_the_observation_carries_list_prices_not_the_tenants(make_event, now):
+    event = make_event(tenant="hooli")
+    observation = _process(_avro(event), now).observation
+    entry = current_entry("openai", "gpt-4o", event["event_time"])
+    assert observation["input_price_per_mtok"] == Decimal(entry["input_per_mtok"])
+    assert observation["output_price_per_mtok"] == Decimal(entry["output_per_mtok"])
+    # the cost and its split are the tenant's (discounted); everything else matches a list-price tenant's call
+    money = ("cost_usd", "input_cost_usd", "output_cost_usd")
+    assert observation == {**_process(_avro(make_event(tenant="acme")), now).observation,
+                           **{name: observation[name] for name in money}}
+    factor = (100 - Decimal(HOOLI["discount_pct"])) / 100
+    assert observation["input_cost_usd"] == (800 * Decimal(entry["input_per_mtok"])
+                                             + 200 * Decimal(entry["cache_read_per_mtok"])) * factor / MILLION
+
+
+def test_observation_fields(make_event, now):
+    event = make_event(provider="OpenAI", model="GPT-4o", latency_ms=1234, status="timeout", error_code="timeout",
+                       output_tokens=0)
+    result = _process(_avro(event), now)
+    observation = result.observation
+    assert observation["provider"] == "openai" and observation["model"] == "gpt-4o"  # normalised, like the line
+    assert observation["latency_ms"] == 1234
+    assert observation["status"] == "timeout"
+    assert observation["tokens"] == 1000 + 0
+    assert observation["event_time"] == event["event_time"]
+    assert observation["cost_usd"] == result.cost_line["cost_usd"]
+    entry = current_entry("openai", "gpt-4o", event["event_time"])
+    assert observation["input_price_per_mtok"] == Decimal(entry["input_per_mtok"])
+    assert observation["output_price_per_mtok"] == Decimal(entry["output_per_mtok"])
+    assert (observation["input_tokens"], observation["output_tokens"]) == (1000, 0)
+    assert observation["ttft_ms"] == event["time_to_first_token_ms"] == 270
+    codec = codec_for("model_observation")
+    assert codec.decode(codec.encode(observation)) == observation
+
+
+def test_the_cost_split_puts_cache_tokens_with_input_and_reasoning_with_output(make_event, now):
+    # claude-sonnet-4 has its own cache read and write prices; reasoning falls back to the output price
+    event = make_event(provider="anthropic", model="claude-sonnet-4", input_tokens=50_000, cached_input_tokens=20_000,
+                       cache_write_tokens=10_000, output_tokens=3_000, reasoning_tokens=1_000)
+    result = _process(_avro(event), now)
+    entry = current_entry("anthropic", "claude-sonnet-4", event["event_time"])
+    rate = {name: Decimal(str(entry[name])) / MILLION for name in
+            ("input_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok", "output_per_mtok")}
+    expected_input = 20_000 * rate["input_per_mtok"] + 20_000 * rate["cache_read_per_mtok"] \
+        + 10_000 * rate["cache_write_per_mtok"]
+    expected_output = 3_000 * rate["output_per_mtok"]  # 2,000 plain output + 1,000 reasoning at the output price
+    observation = result.observation
+    assert observation["input_cost_usd"] == expected_input == Decimal("0.1035")  # 0.06 + 0.006 + 0.0375, by hand
+    assert observation["output_cost_usd"] == expected_output == Decimal("0.045")
+    assert observation["input_cost_usd"] + observation["output_cost_usd"] == result.cost_line["cost_usd"]
+    assert (observation["input_tokens"], observation["output_tokens"]) == (50_000, 3_000)
+    codec = codec_for("model_observation")
+    assert codec.decode(codec.encode(observation)) == observation
+
+
+def test_the_cost_split_adds_up_to_the_cost_when_rounding_bites(make_event, now):
+    # A 33.333333333% discount on 1 input + 1 output token of gpt-4o leaves 18 decimal places in each part.
+    # Rounded alone, input (…1.666666666675e-6) and output (…6.6666666667e-6) both round up and would sum to
+    # one 1e-12 more than the rounded total; output is therefore the total minus the rounded input.
+    third = parse_tenant_overrides([{"tenant": "third", "discount_pct": "33.333333333"}])
+    catalog = PRICING.catalog.with_overrides(third)
+    pricing = LlmPricingContext(catalog, PRICING.registry, KEY)
+    event = make_event(tenant="third", input_tokens=1, cached_input_tokens=0, output_tokens=1)
+    observation = _process(_avro(event), now, pricing).observation
+    factor = (100 - Decimal("33.333333333")) / 100
+    entry = current_entry("openai", "gpt-4o", event["event_time"])
+    exact_input = Decimal(entry["input_per_mtok"]) / MILLION * factor
+    exact_output = Decimal(entry["output_per_mtok"]) / MILLION * factor
+    money = Decimal("1e-12")
+    assert observation["input_cost_usd"] == exact_input.quantize(money) == Decimal("0.000001666667")
+    assert observation["cost_usd"] == (exact_input + exact_output).quantize(money) == Decimal("0.000008333333")
+    assert observation["output_cost_usd"] == Decimal("0.000006666666") != exact_output.quantize(money)
+    assert observation["input_cost_usd"] + observation["output_cost_usd"] == observation["cost_usd"]
+
+
+# --- tagging through the pipeline ------------------------------------------------------------------------------
+
+def test_missing_tenant_and_feature_are_defaulted_and_say_so(make_event, now):
+    event = make_event(tenant="", feature="", service="code-assist")
+    line = _process(_avro(event), now).cost_line
+    assert (line["tenant"], line["tag_source"]["tenant"]) == ("unallocated", "default")
+    assert (line["feature"], line["tag_source"]["feature"]) == (OWNERS["code-assist"]["default_feature"], "inferred")
+    assert line["priced"] is True
+
+
+def test_a_json_event_may_leave_out_tenant_service_feature_and_provider(make_event, now):
+    event = make_event()
+    for name in ("tenant", "service", "feature", "provider"):
+        del event[name]
+    line = _process(_json(event), now).cost_line
+    assert (line["tenant"], line["service"], line["team"], line["product"]) == ("unallocated",) * 4
+    assert (line["feature"], line["tag_source"]["feature"]) == ("unspecified", "default")
+    assert (line["provider"], line["tag_source"]["provider"]) == ("openai", "inferred")
+    assert line["cost_usd"] == expected_cost(current_entry("openai", "gpt-4o", event["event_time"]), make_event())
+
+
+def test_labels_drive_team_and_are_copied_onto_the_line(make_event, now):
+    result = _process(_avro(make_event(labels={"region": "eu-west-1", "team": "Search Quality"})), now)
+    assert result.cost_line["labels"] == {"region": "eu-west-1", "team": "Search Quality"}
+    assert result.cost_line["team"] == "search quality"
+    assert result.cost_line["tag_source"]["team"] == "explicit"
+
+
+def test_unknown_model_is_kept_flagged_unpriced(make_event, now):
+    result = _process(_avro(make_event(provider="newco", model="mystery-1")), now)
+    assert isinstance(result, PricedUsage)
+    assert result.cost_line["priced"] is False
+    assert result.cost_line["cost_usd"] == 0
+    assert result.cost_line["price_version"] == "unpriced"
+    assert result.observation["input_price_per_mtok"] is None
+    assert result.observation["output_price_per_mtok"] is None
+    assert (result.observation["input_cost_usd"], result.observation["output_cost_usd"]) == (None, None)
+    assert (result.observation["input_tokens"], result.observation["output_tokens"]) == (1000, 500)
+    codec_for("cost_line").encode(result.cost_line)
+    codec_for("model_observation").encode(result.observation)
+
+
+def test_unknown_model_without_provider_is_unpriced_too(make_event, now):
+    line = _process(_avro(make_event(provider="", model="mystery-1")), now).cost_line
+    assert (line["priced"], line["provider"], line["tag_source"]["provider"]) == (False, "unknown", "default")
+
+
+# --- personal data ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("user_id", ["user-8675309", "jane.doe@example.com"])
+def test_user_id_is_stored_only_as_its_keyed_hash(make_event, now, user_id):
+    result = _process(_avro(make_event(user_id=user_id)), now)
+    assert result.cost_line["user_hash"] == hmac.new(KEY, user_id.encode(), hashlib.sha256).hexdigest()
+    assert user_id.encode() not in _everything_stored(result)
+    assert "user_id" not in result.cost_line
+
+
+def test_the_user_hash_depends_on_the_configured_key(make_event, now):
+    other = LlmPricingContext(PRICING.catalog, PRICING.registry, b"another-key")
+    event = _avro(make_event(user_id="user-1"))
+    assert _process(event, now).cost_line["user_hash"] != _process(event, now, other).cost_line["user_hash"]
+
+
+def test_emails_and_phone_numbers_in_labels_and_customer_are_masked(make_event, now):
+    event = make_event(customer="jane@example.com",
+                       labels={"owner": "jane@example.com", "callback": "+1 415 555 0100", "order": "order-12345"})
+    result = _process(_avro(event), now)
+    assert result.cost_line["labels"] == {"owner": "[email]", "callback": "[phone]", "order": "order-12345"}
+    assert result.cost_line["customer"] == "[email]"
+    stored = _everything_stored(result)
+    assert b"jane@example.com" not in stored and b"415 555 0100" not in stored
+
+
+PROMPT = "Summarize the contract for Jane Roe, SSN 078-05-1120"
+
+
+def test_a_json_prompt_is_dropped_and_the_call_still_priced(make_event, now):
+    event = {**make_event(), "prompt": PROMPT}
+    result = _process(_json(event), now)
+    assert isinstance(result, PricedUsage)
+    assert result.dropped_content_fields == ["prompt"]
+    assert result.cost_line["cost_usd"] == expected_cost(current_entry("openai", "gpt-4o", event["event_time"]), event)
+    assert PROMPT.encode() not in _everything_stored(result)
+    assert "Jane Roe" not in json.dumps(result.cost_line, default=str)
+
+
+def test_content_in_labels_is_dropped_too(make_event, now):
+    event = make_event(labels={"team": "search", "completion": PROMPT})
+    result = _process(_json(event), now)
+    assert result.dropped_content_fields == ["labels.completion"]
+    assert result.cost_line["labels"] == {"team": "search"}
+    assert PROMPT.encode() not in _everything_stored(result)
+
+
+def test_an_invalid_json_event_with_a_prompt_is_dead_lettered_without_it(make_event, now):
+    event = {**make_event(input_tokens=-5, cached_input_tokens=0), "prompt": PROMPT, "messages": [PROMPT]}
+    result = _process(_json(event), now)
+    assert isinstance(result, Rejection)
+    assert (result.field, result.rule) == ("input_tokens", "non_negative")
+    assert PROMPT.encode() not in result.value
+    assert b"Jane Roe" not in result.value
+    assert json.loads(result.value)["event_id"] == event["event_id"]  # the rest is kept for the dead letter
+
+
+def test_an_undecodable_json_event_with_a_prompt_is_dead_lettered_without_it(make_event, now):
+    event = {**make_event(), "prompt": PROMPT, "status": "great"}
+    result = _process(_json(event), now)
+    assert (result.field, result.rule) == ("status", "enum")
+    assert PROMPT.encode() not in result.value
+
+
+# --- rejections --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "field", "rule"), [
+    (b"\x00\x13garbage", None, "wire_format"),
+    (b"", None, "non_empty"),
+    (None, None, "non_empty"),
+    (b"{oops", None, "json_decode"),
+    (b"\xc3\x01" + bytes(8) + b"\x00", None, "unknown_schema"),
+])
+def test_undecodable_values_are_rejected(value, field, rule, now):
+    result = _process(value, now)
+    assert isinstance(result, Rejection)
+    assert (result.field, result.rule) == (field, rule)
+    assert result.message
+    assert result.value == value  # dead-lettered as received
+
+
+def test_negative_tokens_in_json_are_rejected_naming_the_field(make_event, now):
+    value = _json(make_event(input_tokens=-5, cached_input_tokens=0))
+    result = _process(value, now)
+    assert result == Rejection("input_tokens", "non_negative", "must be >= 0, got -5", value)
+
+
+def test_schema_errors_in_json_are_rejected(make_event, now):
+    event = make_event()
+    del event["model"]
+    result = _process(_json(event), now)
+    assert (result.field, result.rule) == ("model", "required")
+    result = _process(_json(make_event(status="great")), now)
+    assert (result.field, result.rule) == ("status", "enum")
+
+
+@pytest.mark.parametrize(("overrides", "field", "rule"), [
+    ({"input_tokens": 100, "cached_input_tokens": 150}, "cached_input_tokens", "within_input_tokens"),
+    ({"input_tokens": 100, "cached_input_tokens": 60, "cache_write_tokens": 41}, "cache_write_tokens", "within_input_tokens"),
+    ({"output_tokens": 10, "reasoning_tokens": 11}, "reasoning_tokens", "within_output_tokens"),
+    ({"model": "  "}, "model", "non_empty"),
+])
+def test_rule_violations_in_avro_are_rejected(make_event, now, overrides, field, rule):
+    value = _avro(make_event(**overrides))
+    result = _process(value, now)
+    assert (result.field, result.rule) == (field, rule)
+    assert result.value == value
+
+
+def test_an_event_from_the_future_is_rejected(make_event, now):
+    result = _process(_avro(make_event(event_time=now + dt.timedelta(hours=1))), now)
+    assert (result.field, result.rule) == ("event_time", "not_in_future")
+
+
+# --- settings -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("PRISMOPS_"):
+            monkeypatch.delenv(name)
+
+
+def test_context_from_default_settings(clean_env, make_event, now):
+    pricing = LlmPricingContext.from_settings(Settings())
+    assert pricing.user_hash_key == b"prismops-development-key"
+    assert pricing.catalog.version == CATALOG_YAML["version"]
+    line = _process(_avro(make_event(user_id="u1")), now, pricing).cost_line
+    assert line["user_hash"] == hmac.new(b"prismops-development-key", b"u1", hashlib.sha256).hexdigest()
+
+
+def test_context_from_settings_with_litellm_prices_and_a_key(clean_env, make_event, now):
+    settings = Settings().with_overrides(pricing={"catalog": EXCERPT}, pii={"hash_key": "s3cret"})
+    pricing = LlmPricingContext.from_settings(settings)
+    assert pricing.user_hash_key == b"s3cret"
+    raw = json.loads(EXCERPT.read_bytes(), parse_float=Decimal)["gpt-4o-mini"]
+    event = make_event(model="gpt-4o-mini", input_tokens=1000, cached_input_tokens=400, output_tokens=100)
+    line = _process(_avro(event), now, pricing).cost_line
+    assert line["cost_usd"] == (600 * raw["input_cost_per_token"] + 400 * raw["cache_read_input_token_cost"]
+                                + 100 * raw["output_cost_per_token"])
+    assert line["price_version"].startswith("litellm-")
