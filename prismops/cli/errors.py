@@ -6,7 +6,10 @@ tried and how to start the local stack. A missing table is the other one: it say
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from prismops.settings import KAFKA_CLIENT_LOGGER, Settings
 
@@ -65,3 +68,24 @@ def _first_line(error: BaseException) -> str:
 def show_kafka_client_logs() -> None:
     """A long-running component keeps librdkafka's connection messages in its log (the CLI hides them)."""
     logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(logging.NOTSET)
+
+
+@contextlib.contextmanager
+def clickhouse_session(settings: Settings) -> Iterator[Any]:
+    """A ClickHouse client for one command: bad input (ValueError) and any server or network error become one
+    line on stderr with a non-zero exit; the connection is closed either way."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+    from rich.markup import escape
+
+    from prismops.cli.output import fail
+    from prismops.sinks.clickhouse import clickhouse_client
+
+    client = clickhouse_client(settings)
+    try:
+        yield client
+    except ValueError as error:
+        fail(escape(str(error)))
+    except (ClickHouseError, OSError) as error:
+        fail(escape(describe_clickhouse_error(settings, error)))
+    finally:
+        client.disconnect()

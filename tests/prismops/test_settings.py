@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from prismops.settings import KafkaSettings, Settings, StackSettings, load_settings, settings_as_env
+from prismops.settings import KAFKA_CLIENT_LOGGER, KafkaSettings, Settings, StackSettings, load_settings, settings_as_env
 
 
 def test_defaults_without_environment():
@@ -167,7 +168,9 @@ def test_kafka_client_config_carries_security_settings():
         bootstrap_servers="k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256",
         sasl_username="u", sasl_password="p", ssl_ca_location="/ca.pem",
     ))
-    assert settings.kafka_client_config() == {
+    config = settings.kafka_client_config()
+    assert config.pop("logger") is logging.getLogger(KAFKA_CLIENT_LOGGER)  # librdkafka logs via Python logging
+    assert config == {
         "bootstrap.servers": "k:9093", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256",
         "sasl.username": "u", "sasl.password": "p", "ssl.ca.location": "/ca.pem",
     }

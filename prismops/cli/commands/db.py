@@ -11,7 +11,7 @@ import click
 from clickhouse_driver.errors import Error as ClickHouseError
 from rich.markup import escape
 
-from prismops.cli.errors import describe_clickhouse_error
+from prismops.cli.errors import clickhouse_session, describe_clickhouse_error
 from prismops.cli.output import FORMAT_OPTION, emit, emit_json, fail, stdout_console
 from prismops.settings import Settings
 
@@ -69,20 +69,14 @@ def settle(settings: Settings, since: dt.datetime | None, until: dt.datetime | N
            fmt: str) -> None:
     """Write the daily cost rollups of every day whose cost lines changed since it was last settled (not today:
     it is still being written). Reports are exact either way; settled days answer from the rollups, fast."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.rollups import prune_superseded, settle_days
 
     today = dt.datetime.now(dt.timezone.utc).date()
     last = until.date() if until else today
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         settled = settle_days(client, settings.clickhouse.database, since=since.date() if since else None,
                               until=last, before=today)
         pruned = prune_superseded(client, settings.clickhouse.database) if prune else 0
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     rows = [{"day": s.event_date, "state": s.state, "inserted_rows": s.inserted_rows, "settle_id": s.settle_id} for s in settled]
     if fmt == "json":
         emit_json({"days": rows, "pruned_settles": pruned})
@@ -123,20 +117,12 @@ def create_user(settings: Settings, tenant: str, user: str | None, password: str
                 users_dir: Path | None, fmt: str) -> None:
     """Create (or complete) TENANT's read-only user: a row policy per table on ClickHouse 20.4+, else the
     tenant's own database of filtered copies plus a users.d file the server reloads by itself."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.tenant_users import create_tenant_user
 
     chosen = password or secrets.token_urlsafe(18)
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         access = create_tenant_user(client, settings.clickhouse.database, tenant, password=chosen,
                                     users_dir=_users_dir(settings, users_dir), user=user, networks=networks)
-    except ValueError as error:
-        fail(escape(str(error)))
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     result = {**access.as_dict(), "password": None if password else chosen}
     if fmt == "json":
         emit_json(result)
@@ -153,15 +139,9 @@ def create_user(settings: Settings, tenant: str, user: str | None, password: str
 @click.pass_obj
 def drop_user(settings: Settings, tenant: str, user: str | None, users_dir: Path | None) -> None:
     """Remove TENANT's user and (servers older than 20.4) its database of copies."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.tenant_users import drop_tenant_user
 
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         drop_tenant_user(client, settings.clickhouse.database, tenant, users_dir=_users_dir(settings, users_dir),
                          user=user)
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     stdout_console.print(f"dropped the tenant user of {escape(tenant)}", highlight=False)

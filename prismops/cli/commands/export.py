@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from clickhouse_driver.errors import Error as ClickHouseError
-from rich.markup import escape
 
-from prismops.cli.errors import describe_clickhouse_error
-from prismops.cli.output import FORMAT_OPTION, emit, emit_json, fail
+from prismops.cli.errors import clickhouse_session
+from prismops.cli.output import FORMAT_OPTION, emit, emit_json
 from prismops.settings import Settings
 
 
@@ -29,18 +27,10 @@ def command() -> None:
 def focus(settings: Settings, month: str, sources: tuple[str, ...], file: Path, fmt: str) -> None:
     """Write MONTH's costs to FILE as FOCUS 1.2 (ServiceCategory "AI and Machine Learning"), one row per day and
     owner/thing; prints the rows written and the exact totals."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.focus_export import export_focus_month
 
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         summary = export_focus_month(client, settings.clickhouse.database, month, file, sources=tuple(sources))
-    except ValueError as error:
-        fail(escape(str(error)))
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     if fmt == "json":
         emit_json(summary.as_dict())
         return

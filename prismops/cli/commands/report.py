@@ -6,10 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 import click
-from clickhouse_driver.errors import Error as ClickHouseError
-from rich.markup import escape
 
-from prismops.cli.errors import describe_clickhouse_error
+from prismops.cli.errors import clickhouse_session
 from prismops.cli.output import FORMAT_OPTION, emit, fail
 from prismops.settings import Settings
 
@@ -29,19 +27,13 @@ def command() -> None:
 @click.pass_obj
 def spend(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, fmt: str) -> None:
     """Spend by tenant and model, most expensive first."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.reports import spend_by_tenant_and_model
 
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         rows = spend_by_tenant_and_model(
             client, settings.clickhouse.database,
             since=since.date() if since else None, until=until.date() if until else None,
         )
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     emit(rows, fmt, title=f"spend by tenant and model ({settings.clickhouse.database})", columns=SPEND_COLUMNS)
 
 
@@ -67,7 +59,6 @@ def _day(value: str) -> dt.date:
 def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...], on_day: str | None,
           since: dt.datetime | None, until: dt.datetime | None, fmt: str) -> None:
     """Cost from every source (LLM, GPU, cloud) by any dimensions: `--by team --by source --where team=X --on yesterday`."""
-    from prismops.sinks.clickhouse import clickhouse_client
     from prismops.sinks.reports import costs_by
 
     where = {}
@@ -80,15 +71,8 @@ def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...
     if on_day:
         first = _day(on_day)
         last = first + dt.timedelta(days=1)
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         rows = costs_by(client, settings.clickhouse.database, list(group_by), where=where, since=first, until=last)
-    except ValueError as error:
-        fail(str(error))
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
     span = f"{first or 'start'} to {last or 'now'}"
     emit(rows, fmt, title=f"cost by {', '.join(group_by) or 'everything'} ({span})")
 
@@ -156,17 +140,9 @@ def emit_report(report, fmt: str) -> None:  # type: ignore[no-untyped-def]
 
 def run_report(settings: Settings, build):  # type: ignore[no-untyped-def]
     """Open a connection, build the report, turn errors into one clear line."""
-    from prismops.sinks.clickhouse import clickhouse_client
 
-    client = clickhouse_client(settings)
-    try:
+    with clickhouse_session(settings) as client:
         return build(client, settings.clickhouse.database)
-    except ValueError as error:
-        fail(escape(str(error)))
-    except (ClickHouseError, OSError) as error:
-        fail(escape(describe_clickhouse_error(settings, error)))
-    finally:
-        client.disconnect()
 
 
 @command.command()
