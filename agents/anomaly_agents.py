@@ -4,10 +4,13 @@ watch_cost_anomalies:    cost.lines.v1 (LLM lines) → per-partition windows and
 close_quiet_anomaly_windows: timer: a quiet partition's open windows close as event time moves on with the clock
 
 State: one `PartitionWatch` per partition of cost.lines.v1 (windows, detector models, RCA baselines, last
-applied offset), pickled into the Faust table `anomaly_watch` keyed by partition, with a changelog
-co-partitioned with cost.lines.v1, so a restarted worker resumes its detectors instead of warming up again.
-It is saved whenever a window closes (detector state changed) and otherwise every `save_interval_s`, because
-pickling every series on every line would cost more than the detection itself. Offsets are committed more
+applied offset), stored per key in the Faust table `anomaly_watch`: one record per series
+(`<partition>|<series key>`) and one of the partition's offsets and clocks (`<partition>|meta`), each checked
+against the broker's message limit before it is written (a busy series sheds by design, see
+`finops.anomaly_events.fit_series_state`). The changelog is co-partitioned with cost.lines.v1, so a restarted
+worker resumes its detectors instead of warming up again. Changed series are saved whenever a window closes
+(detector state changed) and otherwise every `save_interval_s`, because pickling on every line would cost more
+than the detection itself. Offsets are committed more
 often than that, so after a stop or a crash the saved state may end before the first line Faust hands over
 again: on restore, the lines in between are read back from cost.lines.v1 (`streams.replay`) and applied
 before that first line, so no line of an open window is lost, deterministically. Lines are never counted twice
@@ -46,6 +49,12 @@ STAGE = "worker.watch_cost_anomalies"
 STATE_TABLE = "anomaly_watch"
 ANOMALIES_PUBLISHED = PromCounter("prismops_anomalies_total", "anomaly events published", ["metric", "severity"])
 LATE_LINES = PromCounter("prismops_anomaly_late_lines_total", "cost lines whose detector window had closed")
+STATE_SHED = PromCounter("prismops_anomaly_state_shed_total", "series states that shed detail to fit one record")
+
+
+def state_value_limit(max_message_bytes: int) -> int:
+    """Largest pickled state value whose base64 JSON text, with its key, fits in one record."""
+    return (max_message_bytes - 4096) * 3 // 4
 
 
 def register(ctx: WorkerContext) -> None:
@@ -55,8 +64,9 @@ def register(ctx: WorkerContext) -> None:
     lines_topic, anomalies_topic = ctx.topic(COST_LINES), ctx.topic(ANOMALIES)
     lines_topic_name = COST_LINES.name(ctx.settings)
     line_codec, anomaly_codec = codec_for(COST_LINES.schema), codec_for(ANOMALIES.schema)
-    # Faust tables serialize values as JSON: the pickled state travels as base64 text.
-    table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per cost-lines partition (base64 pickle)")
+    # Faust tables serialize values as JSON: pickled state travels as base64 text, a third larger.
+    table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per series and partition (base64 pickle)")
+    max_state_bytes = state_value_limit(ctx.settings.kafka.max_message_bytes)
     watches: dict[int, PartitionWatch] = {}
     caught_up: set[int] = set()  # partitions whose unsaved gap has been read back since they were assigned
     state_lock = asyncio.Lock()
@@ -64,11 +74,24 @@ def register(ctx: WorkerContext) -> None:
     def watch_for(partition: int) -> PartitionWatch:
         watch = watches.get(partition)
         if watch is None:
-            stored = table.get(str(partition))
-            watch = PartitionWatch.from_bytes(base64.b64decode(stored)) if stored else \
-                PartitionWatch(new_watch(settings), partition)
+            prefix = f"{partition}|"
+            records = {key[len(prefix):]: base64.b64decode(value) for key, value in table.data.items()
+                       if isinstance(key, str) and key.startswith(prefix) and value}
+            watch = PartitionWatch.restore(new_watch(settings), partition, records)
             watches[partition] = watch
         return watch
+
+    def save(partition: int, watch: PartitionWatch, now: dt.datetime, *, in_stream: bool) -> None:
+        for name, value in watch.changed_records(now, max_state_bytes):
+            key, text = f"{partition}|{name}", base64.b64encode(value).decode("ascii")
+            if in_stream:
+                table[key] = text
+            else:  # outside stream iteration Faust cannot pick the changelog partition itself: it is this one
+                table.data[key] = text
+                table.send_changelog(partition, key, text)
+        for what in watch.shed:
+            STATE_SHED.inc()
+            log.warning("anomaly state of partition %d shed to fit one record: %s", partition, what)
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: faust.App, revoked: set, **kwargs: object) -> None:
@@ -108,9 +131,9 @@ def register(ctx: WorkerContext) -> None:
                 if not reportable(scored, settings.min_severity):
                     continue
                 record = anomaly_record(scored, now)
-                pending.append(await anomalies_topic.send(
-                    key=record["series_key"].encode(), value=anomaly_codec.encode(record), force=True,
-                ))
+                key, value = record["series_key"].encode(), anomaly_codec.encode(record)
+                ctx.check_size(anomalies_topic, key, value)
+                pending.append(await anomalies_topic.send(key=key, value=value, force=True))
                 ANOMALIES_PUBLISHED.labels(record["metric"], record["severity"]).inc()
                 log.warning("anomaly %s: %s", record["anomaly_id"], record["message"])
         for delivery in pending:
@@ -119,33 +142,26 @@ def register(ctx: WorkerContext) -> None:
     @ctx.app.agent(lines_topic)
     async def watch_cost_anomalies(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            message = event.message
-            try:
-                line = line_codec.decode(event.value)
-                sample = usage_sample(line)
-            except (CodecError, FieldRuleError) as exc:
-                await ctx.dead_letter(event, STAGE, exc.field, exc.rule, exc.message)
-                continue
-            if sample is None:
-                continue
-            async with state_lock:
-                watch = watch_for(message.partition)
-                if message.partition not in caught_up:
-                    await catch_up(message.partition, watch, message.offset)
-                    caught_up.add(message.partition)
-                if watch.is_replay(message.offset):
-                    continue
-                now = utcnow()
-                step = watch.observe(sample, message.offset, now)
-                await publish([step])
-                if step.scored or watch.save_due(now, settings.save_interval_s):
-                    table[str(message.partition)] = base64.b64encode(watch.to_bytes(now)).decode("ascii")
+            async with ctx.guard(event, STAGE):
+                await watch_one(event)
 
-    def save_outside_stream(partition: int, watch: PartitionWatch, now: dt.datetime) -> None:
-        state = base64.b64encode(watch.to_bytes(now)).decode("ascii")
-        # Outside stream iteration Faust cannot pick the changelog partition itself: it is this one.
-        table.data[str(partition)] = state
-        table.send_changelog(partition, str(partition), state)
+    async def watch_one(event: faust.types.EventT) -> None:
+        message = event.message
+        sample = usage_sample(line_codec.decode(event.value))
+        if sample is None:
+            return
+        async with state_lock:
+            watch = watch_for(message.partition)
+            if message.partition not in caught_up:
+                await catch_up(message.partition, watch, message.offset)
+                caught_up.add(message.partition)
+            if watch.is_replay(message.offset):
+                return
+            now = utcnow()
+            step = watch.observe(sample, message.offset, now)
+            await publish([step])
+            if step.scored or watch.save_due(now, settings.save_interval_s):
+                save(message.partition, watch, now, in_stream=True)
 
     def assigned_watches() -> list[tuple[int, PartitionWatch]]:
         app = ctx.app
@@ -157,18 +173,18 @@ def register(ctx: WorkerContext) -> None:
 
     @ctx.app.timer(interval=max(1.0, settings.idle_close_s / 4))
     async def close_quiet_anomaly_windows() -> None:
-        async with state_lock:
+        async with ctx.timer_guard("worker.close_quiet_anomaly_windows"), state_lock:
             for partition, watch in assigned_watches():
                 now = utcnow()
                 step = watch.idle_tick(now, settings.idle_close_s)
                 if step.scored:
                     await publish([step])
-                    save_outside_stream(partition, watch, now)
+                    save(partition, watch, now, in_stream=False)
 
     @ctx.app.timer(interval=settings.save_interval_s)
     async def save_anomaly_state() -> None:
         """Lines since the last save would otherwise wait for the next line (or be lost on a stop) to be saved."""
-        async with state_lock:
+        async with ctx.timer_guard("worker.save_anomaly_state"), state_lock:
             for partition, watch in assigned_watches():
                 if watch.dirty:
-                    save_outside_stream(partition, watch, utcnow())
+                    save(partition, watch, utcnow(), in_stream=False)

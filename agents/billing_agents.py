@@ -23,8 +23,9 @@ def register(ctx: WorkerContext) -> None:
     @ctx.app.agent(billing_topic)
     async def cost_cloud_billing(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            outcome = process_cloud_cost_line(event.value)
-            if isinstance(outcome, Rejection):
-                await ctx.dead_letter(event, STAGE, outcome.field, outcome.rule, outcome.message)
-                continue
-            await event.send(cost_topic, key=outcome["tenant"].encode(), value=cost_codec.encode(outcome))
+            async with ctx.guard(event, STAGE):
+                outcome = process_cloud_cost_line(event.value)
+                if isinstance(outcome, Rejection):
+                    await ctx.dead_letter(event, STAGE, outcome.field, outcome.rule, outcome.message)
+                    continue
+                await ctx.send(event, cost_topic, key=outcome["tenant"].encode(), value=cost_codec.encode(outcome))

@@ -67,21 +67,23 @@ def register(ctx: WorkerContext) -> None:
         for crossing in outcome.crossings:
             log.info("budget %s: %s", crossing.action, crossing.message)
         for crossing in (*outcome.crossings, *outcome.redelivered):
-            await event.send(
-                events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
+            await ctx.send(
+                event, events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
             )
         for row in outcome.states:
             key = f"{row['scope']}/{row['scope_id']}".encode()
-            await event.send(state_topic, key=key, value=state_codec.encode(row))
+            await ctx.send(event, state_topic, key=key, value=state_codec.encode(row))
 
     @ctx.app.agent(cost_topic)
     async def track_tenant_budgets(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            line = await apply(event, tenant_ledger, "worker.track_tenant_budgets")
-            if line is not None and team_budgets_exist and team_ledger.governs(line, "team"):
-                await event.send(team_lines_topic, key=line["team"].encode(), value=event.value)
+            async with ctx.guard(event, "worker.track_tenant_budgets"):
+                line = await apply(event, tenant_ledger, "worker.track_tenant_budgets")
+                if line is not None and team_budgets_exist and team_ledger.governs(line, "team"):
+                    await ctx.send(event, team_lines_topic, key=line["team"].encode(), value=event.value)
 
     @ctx.app.agent(team_lines_topic)
     async def track_team_budgets(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await apply(event, team_ledger, "worker.track_team_budgets")
+            async with ctx.guard(event, "worker.track_team_budgets"):
+                await apply(event, team_ledger, "worker.track_team_budgets")

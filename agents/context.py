@@ -1,4 +1,11 @@
-"""What every agent module shares: the worker's settings and Faust app, its topics, and the dead-letter path.
+"""What every agent module shares: the worker's settings and Faust app, its topics, the dead-letter path, and
+the guards that keep one message from stopping the worker.
+
+- `guard(event, stage)`: any error while handling one event dead-letters that event (a FieldRuleError with its
+  field and rule, anything else as `processing_error` with the exception's class) and the stream goes on.
+- `send(event, topic, ...)` / `check_size`: an output record over `kafka.max_message_bytes` is refused before
+  it reaches the producer (where it would fail the commit and crash the worker), so its event is dead-lettered.
+- `timer_guard(name)`: a timer's error is logged and counted; the timer runs again at its next tick.
 
 Agent modules import this, never `agents.worker`: the worker imports them to register their agents, so
 the shared context lives below both.
@@ -6,16 +13,19 @@ the shared context lives below both.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import faust
 
-from prismops.agents.metrics import DEAD_LETTERED
+from prismops.agents.metrics import AGENT_ERRORS, DEAD_LETTERED
+from prismops.errors import FieldRuleError
+from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
 from prismops.streams.codecs import codec_for
-from prismops.streams.dead_letters import dead_letter_record
 from prismops.streams.topics import DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -23,6 +33,19 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class OutputTooLarge(FieldRuleError):
+    """An output record would exceed the broker's message limit."""
+
+
+def check_size(topic: str, key: bytes | None, value: bytes | None,
+               headers: Sequence[tuple[str, bytes]] | None, max_bytes: int) -> None:
+    """Raise OutputTooLarge when key + value + headers exceed `max_bytes`."""
+    size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
+    if size > max_bytes:
+        raise OutputTooLarge(None, "output_max_bytes",
+                             f"the {topic} record it produces is {size} bytes, over the {max_bytes}-byte limit")
 
 
 @dataclass
@@ -43,6 +66,37 @@ class WorkerContext:
             )
         return self._topics[name]
 
+    def check_size(self, topic: faust.TopicT, key: bytes | None, value: bytes | None,
+                   headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        check_size(topic.get_topic_name(), key, value, headers, self.settings.kafka.max_message_bytes)
+
+    async def send(self, event: faust.types.EventT, topic: faust.TopicT, *, key: bytes | None, value: bytes,
+                   headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        """`event.send` (published before the event's offset commits) after the size check."""
+        self.check_size(topic, key, value, headers)
+        await event.send(topic, key=key, value=value, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def guard(self, event: faust.types.EventT, stage: str) -> AsyncIterator[None]:
+        """Handle one event inside; whatever it raises dead-letters the event instead of stopping the worker."""
+        try:
+            yield
+        except FieldRuleError as exc:
+            await self.dead_letter(event, stage, exc.field, exc.rule, exc.message)
+        except Exception as exc:  # one message must never stop the worker; the DLQ and the log say why
+            AGENT_ERRORS.labels(stage).inc()
+            log.exception("%s failed on %s[%s]@%s", stage, event.message.topic, event.message.partition,
+                          event.message.offset)
+            await self.dead_letter(event, stage, None, "processing_error", f"{type(exc).__name__}: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def timer_guard(self, name: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception:
+            AGENT_ERRORS.labels(name).inc()
+            log.exception("timer %s failed; it runs again at its next tick", name)
+
     async def dead_letter(
         self, event: faust.types.EventT, stage: str, field: str | None, rule: str, message: str,
         value: bytes | None = None,
@@ -55,6 +109,7 @@ class WorkerContext:
             stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
             value=msg.value if value is None else value,
             headers=[(k, v) for k, v in (msg.headers or [])], field=field, rule=rule, message=message,
+            redaction=self.settings.pii.dead_letter_redaction,
         )
         log.warning("dead letter from %s[%s]@%s: %s [%s]", msg.topic, msg.partition, msg.offset, message, rule)
         await event.send(self._dlq, key=msg.topic.encode(), value=codec_for(DEAD_LETTERS.schema).encode(record))

@@ -24,6 +24,7 @@ token counts from cost.lines.v1 (partitioned by tenant) joined with node windows
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 
@@ -75,10 +76,12 @@ def register(ctx: WorkerContext) -> None:
         for window in closed:
             attribution = attribute_window(window, catalog, gpu.idle_policy, gpu.window_s)
             for allocation, line in zip(attribution.allocations, attribution.cost_lines):
-                pending.append(await allocations_topic.send(
-                    key=window.pool.encode(), value=allocation_codec.encode(allocation), force=True,
-                ))
-                pending.append(await cost_topic.send(key=line["tenant"].encode(), value=cost_codec.encode(line), force=True))
+                allocation_value, line_key, line_value = (
+                    allocation_codec.encode(allocation), line["tenant"].encode(), cost_codec.encode(line))
+                ctx.check_size(allocations_topic, window.pool.encode(), allocation_value)
+                ctx.check_size(cost_topic, line_key, line_value)
+                pending.append(await allocations_topic.send(key=window.pool.encode(), value=allocation_value, force=True))
+                pending.append(await cost_topic.send(key=line_key, value=line_value, force=True))
             log.info(
                 "closed GPU window %s %s (%s, %d events): pool cost %s %s, %d shares",
                 window.pool, window.window_start.isoformat(), window.closed_by, window.events,
@@ -90,32 +93,40 @@ def register(ctx: WorkerContext) -> None:
     @ctx.app.agent(usage_topic)
     async def attribute_gpu_usage(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            message = event.message
-            try:
-                usage = validate_gpu_usage(
-                    usage_codec.decode(event.value), key=message.key, now=utcnow(), catalog=catalog, window_s=gpu.window_s,
-                )
-            except FieldRuleError as exc:
-                await ctx.dead_letter(event, STAGE, exc.field, exc.rule, exc.message)
-                continue
-            async with state_lock:
-                stored = pools.get(usage.pool)
-                windows = pool_windows(stored) if stored else PoolWindows.new(
-                    usage.cluster, usage.node, message.partition, window_s=gpu.window_s, grace_s=gpu.grace_s,
-                )
-                if windows.is_replay(message.offset):
-                    continue  # counted before a restart; its output was published before that state was stored
-                try:
-                    windows.add(usage, offset=message.offset, arrived_at=utcnow())
-                except FieldRuleError as exc:
-                    await ctx.dead_letter(event, STAGE, exc.field, exc.rule, exc.message)
-                    continue
-                windows.state["partition"] = message.partition
-                await publish(windows.close_due_by_watermark())
-                pools[usage.pool] = windows.state
+            async with ctx.guard(event, STAGE):
+                await attribute_one(event)
+
+    async def attribute_one(event: faust.types.EventT) -> None:
+        message = event.message
+        usage = validate_gpu_usage(
+            usage_codec.decode(event.value), key=message.key, now=utcnow(), catalog=catalog, window_s=gpu.window_s,
+        )
+        async with state_lock:
+            stored = pools.get(usage.pool)
+            before = json.dumps(stored) if stored else None
+            windows = pool_windows(stored) if stored else PoolWindows.new(
+                usage.cluster, usage.node, message.partition, window_s=gpu.window_s, grace_s=gpu.grace_s,
+            )
+            if windows.is_replay(message.offset):
+                return  # counted before a restart; its output was published before that state was stored
+            windows.add(usage, offset=message.offset, arrived_at=utcnow())  # raises changing nothing
+            windows.state["partition"] = message.partition
+            size = len(json.dumps(windows.state)) + len(usage.pool)
+            if size > ctx.settings.kafka.max_message_bytes:
+                if before is not None:  # the wrapper changed the table's dict in place: put it back
+                    pools.data[usage.pool] = json.loads(before)
+                raise FieldRuleError(None, "state_max_bytes",
+                                     f"pool {usage.pool}'s open windows would take {size} bytes with this event, over "
+                                     f"the {ctx.settings.kafka.max_message_bytes}-byte record limit")
+            await publish(windows.close_due_by_watermark())
+            pools[usage.pool] = windows.state
 
     @ctx.app.timer(interval=quiet_check_interval_s(gpu.grace_s))
     async def close_quiet_gpu_windows() -> None:
+        async with ctx.timer_guard("worker.close_quiet_gpu_windows"):
+            await close_quiet()
+
+    async def close_quiet() -> None:
         app = ctx.app
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return

@@ -20,6 +20,7 @@ from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_a
 from prismops.agents.context import WorkerContext
 from prismops.settings import Settings
 from prismops.streams.faust_app import create_app
+from prismops.streams.membership import leave_group
 from prismops.streams.telemetry import configure_tracing
 from prismops.streams.topics import TopicPlan, ensure_topic_plans, ensure_topics
 
@@ -63,4 +64,9 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     ensure_topics(settings)
     ensure_topic_plans(settings, internal_topic_plans(app))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        # a static member does not leave when Faust stops its consumer; a clean stop hands its partitions over
+        # now (a crash never gets here, and its restart takes them back as the same member)
+        leave_group(settings, app.conf.id, app.conf.consumer_group_instance_id)

@@ -162,12 +162,19 @@ class TumblingWindows:
     def _is_closed(self, start: dt.datetime) -> bool:
         return self.watermark is not None and start + dt.timedelta(seconds=self.window_s + self.grace_s) <= self.watermark
 
-    def add(self, sample: UsageSample) -> WindowAdvance:
+    def keys_of(self, sample: UsageSample) -> list[SeriesKey]:
+        return [SeriesKey(grouping, tuple(sample.fields.get(name, "(none)") for name in names))
+                for grouping, names in self.groupings.items()]
+
+    def add(self, sample: UsageSample, skip: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> WindowAdvance:
+        """Count the sample in each of its series' window, except the series in `skip` (their restored state
+        already holds it); the watermark moves on either way."""
         event_time = _utc(sample.event_time, "event_time")
         start = self.window_start(event_time)
         late = []
-        for grouping, names in self.groupings.items():
-            key = SeriesKey(grouping, tuple(sample.fields.get(name, "(none)") for name in names))
+        for key in self.keys_of(sample):
+            if key in skip:
+                continue
             if self._is_closed(start):
                 late.append(LateEvent(key, event_time, start, self.watermark))  # type: ignore[arg-type]
                 continue

@@ -53,8 +53,8 @@ class AnomalyWatch:
         self.baseline_windows = baseline_windows
         self.baselines: dict[SeriesKey, deque[dict[str, DimensionTotals]]] = {}
 
-    def observe(self, sample: UsageSample) -> WatchStep:
-        advance = self.windows.add(sample)
+    def observe(self, sample: UsageSample, skip: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> WatchStep:
+        advance = self.windows.add(sample, skip)
         return WatchStep(self._score(advance.closed), advance.late)
 
     def tick(self, now: dt.datetime) -> WatchStep:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from prismops.detectors.online import METRIC_CONFIGS, SEVERITIES, dump_state, load_state
-from prismops.detectors.series import GROUPINGS, UsageSample
+from prismops.detectors.online import METRIC_CONFIGS, SEVERITIES, SeriesDetector, dump_state, load_state
+from prismops.detectors.series import GROUPINGS, SeriesKey, UsageSample, WindowAggregate
 from prismops.detectors.watch import AnomalyWatch, ScoredWindow, WatchStep
+from prismops.errors import FieldRuleError
 from prismops.settings import DetectorSettings
 
 ANOMALY_NAMESPACE = uuid.UUID("5a1f3c2e-9b7d-4e61-8a0f-2d4c6b8e1f30")
@@ -43,8 +45,45 @@ def usage_sample(line: Mapping[str, Any]) -> UsageSample | None:
     return UsageSample.from_usage_event(line, Decimal(line["cost_usd"]))
 
 
+STATE_META = "meta"
+"""The state table key suffix of a partition's own record (offsets, clocks); series records use the series key."""
+LATENCY_SAMPLES_KEPT = 1024
+"""When a series' state would not fit in one record, each open window keeps this many latency samples."""
+
+
+class StateTooLarge(FieldRuleError):
+    """A series' state does not fit in one record even after shedding what can be shed."""
+
+
+@dataclass
+class SeriesState:
+    """One series' share of a partition's detector state: its open windows, detectors and RCA baseline, and the
+    partition offset through which they include lines (`applied_offset`)."""
+
+    key: SeriesKey
+    applied_offset: int
+    open: dict[dt.datetime, WindowAggregate]
+    detectors: dict[str, SeriesDetector]
+    baseline: deque | None
+
+
+@dataclass
+class WatchMeta:
+    last_offset: int
+    max_event_time: dt.datetime | None
+    last_arrival: dt.datetime | None
+    watermark: dt.datetime | None
+    late_count: int
+
+
 class PartitionWatch:
-    """One source partition's detectors, windows and replay guard; pickled whole into the state table."""
+    """One source partition's detectors, windows and replay guard.
+
+    Its state is stored per key, never as one blob: a record per series (`series_records`) and a small record
+    of the partition's offsets and clocks (`STATE_META`), written after the series records it covers. Each
+    series record says through which offset it holds lines, so a restore that lost the newest records (a crash
+    mid-save) re-applies a read-back line only to the series that lack it.
+    """
 
     def __init__(self, watch: AnomalyWatch, partition: int):
         self.watch = watch
@@ -53,18 +92,29 @@ class PartitionWatch:
         self.max_event_time: dt.datetime | None = None
         self.last_arrival: dt.datetime | None = None
         self.saved_at: dt.datetime | None = None
-        self.dirty = False
+        self.dirty_keys: set[SeriesKey] = set()
+        self.series_applied: dict[SeriesKey, int] = {}  # restored series ahead of last_offset
+        self.shed: list[str] = []  # what the last save had to drop to fit, for logs and metrics
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_keys)
 
     def is_replay(self, offset: int) -> bool:
         return offset <= self.last_offset
 
     def observe(self, sample: UsageSample, offset: int, arrived_at: dt.datetime) -> WatchStep:
-        step = self.watch.observe(sample)
-        self.dirty = True
+        keys = self.watch.windows.keys_of(sample)
+        skip = {key for key in keys if self.series_applied.get(key, -1) >= offset}
+        step = self.watch.observe(sample, skip)
+        self.dirty_keys.update(key for key in keys if key not in skip)
+        self.dirty_keys.update(scored.key for scored in step.scored)
         self.last_offset = offset
         self.last_arrival = arrived_at
         if self.max_event_time is None or sample.event_time > self.max_event_time:
             self.max_event_time = sample.event_time
+        if self.series_applied and offset >= max(self.series_applied.values()):
+            self.series_applied.clear()
         return step
 
     def idle_tick(self, now: dt.datetime, idle_close_s: float) -> WatchStep:
@@ -74,18 +124,109 @@ class PartitionWatch:
         quiet = now - self.last_arrival
         if quiet.total_seconds() < idle_close_s:
             return WatchStep()
-        return self.watch.tick(self.max_event_time + quiet)
+        step = self.watch.tick(self.max_event_time + quiet)
+        self.dirty_keys.update(scored.key for scored in step.scored)
+        return step
 
     def save_due(self, now: dt.datetime, interval_s: float) -> bool:
         return self.saved_at is None or (now - self.saved_at).total_seconds() >= interval_s
 
-    def to_bytes(self, now: dt.datetime) -> bytes:
-        self.saved_at, self.dirty = now, False
-        return dump_state(self)
+    def changed_records(self, now: dt.datetime, max_bytes: int) -> list[tuple[str, bytes]]:
+        """(key, value) of every series changed since the last call, then the partition record; each value at
+        most `max_bytes` (see `fit_series_state`). A series that cannot fit is reset and logged in `shed`."""
+        self.shed = []
+        open_by_key: dict[SeriesKey, dict[dt.datetime, WindowAggregate]] = {}
+        for (key, start), aggregate in self.watch.windows.open.items():
+            if key in self.dirty_keys:
+                open_by_key.setdefault(key, {})[start] = aggregate
+        detectors_by_key: dict[str, dict[str, SeriesDetector]] = {}
+        for (metric, key_text), detector in self.watch.detectors.detectors.items():
+            detectors_by_key.setdefault(key_text, {})[metric] = detector
+        records = []
+        for key in sorted(self.dirty_keys):
+            state = SeriesState(key, self.last_offset, open_by_key.get(key, {}), detectors_by_key.get(str(key), {}),
+                                self.watch.baselines.get(key))
+            try:
+                value, shed = fit_series_state(state, max_bytes)
+            except StateTooLarge as exc:
+                self._forget_series(key)
+                self.shed.append(f"{key}: reset ({exc.message})")
+                value = dump_state(SeriesState(key, self.last_offset, {}, {}, None))
+            else:
+                self.shed.extend(f"{key}: {what}" for what in shed)
+            records.append((str(key), value))
+        meta = WatchMeta(self.last_offset, self.max_event_time, self.last_arrival, self.watch.windows.watermark,
+                         self.watch.windows.late_count)
+        records.append((STATE_META, dump_state(meta)))
+        self.saved_at, self.dirty_keys = now, set()
+        return records
+
+    def _forget_series(self, key: SeriesKey) -> None:
+        for window_key in [k for k in self.watch.windows.open if k[0] == key]:
+            del self.watch.windows.open[window_key]
+        for detector_key in [k for k in self.watch.detectors.detectors if k[1] == str(key)]:
+            del self.watch.detectors.detectors[detector_key]
+        self.watch.baselines.pop(key, None)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "PartitionWatch":
-        return load_state(data, cls)
+    def restore(cls, watch: AnomalyWatch, partition: int, records: Mapping[str, bytes]) -> "PartitionWatch":
+        """A watch from the records `changed_records` wrote (the newest value per key)."""
+        restored = cls(watch, partition)
+        meta_bytes = records.get(STATE_META)
+        meta = load_state(meta_bytes, WatchMeta) if meta_bytes else None
+        for name, value in records.items():
+            if name == STATE_META:
+                continue
+            state = load_state(value, SeriesState)
+            for start, aggregate in state.open.items():
+                watch.windows.open[(state.key, start)] = aggregate
+            for metric, detector in state.detectors.items():
+                watch.detectors.detectors[(metric, str(state.key))] = detector
+            if state.baseline is not None:
+                watch.baselines[state.key] = state.baseline
+            restored.series_applied[state.key] = state.applied_offset
+        if meta is not None:
+            restored.last_offset = meta.last_offset
+            restored.max_event_time, restored.last_arrival = meta.max_event_time, meta.last_arrival
+            watch.windows.watermark, watch.windows.late_count = meta.watermark, meta.late_count
+        elif restored.series_applied:
+            restored.last_offset = max(restored.series_applied.values())
+        restored.series_applied = {k: v for k, v in restored.series_applied.items() if v > restored.last_offset}
+        return restored
+
+
+def fit_series_state(state: SeriesState, max_bytes: int) -> tuple[bytes, list[str]]:
+    """The serialized series state, at most `max_bytes`: by design a busy series sheds, in this order, exact
+    latency samples (each open window keeps LATENCY_SAMPLES_KEPT evenly spaced ones of the sorted samples, so
+    its p95 stays close), its RCA baseline, and its open windows' per-dimension totals. Raises StateTooLarge
+    when even that does not fit. What was shed is also dropped from `state`, so memory matches the record."""
+    shed: list[str] = []
+    value = dump_state(state)
+    if len(value) <= max_bytes:
+        return value, shed
+    for aggregate in state.open.values():
+        if len(aggregate.latencies_ms) > LATENCY_SAMPLES_KEPT:
+            ordered = sorted(aggregate.latencies_ms)
+            step = len(ordered) / LATENCY_SAMPLES_KEPT
+            aggregate.latencies_ms[:] = [ordered[int(i * step)] for i in range(LATENCY_SAMPLES_KEPT)]
+    shed.append(f"latency samples thinned to {LATENCY_SAMPLES_KEPT} per window")
+    value = dump_state(state)
+    if len(value) <= max_bytes:
+        return value, shed
+    if state.baseline:
+        state.baseline.clear()
+        shed.append("RCA baseline dropped")
+        value = dump_state(state)
+        if len(value) <= max_bytes:
+            return value, shed
+    for aggregate in state.open.values():
+        for totals in (aggregate.cost_by_dimension, aggregate.errors_by_dimension, aggregate.tokens_by_dimension):
+            totals.by_value.clear()
+    shed.append("per-dimension totals of open windows dropped")
+    value = dump_state(state)
+    if len(value) <= max_bytes:
+        return value, shed
+    raise StateTooLarge("state", "max_bytes", f"{len(value)} bytes after shedding, over the {max_bytes}-byte limit")
 
 
 def reportable(scored: ScoredWindow, min_severity: str) -> bool:

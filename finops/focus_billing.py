@@ -10,7 +10,8 @@ Plain Python (no Kafka), used by `prismops ingest focus` (file → records) and 
   would need rounding), `decimal_precision` (more than 38 digits), `timestamp` (ISO-8601 with a UTC
   offset or Z), `period_order` (start < end; FOCUS ends are exclusive), `currency` (only USD for now),
   `one_of` (ChargeCategory, ChargeClass, ServiceCategory, focus_version), `required_with` (a quantity
-  needs its unit), `tags` (a JSON object whose values are strings).
+  needs its unit), `tags` (a JSON object whose values are strings), `max_length` and `printable` (the text
+  limits of `TEXT_COLUMN_LIMITS` and of tags, see `check_text_columns`), `max_entries` (at most 64 tags).
 
 Event ids are the SHA-256 of the file's bytes plus the row's line number, so ingesting the same file
 again produces the same ids (and the same cost line ids): the sink then writes no duplicate. A file that
@@ -36,6 +37,7 @@ from typing import Any
 
 from prismops.finops.llm_usage import Rejection, cost_line_id
 from prismops.finops.tagging import UNALLOCATED, normalize
+from prismops.finops.text_rules import ID_MAX_CHARS, LABELS_MAX, NAME_MAX_CHARS, TEXT_MAX_CHARS, check_text
 from prismops.streams.codecs import CodecError, codec_for, exact_decimal
 from prismops.errors import FieldRuleError
 
@@ -78,6 +80,37 @@ REQUIRED_STRINGS: dict[str, tuple[str, ...]] = {
     "1.3": _COMMON_REQUIRED_STRINGS + ("ServiceProviderName", "HostProviderName"),
 }
 UNIT_OF = {"PricingQuantity": "PricingUnit", "ConsumedQuantity": "ConsumedUnit"}
+# Columns that become cost-line fields or labels, with the longest value each may hold; each must also be
+# printable (finops/text_rules.py: no control, bidi, zero-width or other format characters). ResourceId is
+# the cost line's `resource` (never a key): cloud resource ids (ARNs, Azure ids) run past 256 characters.
+TEXT_COLUMN_LIMITS: dict[str, int] = {
+    "event_id": ID_MAX_CHARS,  # source_event_id, and the seed of line_id
+    "ServiceName": NAME_MAX_CHARS,  # the cost line's model
+    "ProviderName": NAME_MAX_CHARS,  # provider
+    "ServiceProviderName": NAME_MAX_CHARS,
+    "HostProviderName": NAME_MAX_CHARS,  # a label too
+    "RegionId": NAME_MAX_CHARS,  # region
+    "ResourceId": TEXT_MAX_CHARS,  # resource
+    "ChargeCategory": NAME_MAX_CHARS,  # charge_category
+    "ChargeClass": NAME_MAX_CHARS,
+    "ServiceCategory": NAME_MAX_CHARS,  # a label
+    "BillingCurrency": NAME_MAX_CHARS,
+    "PricingUnit": NAME_MAX_CHARS,  # usage_unit
+    "ConsumedUnit": NAME_MAX_CHARS,
+    "BillingAccountId": ID_MAX_CHARS,  # a label
+    "SkuId": ID_MAX_CHARS,  # a label
+}
+# Descriptive columns kept only in the cloud_cost_line record: a length limit, any characters (a description
+# may span lines); source_file is a path, so up to Linux's PATH_MAX.
+DESCRIPTIVE_MAX_CHARS: dict[str, int] = {
+    **{c: TEXT_MAX_CHARS for c in STRING_COLUMNS if c not in TEXT_COLUMN_LIMITS}, "source_file": 4096,
+}
+# Tags: every key and value becomes a cost-line label; the values of tenant, team, product, service, feature,
+# environment and customer tags become dimensions, so those are names. Keys may carry a provider prefix such as
+# AWS's "user:" on top of the provider's 128-character limit; cloud providers cap tag values at 256.
+TAGS_MAX = LABELS_MAX
+TAG_KEY_MAX_CHARS = ID_MAX_CHARS
+TAG_VALUE_MAX_CHARS = ID_MAX_CHARS
 
 MONEY_SCALE, MONEY_PRECISION = 12, 38  # the Avro decimal(38, 12) of cloud_cost_line and cost_line
 _DECIMAL_TEXT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -355,11 +388,75 @@ def parse_focus_row(
 
 def check_cloud_cost_line(record: Mapping[str, Any]) -> list[FieldRuleError]:
     """The rules that hold between fields of a decoded record; fields that are None (unparsable, reported
-    already) are skipped except where a value is required. The billing agent runs these on every message too."""
-    problems: list[FieldRuleError] = []
+    already) are skipped except where a value is required. The billing agent runs these on every message too.
+    The text rules come first; a column that breaks one is reported for that alone."""
     version = record.get("focus_version")
     if version not in FOCUS_VERSIONS:
-        return [FieldRuleError("focus_version", "one_of", f"{version!r} is not one of {', '.join(FOCUS_VERSIONS)}")]
+        long = isinstance(version, str) and len(version) > NAME_MAX_CHARS
+        shown = f"a {len(version)}-character value" if long else repr(version)
+        return [FieldRuleError("focus_version", "one_of", f"{shown} is not one of {', '.join(FOCUS_VERSIONS)}")]
+    text_problems = check_text_columns(record)
+    if text_problems:
+        # the rules below never see (or quote) a column that broke a text rule
+        failed = {p.field for p in text_problems}
+        rest = _check_fields({k: v for k, v in record.items() if k not in failed}, version)
+        return text_problems + [p for p in rest if p.field not in failed]
+    return _check_fields(record, version)
+
+
+def check_text_columns(record: Mapping[str, Any]) -> list[FieldRuleError]:
+    """The length and character rules of every text column and of the tags: one problem per column (Tags: the
+    first broken tag), each naming the column and the rule (max_length, printable, max_entries)."""
+    problems: list[FieldRuleError] = []
+    for column, max_chars in TEXT_COLUMN_LIMITS.items():
+        try:
+            check_text(column, _string(record.get(column)), max_chars)
+        except FieldRuleError as exc:
+            problems.append(exc)
+    for column, max_chars in DESCRIPTIVE_MAX_CHARS.items():
+        value = _string(record.get(column))
+        if len(value) > max_chars:
+            problems.append(FieldRuleError(column, "max_length", f"must be at most {max_chars} characters, got {len(value)}"))
+    try:
+        check_tags(record.get("Tags"))
+    except FieldRuleError as exc:
+        problems.append(exc)
+    return problems
+
+
+def check_tags(tags: Mapping[str, str] | None) -> None:
+    """Raise FieldRuleError (field Tags; rule max_entries, max_length or printable) for the first broken tag rule:
+    at most TAGS_MAX tags, keys and values printable and at most 256 characters (a tab is allowed in a value, as
+    in a label), a value that becomes a dimension at most 128 characters and no tab. The message names the key
+    once the key itself has passed, never the value."""
+    if not tags:
+        return
+    if len(tags) > TAGS_MAX:
+        raise FieldRuleError("Tags", "max_entries", f"must have at most {TAGS_MAX} tags, got {len(tags)}")
+    dimension_keys = {alias for aliases in TAG_ALIASES.values() for alias in aliases}
+    for key in sorted(tags):
+        _check_tag_text("the tag key", key, TAG_KEY_MAX_CHARS)
+        value = _string(tags[key])
+        if normalize_tag_key(key) in dimension_keys:
+            _check_tag_text(f"the value of tag {key!r} (a dimension)", value, NAME_MAX_CHARS)
+        else:
+            _check_tag_text(f"the value of tag {key!r}", value, TAG_VALUE_MAX_CHARS, allow_tabs=True)
+
+
+def _check_tag_text(what: str, value: str, max_chars: int, *, allow_tabs: bool = False) -> None:
+    """A text rule on part of the Tags column, reported as the column Tags with `what` in the message."""
+    try:
+        check_text(what, value, max_chars, allow_tabs=allow_tabs)
+    except FieldRuleError as exc:
+        raise FieldRuleError("Tags", exc.rule, f"{what} {exc.message}") from None
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _check_fields(record: Mapping[str, Any], version: str) -> list[FieldRuleError]:
+    problems: list[FieldRuleError] = []
     for column in REQUIRED_STRINGS[version]:
         if not (record.get(column) or "").strip():
             problems.append(FieldRuleError(column, "required", f"must not be empty (mandatory in FOCUS {version})"))

@@ -33,6 +33,7 @@ from typing import Any
 
 from prismops.finops.gpu_pricing import GpuCatalog, UnknownMigProfile, normalize_model
 from prismops.finops.tagging import normalize
+from prismops.finops.text_rules import ID_MAX_CHARS, NAME_MAX_CHARS, check_labels, check_text
 from prismops.errors import FieldRuleError
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -107,6 +108,35 @@ class GpuUsage:
         return workload_key(self.tenant, self.team, self.namespace, self.job)
 
 
+# The longest value each text field may hold (finops/text_rules.py), in schema order: names (cluster and node
+# make the pool key, tenant/team/namespace/job the workload key of the windows state) 128 characters, ids 256.
+# The enums capacity_type and source are checked as names too, so no text field is left without a rule.
+TEXT_FIELD_LIMITS: dict[str, int] = {
+    "event_id": ID_MAX_CHARS,
+    "cluster": NAME_MAX_CHARS,
+    "node": NAME_MAX_CHARS,
+    "gpu_model": NAME_MAX_CHARS,
+    "mig_profile": NAME_MAX_CHARS,
+    "capacity_type": NAME_MAX_CHARS,
+    "tenant": NAME_MAX_CHARS,
+    "team": NAME_MAX_CHARS,
+    "namespace": NAME_MAX_CHARS,
+    "job": ID_MAX_CHARS,
+    "source": NAME_MAX_CHARS,
+}
+
+
+def check_text_fields(event: Mapping[str, Any]) -> None:
+    """Raise InvalidGpuUsage (rule max_length, printable or max_entries) for the first text field, in schema order,
+    that is too long or holds a forbidden character; then the labels map."""
+    try:
+        for name, max_chars in TEXT_FIELD_LIMITS.items():
+            check_text(name, event.get(name), max_chars)
+        check_labels("labels", event.get("labels"))
+    except FieldRuleError as exc:
+        raise InvalidGpuUsage(exc.field, exc.rule, exc.message) from None
+
+
 def _text(event: Mapping[str, Any], name: str) -> str:
     value = str(event.get(name) or "").strip()
     if not value:
@@ -122,7 +152,10 @@ def _optional(event: Mapping[str, Any], name: str) -> str | None:
 def validate_gpu_usage(
     event: Mapping[str, Any], *, key: bytes | None, now: dt.datetime, catalog: GpuCatalog, window_s: int,
 ) -> GpuUsage:
-    """Raise InvalidGpuUsage (or UnknownMigProfile) for the first broken rule; each names field and rule."""
+    """Raise InvalidGpuUsage (or UnknownMigProfile) for the first broken rule; each names field and rule.
+
+    The text fields' length and character rules come first, before any value becomes part of a key."""
+    check_text_fields(event)
     event_id = _text(event, "event_id")
     cluster, node = _text(event, "cluster"), _text(event, "node")
     for name, value in (("cluster", cluster), ("node", node)):
@@ -135,7 +168,7 @@ def validate_gpu_usage(
         raise InvalidGpuUsage(
             None, "keyed_by_pool",
             f"the message key must be {expected_key.decode()!r} (cluster/node) so one pool's events share a partition; "
-            f"got {key!r}",
+            f"got {_shown_key(key)}",
         )
     gpu_model, tenant = _text(event, "gpu_model"), normalize(_text(event, "tenant"))
     team = _optional(event, "team")
@@ -187,6 +220,13 @@ def validate_gpu_usage(
         namespace=_optional(event, "namespace"), job=_optional(event, "job"), gpu_fraction=fraction,
         start_us=to_micros(start), end_us=to_micros(end), requested_gpu_seconds=requested, used_gpu_seconds=used,
     )
+
+
+def _shown_key(key: bytes | None) -> str:
+    """The key as the rejection shows it: whole when it could be a pool name, else only its size."""
+    if key is not None and len(key) > 4 * (2 * NAME_MAX_CHARS + 1):  # two names and '/', 4 UTF-8 bytes a character
+        return f"a {len(key)}-byte key"
+    return repr(key)
 
 
 def _decimal_text(value: Fraction) -> str:

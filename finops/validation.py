@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prismops.errors import FieldRuleError
+from prismops.finops.text_rules import ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS, check_labels, check_text
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 # tenant, service, feature and provider may be empty: tagging infers them or charges `unallocated`.
@@ -17,15 +18,55 @@ _NON_NEGATIVE = (
 )
 
 
+# The longest value each text field may hold (finops/text_rules.py), in schema order: names (they become state
+# keys, metric labels and ClickHouse columns) 128 characters, ids 256, the free-text error code 1024. The enums
+# environment and status are checked as names too, so no text field is left without a rule.
+TEXT_FIELD_LIMITS: dict[str, int] = {
+    "event_id": ID_MAX_CHARS,
+    "tenant": NAME_MAX_CHARS,
+    "service": NAME_MAX_CHARS,
+    "feature": NAME_MAX_CHARS,
+    "customer": NAME_MAX_CHARS,
+    "user_id": ID_MAX_CHARS,
+    "session_id": ID_MAX_CHARS,
+    "request_id": ID_MAX_CHARS,
+    "environment": NAME_MAX_CHARS,
+    "provider": NAME_MAX_CHARS,
+    "model": NAME_MAX_CHARS,
+    "model_version": NAME_MAX_CHARS,
+    "deployment_id": ID_MAX_CHARS,
+    "status": NAME_MAX_CHARS,
+    "error_code": TEXT_MAX_CHARS,
+    "decision_id": ID_MAX_CHARS,
+}
+FREE_TEXT_FIELDS = frozenset({"error_code"})
+"""Free text: tabs allowed, like label values."""
+
+
 class InvalidEvent(FieldRuleError):
     """A decodable event that breaks a business rule."""
 
 
+def check_text_fields(event: Mapping[str, Any]) -> None:
+    """Raise InvalidEvent (rule max_length, printable or max_entries) for the first text field, in schema order,
+    that is too long or holds a forbidden character; then the labels map. Reads each value once, uses none."""
+    try:
+        for name, max_chars in TEXT_FIELD_LIMITS.items():
+            check_text(name, event.get(name), max_chars, allow_tabs=name in FREE_TEXT_FIELDS)
+        check_labels("labels", event.get("labels"))
+    except FieldRuleError as exc:
+        raise InvalidEvent(exc.field, exc.rule, exc.message) from None
+
+
 def validate_llm_usage(event: Mapping[str, Any], now: dt.datetime) -> None:
-    """Raise InvalidEvent for the first broken rule."""
+    """Raise InvalidEvent for the first broken rule.
+
+    Order: event_id and model present (a blank value is reported as non_empty even when it holds a tab or a
+    newline), then every text field's length and character rule, before any other rule reads a value."""
     for name in _REQUIRED_TEXT:
         if not str(event.get(name) or "").strip():
             raise InvalidEvent(name, "non_empty", "must be a non-empty string")
+    check_text_fields(event)
     for name in _NON_NEGATIVE:
         value = event.get(name)
         if value is not None and value < 0:

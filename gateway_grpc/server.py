@@ -6,15 +6,19 @@ tracker; and the installed policy (file, hot-reloaded, or SetPolicy). Every deci
 is published to ROUTING_DECISIONS without waiting for the broker; every policy change is published to
 POLICY_AUDIT *before* it is installed, so no change goes unaudited.
 
-Status codes: INVALID_ARGUMENT names the field and the rule; FAILED_PRECONDITION names the budget that
-refuses a tenant; RESOURCE_EXHAUSTED when more than `gateway.max_concurrent_rpcs` calls are in flight (grpc
-answers it before our code runs); UNAVAILABLE while the tables load; UNAUTHENTICATED / PERMISSION_DENIED
-from `auth`. Health says NOT_SERVING until both tables have caught up; reflection lets grpcurl list and call.
+Status codes: INVALID_ARGUMENT names the field and the rule, including every length, character and list-size
+bound of `request_bounds` (checked before anything else reads the request); FAILED_PRECONDITION names the
+budget that refuses a tenant; RESOURCE_EXHAUSTED when more than `gateway.max_concurrent_rpcs` calls are in
+flight or a request is larger than `gateway.max_request_bytes` (grpc answers both before our code runs);
+UNAVAILABLE while the tables load; UNAUTHENTICATED / PERMISSION_DENIED from `auth`. Every status message this
+module sends goes through `request_bounds.cap_detail`, so no error can outgrow the metadata limits. Health
+says NOT_SERVING until both tables have caught up; reflection lets grpcurl list and call.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import uuid
@@ -44,6 +48,9 @@ from prismops.gateway_grpc.policy import (
 )
 from prismops.gateway_grpc.policy_config import (
     BreakerPolicy, InstalledPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
+)
+from prismops.gateway_grpc.request_bounds import (
+    MAX_RESPONSE_BYTES, cap_detail, check_decide, check_report_outcome, check_set_policy,
 )
 from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
@@ -335,8 +342,32 @@ def response_from_choice(choice: RoutingChoice, decision_id: str) -> routing_pb2
     return response
 
 
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End the call with `code`; the message is capped so it always fits the trailers (see request_bounds)."""
+    context.abort(code, cap_detail(details))
+
+
 def _invalid(context: grpc.ServicerContext, error: FieldRuleError) -> None:
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error.message} [{error.rule}]")
+    text = f"{error.field}: {error.message} [{error.rule}]" if error.field else f"{error.message} [{error.rule}]"
+    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, text)
+
+
+def _bounded_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An unexpected exception would reach the caller as grpc's "Exception calling application: <text>", of
+    any length; it goes out capped instead (same code, UNKNOWN). Our own aborts pass through untouched."""
+
+    @functools.wraps(method)
+    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            if context.code() is not None:  # already aborted (or given a status) by the handler itself
+                raise
+            log.exception("%s failed", method.__name__)
+            _abort(context, grpc.StatusCode.UNKNOWN, f"Exception calling application: {exc}")
+            raise  # not reached: abort raises
+
+    return handler
 
 
 class RouterServicer(routing_pb2_grpc.RouterServicer):
@@ -346,14 +377,20 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         self._publisher = publisher
         self._is_ready = is_ready
 
+    @_bounded_errors
     def Decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
         parent = context_from_headers(context.invocation_metadata())
         with _tracer.start_as_current_span("routing.v1.Router/Decide", context=parent, kind=trace.SpanKind.SERVER):
             return self._decide(request, context)
 
     def _decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
+        try:
+            # sizes and characters first: nothing below may build a message from an unbounded field
+            check_decide(request, self._defaults.max_candidates)
+        except FieldRuleError as error:
+            _invalid(context, error)
         if not self._is_ready():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
         routing_request = request_from_proto(request)
         try:
             validate_request(routing_request)
@@ -375,14 +412,19 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         DECISIONS.labels(choice.reason_code).inc()
         if choice.refused:
             context.set_trailing_metadata((("prismops-decision-id", decision_id),))
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, choice.reason)
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, choice.reason)
         return response_from_choice(choice, decision_id)
 
+    @_bounded_errors
     def ReportOutcome(
         self, request: routing_pb2.ReportOutcomeRequest, context: grpc.ServicerContext
     ) -> routing_pb2.ReportOutcomeResponse:
+        try:
+            check_report_outcome(request)
+        except FieldRuleError as error:
+            _invalid(context, error)
         if not (request.model.provider and request.model.model):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: provider and model are required [required]")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "model: provider and model are required [required]")
         try:
             # proto3 sends "" and 0 for unset fields: either one alone names the outcome
             status = classify_outcome(request.status or None, request.http_status or None)
@@ -399,6 +441,7 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
             breaker_state=snapshot["state"], consecutive_failures=snapshot["consecutive_failures"],
         )
 
+    @_bounded_errors
     def GetTables(self, request: routing_pb2.GetTablesRequest, context: grpc.ServicerContext) -> routing_pb2.GetTablesResponse:
         state, now = self._state, self._state.clock()
         max_age = state.policy_store.current.policy.defaults.live.max_age_s
@@ -449,6 +492,7 @@ class RouterAdminServicer(routing_pb2_grpc.RouterAdminServicer):
     def __init__(self, state: GatewayState):
         self._state = state
 
+    @_bounded_errors
     def GetPolicy(self, request: routing_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> routing_pb2.PolicyDocument:
         installed = self._state.policy_store.current
         return routing_pb2.PolicyDocument(
@@ -456,7 +500,12 @@ class RouterAdminServicer(routing_pb2_grpc.RouterAdminServicer):
             updated_at=installed.updated_at.isoformat(),
         )
 
+    @_bounded_errors
     def SetPolicy(self, request: routing_pb2.SetPolicyRequest, context: grpc.ServicerContext) -> routing_pb2.SetPolicyResponse:
+        try:
+            check_set_policy(request, self._state.settings.gateway.max_request_bytes)
+        except FieldRuleError as error:
+            _invalid(context, error)
         principal = current_principal.get()
         store = self._state.policy_store
         try:
@@ -467,9 +516,9 @@ class RouterAdminServicer(routing_pb2_grpc.RouterAdminServicer):
         except PolicyConfigError as error:
             _invalid(context, error)
         except PolicyVersionConflict as error:
-            context.abort(grpc.StatusCode.ABORTED, str(error))
+            _abort(context, grpc.StatusCode.ABORTED, str(error))
         except AuditNotDelivered as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"the policy was not changed: its audit event failed ({error})")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, f"the policy was not changed: its audit event failed ({error})")
         return routing_pb2.SetPolicyResponse(
             version=change.new_version, audit_id=self._state.last_audit_ids.get(change.new_version, ""), diff=change.diff,
         )
@@ -538,8 +587,13 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.gateway.max_workers, thread_name_prefix="router"),
         interceptors=[BearerAuthInterceptor(grants)],
-        # without this a second gateway on the same port would start "fine" and silently share the traffic
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            # without this a second gateway on the same port would start "fine" and silently share the traffic
+            ("grpc.so_reuseport", 0),
+            # a larger request is RESOURCE_EXHAUSTED from grpc itself, before it is parsed
+            ("grpc.max_receive_message_length", settings.gateway.max_request_bytes),
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ],
         maximum_concurrent_rpcs=settings.gateway.max_concurrent_rpcs,
     )
     routing_pb2_grpc.add_RouterServicer_to_server(RouterServicer(state, publisher, is_ready), server)

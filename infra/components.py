@@ -46,6 +46,35 @@ class Components:
             )
             log.close()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one component, as a crash or the OOM killer would, and reap it."""
+        process = self.processes[name]
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+    def terminate(self, name: str, timeout_s: float = 30.0) -> int:
+        """SIGTERM one component (its clean stop) and wait; SIGKILL if it does not exit in time."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a component again after `kill`; its log continues in the same file."""
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {process.pid})")
+        self.start(name)
+
+    def alive(self, name: str) -> bool:
+        process = self.processes.get(name)
+        return process is not None and process.poll() is None
+
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import os
+import socket
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,15 @@ class KafkaSettings(BaseModel):
     default_partitions: int = 4
     replication_factor: int = 1
     admin_timeout_s: float = Field(default=10.0, description="how long admin calls wait for the broker")
+    max_message_bytes: int = Field(
+        default=1_000_000, description="largest record PrismOps produces (key + value + headers); at most the "
+        "broker's message.max.bytes. State values and output records are checked against it before sending")
+    session_timeout_s: float = Field(
+        default=10.0, description="consumer group session timeout of the worker, sink and alerts: how long a "
+        "crashed member holds its partitions (the broker's group.min.session.timeout.ms is 6 s by default)")
+    static_membership: bool = Field(
+        default=True, description="consumers join with group.instance.id, so a restarted member takes its "
+        "partitions back at once, without a rebalance")
 
 
 class ClickHouseSettings(BaseModel):
@@ -65,7 +75,8 @@ class ClickHouseSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    app_id: str = "prismops-worker"
+    app_id: str = Field(default="prismops-worker", description="Faust app id; the topic namespace prefixes it")
+    instance_id: str = Field(default="", description="static group member id; default <app id>-<host>-<web port>")
     web_port: int = 16066
     live_window_s: float = 300.0
     live_window_max_samples: int = 5000
@@ -88,6 +99,12 @@ class PiiSettings(BaseModel):
     """User ids are stored only as HMAC-SHA256(hash_key, id); set a real secret in production."""
 
     hash_key: SecretStr = SecretStr("prismops-development-key")
+    dead_letter_redaction: Literal["strict", "verbatim"] = Field(
+        default="strict",
+        description="strict: dead letters keep original bytes only with content fields removed at any depth and "
+        "emails/phones masked, and unparsable bytes as length, hash and a masked prefix; verbatim: as received "
+        "(synthetic data only)",
+    )
 
 
 class GpuSettings(BaseModel):
@@ -138,7 +155,8 @@ class TelemetrySettings(BaseModel):
 
 
 class SinkSettings(BaseModel):
-    group_id: str = "prismops-sink-clickhouse"
+    group_id: str = Field(default="prismops-sink-clickhouse", description="consumer group; the topic namespace prefixes it")
+    instance_id: str = Field(default="", description="static group member id; default <group>-<host>-<metrics port>")
     metrics_port: int = Field(default=16067, description="HTTP /metrics of `prismops sink`; 0: off")
     batch_max_rows: int = 5000
     batch_max_wait_s: float = 1.0
@@ -150,6 +168,8 @@ class GatewaySettings(BaseModel):
     metrics_port: int = Field(default=15052, description="HTTP /metrics of the gateway; 0: off")
     max_workers: int = 16
     max_concurrent_rpcs: int = Field(default=256, description="beyond this the gateway answers RESOURCE_EXHAUSTED")
+    max_request_bytes: int = Field(default=65536, description="largest request message the gateway accepts")
+    max_candidates: int = Field(default=64, description="most candidate models one Decide may name")
     default_input_tokens: int = 1000
     default_output_tokens: int = 500
     policy_file: Path | None = Field(default=None, description="routing policy YAML; default: the bundled example")
@@ -207,6 +227,43 @@ class Settings(BaseSettings):
     @property
     def clickhouse_port(self) -> int:
         return self.clickhouse.port or self.stack.clickhouse_tcp_port
+
+    def namespaced(self, name: str) -> str:
+        """A topic, app id or consumer group inside this deployment's namespace: two namespaces share nothing."""
+        return f"{self.kafka.topic_namespace}{name}"
+
+    @property
+    def worker_app_id(self) -> str:
+        """The worker's Faust app id: its consumer group and the prefix of its changelog and assignor topics."""
+        return self.namespaced(self.worker.app_id)
+
+    @property
+    def sink_group_id(self) -> str:
+        return self.namespaced(self.sink.group_id)
+
+    @property
+    def alerts_group_id(self) -> str:
+        return self.namespaced(self.budgets.alerts_group_id)
+
+    def group_instance_id(self, group: str, instance: str, port: int) -> str | None:
+        """The static member id of one consumer (None when static membership is off): stable across restarts of
+        the same process slot, distinct between processes on one host (their ports differ)."""
+        if not self.kafka.static_membership:
+            return None
+        return instance or f"{group}-{socket.gethostname()}-{port}"
+
+    def consumer_group_config(self, group: str, *, instance: str = "", port: int = 0, static: bool = True) -> dict[str, Any]:
+        """librdkafka settings of a group member: short session and, with `static`, static membership (see
+        group_instance_id; a one-process service such as the alerts relay leaves it off)."""
+        conf: dict[str, Any] = {
+            "group.id": group,
+            "session.timeout.ms": int(self.kafka.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(500, int(self.kafka.session_timeout_s * 1000 / 4)),
+        }
+        instance_id = self.group_instance_id(group, instance, port) if static else None
+        if instance_id:
+            conf["group.instance.id"] = instance_id
+        return conf
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings shared by every producer/consumer/admin."""

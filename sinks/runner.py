@@ -23,13 +23,14 @@ from opentelemetry import trace
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
+from prismops.finops.dead_letters import dead_letter_record
+from prismops.streams.membership import leave_group
 from prismops.settings import Settings
 from prismops.sinks.base import Sink, SinkRecord
 from prismops.sinks.clickhouse import (
     AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
     clickhouse_client,
 )
-from prismops.streams.dead_letters import dead_letter_record
 from prismops.streams.codecs import CodecError, codec_for
 from prismops.streams.metrics import EVENTS_IN
 from prismops.streams.telemetry import context_from_headers, links_from
@@ -132,7 +133,7 @@ def default_routes(settings: Settings, client: Client | None = None) -> list[Rou
 
 
 class SinkRunner:
-    """Runs routes (topic → sink) with one consumer in group `settings.sink.group_id`."""
+    """Runs routes (topic → sink) with one consumer in group `settings.sink_group_id` (the namespaced `sink.group_id`)."""
 
     def __init__(
         self,
@@ -214,12 +215,20 @@ class SinkRunner:
             self._consumer.close()
             self._consumer = None
             self._assigned_at = None
+            # a static member does not leave on close; a clean stop hands its partitions over now
+            leave_group(self.settings, self.settings.sink_group_id, self._instance_id)
         return self.counters
+
+    @property
+    def _instance_id(self) -> str | None:
+        sink = self.settings.sink
+        return self.settings.group_instance_id(self.settings.sink_group_id, sink.instance_id, sink.metrics_port)
 
     def _new_consumer(self) -> Consumer:
         consumer = Consumer({
             **self.settings.kafka_client_config(),
-            "group.id": self.settings.sink.group_id,
+            **self.settings.consumer_group_config(
+                self.settings.sink_group_id, instance=self.settings.sink.instance_id, port=self.settings.sink.metrics_port),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "client.id": f"prismops-{self.stage}",
@@ -306,7 +315,7 @@ class SinkRunner:
             log.debug("lag not measured: %s", exc)
             return
         for topic, behind in lag.items():
-            CONSUMER_LAG.labels(self.settings.sink.group_id, topic).set(behind)
+            CONSUMER_LAG.labels(self.settings.sink_group_id, topic).set(behind)
 
     def _process(self, messages: Sequence[Message]) -> BatchReport:
         started = time.perf_counter()
@@ -328,6 +337,7 @@ class SinkRunner:
                     stage=self.stage, topic=topic, partition=message.partition(), offset=message.offset(),
                     key=message.key(), value=message.value(), headers=message.headers(),
                     field=error.field, rule=error.rule, message=error.message,
+                    redaction=self.settings.pii.dead_letter_redaction,
                 ))
                 continue
             decoded.setdefault(topic, []).append(

@@ -39,10 +39,10 @@ from typing import Any, Protocol
 from clickhouse_driver import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import clickhouse_client, require_table, table_ref
 from prismops.streams.codecs import CodecError, codec_for
-from prismops.streams.dead_letters import dead_letter_record
 from prismops.streams.topics import ANOMALIES, BUDGET_EVENTS, DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ class AlertCounters:
 
 
 class AlertConsumer:
-    """Consumes budget.events.v1 and cost.anomalies.v1 in group `settings.budgets.alerts_group_id` and delivers
+    """Consumes budget.events.v1 and cost.anomalies.v1 in group `settings.alerts_group_id` (the namespaced `budgets.alerts_group_id`) and delivers
     each event once."""
 
     POLL_TIMEOUT_S = 0.5
@@ -370,7 +370,7 @@ class AlertConsumer:
     def _run(self, stop_event: threading.Event, idle: Callable[[float | None], bool]) -> AlertCounters:
         self._consumer = Consumer({
             **self.settings.kafka_client_config(),
-            "group.id": self.settings.budgets.alerts_group_id,
+            **self.settings.consumer_group_config(self.settings.alerts_group_id, static=False),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "client.id": f"prismops-{STAGE}",
@@ -450,6 +450,7 @@ class AlertConsumer:
             stage=STAGE, topic=message.topic(), partition=message.partition(), offset=message.offset(),
             key=message.key(), value=message.value(), headers=message.headers(),
             field=error.field, rule=error.rule, message=error.message,
+            redaction=self.settings.pii.dead_letter_redaction,
         )
         failures: list[str] = []
         self._producer.produce(

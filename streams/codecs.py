@@ -93,6 +93,10 @@ class AvroCodec:
             document = json.loads(data, parse_float=decimal.Decimal)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CodecError(None, "json_decode", f"invalid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise CodecError(None, "json_decode", "invalid JSON: nested too deeply") from exc
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise CodecError(None, "json_decode", f"invalid JSON: {str(exc)[:200]}") from exc
         if not isinstance(document, dict):
             raise CodecError(None, "json_decode", "JSON value must be an object")
         return coerce(self.reader.definition, document, path="")

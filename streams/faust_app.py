@@ -20,14 +20,15 @@ def create_app(settings: Settings) -> faust.App:
     # Faust's default data dir is "<app id>-data" in the working directory; keep it with the rest of our state
     faust_home = settings.stack.home.expanduser().resolve() / "faust"
     faust_home.mkdir(parents=True, exist_ok=True)
+    app_id = settings.worker_app_id  # namespaced: its group, changelogs and assignor topic share nothing across namespaces
     return faust.App(
-        settings.worker.app_id,
+        app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=None,
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
-        datadir=str(faust_home / f"{settings.worker.app_id}-data"),
+        datadir=str(faust_home / f"{app_id}-data"),
         web_enabled=True,
         web_port=settings.worker.web_port,
         web_bind="127.0.0.1",
@@ -36,6 +37,12 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        # A restarted worker takes its partitions back at once (static member); a crashed one that does not
+        # come back holds them for the session timeout only.
+        consumer_group_instance_id=settings.group_instance_id(app_id, settings.worker.instance_id, settings.worker.web_port),
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_s / 4),
+        producer_max_request_size=settings.kafka.max_message_bytes + 16384,  # record overhead above our own check
         topic_partitions=settings.kafka.default_partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=True,

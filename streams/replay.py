@@ -43,3 +43,35 @@ def read_partition_range(
         raise TimeoutError(f"reading {topic}[{partition}] offsets {start}..{end - 1} took over {timeout_s:.0f}s")
     finally:
         consumer.close()
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's next offset (its end) now."""
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": "prismops-range-reader", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=settings.kafka.admin_timeout_s).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=settings.kafka.admin_timeout_s)[1]
+                for p in partitions}
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of every record of `topic` from its start to its end as of now."""
+    records = []
+    for partition, end in sorted(end_offsets(settings, topic).items()):
+        records.extend((partition, offset, value)
+                       for offset, value in read_partition_range(settings, topic, partition, 0, end, timeout_s))
+    return records
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int:
+    """Records of `topic` that consumer group `group` has not committed yet (a partition without a commit
+    counts whole)."""
+    ends = end_offsets(settings, topic)
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": group, "enable.auto.commit": False})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=settings.kafka.admin_timeout_s)
+    finally:
+        consumer.close()
+    return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)

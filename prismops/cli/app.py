@@ -13,7 +13,7 @@ from prismops.cli.output import fail
 from prismops.settings import KAFKA_CLIENT_LOGGER, load_settings
 
 # Each module under prismops.cli.commands exposes `command`; the order is the order of `prismops --help`.
-COMMAND_MODULES = ["stack", "topics", "migrate", "db", "price", "worker", "sink", "gateway", "simulate", "report", "export", "demo", "bench", "proto", "ingest", "alerts", "budgets", "detectors", "top"]
+COMMAND_MODULES = ["stack", "topics", "migrate", "db", "price", "worker", "sink", "gateway", "simulate", "report", "export", "demo", "bench", "chaos", "proto", "ingest", "alerts", "budgets", "detectors", "top"]
 
 
 class PrismopsGroup(click.Group):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from confluent_kafka import Consumer, TopicPartition
 
 from prismops.gateway_grpc.client import RouterClient
 from prismops.infra.stack import LocalStack
@@ -26,6 +25,7 @@ from prismops.sinks.clickhouse import clickhouse_client
 from prismops.sinks.migrations import apply_migrations
 from prismops.sinks.reports import count_cost_lines, spend_by_tenant_and_model
 from prismops.streams.producer import UsageProducer
+from prismops.streams.replay import group_lag
 from prismops.streams.simulation import TrafficGenerator, simulate
 from prismops.streams.topics import COST_LINES, delete_topics, ensure_topics
 
@@ -107,18 +107,11 @@ def wait_for_group_caught_up(settings: Settings, group_id: str, topic: str, time
     """Wait until `group_id` has committed every partition of `topic` up to its end; seconds waited.
 
     The budget agent reads cost lines after the sink sees them; the router must see its verdicts."""
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": group_id, "enable.auto.commit": False})
     started = time.monotonic()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-        while time.monotonic() - started < timeout_s:
-            committed = consumer.committed(partitions, timeout=10)
-            ends = [consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions]
-            if all(c.offset >= end for c, end in zip(committed, ends)):
-                return time.monotonic() - started
-            time.sleep(0.5)
-    finally:
-        consumer.close()
+    while time.monotonic() - started < timeout_s:
+        if group_lag(settings, group_id, topic) == 0:
+            return time.monotonic() - started
+        time.sleep(0.5)
     raise TimeoutError(f"consumer group {group_id} did not catch up on {topic} within {timeout_s:.0f}s")
 
 
@@ -185,7 +178,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
                                 progress=lambda n: progress(f"  produced {n}/{events}") if n % 5000 == 0 else None)
             progress(f"produced {produced.events} events in {produced.seconds:.1f}s; waiting for ClickHouse…")
             finished = wait_for_rows(settings, events, components, timeout_s)
-            waited = wait_for_group_caught_up(settings, settings.worker.app_id, COST_LINES.name(settings), timeout_s)
+            waited = wait_for_group_caught_up(settings, settings.worker_app_id, COST_LINES.name(settings), timeout_s)
             progress(f"budgets caught up {waited:.1f}s after the last row; asking the router…")
             time.sleep(2 * settings.worker.live_publish_interval_s + 1)
             decisions = routing_decisions(target)

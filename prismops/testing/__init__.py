@@ -47,7 +47,7 @@ def isolated(stack_settings: Settings) -> Iterator[Settings]:
         client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
         client.disconnect()
         delete_topics(settings)
-        delete_topics_with_prefix(settings, (settings.kafka.topic_namespace, settings.worker.app_id))
+        delete_topics_with_prefix(settings, (settings.kafka.topic_namespace,))
 
 
 def delete_topics_with_prefix(settings: Settings, prefixes: tuple[str, ...]) -> None:

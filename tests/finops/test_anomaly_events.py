@@ -6,7 +6,13 @@ import datetime as dt
 import random
 from decimal import Decimal
 
-from prismops.finops.anomaly_events import PartitionWatch, anomaly_id, anomaly_record, new_watch, reportable, usage_sample
+import pytest
+
+from prismops.finops.anomaly_events import (
+    LATENCY_SAMPLES_KEPT, STATE_META, PartitionWatch, SeriesState, StateTooLarge, anomaly_id, anomaly_record,
+    fit_series_state, new_watch, reportable, usage_sample,
+)
+from prismops.detectors.series import SeriesKey, WindowAggregate
 from prismops.settings import DetectorSettings
 from prismops.sinks.webhook import anomaly_slack_payload
 from prismops.streams.codecs import codec_for
@@ -70,7 +76,8 @@ def test_replayed_offsets_are_skipped_and_state_round_trips_without_relearning()
     restored = PartitionWatch(new_watch(SETTINGS), partition=1)
     feed(whole, 12, rng_a)
     _, offset = feed(restored, 12, rng_b)
-    restored = PartitionWatch.from_bytes(restored.to_bytes(START))
+    records = dict(restored.changed_records(START, 900_000))
+    restored = PartitionWatch.restore(new_watch(SETTINGS), 1, records)
     assert restored.is_replay(offset) and not restored.is_replay(offset + 1)
     later_a = feed(whole, 6, random.Random(9), offset)[0]
     later_b = feed(restored, 6, random.Random(9), offset)[0]
@@ -95,3 +102,83 @@ def test_severity_floor():
     flagged = [s for s in scored if s.result.is_anomaly]
     assert flagged and all(reportable(s, "info") for s in flagged)
     assert all(not reportable(s, "critical") for s in flagged if s.result.severity != "critical")
+
+
+def test_state_is_one_record_per_series_plus_the_partition_record_and_only_changed_series_are_rewritten():
+    rng = random.Random(4)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0)
+    feed(watch, 3, rng)
+    first = dict(watch.changed_records(START, 900_000))
+    assert set(first) == {STATE_META, "tenant_model:acme/gpt-4o-mini", "service_feature:support-bot/answer"}
+    assert max(len(v) for v in first.values()) < 100_000
+    assert [name for name, _ in watch.changed_records(START, 900_000)] == [STATE_META], "nothing changed since"
+    other = line(START + dt.timedelta(minutes=3), rng) | {"tenant": "globex"}
+    watch.observe(usage_sample(other), 1000, START)
+    changed = [name for name, _ in watch.changed_records(START, 900_000)]
+    assert changed == ["service_feature:support-bot/answer", "tenant_model:globex/gpt-4o-mini", STATE_META]
+
+
+def test_a_save_cut_short_before_the_partition_record_never_counts_a_line_twice_on_catch_up():
+    """Series records are written first and the partition record last; a crash between them leaves series
+    ahead of it. Lines read back after the restore are applied only to the series that lack them."""
+    rng_whole, rng_cut = random.Random(6), random.Random(6)
+    whole = PartitionWatch(new_watch(SETTINGS), partition=2)
+    cut = PartitionWatch(new_watch(SETTINGS), partition=2)
+    _, offset = feed(whole, 4, rng_whole)
+    feed(cut, 4, rng_cut)
+    saved = dict(cut.changed_records(START, 900_000))  # complete save at `offset`
+    extra = [line(START + dt.timedelta(minutes=4, seconds=s), random.Random(s)) for s in range(5)]
+    extra[2] = extra[2] | {"tenant": "globex"}
+    for i, item in enumerate(extra):
+        whole.observe(usage_sample(item), offset + 1 + i, START)
+        cut.observe(usage_sample(item), offset + 1 + i, START)
+    newer = cut.changed_records(START, 900_000)
+    # the crash: the globex series record landed, acme's and the partition record did not
+    saved.update((name, value) for name, value in newer if name.startswith("tenant_model:globex"))
+    restored = PartitionWatch.restore(new_watch(SETTINGS), 2, saved)
+    assert restored.last_offset == offset
+    for i, item in enumerate(extra):  # the catch-up reads them back
+        restored.observe(usage_sample(item), offset + 1 + i, START)
+
+    def windows(watch: PartitionWatch) -> dict:
+        return {(str(k), s): (a.requests, a.cost) for (k, s), a in watch.watch.windows.open.items()}
+    assert windows(restored) == windows(whole)
+    assert windows(restored)[("tenant_model:globex/gpt-4o-mini", START + dt.timedelta(minutes=4))][0] == 1
+
+
+def big_series(samples: int, dimension_values: int = 1) -> SeriesState:
+    aggregate = WindowAggregate()
+    rng = random.Random(8)
+    aggregate.latencies_ms.extend(rng.uniform(100, 900) for _ in range(samples))
+    for v in range(dimension_values):
+        aggregate.cost_by_dimension.add({"customer": f"customer-{v:07d}" * 4}, Decimal(1))
+    key = SeriesKey("tenant_model", ("acme", "gpt-4o-mini"))
+    return SeriesState(key, 10, {START: aggregate}, {}, None)
+
+
+def test_a_busy_series_sheds_exact_latency_samples_to_fit_one_record_and_keeps_its_p95_close():
+    state = big_series(200_000)
+    exact_p95 = state.open[START].latency_p95_ms()
+    value, shed = fit_series_state(state, 200_000)
+    assert len(value) <= 200_000 and shed and "latency" in shed[0]
+    assert len(state.open[START].latencies_ms) == LATENCY_SAMPLES_KEPT
+    assert abs(state.open[START].latency_p95_ms() - exact_p95) / exact_p95 < 0.01
+
+
+def test_a_small_series_is_stored_whole_and_one_that_cannot_fit_raises():
+    value, shed = fit_series_state(big_series(100), 200_000)
+    assert shed == [] and len(value) < 200_000
+    with pytest.raises(StateTooLarge) as raised:
+        fit_series_state(big_series(100), 500)
+    assert raised.value.rule == "max_bytes"
+
+
+def test_per_dimension_totals_go_last_and_a_series_that_never_fits_is_reset_not_stored_oversized():
+    state = big_series(10, dimension_values=30_000)
+    value, shed = fit_series_state(state, 100_000)
+    assert len(value) <= 100_000 and shed[-1].startswith("per-dimension totals")
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0)
+    feed(watch, 2, random.Random(1))
+    records = watch.changed_records(START, 300)
+    assert all(len(v) <= 600 for _, v in records[:-1]) and len(watch.shed) == 2 and "reset" in watch.shed[0]
+    assert not watch.watch.windows.open and not watch.watch.detectors.detectors

@@ -10,6 +10,8 @@ import datetime as dt
 import decimal
 import json
 import shutil
+import time
+import unicodedata
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +22,9 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from prismops.finops.focus_billing import (
     MANDATORY_COLUMNS,
+    TEXT_COLUMN_LIMITS,
     FocusFileError,
+    check_cloud_cost_line,
     check_mandatory_columns,
     cloud_cost_line_to_cost_line,
     detect_focus_version,
@@ -28,6 +32,7 @@ from prismops.finops.focus_billing import (
     focus_event_id,
     open_focus_file,
     parse_decimal,
+    parse_focus_row,
     parse_timestamp,
     process_cloud_cost_line,
     read_focus_file,
@@ -315,6 +320,167 @@ def sum_exact(texts) -> Decimal:
     for text in texts:
         total = context.add(total, Decimal(text))
     return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text columns: length and character rules (finops/text_rules.py)
+
+CSV_TEXT_COLUMNS = sorted(set(TEXT_COLUMN_LIMITS) - {"event_id"})
+ONE_OF_COLUMNS = {"ChargeCategory", "ChargeClass", "ServiceCategory", "BillingCurrency"}  # only a few values pass
+
+
+def text_row_file(tmp_path: Path, **changes: str) -> Path:
+    """The first row of the 1.2 sample (of the 1.3 sample for its own columns) with `changes`, as a one-row file."""
+    sample = SAMPLE_1_2 if set(changes) <= set(sample_rows(SAMPLE_1_2)[0]) else SAMPLE_1_3
+    row = sample_rows(sample)[0] | changes
+    return write_csv(tmp_path / "one.csv", list(row), [list(row.values())])
+
+
+def row_errors(tmp_path, **changes) -> list[tuple[int, str | None, str]]:
+    result = read_focus_file(text_row_file(tmp_path, **changes))
+    return [(e.line, e.column, e.rule) for e in result.errors]
+
+
+def test_the_columns_that_become_cost_line_fields_are_names_or_ids():
+    names = {"ServiceName", "ProviderName", "ServiceProviderName", "HostProviderName", "RegionId", "ChargeCategory",
+             "ChargeClass", "ServiceCategory", "BillingCurrency", "PricingUnit", "ConsumedUnit"}
+    assert {c for c, n in TEXT_COLUMN_LIMITS.items() if n == 128} == names
+    assert {c for c, n in TEXT_COLUMN_LIMITS.items() if n == 256} == {"BillingAccountId", "SkuId", "event_id"}
+    assert TEXT_COLUMN_LIMITS["ResourceId"] == 1024
+
+
+@pytest.mark.parametrize("column", CSV_TEXT_COLUMNS)
+def test_one_character_over_the_limit_rejects_the_row_once_naming_the_column(tmp_path, column):
+    limit = TEXT_COLUMN_LIMITS[column]
+    errors = row_errors(tmp_path, **{column: "a" * (limit + 1)})
+    assert errors == [(2, column, "max_length")], "one error: the one_of/currency rules never see the value"
+
+
+@pytest.mark.parametrize("column", sorted(set(CSV_TEXT_COLUMNS) - ONE_OF_COLUMNS))
+def test_a_value_at_the_limit_passes(tmp_path, column):
+    assert row_errors(tmp_path, **{column: "a" * TEXT_COLUMN_LIMITS[column]}) == []
+
+
+@pytest.mark.parametrize("column", CSV_TEXT_COLUMNS)
+@pytest.mark.parametrize("char", ["\u0000", "\t", "\u202e", "\u200d", "\u2028"],
+                         ids=["NUL", "tab", "RLO", "ZWJ", "line-separator"])
+def test_control_and_format_characters_reject_the_row_naming_the_column(tmp_path, column, char):
+    result = read_focus_file(text_row_file(tmp_path, **{column: f"x{char}y"}))
+    assert [(e.line, e.column, e.rule) for e in result.errors] == [(2, column, "printable")]
+    assert f"U+{ord(char):04X}" in result.errors[0].message
+
+
+@pytest.mark.parametrize("column, value", [
+    ("ServiceName", "Amazon Simple Storage Service — Zürich"), ("RegionId", "東京"), ("ProviderName", "Café Cloud"),
+])
+def test_letters_of_any_script_pass_in_text_columns(tmp_path, column, value):
+    result = read_focus_file(text_row_file(tmp_path, **{column: value}))
+    assert result.errors == [] and result.records[0][column] == value
+
+
+def test_a_resource_id_may_be_a_long_arn_up_to_1024_characters(tmp_path):
+    arn = "arn:aws:s3:::" + "b" * (1024 - len("arn:aws:s3:::"))
+    assert row_errors(tmp_path, ResourceId=arn) == []
+    assert row_errors(tmp_path, ResourceId=arn + "b") == [(2, "ResourceId", "max_length")]
+
+
+def test_descriptive_columns_take_any_characters_up_to_1024(tmp_path):
+    description = "line one\nline\ttwo \u202e" + "d" * (1024 - 19)
+    assert len(description) == 1024 and row_errors(tmp_path, ChargeDescription=description) == []
+    assert row_errors(tmp_path, ChargeDescription=description + "d") == [(2, "ChargeDescription", "max_length")]
+    assert row_errors(tmp_path, ResourceName="r" * 1025) == [(2, "ResourceName", "max_length")]
+
+
+def test_a_cell_over_the_csv_field_limit_stops_the_file(tmp_path):
+    with pytest.raises(FocusFileError) as caught:
+        read_focus_file(text_row_file(tmp_path, ChargeDescription="d" * 200_000))
+    assert caught.value.rule == "csv"
+
+
+def test_a_900_kb_service_name_is_rejected_fast_and_not_quoted():
+    cells = sample_rows(SAMPLE_1_2)[0] | {"ServiceName": "s" * 900_000, "BillingCurrency": "EUR"}
+    started = time.perf_counter()
+    row = parse_focus_row(cells, "1.2", line=2, content_hash="0" * 64, source_file=None)
+    assert time.perf_counter() - started < 0.5
+    assert row.record is None
+    assert [(e.column, e.rule) for e in row.errors] == [("ServiceName", "max_length"), ("BillingCurrency", "currency")]
+    assert all(len(e.message) < 200 for e in row.errors)
+
+
+def tags_errors(tmp_path, tags: dict) -> list[tuple[int, str | None, str]]:
+    return row_errors(tmp_path, Tags=json.dumps(tags, ensure_ascii=False))
+
+
+def test_65_tags_are_too_many_and_64_pass(tmp_path):
+    assert tags_errors(tmp_path, {f"k{i}": "v" for i in range(65)}) == [(2, "Tags", "max_entries")]
+    assert tags_errors(tmp_path, {f"k{i}": "v" for i in range(64)}) == []
+
+
+@pytest.mark.parametrize("tags, rule, named", [
+    ({"tenant": "t" * 129}, "max_length", "'tenant'"),
+    ({"Tenant": "acme\u202e"}, "printable", "'Tenant'"),
+    ({"user:cost-center": "ML\tResearch"}, "printable", "'user:cost-center'"),  # a dimension: no tab
+    ({"note": "n" * 257}, "max_length", "'note'"),
+    ({"note": "a\nb"}, "printable", "'note'"),
+    ({"k" * 257: "v"}, "max_length", "tag key"),
+    ({"no\u0000te": "v"}, "printable", "tag key"),
+])
+def test_broken_tags_reject_the_row_naming_the_tags_column(tmp_path, tags, rule, named):
+    result = read_focus_file(text_row_file(tmp_path, Tags=json.dumps(tags)))
+    assert [(e.line, e.column, e.rule) for e in result.errors] == [(2, "Tags", rule)]
+    assert named in result.errors[0].message
+
+
+@pytest.mark.parametrize("tags", [
+    {"tenant": "t" * 128},
+    {"note": "a\tb", "Owner": "n" * 256},
+    {"user:" + "k" * 128: "v"},  # AWS's 128-character key with its prefix
+    {"tenant": "東京", "team": "équipe café"},
+])
+def test_tags_within_the_limits_pass(tmp_path, tags):
+    assert tags_errors(tmp_path, tags) == []
+
+
+def test_a_unicode_tenant_tag_becomes_the_dimension(tmp_path):
+    record = read_focus_file(text_row_file(tmp_path, Tags=json.dumps({"tenant": "東京"}))).records[0]
+    assert cloud_cost_line_to_cost_line(record)["tenant"] == "東京"
+
+
+@pytest.mark.parametrize("changes, field, rule", [
+    ({"ServiceName": "s" * 900_000}, "ServiceName", "max_length"),
+    ({"RegionId": "us-east-1\u202e"}, "RegionId", "printable"),
+    ({"Tags": {"tenant": "acme\u0000"}}, "Tags", "printable"),
+    ({"event_id": "e" * 257}, "event_id", "max_length"),
+    ({"source_file": "/" + "p" * 4096}, "source_file", "max_length"),
+])
+def test_the_billing_agent_rejects_a_record_that_breaks_a_text_rule(changes, field, rule):
+    record = read_focus_file(SAMPLE_1_2).records[0] | changes
+    outcome = process_cloud_cost_line(codec_for("cloud_cost_line").encode(record))
+    assert isinstance(outcome, Rejection) and (outcome.field, outcome.rule) == (field, rule)
+    assert len(outcome.message) < 300
+
+
+def test_a_huge_focus_version_is_not_quoted():
+    problems = check_cloud_cost_line(read_focus_file(SAMPLE_1_2).records[0] | {"focus_version": "9" * 900_000})
+    assert [(p.field, p.rule) for p in problems] == [("focus_version", "one_of")]
+    assert "900000-character" in problems[0].message and len(problems[0].message) < 200
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(value=st.one_of(
+    st.text(max_size=140),
+    st.text(st.characters(categories=["Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs", "L"]), max_size=140),
+    st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=120, max_size=140),
+))
+def test_a_region_is_accepted_exactly_when_short_and_printable(value):
+    record = read_focus_file(SAMPLE_1_2).records[0] | {"RegionId": value}
+    problems = [(p.field, p.rule) for p in check_cloud_cost_line(record)]
+    printable = len(value) <= 128 and not any(
+        unicodedata.category(c) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for c in value)
+    if printable:
+        assert problems == []
+    else:
+        assert problems == [("RegionId", "max_length" if len(value) > 128 else "printable")]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+import unicodedata
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from prismops import schemas
+from prismops.errors import FieldRuleError
 from prismops.finops.gpu_allocation import attribute_window
 from prismops.finops.gpu_pricing import UnknownMigProfile, load_gpu_catalog
 from prismops.finops.gpu_windows import (
+    TEXT_FIELD_LIMITS as GPU_TEXT_FIELD_LIMITS,
     InvalidGpuUsage,
     PoolWindows,
     split_into_windows,
@@ -19,6 +25,7 @@ from prismops.finops.gpu_windows import (
     validate_gpu_usage,
     window_bounds,
 )
+from prismops.finops.text_rules import ID_MAX_CHARS, LABELS_MAX, NAME_MAX_CHARS
 from prismops.streams.codecs import codec_for
 from prismops.streams.simulation import GpuTrafficGenerator
 
@@ -269,6 +276,139 @@ def test_pool_windows_never_mutate_the_state_they_were_given():
     working.add(usage(T0, 30), offset=0, arrived_at=NOW)
     working.close_quiet(NOW + dt.timedelta(hours=1))
     assert json.dumps(stored, sort_keys=True) == snapshot
+
+
+# --- length and character rules of every text field (finops/text_rules.py) ------------------------------------
+
+GPU_ENUMS = ("capacity_type", "source")
+
+
+def _gpu_text_fields() -> list[str]:
+    """Every string, enum or string map field of the GPU usage schema."""
+    names = []
+    for field in schemas.latest("gpu_usage_event").definition["fields"]:
+        types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        if any(t == "string" or (isinstance(t, dict) and t.get("type") in ("enum", "map")) for t in types):
+            names.append(field["name"])
+    return names
+
+
+def rejected(**overrides) -> InvalidGpuUsage:
+    event = raw_event(**overrides)
+    key = f"{event['cluster']}/{event['node']}".encode()
+    with pytest.raises(InvalidGpuUsage) as caught:
+        validate_gpu_usage(event, key=key, now=NOW, catalog=CATALOG, window_s=WINDOW_S)
+    return caught.value
+
+
+def accepted(**overrides):
+    event = raw_event(**overrides)
+    key = f"{event['cluster']}/{event['node']}".encode()
+    return validate_gpu_usage(event, key=key, now=NOW, catalog=CATALOG, window_s=WINDOW_S)
+
+
+def test_every_text_field_of_the_gpu_schema_has_a_rule():
+    fields = _gpu_text_fields()
+    assert {"event_id", "cluster", "node", "gpu_model", "tenant", "team", "namespace", "job", "labels"} <= set(fields)
+    assert set(fields) - {"labels"} == set(GPU_TEXT_FIELD_LIMITS)
+    assert {f for f, n in GPU_TEXT_FIELD_LIMITS.items() if n == ID_MAX_CHARS} == {"event_id", "job"}
+    assert all(n == NAME_MAX_CHARS for f, n in GPU_TEXT_FIELD_LIMITS.items() if f not in ("event_id", "job"))
+
+
+@pytest.mark.parametrize("field", sorted(GPU_TEXT_FIELD_LIMITS))
+def test_one_character_over_the_limit_is_max_length_for_gpu_events(field):
+    limit = GPU_TEXT_FIELD_LIMITS[field]
+    error = rejected(**{field: "a" * (limit + 1)})
+    assert (error.field, error.rule) == (field, "max_length")
+    assert isinstance(error, FieldRuleError) and f"got {limit + 1}" in error.message
+
+
+@pytest.mark.parametrize("field", sorted(set(GPU_TEXT_FIELD_LIMITS) - {"mig_profile"}))  # a profile must be known
+def test_a_value_at_the_limit_passes_for_gpu_events(field):
+    accepted(**{field: "a" * GPU_TEXT_FIELD_LIMITS[field]})
+
+
+@pytest.mark.parametrize("field", sorted(GPU_TEXT_FIELD_LIMITS))
+@pytest.mark.parametrize("char", ["\u0000", "\t", "\u202e", "\u200d", "\u2029", "\U000f0000"],
+                         ids=["NUL", "tab", "RLO", "ZWJ", "paragraph-separator", "private-use"])
+def test_control_format_and_separator_characters_are_not_printable_in_gpu_events(field, char):
+    error = rejected(**{field: f"x{char}y"})
+    assert (error.field, error.rule) == (field, "printable")
+    assert f"U+{ord(char):04X}" in error.message
+
+
+def test_a_129_character_gpu_tenant_is_too_long_and_128_passes():
+    error = rejected(tenant="t" * 129)
+    assert (error.field, error.rule) == ("tenant", "max_length")
+    assert accepted(tenant="t" * 128).tenant == "t" * 128
+
+
+def test_a_right_to_left_override_in_the_gpu_tenant_is_refused():
+    error = rejected(tenant="acme\u202e")
+    assert (error.field, error.rule) == ("tenant", "printable") and "U+202E" in error.message
+
+
+def test_a_nul_in_the_node_and_a_zero_width_joiner_in_the_gpu_model_are_refused():
+    error = rejected(node="p5\u0000a")
+    assert (error.field, error.rule) == ("node", "printable") and "U+0000" in error.message
+    error = rejected(gpu_model="H100\u200d")
+    assert (error.field, error.rule) == ("gpu_model", "printable") and "U+200D" in error.message
+
+
+def test_a_900_kb_cluster_is_refused_fast_before_it_becomes_a_pool_key():
+    event = raw_event(cluster="c" * 900_000, used_gpu_seconds=Decimal("-1"))
+    started = time.perf_counter()
+    with pytest.raises(InvalidGpuUsage) as caught:  # the key b"aws-use1/p5-a" does not match: checked later
+        validate_gpu_usage(event, key=KEY, now=NOW, catalog=CATALOG, window_s=WINDOW_S)
+    assert time.perf_counter() - started < 0.5
+    assert (caught.value.field, caught.value.rule) == ("cluster", "max_length")
+    assert len(str(caught.value)) < 200
+
+
+def test_a_huge_message_key_is_shown_by_its_size_only():
+    with pytest.raises(InvalidGpuUsage) as caught:
+        validate_gpu_usage(raw_event(), key=b"k" * 900_000, now=NOW, catalog=CATALOG, window_s=WINDOW_S)
+    assert caught.value.rule == "keyed_by_pool" and "a 900000-byte key" in caught.value.message
+    assert len(caught.value.message) < 300
+
+
+def test_gpu_text_rules_run_before_the_other_rules():
+    error = rejected(team="ml\u0007", window_end=T0, gpu_fraction=Decimal("2"))
+    assert (error.field, error.rule) == ("team", "printable")
+
+
+@pytest.mark.parametrize("value", ["café", "東京", "équipe-Ø"])
+def test_letters_of_any_script_pass_in_gpu_events(value):
+    valid = accepted(cluster=value, node=value, tenant=value, team=value, namespace=value, job=value,
+                     labels={value: value})
+    assert valid.pool == f"{value}/{value}"
+
+
+def test_65_gpu_labels_are_too_many_and_64_pass_and_a_tab_in_a_label_value_is_fine():
+    error = rejected(labels={f"k{i}": "v" for i in range(LABELS_MAX + 1)})
+    assert (error.field, error.rule) == ("labels", "max_entries")
+    accepted(labels={f"k{i}": "v" for i in range(LABELS_MAX)})
+    accepted(labels={"note": "a\tb"})
+    error = rejected(labels={"note": "a\nb"})
+    assert (error.field, error.rule) == ("labels.note", "printable")
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(value=st.one_of(
+    st.text(max_size=140),
+    st.text(st.characters(categories=["Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs", "L"]), max_size=140),
+    st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=120, max_size=140),
+))
+def test_a_gpu_namespace_is_accepted_exactly_when_short_and_printable(value):
+    printable = len(value) <= NAME_MAX_CHARS and not any(
+        unicodedata.category(c) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for c in value)
+    try:
+        accepted(namespace=value)
+    except InvalidGpuUsage as error:
+        assert error.field == "namespace" and not printable
+        assert error.rule == ("max_length" if len(value) > NAME_MAX_CHARS else "printable")
+    else:
+        assert printable
 
 
 # --- the worker side ---------------------------------------------------------------------------------------------

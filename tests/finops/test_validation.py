@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+import unicodedata
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from prismops import schemas
-from prismops.finops.validation import MAX_CLOCK_SKEW, InvalidEvent, validate_llm_usage
+from prismops.errors import FieldRuleError
+from prismops.finops.text_rules import ID_MAX_CHARS, LABELS_MAX, NAME_MAX_CHARS, TEXT_MAX_CHARS
+from prismops.finops.validation import MAX_CLOCK_SKEW, TEXT_FIELD_LIMITS, InvalidEvent, validate_llm_usage
 
 
 def _rejects(event, now) -> InvalidEvent:
@@ -150,3 +155,189 @@ def test_invalid_event_is_a_value_error_naming_field_and_rule():
     error = InvalidEvent("latency_ms", "non_negative", "must be >= 0, got -3")
     assert isinstance(error, ValueError)
     assert str(error) == "latency_ms: must be >= 0, got -3 [non_negative]"
+
+
+# --- length and character rules of every text field (finops/text_rules.py) ------------------------------------
+
+FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+ENUMS = ("environment", "status")
+
+
+def _text_fields() -> list[str]:
+    """Every string, enum or string map field of every LLM usage schema version."""
+    names = []
+    for version in schemas.versions("llm_usage_event"):
+        for field in version.definition["fields"]:
+            types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+            if any(t == "string" or (isinstance(t, dict) and t.get("type") in ("enum", "map")) for t in types):
+                if field["name"] not in names:
+                    names.append(field["name"])
+    return names
+
+
+def _text_event(make_event, **overrides):
+    """A valid event whose status allows an error code."""
+    return make_event(**{"status": "error", **overrides})
+
+
+def test_every_text_field_of_every_schema_version_has_a_rule():
+    fields = _text_fields()
+    assert {"event_id", "tenant", "service", "model", "error_code", "decision_id", "user_id", "labels"} <= set(fields)
+    assert set(fields) - {"labels"} == set(TEXT_FIELD_LIMITS)
+
+
+def test_the_limits_are_names_ids_and_free_text():
+    names = {"tenant", "service", "feature", "customer", "provider", "model", "model_version", *ENUMS}
+    ids = {"event_id", "request_id", "session_id", "user_id", "deployment_id", "decision_id"}
+    assert {f for f, n in TEXT_FIELD_LIMITS.items() if n == NAME_MAX_CHARS} == names
+    assert {f for f, n in TEXT_FIELD_LIMITS.items() if n == ID_MAX_CHARS} == ids
+    assert TEXT_FIELD_LIMITS["error_code"] == TEXT_MAX_CHARS == 1024
+
+
+@pytest.mark.parametrize("field", sorted(TEXT_FIELD_LIMITS))
+def test_one_character_over_the_limit_is_max_length(make_event, now, field):
+    limit = TEXT_FIELD_LIMITS[field]
+    error = _rejects(_text_event(make_event, **{field: "a" * (limit + 1)}), now)
+    assert (error.field, error.rule) == (field, "max_length")
+    assert isinstance(error, InvalidEvent) and isinstance(error, FieldRuleError)
+    assert f"at most {limit} characters, got {limit + 1}" in error.message
+
+
+@pytest.mark.parametrize("field", sorted(TEXT_FIELD_LIMITS))
+def test_a_value_at_the_limit_passes(make_event, now, field):
+    validate_llm_usage(_text_event(make_event, **{field: "a" * TEXT_FIELD_LIMITS[field]}), now)
+
+
+@pytest.mark.parametrize("field", sorted(TEXT_FIELD_LIMITS))
+@pytest.mark.parametrize("char", ["\u0000", "\n", "\u202e", "\u200d", "\u2028", "\ue000", "\U000e0001"],
+                         ids=["NUL", "newline", "RLO", "ZWJ", "line-separator", "private-use", "tag-char"])
+def test_control_format_and_separator_characters_are_not_printable(make_event, now, field, char):
+    error = _rejects(_text_event(make_event, **{field: f"x{char}y"}), now)
+    assert (error.field, error.rule) == (field, "printable")
+    assert f"U+{ord(char):04X}" in error.message and "at position 1" in error.message
+
+
+def test_a_129_character_tenant_is_too_long_and_128_passes(make_event, now):
+    error = _rejects(make_event(tenant="t" * 129), now)
+    assert (error.field, error.rule) == ("tenant", "max_length")
+    validate_llm_usage(make_event(tenant="t" * 128), now)
+
+
+def test_a_right_to_left_override_in_the_tenant_is_refused_without_echoing_the_value(make_event, now):
+    error = _rejects(make_event(tenant="acme\u202egnp.exe"), now)
+    assert (error.field, error.rule) == ("tenant", "printable")
+    assert "U+202E" in error.message and "RIGHT-TO-LEFT OVERRIDE" in error.message
+    assert "gnp" not in str(error)
+
+
+def test_a_nul_in_the_service_is_refused(make_event, now):
+    error = _rejects(make_event(service="code\u0000assist"), now)
+    assert (error.field, error.rule) == ("service", "printable")
+    assert "U+0000" in error.message
+
+
+def test_a_zero_width_joiner_in_the_model_is_refused(make_event, now):
+    error = _rejects(make_event(model="gpt\u200d-4o"), now)
+    assert (error.field, error.rule) == ("model", "printable")
+
+
+def test_a_900_kb_service_is_refused_fast_before_any_other_rule(make_event, now):
+    service = "s" * 900_000
+    event = make_event(service=service, input_tokens=-1, event_time=now + dt.timedelta(days=1))
+    started = time.perf_counter()
+    error = _rejects(event, now)
+    elapsed = time.perf_counter() - started
+    assert (error.field, error.rule) == ("service", "max_length")
+    assert "got 900000" in error.message and len(str(error)) < 200, "the value itself is never in the message"
+    assert elapsed < 0.5
+
+
+def test_text_rules_run_before_the_business_rules(make_event, now):
+    error = _rejects(make_event(tenant="a\u0007", status="ok", error_code="500", input_tokens=-5), now)
+    assert (error.field, error.rule) == ("tenant", "printable")
+
+
+def test_blank_required_fields_stay_non_empty_even_with_a_tab(make_event, now):
+    error = _rejects(make_event(event_id="\t", tenant="a" * 500), now)
+    assert (error.field, error.rule) == ("event_id", "non_empty")
+
+
+@pytest.mark.parametrize("value", ["café", "東京", "Zürich-Ålesund", "مرحبا", "support bot", "a-b_c.d:e/f"])
+def test_letters_of_any_script_and_spaces_pass(make_event, now, value):
+    validate_llm_usage(make_event(tenant=value, service=value, feature=value, model=value, customer=value,
+                                  labels={value: value}), now)
+
+
+def test_an_emoji_without_joiners_passes(make_event, now):
+    validate_llm_usage(make_event(feature="chat 💬"), now)
+
+
+def test_the_error_code_is_free_text_a_tab_is_allowed(make_event, now):
+    validate_llm_usage(_text_event(make_event, error_code="upstream\ttimeout after 30 s"), now)
+    error = _rejects(_text_event(make_event, error_code="upstream\ntimeout"), now)
+    assert (error.field, error.rule) == ("error_code", "printable")
+
+
+def test_65_labels_are_too_many_and_64_pass(make_event, now):
+    error = _rejects(make_event(labels={f"k{i}": "v" for i in range(LABELS_MAX + 1)}), now)
+    assert (error.field, error.rule) == ("labels", "max_entries")
+    assert LABELS_MAX == 64 and "got 65" in error.message
+    validate_llm_usage(make_event(labels={f"k{i}": "v" for i in range(LABELS_MAX)}), now)
+
+
+def test_a_tab_in_a_label_value_is_allowed_but_not_in_its_key(make_event, now):
+    validate_llm_usage(make_event(labels={"note": "a\tb"}), now)
+    error = _rejects(make_event(labels={"no\tte": "ab"}), now)
+    assert (error.field, error.rule) == ("labels.key", "printable")
+
+
+def test_label_values_are_free_text_of_at_most_1024_characters(make_event, now):
+    validate_llm_usage(make_event(labels={"note": "n" * TEXT_MAX_CHARS}), now)
+    error = _rejects(make_event(labels={"note": "n" * (TEXT_MAX_CHARS + 1)}), now)
+    assert (error.field, error.rule) == ("labels.note", "max_length")
+    error = _rejects(make_event(labels={"note": "a\u202eb"}), now)
+    assert (error.field, error.rule) == ("labels.note", "printable")
+
+
+def test_label_keys_are_names(make_event, now):
+    validate_llm_usage(make_event(labels={"k" * NAME_MAX_CHARS: "v"}), now)
+    error = _rejects(make_event(labels={"k" * (NAME_MAX_CHARS + 1): "v"}), now)
+    assert (error.field, error.rule) == ("labels.key", "max_length")
+
+
+def _printable(value: str, limit: int) -> bool:
+    return len(value) <= limit and not any(unicodedata.category(c) in FORBIDDEN_CATEGORIES for c in value)
+
+
+_any_text = st.one_of(
+    st.text(max_size=140),
+    st.text(st.characters(categories=["Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs", "L", "N", "P", "S", "M"]),
+            max_size=140),
+    st.text(st.characters(max_codepoint=0x7F), min_size=120, max_size=140),
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_any_text)
+def test_a_tenant_is_accepted_exactly_when_short_and_printable(make_event, now, value):
+    """Property: any accepted tenant has at most 128 characters and none of category Cc/Cf/Cs/Co/Cn/Zl/Zp; any
+    rejected one breaks one of those two rules, and says which."""
+    try:
+        validate_llm_usage(make_event(tenant=value), now)
+    except InvalidEvent as error:
+        assert error.field == "tenant" and not _printable(value, NAME_MAX_CHARS)
+        assert error.rule == ("max_length" if len(value) > NAME_MAX_CHARS else "printable")
+    else:
+        assert _printable(value, NAME_MAX_CHARS)
+
+
+@hypothesis_settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(st.characters(categories=["Cc", "Cf", "Zs", "L"]), max_size=40))
+def test_a_label_value_is_accepted_exactly_when_printable_but_for_tabs(make_event, now, value):
+    try:
+        validate_llm_usage(make_event(labels={"note": value}), now)
+    except InvalidEvent as error:
+        assert (error.field, error.rule) == ("labels.note", "printable")
+        assert not _printable(value.replace("\t", ""), TEXT_MAX_CHARS)
+    else:
+        assert _printable(value.replace("\t", ""), TEXT_MAX_CHARS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 import shutil
@@ -88,7 +89,7 @@ def produce_cost_lines(settings: Settings, lines: list[dict]) -> None:
 
 def committed_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The group's committed offsets (negative = none), read without joining the group."""
-    probe = Consumer({**settings.kafka_client_config(), "group.id": settings.sink.group_id})
+    probe = Consumer({**settings.kafka_client_config(), "group.id": settings.sink_group_id})
     try:
         partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
         committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
@@ -116,11 +117,11 @@ def assert_everything_committed(settings: Settings, topic: str) -> None:
 def reset_group_to_beginning(settings: Settings, topic: str) -> None:
     admin = AdminClient(settings.kafka_client_config())
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    request = ConsumerGroupTopicPartitions(settings.sink.group_id, [TopicPartition(topic, p, 0) for p in partitions])
+    request = ConsumerGroupTopicPartitions(settings.sink_group_id, [TopicPartition(topic, p, 0) for p in partitions])
     deadline = time.monotonic() + 30
     while True:
         try:
-            admin.alter_consumer_group_offsets([request])[settings.sink.group_id].result()
+            admin.alter_consumer_group_offsets([request])[settings.sink_group_id].result()
             return
         except Exception:  # the group may still be finishing the last member's leave
             if time.monotonic() > deadline:
@@ -302,17 +303,20 @@ def test_malformed_values_go_to_the_dlq_with_their_bytes_and_reason_while_good_o
             letters[letter["source_offset"]] = letter
     assert sorted(letters) == [2, 4]
     broken = letters[2]
-    assert broken["original_value"] == missing_field and broken["original_key"] == b"acme"
+    assert json.loads(broken["original_value"]) == json.loads(missing_field) and broken["original_key"] == b"acme"
     assert broken["original_headers"] == {"trace-id": b"t-1"}
     assert (broken["stage"], broken["source_topic"], broken["source_partition"]) == ("sink.clickhouse", topic, 0)
     assert broken["error_rule"] == "required" and broken["error_field"] == "source"
-    assert letters[4]["original_value"] == garbage and letters[4]["error_rule"] == "unknown_schema"
+    summary = json.loads(letters[4]["original_value"])
+    assert letters[4]["error_rule"] == "unknown_schema"
+    assert summary["redacted"] == "unparsable" and summary["sha256"] == hashlib.sha256(garbage).hexdigest()
 
     stored = client.execute(
         "SELECT source_offset, error_rule, original_value FROM dead_letters ORDER BY source_offset",
         settings={"strings_as_bytes": True},
     )
-    assert stored == [(2, b"required", missing_field), (4, b"unknown_schema", garbage)]
+    assert [(offset, rule) for offset, rule, _ in stored] == [(2, b"required"), (4, b"unknown_schema")]
+    assert [value for _, _, value in stored] == [broken["original_value"], letters[4]["original_value"]]
     assert_everything_committed(settings, topic)
 
 

@@ -54,7 +54,7 @@ def gpu_pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFact
 def delete_worker_internal_topics(settings: Settings) -> None:
     """Faust's changelog and assignor topics are named after the app id, outside the registry."""
     admin = AdminClient(settings.kafka_client_config())
-    prefix = f"{settings.worker.app_id}-"
+    prefix = f"{settings.worker_app_id}-"
     doomed = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
     if doomed:
         for future in admin.delete_topics(doomed, operation_timeout=10).values():
@@ -342,7 +342,7 @@ def committed_gpu_offsets(settings: Settings) -> int:
     from prismops.streams.topics import GPU_USAGE
 
     topic = GPU_USAGE.name(settings)
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.worker.app_id, "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.worker_app_id, "enable.auto.commit": False})
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.kafka.default_partitions)]
         return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))

@@ -5,6 +5,7 @@ Worker, sink and gateway run as the real `prismops` commands in child processes 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -128,11 +129,14 @@ def test_malformed_and_invalid_input_goes_to_dlq_and_processing_continues(pipeli
                 letters.append(codec_for("dead_letter").decode(message.value()))
     consumer.close()
 
-    by_value = {letter["original_value"]: letter for letter in letters}
-    assert set(by_value) == {garbage, negative_json}, "the DLQ keeps the original bytes"
-    assert by_value[garbage]["error_rule"] == "wire_format"
-    assert by_value[negative_json]["error_field"] == "input_tokens"
-    assert by_value[negative_json]["error_rule"] == "non_negative"
+    by_rule = {letter["error_rule"]: letter for letter in letters}
+    assert set(by_rule) == {"wire_format", "non_negative"}
+    unparsable = json.loads(by_rule["wire_format"]["original_value"])
+    assert unparsable["redacted"] == "unparsable", "bytes that parse as nothing are never stored verbatim"
+    assert unparsable["sha256"] == hashlib.sha256(garbage).hexdigest() and unparsable["length"] == len(garbage)
+    assert by_rule["non_negative"]["error_field"] == "input_tokens"
+    assert json.loads(by_rule["non_negative"]["original_value"]) == json.loads(negative_json), \
+        "a parsable event without personal data is kept whole"
     assert all(letter["source_topic"] == topic and letter["stage"] == "worker.price_llm_usage" for letter in letters)
 
     (dlq_rows,), = wait_for(

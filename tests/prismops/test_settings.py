@@ -178,3 +178,12 @@ def test_kafka_client_config_carries_security_settings():
 
 def test_no_prismops_variables_leak_from_the_host():
     assert not [name for name in os.environ if name.startswith("PRISMOPS_")]
+
+
+def test_the_namespace_prefixes_the_worker_app_id_and_every_consumer_group():
+    settings = Settings().with_overrides(kafka={"topic_namespace": "staging."})
+    assert settings.worker_app_id == "staging.prismops-worker"
+    assert settings.sink_group_id == "staging.prismops-sink-clickhouse"
+    assert settings.alerts_group_id == "staging.prismops-alerts-webhook"
+    assert settings.consumer_group_config(settings.alerts_group_id, static=False)["group.id"] == settings.alerts_group_id
+    assert "group.instance.id" not in settings.consumer_group_config("g", static=False)

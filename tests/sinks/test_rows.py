@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import (
     PolicyAuditSink,
@@ -23,7 +24,6 @@ from prismops.sinks.clickhouse import (
 )
 from prismops.sinks.migrations import load_migrations
 from prismops.sinks.runner import default_routes
-from prismops.streams.dead_letters import dead_letter_record
 from prismops.streams.codecs import codec_for
 from prismops.streams.topics import POLICY_AUDIT
 
@@ -283,6 +283,7 @@ def test_dead_letter_record_carries_the_original_bytes_and_the_codec_reason():
         stage="sink.clickhouse", topic="cost.lines.v1", partition=2, offset=17, key=b"acme",
         value=b"\xc3\x01garbage\xff", headers=[("trace", b"\x00\x01"), ("empty", None)],
         field="cost_usd", rule="decimal_scale", message="too many places", failed_at=failed_at,
+        redaction="verbatim",
     )
     codec = codec_for("dead_letter")
     decoded = codec.decode(codec.encode(record))

@@ -542,3 +542,11 @@ def test_codec_reads_with_the_newest_version():
     codec = AvroCodec("llm_usage_event")
     assert codec.reader == schemas.latest("llm_usage_event")
     assert SINGLE_OBJECT_MAGIC == b"\xc3\x01"
+
+
+def test_json_nested_too_deeply_or_with_a_huge_integer_is_a_codec_error_not_a_crash():
+    codec = codec_for("llm_usage_event")
+    for data in (b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"input_tokens": ' + b"9" * 5000 + b"}"):
+        with pytest.raises(CodecError) as raised:
+            codec.decode(data)
+        assert raised.value.rule == "json_decode"

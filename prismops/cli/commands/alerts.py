@@ -41,7 +41,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
                 poster = WebhookPoster.from_settings(settings, sleep=stop.wait)
                 consumer = AlertConsumer(settings, ledger, poster, on_outcome=progress)
                 stderr_console.print(f"delivering {consumer.topic} to {escape(poster.target)} "
-                                     f"(group {settings.budgets.alerts_group_id}); Ctrl-C stops", highlight=False)
+                                     f"(group {settings.alerts_group_id}); Ctrl-C stops", highlight=False)
                 counters = consumer.run(stop) if idle_s is None else consumer.run_until_idle(idle_s)
             finally:
                 ledger.close()

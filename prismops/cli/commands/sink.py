@@ -34,7 +34,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
             SinkRunner(settings, default_routes(settings), on_batch=progress) as runner:
         stderr_console.print(
             f"sinking {', '.join(runner.topics)} into {settings.clickhouse.database} "
-            f"(group {settings.sink.group_id}); Ctrl-C stops", highlight=False,
+            f"(group {settings.sink_group_id}); Ctrl-C stops", highlight=False,
         )
         counters = runner.run(stop) if idle_s is None else runner.run_until_idle(idle_s)
     emit([counters.as_dict()], fmt, title="sink totals")
