@@ -79,10 +79,13 @@ class WatchMeta:
 class PartitionWatch:
     """One source partition's detectors, windows and replay guard.
 
-    Its state is stored per key, never as one blob: a record per series (`series_records`) and a small record
-    of the partition's offsets and clocks (`STATE_META`), written after the series records it covers. Each
-    series record says through which offset it holds lines, so a restore that lost the newest records (a crash
-    mid-save) re-applies a read-back line only to the series that lack it.
+    Its state is stored per key, never as one blob: per series a windows record (`w|<key>`: its open
+    windows, rewritten whenever a line arrives) and a model record (`m|<key>`: its detectors and RCA baseline,
+    some 25 KB, rewritten only when one of its windows closes), and a small record of the partition's offsets
+    and clocks (`STATE_META`), written after the series records it covers. Each windows record says through
+    which offset it holds lines, so a restore that lost the newest records (a crash mid-save) re-applies a
+    read-back line only to the series that lack it. A crash between a model record and its windows record
+    can score one window twice on replay: the anomaly repeats its deterministic id and the sink keeps one row.
     """
 
     def __init__(self, watch: AnomalyWatch, partition: int):
@@ -92,7 +95,8 @@ class PartitionWatch:
         self.max_event_time: dt.datetime | None = None
         self.last_arrival: dt.datetime | None = None
         self.saved_at: dt.datetime | None = None
-        self.dirty_keys: set[SeriesKey] = set()
+        self.dirty_keys: set[SeriesKey] = set()  # open windows changed
+        self.dirty_models: set[SeriesKey] = set()  # detectors or baseline changed (a window closed)
         self.series_applied: dict[SeriesKey, int] = {}  # restored series ahead of last_offset
         self.shed: list[str] = []  # what the last save had to drop to fit, for logs and metrics
 
@@ -108,7 +112,7 @@ class PartitionWatch:
         skip = {key for key in keys if self.series_applied.get(key, -1) >= offset}
         step = self.watch.observe(sample, skip)
         self.dirty_keys.update(key for key in keys if key not in skip)
-        self.dirty_keys.update(scored.key for scored in step.scored)
+        self._closed(step)
         self.last_offset = offset
         self.last_arrival = arrived_at
         if self.max_event_time is None or sample.event_time > self.max_event_time:
@@ -125,8 +129,13 @@ class PartitionWatch:
         if quiet.total_seconds() < idle_close_s:
             return WatchStep()
         step = self.watch.tick(self.max_event_time + quiet)
-        self.dirty_keys.update(scored.key for scored in step.scored)
+        self._closed(step)
         return step
+
+    def _closed(self, step: WatchStep) -> None:
+        closed = {scored.key for scored in step.scored}
+        self.dirty_keys |= closed
+        self.dirty_models |= closed
 
     def save_due(self, now: dt.datetime, interval_s: float) -> bool:
         return self.saved_at is None or (now - self.saved_at).total_seconds() >= interval_s
@@ -142,23 +151,25 @@ class PartitionWatch:
         detectors_by_key: dict[str, dict[str, SeriesDetector]] = {}
         for (metric, key_text), detector in self.watch.detectors.detectors.items():
             detectors_by_key.setdefault(key_text, {})[metric] = detector
+        parts = [(f"m|{key}", SeriesState(key, self.last_offset, {}, detectors_by_key.get(str(key), {}),
+                                          self.watch.baselines.get(key))) for key in sorted(self.dirty_models)]
+        parts += [(f"w|{key}", SeriesState(key, self.last_offset, open_by_key.get(key, {}), {}, None))
+                  for key in sorted(self.dirty_keys)]
         records = []
-        for key in sorted(self.dirty_keys):
-            state = SeriesState(key, self.last_offset, open_by_key.get(key, {}), detectors_by_key.get(str(key), {}),
-                                self.watch.baselines.get(key))
+        for name, state in parts:
             try:
                 value, shed = fit_series_state(state, max_bytes)
             except StateTooLarge as exc:
-                self._forget_series(key)
-                self.shed.append(f"{key}: reset ({exc.message})")
-                value = dump_state(SeriesState(key, self.last_offset, {}, {}, None))
+                self._forget_series(state.key)
+                self.shed.append(f"{state.key}: reset ({exc.message})")
+                value = dump_state(SeriesState(state.key, self.last_offset, {}, {}, None))
             else:
-                self.shed.extend(f"{key}: {what}" for what in shed)
-            records.append((str(key), value))
+                self.shed.extend(f"{state.key}: {what}" for what in shed)
+            records.append((name, value))
         meta = WatchMeta(self.last_offset, self.max_event_time, self.last_arrival, self.watch.windows.watermark,
                          self.watch.windows.late_count)
         records.append((STATE_META, dump_state(meta)))
-        self.saved_at, self.dirty_keys = now, set()
+        self.saved_at, self.dirty_keys, self.dirty_models = now, set(), set()
         return records
 
     def _forget_series(self, key: SeriesKey) -> None:
@@ -184,7 +195,8 @@ class PartitionWatch:
                 watch.detectors.detectors[(metric, str(state.key))] = detector
             if state.baseline is not None:
                 watch.baselines[state.key] = state.baseline
-            restored.series_applied[state.key] = state.applied_offset
+            if name.startswith("w|"):  # the windows record is the one lines are applied to
+                restored.series_applied[state.key] = state.applied_offset
         if meta is not None:
             restored.last_offset = meta.last_offset
             restored.max_event_time, restored.last_arrival = meta.max_event_time, meta.last_arrival

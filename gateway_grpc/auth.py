@@ -26,6 +26,7 @@ import grpc
 import yaml
 
 from prismops.errors import FieldRuleError
+from prismops.gateway_grpc.request_bounds import cap_detail
 
 ROLES = ("viewer", "service", "admin")
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
@@ -119,7 +120,7 @@ def bearer_token(metadata: Any) -> str | None:
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     def abort(_request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(code, message)
+        context.abort(code, cap_detail(message))  # it may echo a caller's method name: never unbounded
 
     return grpc.unary_unary_rpc_method_handler(abort)
 

@@ -104,18 +104,20 @@ def test_severity_floor():
     assert all(not reportable(s, "critical") for s in flagged if s.result.severity != "critical")
 
 
-def test_state_is_one_record_per_series_plus_the_partition_record_and_only_changed_series_are_rewritten():
+def test_state_is_per_series_windows_and_models_plus_the_partition_record_and_only_changes_are_rewritten():
     rng = random.Random(4)
     watch = PartitionWatch(new_watch(SETTINGS), partition=0)
     feed(watch, 3, rng)
     first = dict(watch.changed_records(START, 900_000))
-    assert set(first) == {STATE_META, "tenant_model:acme/gpt-4o-mini", "service_feature:support-bot/answer"}
+    series = ("service_feature:support-bot/answer", "tenant_model:acme/gpt-4o-mini")
+    assert set(first) == {STATE_META} | {f"{kind}|{key}" for kind in "mw" for key in series}
     assert max(len(v) for v in first.values()) < 100_000
     assert [name for name, _ in watch.changed_records(START, 900_000)] == [STATE_META], "nothing changed since"
-    other = line(START + dt.timedelta(minutes=3), rng) | {"tenant": "globex"}
+    other = line(START + dt.timedelta(minutes=2, seconds=59), rng) | {"tenant": "globex"}
     watch.observe(usage_sample(other), 1000, START)
     changed = [name for name, _ in watch.changed_records(START, 900_000)]
-    assert changed == ["service_feature:support-bot/answer", "tenant_model:globex/gpt-4o-mini", STATE_META]
+    assert changed == ["w|service_feature:support-bot/answer", "w|tenant_model:globex/gpt-4o-mini", STATE_META], \
+        "a line within an open window rewrites windows only: the detectors (the bulk) wait for a window to close"
 
 
 def test_a_save_cut_short_before_the_partition_record_never_counts_a_line_twice_on_catch_up():
@@ -134,7 +136,7 @@ def test_a_save_cut_short_before_the_partition_record_never_counts_a_line_twice_
         cut.observe(usage_sample(item), offset + 1 + i, START)
     newer = cut.changed_records(START, 900_000)
     # the crash: the globex series record landed, acme's and the partition record did not
-    saved.update((name, value) for name, value in newer if name.startswith("tenant_model:globex"))
+    saved.update((name, value) for name, value in newer if "tenant_model:globex" in name)
     restored = PartitionWatch.restore(new_watch(SETTINGS), 2, saved)
     assert restored.last_offset == offset
     for i, item in enumerate(extra):  # the catch-up reads them back
@@ -180,5 +182,5 @@ def test_per_dimension_totals_go_last_and_a_series_that_never_fits_is_reset_not_
     watch = PartitionWatch(new_watch(SETTINGS), partition=0)
     feed(watch, 2, random.Random(1))
     records = watch.changed_records(START, 300)
-    assert all(len(v) <= 600 for _, v in records[:-1]) and len(watch.shed) == 2 and "reset" in watch.shed[0]
+    assert all(len(v) <= 600 for _, v in records[:-1]) and len(watch.shed) >= 2 and "reset" in watch.shed[0]
     assert not watch.watch.windows.open and not watch.watch.detectors.detectors
