@@ -38,7 +38,7 @@ from prometheus_client import Counter as PromCounter
 from prismops.finops.anomaly_events import PartitionWatch, anomaly_record, new_watch, reportable, usage_sample
 from prismops.agents.context import WorkerContext, utcnow
 from prismops.detectors.watch import WatchStep
-from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.codecs import CodecError, DecodedBatch, batch_codec_for, codec_for
 from prismops.errors import FieldRuleError
 from prismops.streams.replay import read_partition_range
 from prismops.streams.topics import ANOMALIES, COST_LINES
@@ -63,7 +63,7 @@ def register(ctx: WorkerContext) -> None:
         return
     lines_topic, anomalies_topic = ctx.topic(COST_LINES), ctx.topic(ANOMALIES)
     lines_topic_name = COST_LINES.name(ctx.settings)
-    line_codec, anomaly_codec = codec_for(COST_LINES.schema), codec_for(ANOMALIES.schema)
+    line_codec, anomaly_codec = batch_codec_for(COST_LINES.schema), codec_for(ANOMALIES.schema)
     # Faust tables serialize values as JSON: pickled state travels as base64 text, a third larger.
     table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per series and partition (base64 pickle)")
     max_state_bytes = state_value_limit(ctx.settings.kafka.max_message_bytes)
@@ -103,21 +103,22 @@ def register(ctx: WorkerContext) -> None:
 
     async def catch_up(partition: int, watch: PartitionWatch, first_offset: int) -> None:
         """Apply the lines between the saved state and `first_offset`, the first line handed over since the
-        partition was assigned: they were processed (and their offsets committed) but not saved."""
-        start = watch.last_offset + 1
-        if watch.last_offset < 0 or first_offset <= start:
+        partition was assigned: they were processed (and their offsets committed) but not saved. A worker stopped
+        before its first save leaves no state at all; then every line before `first_offset` is read back."""
+        start = watch.last_offset + 1  # 0 when nothing was saved yet: every line before the first one handed over
+        if first_offset <= start:
             return
         records = await asyncio.get_running_loop().run_in_executor(
             None, read_partition_range, ctx.settings, lines_topic_name, partition, start, first_offset)
         applied = 0
         for offset, value in records:
             try:
-                sample = usage_sample(line_codec.decode(value))
+                samples = samples_of(line_codec.decode(value))
             except (CodecError, FieldRuleError):
                 continue  # dead-lettered when it was first seen
-            if sample is not None:
-                await publish([watch.observe(sample, offset, utcnow())])
-                applied += 1
+            if samples:
+                await publish([watch.observe(sample, offset, utcnow()) for sample in samples])
+                applied += len(samples)
         if applied:
             log.info("anomaly watch %d: applied %d unsaved lines (offsets %d..%d) read back from %s",
                      partition, applied, start, first_offset - 1, lines_topic_name)
@@ -145,10 +146,15 @@ def register(ctx: WorkerContext) -> None:
             async with ctx.guard(event, STAGE):
                 await watch_one(event)
 
+    def samples_of(decoded: DecodedBatch) -> list:
+        """The LLM usage samples of a cost-line record (a single line or a batch; other sources give none)."""
+        return [sample for item in decoded.items
+                if item.value is not None and (sample := usage_sample(item.value)) is not None]
+
     async def watch_one(event: faust.types.EventT) -> None:
         message = event.message
-        sample = usage_sample(line_codec.decode(event.value))
-        if sample is None:
+        samples = samples_of(ctx.decode_batch(event, COST_LINES.schema))
+        if not samples:
             return
         async with state_lock:
             watch = watch_for(message.partition)
@@ -158,9 +164,9 @@ def register(ctx: WorkerContext) -> None:
             if watch.is_replay(message.offset):
                 return
             now = utcnow()
-            step = watch.observe(sample, message.offset, now)
-            await publish([step])
-            if step.scored or watch.save_due(now, settings.save_interval_s):
+            steps = [watch.observe(sample, message.offset, now) for sample in samples]
+            await publish(steps)
+            if any(step.scored for step in steps) or watch.save_due(now, settings.save_interval_s):
                 save(message.partition, watch, now, in_stream=True)
 
     def assigned_watches() -> list[tuple[int, PartitionWatch]]:

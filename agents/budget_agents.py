@@ -1,54 +1,69 @@
 """Faust agents for budgets: thin shells around `prismops.finops.budgets.BudgetLedger`.
 
-track_tenant_budgets: cost.lines.v1 (keyed by tenant) → the tenant ledger → budget.events.v1 (warn/block
-    crossings) + routing.budgets.v1 (the tenant's state row, compacted, read by the router). Lines whose
-    team has a budget are forwarded, unchanged, to prismops.budget-team-lines.v1 keyed by team.
-track_team_budgets: prismops.budget-team-lines.v1 (keyed by team) → the team ledger → the same two topics.
+track_tenant_budgets: cost.lines.v1 (batches and single lines, each line on its tenant's partition) → the tenant
+    ledger → budget.events.v1 (warn/block crossings) + routing.budgets.v1 (the tenant's state row, compacted,
+    read by the router). Lines whose team has a budget are forwarded to prismops.budget-team-lines.v1, one
+    batch per team partition.
+track_team_budgets: prismops.budget-team-lines.v1 → the team ledger → the same two topics.
+republish_budget_states: when a UTC day starts, every scope's state row again, so no `blocked: true` of
+    yesterday outlives midnight in the router.
 
-Each ledger keeps its state in a Faust table whose changelog partitions match the source partitions, so a
-scope's spend, remembered line ids and crossings are restored with its partition after a restart or a
-rebalance. Outputs go with `event.send`, published before the source offset commits. A crash after the
-table write but before publication replays the line; the ledger recognizes it as applied and hands back the
-crossings it caused (`redelivered`), which are sent again with their original event ids (consumers dedupe
-on them), so no crossing is lost and none is counted twice.
+A batch is applied with one ledger write and one state row per scope it touches (`BudgetLedger.apply_batch`),
+identified by the batch's origin and position: a batch replayed after a crash (the same record again, or the
+worker's pricing sending it again at a new offset) is recognized per scope and counted once, and the crossings
+it caused are sent again with their original event ids (consumers dedupe on them). A single line (bills, GPU
+windows) is applied by its line id as before (`BudgetLedger.apply`). Outputs go with `event.send`, published
+before the source offset commits. Each ledger keeps its state in a Faust table whose changelog partitions match
+the source partitions, so spend and crossings are restored with their partition after a restart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import faust
 
-from prismops.finops.budgets import BudgetLedger, LedgerOutcome
 from prismops.agents.context import WorkerContext, utcnow
-from prismops.streams.codecs import CodecError, codec_for
+from prismops.finops.budgets import BudgetLedger, LedgerOutcome
+from prismops.streams.codecs import CodecError, DecodedBatch, batch_codec_for, codec_for
+from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE, BUDGET_TEAM_LINES, COST_LINES
 
 log = logging.getLogger(__name__)
+ROLLOVER_CHECK_S = 1.0
 
 
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
-    tenant_table = ctx.app.Table("budget-ledger-tenant", default=None, help="tenant budget spend and applied lines")
-    team_table = ctx.app.Table("budget-ledger-team", default=None, help="team budget spend and applied lines")
+    tenant_table = ctx.app.Table("budget-ledger-tenant", default=None, help="tenant budget spend and applied batches")
+    team_table = ctx.app.Table("budget-ledger-team", default=None, help="team budget spend and applied batches")
     tenant_ledger = BudgetLedger.from_settings(settings.budgets, tenant_table, scopes=("tenant",))
     team_ledger = BudgetLedger.from_settings(settings.budgets, team_table, scopes=("team",))
     cost_topic, team_lines_topic = ctx.topic(COST_LINES), ctx.topic(BUDGET_TEAM_LINES)
     events_topic, state_topic = ctx.topic(BUDGET_EVENTS), ctx.topic(BUDGET_STATE)
-    cost_codec, event_codec, state_codec = (
-        codec_for(COST_LINES.schema), codec_for(BUDGET_EVENTS.schema), codec_for(BUDGET_STATE.schema)
-    )
+    lines_codec = batch_codec_for(COST_LINES.schema)
+    event_codec, state_codec = codec_for(BUDGET_EVENTS.schema), codec_for(BUDGET_STATE.schema)
     team_budgets_exist = team_ledger.book.has_scope("team")
+    team_partition = KeyPartitioner(BUDGET_TEAM_LINES.partitions or settings.kafka.default_partitions)
     pruned_on: dict[tuple[str, int], dt.date] = {}
+    published_day: list[dt.date] = [utcnow().date()]
 
-    async def apply(event: faust.types.EventT, ledger: BudgetLedger, stage: str) -> dict | None:
-        """Decode, prune once a day per partition, apply, publish; returns the line (None if dead-lettered)."""
+    async def apply(event: faust.types.EventT, ledger: BudgetLedger, stage: str) -> tuple[DecodedBatch, list] | None:
+        """Decode, dead-letter refused items, prune once a day per partition, apply, publish; returns the record
+        and its lines (None when the whole record was dead-lettered)."""
         try:
-            line = cost_codec.decode(event.value)
+            decoded = ctx.decode_batch(event, COST_LINES.schema)
         except CodecError as exc:
             await ctx.dead_letter(event, stage, exc.field, exc.rule, exc.message)
             return None
+        for item in decoded.items:
+            if item.error is not None:
+                await ctx.dead_letter(event, stage, item.error.field, item.error.rule, item.error.message,
+                                      value=item.original)
+        lines = [item.value for item in decoded.items if item.value is not None]
         now, partition = utcnow(), event.message.partition
         if pruned_on.get((stage, partition)) != now.date():
             removed = ledger.prune(now, shard=partition)
@@ -56,12 +71,17 @@ def register(ctx: WorkerContext) -> None:
             if removed:
                 log.info("%s: forgot %d budget entries older than the previous month (partition %d)",
                          stage, removed, partition)
-        outcome = ledger.apply(line, now, shard=partition)
-        if outcome.too_late:
-            log.warning("%s: line %s of %s is older than the previous month; not counted toward budgets",
-                        stage, line["line_id"], line["event_time"].isoformat())
-        await publish(event, outcome)
-        return line
+        if decoded.origin is None:
+            outcomes = [ledger.apply(line, now, shard=partition) for line in lines]
+        else:
+            outcomes = [ledger.apply_batch(lines, now, shard=partition, origin=decoded.origin,
+                                           position=decoded.position or 0)]
+        too_late = sum(outcome.too_late_lines for outcome in outcomes)
+        if too_late:
+            log.warning("%s: %d line(s) older than the previous month not counted toward budgets", stage, too_late)
+        for outcome in outcomes:
+            await publish(event, outcome)
+        return decoded, lines
 
     async def publish(event: faust.types.EventT, outcome: LedgerOutcome) -> None:
         for crossing in outcome.crossings:
@@ -71,19 +91,56 @@ def register(ctx: WorkerContext) -> None:
                 event, events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
             )
         for row in outcome.states:
-            key = f"{row['scope']}/{row['scope_id']}".encode()
-            await ctx.send(event, state_topic, key=key, value=state_codec.encode(row))
+            await ctx.send(event, state_topic, key=state_key(row), value=state_codec.encode(row))
+
+    def state_key(row: dict[str, Any]) -> bytes:
+        return f"{row['scope']}/{row['scope_id']}".encode()
+
+    async def forward_to_teams(event: faust.types.EventT, decoded: DecodedBatch, lines: Sequence[dict]) -> None:
+        """Lines of teams with a budget, to the team topic: single lines keyed by team; a batch as one batch per
+        team partition, whose origin names this hop so positions keep rising per origin."""
+        governed = [line for line in lines if team_ledger.governs(line, "team")]
+        if not governed:
+            return
+        if decoded.origin is None:
+            for line in governed:
+                await ctx.send(event, team_lines_topic, key=line["team"].encode(), value=lines_codec.items.encode_trusted(line))
+            return
+        origin = f"{decoded.origin}>{event.message.partition}"
+        by_partition: dict[int, list[dict]] = {}
+        for line in governed:
+            by_partition.setdefault(team_partition(line["team"]), []).append(line)
+        for partition, group in sorted(by_partition.items()):
+            value = lines_codec.encode(group, origin=origin, position=decoded.position or 0)
+            await ctx.send(event, team_lines_topic, key=None, value=value, partition=partition)
 
     @ctx.app.agent(cost_topic)
     async def track_tenant_budgets(stream: faust.StreamT) -> None:
         async for event in stream.events():
             async with ctx.guard(event, "worker.track_tenant_budgets"):
-                line = await apply(event, tenant_ledger, "worker.track_tenant_budgets")
-                if line is not None and team_budgets_exist and team_ledger.governs(line, "team"):
-                    await ctx.send(event, team_lines_topic, key=line["team"].encode(), value=event.value)
+                applied = await apply(event, tenant_ledger, "worker.track_tenant_budgets")
+                if applied is not None and team_budgets_exist:
+                    await forward_to_teams(event, *applied)
 
     @ctx.app.agent(team_lines_topic)
     async def track_team_budgets(stream: faust.StreamT) -> None:
         async for event in stream.events():
             async with ctx.guard(event, "worker.track_team_budgets"):
                 await apply(event, team_ledger, "worker.track_team_budgets")
+
+    @ctx.app.timer(interval=ROLLOVER_CHECK_S)
+    async def republish_budget_states() -> None:
+        """At the first tick of a new UTC day, every scope's row for the new period (its spend starts at zero)."""
+        async with ctx.timer_guard("worker.republish_budget_states"):
+            now = utcnow()
+            if now.date() == published_day[0] or ctx.app.rebalancing:
+                return
+            sent = 0
+            for ledger in (tenant_ledger, team_ledger):
+                for scope, scope_id in ledger.scope_ids():
+                    row = ledger.state_row(scope, scope_id, now)
+                    if row is not None:
+                        await state_topic.send(key=state_key(row), value=state_codec.encode(row))
+                        sent += 1
+            published_day[0] = now.date()
+            log.info("a new UTC day: republished %d budget state rows", sent)

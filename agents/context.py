@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,12 @@ from prismops.agents.metrics import AGENT_ERRORS, DEAD_LETTERED
 from prismops.errors import FieldRuleError
 from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import DecodedBatch, batch_codec_for, codec_for
 from prismops.streams.topics import DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
+DECODED_KEPT = 256
+"""Decoded records kept for the other agents that read the same record (a few batches of lag between them)."""
 
 
 def utcnow() -> dt.datetime:
@@ -56,6 +59,20 @@ class WorkerContext:
     def __post_init__(self) -> None:
         self._topics: dict[str, faust.TopicT] = {}
         self._dlq = self.topic(DEAD_LETTERS)
+        self._decoded: OrderedDict[tuple[str, int, int], DecodedBatch] = OrderedDict()
+
+    def decode_batch(self, event: faust.types.EventT, item_schema: str) -> DecodedBatch:
+        """The record's items, decoded once per process: several agents read each cost-line batch (budgets,
+        anomalies), and decoding is the larger part of what they spend on it. Raises CodecError like the codec."""
+        message = event.message
+        position = (message.topic, message.partition, message.offset)
+        decoded = self._decoded.get(position)
+        if decoded is None:
+            decoded = batch_codec_for(item_schema).decode(message.value)
+            self._decoded[position] = decoded
+            if len(self._decoded) > DECODED_KEPT:
+                self._decoded.popitem(last=False)
+        return decoded
 
     def topic(self, spec: TopicSpec) -> faust.TopicT:
         """The Faust topic for a registry entry; values are raw bytes, decoded by the agents themselves."""
@@ -71,10 +88,10 @@ class WorkerContext:
         check_size(topic.get_topic_name(), key, value, headers, self.settings.kafka.max_message_bytes)
 
     async def send(self, event: faust.types.EventT, topic: faust.TopicT, *, key: bytes | None, value: bytes,
-                   headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+                   headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
         """`event.send` (published before the event's offset commits) after the size check."""
         self.check_size(topic, key, value, headers)
-        await event.send(topic, key=key, value=value, headers=headers)
+        await event.send(topic, key=key, value=value, headers=headers, partition=partition)
 
     @contextlib.asynccontextmanager
     async def guard(self, event: faust.types.EventT, stage: str) -> AsyncIterator[None]:

@@ -1,28 +1,76 @@
 """Faust agents for LLM usage: thin shells around `prismops.finops.llm_usage` and `prismops.finops.live_stats`.
 
-price_llm_usage:     usage.llm.v1 → cost.lines.v1 + model observations (keyed provider/model) | DLQ
+price_llm_usage:     usage.llm.v1 (single events or batches) → cost.lines.v1 + model observations | DLQ per event
 track_model_health:  model observations → sliding windows per model
 publish_live_table:  every interval, changed rows → routing.tables.v1 (compacted, keyed provider/model)
+
+Batches all the way: one usage record (a batch from the SDK, or a single event) gives at most one cost-line
+batch per partition of cost.lines.v1 (each line on the partition its tenant hashes to, as a single record keyed
+by tenant would be) and one observation batch per partition of the observations topic. Faust's per-record cost
+is paid per batch, not per event. Each cost-line batch names its origin (usage topic/partition) and position
+(the usage offset, times CHUNKS_PER_RECORD, plus the batch's number among that record's batches), so a replay after a crash produces the same
+batches with the same identity, which the budget ledger and the sink recognize.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import faust
 from opentelemetry import trace
 
+from prismops.agents.context import OutputTooLarge, WorkerContext, utcnow
+from prismops.agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_lines
 from prismops.finops.live_stats import LiveModelWindows
-from prismops.agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_line
-from prismops.finops.llm_usage import LlmPricingContext, Rejection, process_llm_usage
+from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, Rejection, price_usage_record
 from prismops.finops.privacy import CONTENT_FIELDS
-from prismops.agents.context import WorkerContext, utcnow
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import BatchCodec, batch_codec_for, codec_for
 from prismops.streams.metrics import EVENTS_IN, EVENTS_OUT
+from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.telemetry import context_from_headers, trace_headers
 from prismops.streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
 
-
 _tracer = trace.get_tracer("prismops.agents.llm")
 PRICE_STAGE = "worker.price_llm_usage"
+CHUNKS_PER_RECORD = 1024
+"""Positions per usage offset: the cost-line batches one usage record gives (one per partition, more when one
+must be split to fit the broker's message limit) are numbered within it, so each has a position of its own."""
+BATCH_HEADROOM_BYTES = 4096
+
+
+def encode_chunks(encode: Callable[[list[Any]], bytes], items: list[Any], max_bytes: int) -> list[bytes]:
+    """`items` as few batch records as fit `max_bytes` each, split in halves until they do (deterministic, so a
+    replay gives the same records); a single item that does not fit raises OutputTooLarge."""
+    value = encode(items)
+    if len(value) <= max_bytes:
+        return [value]
+    if len(items) == 1:
+        raise OutputTooLarge(None, "output_max_bytes", f"one item encodes to {len(value)} bytes, over {max_bytes}")
+    middle = len(items) // 2
+    return encode_chunks(encode, items[:middle], max_bytes) + encode_chunks(encode, items[middle:], max_bytes)
+
+
+def by_partition(items: Sequence[Mapping[str, Any]], partition_of: Callable[[Mapping[str, Any]], int]) -> dict[int, list]:
+    """Items grouped by the partition `partition_of` gives each, in their order (sorted by partition)."""
+    grouped: dict[int, list] = defaultdict(list)
+    for item in items:
+        grouped[partition_of(item)].append(item)
+    return dict(sorted(grouped.items()))
+
+
+def cost_line_batches(codec: BatchCodec, lines: list[dict[str, Any]], partition_of: Callable[[str], int], origin: str,
+                      offset: int, max_bytes: int) -> list[tuple[int, bytes]]:
+    """The cost-line batch records of one usage record: per partition of the lines' tenants, split to fit
+    `max_bytes`, numbered across partitions so (origin, position) names one batch wherever it goes."""
+    arrays = [(partition, array)
+              for partition, group in by_partition(lines, lambda line: partition_of(line["tenant"])).items()
+              for array in encode_chunks(codec.encode_array, group, max_bytes)]
+    if len(arrays) > CHUNKS_PER_RECORD:
+        raise OutputTooLarge(None, "output_max_records", f"{len(arrays)} cost-line batches from one record")
+    return [(partition, codec.frame_array(array, origin=origin, position=offset * CHUNKS_PER_RECORD + index))
+            for index, (partition, array) in enumerate(arrays)]
 
 
 def register(ctx: WorkerContext) -> None:
@@ -31,48 +79,61 @@ def register(ctx: WorkerContext) -> None:
     windows = LiveModelWindows(settings.worker.live_window_s, settings.worker.live_window_max_samples)
     usage_topic, cost_topic = ctx.topic(LLM_USAGE), ctx.topic(COST_LINES)
     observations_topic, tables_topic = ctx.topic(MODEL_OBSERVATIONS), ctx.topic(ROUTING_TABLES)
-    cost_codec, observation_codec = codec_for(COST_LINES.schema), codec_for(MODEL_OBSERVATIONS.schema)
+    lines_codec, observations_codec = batch_codec_for(COST_LINES.schema), batch_codec_for(MODEL_OBSERVATIONS.schema)
     stats_codec = codec_for(ROUTING_TABLES.schema)
     llm_metrics = LlmCallMetrics(settings.worker.metrics_top_tenants)
     usage_name, cost_name = LLM_USAGE.name(settings), COST_LINES.name(settings)
+    line_partition = KeyPartitioner(COST_LINES.partitions or settings.kafka.default_partitions)
+    model_partition = KeyPartitioner(MODEL_OBSERVATIONS.partitions or settings.kafka.default_partitions)
+    max_bytes = settings.kafka.max_message_bytes - BATCH_HEADROOM_BYTES
 
     @ctx.app.agent(usage_topic)
     async def price_llm_usage(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            EVENTS_IN.labels(usage_name).inc()
             async with ctx.guard(event, PRICE_STAGE):
-                await price_one(event)
+                await price_record(event)
 
-    async def price_one(event: faust.types.EventT) -> None:
+    async def price_record(event: faust.types.EventT) -> None:
         parent = context_from_headers(event.message.headers)
         with _tracer.start_as_current_span("price_llm_usage", context=parent, kind=trace.SpanKind.CONSUMER) as span:
-            outcome = process_llm_usage(event.value, pricing, utcnow())
+            priced = price_usage_record(event.value, pricing, utcnow())
+            EVENTS_IN.labels(usage_name).inc(len(priced.outcomes))
+            span.set_attribute("messaging.batch.message_count", len(priced.outcomes))
             headers = trace_headers()
+        accepted = [outcome for outcome in priced.outcomes if isinstance(outcome, PricedUsage)]
+        message = event.message
+        origin = f"{message.topic}/{message.partition}"
+        lines = [p.cost_line for p in accepted]
+        line_batches = cost_line_batches(lines_codec, lines, line_partition, origin, message.offset, max_bytes)
+        observation_batches = [
+            (partition, observations_codec.frame_array(array))
+            for partition, group in by_partition(
+                [p.observation for p in accepted], lambda obs: model_partition(f"{obs['provider']}/{obs['model']}")).items()
+            for array in encode_chunks(observations_codec.encode_array, group, max_bytes)
+        ]
+        for outcome in priced.outcomes:
             if isinstance(outcome, Rejection):
-                span.set_attribute("prismops.rejected_rule", outcome.rule)
-        if isinstance(outcome, Rejection):
-            await ctx.dead_letter(event, PRICE_STAGE, outcome.field, outcome.rule, outcome.message, value=outcome.value)
-            return
-        line, obs = outcome.cost_line, outcome.observation
-        line_key, line_value = line["tenant"].encode(), cost_codec.encode(line)
-        obs_key, obs_value = f"{obs['provider']}/{obs['model']}".encode(), observation_codec.encode(obs)
-        ctx.check_size(cost_topic, line_key, line_value, headers)  # both checked before either is sent
-        ctx.check_size(observations_topic, obs_key, obs_value)
-        record_cost_line(line)
-        llm_metrics.record(line, utcnow())
-        for name in outcome.dropped_content_fields:
+                await ctx.dead_letter(event, PRICE_STAGE, outcome.field, outcome.rule, outcome.message, value=outcome.value)
+        record_cost_lines(lines)
+        llm_metrics.record_batch(lines, utcnow())
+        for name in priced.dropped_content_fields:
             # the path's last name when it is a known one: a caller's arbitrary key paths would be endless labels
             last = name.rsplit(".", 1)[-1].removesuffix("[]").lower()
             CONTENT_FIELDS_DROPPED.labels(last if last in CONTENT_FIELDS else "other").inc()
-        await event.send(cost_topic, key=line_key, value=line_value, headers=headers)
-        EVENTS_OUT.labels(cost_name).inc()
-        await event.send(observations_topic, key=obs_key, value=obs_value)
+        for partition, value in line_batches:
+            await ctx.send(event, cost_topic, key=None, value=value, headers=headers, partition=partition)
+        EVENTS_OUT.labels(cost_name).inc(len(lines))
+        for partition, chunk in observation_batches:
+            await ctx.send(event, observations_topic, key=None, value=chunk, partition=partition)
 
     @ctx.app.agent(observations_topic)
     async def track_model_health(stream: faust.StreamT) -> None:
         async for event in stream.events():
             async with ctx.guard(event, "worker.track_model_health"):
-                windows.observe(observation_codec.decode(event.value), utcnow())
+                now = utcnow()
+                for item in observations_codec.decode(event.value).items:
+                    if item.value is not None:
+                        windows.observe(item.value, now)
 
     @ctx.app.timer(interval=settings.worker.live_publish_interval_s)
     async def publish_live_table() -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 COST_LINES = PromCounter("prismops_cost_lines_total", "cost lines produced", ["source", "priced"])
+for _source in ("llm", "gpu", "cloud"):  # exported at 0 from the start, so rate()/increase() see the first batch
+    for _priced in ("true", "false"):
+        COST_LINES.labels(_source, _priced)
 UNPRICED = PromCounter("prismops_unpriced_cost_lines_total", "cost lines with no price found", ["provider", "model"])
 DIMENSION_SOURCES = PromCounter(
     "prismops_cost_line_dimensions_total", "resolved dimensions by where the value came from", ["dimension", "tag_source"]
@@ -44,11 +47,17 @@ class TagCoverage:
         self.total: Counter[str] = Counter()
 
     def record(self, tag_source: Mapping[str, str]) -> None:
-        for dimension, source in tag_source.items():
-            DIMENSION_SOURCES.labels(dimension, source).inc()
-            self.total[dimension] += 1
+        self.record_many([tag_source])
+
+    def record_many(self, tag_sources: Iterable[Mapping[str, str]]) -> None:
+        """Count a batch's lines, then touch each metric child once (not once per line)."""
+        seen: Counter[tuple[str, str]] = Counter(item for tags in tag_sources for item in tags.items())
+        for (dimension, source), count in seen.items():
+            DIMENSION_SOURCES.labels(dimension, source).inc(count)
+            self.total[dimension] += count
             if source != "default":
-                self.known[dimension] += 1
+                self.known[dimension] += count
+        for dimension in {dimension for dimension, _ in seen}:
             TAG_COVERAGE.labels(dimension).set(self.known[dimension] / self.total[dimension])
 
 
@@ -56,10 +65,16 @@ tag_coverage = TagCoverage()
 
 
 def record_cost_line(line: Mapping[str, object]) -> None:
-    COST_LINES.labels(line["source"], "true" if line["priced"] else "false").inc()
-    if not line["priced"]:
-        UNPRICED.labels(line["provider"], line["model"]).inc()
-    tag_coverage.record(line["tag_source"])  # type: ignore[arg-type]
+    record_cost_lines([line])
+
+
+def record_cost_lines(lines: Sequence[Mapping[str, object]]) -> None:
+    for (source, priced), count in Counter((line["source"], bool(line["priced"])) for line in lines).items():
+        COST_LINES.labels(source, "true" if priced else "false").inc(count)
+    for (provider, model), count in Counter(
+            (line["provider"], line["model"]) for line in lines if not line["priced"]).items():
+        UNPRICED.labels(provider, model).inc(count)
+    tag_coverage.record_many(line["tag_source"] for line in lines)  # type: ignore[misc]
 
 
 LLM_LABELS = ["service", "node", "provider", "model"]
@@ -72,6 +87,8 @@ LLM_COST_DAILY = Gauge("llm_cost_daily_usd", "spend since 00:00 UTC (top tenants
                        ["service", "tenant"])
 LLM_FALLBACKS = PromCounter("llm_fallback_total", "calls answered by a fallback model", ["service", "provider", "model"])
 ERROR_WINDOW_S = 300.0
+_TOKEN_FIELDS = (("input", "input_tokens"), ("output", "output_tokens"), ("cached_input", "cached_input_tokens"),
+                 ("reasoning", "reasoning_tokens"))
 OTHER_TENANTS = "other"
 
 
@@ -80,37 +97,60 @@ class LlmCallMetrics:
 
     def __init__(self, top_tenants: int = 20):
         self.top_tenants = top_tenants
-        self._outcomes: dict[tuple[str, ...], deque[tuple[float, bool]]] = defaultdict(deque)
+        self._outcomes: dict[tuple[str, ...], deque[tuple[float, int, int]]] = defaultdict(deque)
         self._day: dt.date | None = None
         self._spend: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         self._labelled: set[tuple[str, str]] = set()
 
     def record(self, line: Mapping[str, object], now: dt.datetime) -> None:
-        labels = (str(line["service"]), str(line["feature"]), str(line["provider"]), str(line["model"]))
-        failed = line["status"] != "ok"
-        LLM_REQUESTS.labels(*labels, line["status"]).inc()
-        if line.get("latency_ms") is not None:
-            LLM_DURATION.labels(*labels).observe(int(line["latency_ms"]) / 1000)  # type: ignore[call-overload]
-        for direction, field in (("input", "input_tokens"), ("output", "output_tokens"),
-                                 ("cached_input", "cached_input_tokens"), ("reasoning", "reasoning_tokens")):
-            if line.get(field):
-                LLM_TOKENS.labels(*labels, direction).inc(int(line[field]))  # type: ignore[call-overload]
-        if line.get("fallback"):
-            LLM_FALLBACKS.labels(labels[0], labels[2], labels[3]).inc()
-        self._error_rate(labels, failed, now.timestamp())
-        self._daily_cost(labels[0], str(line["tenant"]), Decimal(line["cost_usd"]), now.date())  # type: ignore[arg-type]
+        self.record_batch([line], now)
 
-    def _error_rate(self, labels: tuple[str, ...], failed: bool, at: float) -> None:
+    def record_batch(self, lines: Sequence[Mapping[str, object]], now: dt.datetime) -> None:
+        """Aggregate a batch per label set first, so each metric child is touched once per batch (latency
+        observations excepted: a histogram takes them one by one)."""
+        calls: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])  # label set -> [calls, failed]
+        statuses: Counter[tuple[str, ...]] = Counter()
+        tokens: Counter[tuple[str, ...]] = Counter()
+        fallbacks: Counter[tuple[str, str, str]] = Counter()
+        spend: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        for line in lines:
+            labels = (str(line["service"]), str(line["feature"]), str(line["provider"]), str(line["model"]))
+            counts = calls[labels]
+            counts[0] += 1
+            counts[1] += line["status"] != "ok"
+            statuses[(*labels, str(line["status"]))] += 1
+            if line.get("latency_ms") is not None:
+                LLM_DURATION.labels(*labels).observe(int(line["latency_ms"]) / 1000)  # type: ignore[call-overload]
+            for direction, field in _TOKEN_FIELDS:
+                if line.get(field):
+                    tokens[(*labels, direction)] += int(line[field])  # type: ignore[call-overload]
+            if line.get("fallback"):
+                fallbacks[(labels[0], labels[2], labels[3])] += 1
+            spend[(labels[0], str(line["tenant"]))] += line["cost_usd"]  # type: ignore[operator]
+        for key, count in statuses.items():
+            LLM_REQUESTS.labels(*key).inc(count)
+        for key, count in tokens.items():
+            LLM_TOKENS.labels(*key).inc(count)
+        for key, count in fallbacks.items():
+            LLM_FALLBACKS.labels(*key).inc(count)
+        at = now.timestamp()
+        for labels, (total, failed) in calls.items():
+            self._error_rate(labels, total, failed, at)
+        self._daily_cost(spend, now.date())
+
+    def _error_rate(self, labels: tuple[str, ...], total: int, failed: int, at: float) -> None:
         window = self._outcomes[labels]
-        window.append((at, failed))
+        window.append((at, total, failed))
         while window and window[0][0] < at - ERROR_WINDOW_S:
             window.popleft()
-        LLM_ERROR_RATE.labels(*labels).set(sum(1 for _, f in window if f) / len(window))
+        calls = sum(entry[1] for entry in window)
+        LLM_ERROR_RATE.labels(*labels).set(sum(entry[2] for entry in window) / calls)
 
-    def _daily_cost(self, service: str, tenant: str, cost: Decimal, day: dt.date) -> None:
+    def _daily_cost(self, spend: Mapping[tuple[str, str], Decimal], day: dt.date) -> None:
         if day != self._day:
             self._day, self._spend = day, defaultdict(Decimal)
-        self._spend[(service, tenant)] += cost
+        for key, amount in spend.items():
+            self._spend[key] += amount
         by_tenant: Counter[str] = Counter()
         for (_, name), amount in self._spend.items():
             by_tenant[name] += amount  # type: ignore[assignment]

@@ -117,7 +117,7 @@ class PartitionWatch:
         self.last_arrival = arrived_at
         if self.max_event_time is None or sample.event_time > self.max_event_time:
             self.max_event_time = sample.event_time
-        if self.series_applied and offset >= max(self.series_applied.values()):
+        if self.series_applied and offset > max(self.series_applied.values()):  # a batch shares one offset
             self.series_applied.clear()
         return step
 

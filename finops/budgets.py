@@ -15,9 +15,18 @@ The rules:
 - A threshold is crossed when spent x 100 >= limit x pct: `warn_pct` warns, `block_pct` blocks. Each (budget,
   scope id, period, threshold) is crossed at most once; its event id is derived from exactly those four, so
   anything that re-sends it sends the same id.
-- A line is applied at most once per scope: its line_id is remembered (for the current and the previous
-  calendar month), so a replayed line is recognized and not counted again. A line older than that horizon is
-  not counted at all (`LedgerOutcome.too_late`): its replay could no longer be recognized.
+- Lines that travel in a batch record (one Kafka message, many lines) are applied per batch (`apply_batch`). A
+  batch names its `origin`, a monotonic stream such as "<usage topic>/<partition>", and its `position` in it:
+  positions increase within an origin and a replayed batch repeats both. Each scope record keeps, per origin,
+  the last position it applied; a batch at or below it was already applied to that scope, so it is not
+  counted again and the crossings its lines caused are handed back (`redelivered`). Nothing is remembered per
+  line, so a batch costs one store write per scope it touches whatever its size. Each scope decides on its
+  own: a crash between two scopes' writes is repaired by the replay (one scope redelivers, the other applies).
+- A line that comes alone (`apply`: billing and GPU lines, which have no origin) is applied at most once per
+  scope: its line_id is remembered (for the current and the previous calendar month), so a replayed line is
+  recognized and not counted again.
+- A line older than the previous calendar month is not counted at all (`LedgerOutcome.too_late`,
+  `too_late_lines`): the ledger no longer holds its period, so its replay could not be recognized.
 - Blocked means: some budget of the scope is at or over block_pct in the period that contains `now`. A new
   period starts from zero, so it unblocks.
 """
@@ -324,14 +333,16 @@ class Crossing:
 
 @dataclass(frozen=True)
 class LedgerOutcome:
-    """What applying one line did.
+    """What applying one line (`apply`) or one batch of lines (`apply_batch`) did.
 
-    crossings: thresholds this line crossed for the first time; over the ledger's life each (budget, scope id,
-        period, threshold) appears here at most once.
-    redelivered: when the line is a replay, the crossings it caused the first time, unchanged. Sending them
-        again closes the crash window between the store's write and the event's publication (the consumers
-        dedupe on the same event id); they are never new decisions.
-    states: the budget_state row of every scope the line touched (re-sent on a replay too: rows are idempotent).
+    crossings: thresholds these lines crossed for the first time; over the ledger's life each (budget, scope
+        id, period, threshold) appears here at most once. Those of one scope id come in the order of its lines.
+    redelivered: for every scope the line or batch had already been applied to, the crossings its lines caused
+        the first time, unchanged. Sending them again closes the crash window between the store's write and the
+        event's publication (the consumers dedupe on the same event id); they are never new decisions.
+    states: the budget_state row of every scope touched (re-sent on a replay too: rows are idempotent).
+    duplicate: some scope had already applied the line or batch; duplicate_scopes says how many.
+    too_late: some line was older than the retention horizon and not counted; too_late_lines says how many.
     """
 
     crossings: tuple[Crossing, ...] = ()
@@ -339,6 +350,8 @@ class LedgerOutcome:
     states: tuple[dict[str, Any], ...] = ()
     duplicate: bool = False
     too_late: bool = False
+    duplicate_scopes: int = 0
+    too_late_lines: int = 0
 
 
 class BudgetLedger:
@@ -346,12 +359,15 @@ class BudgetLedger:
     JSON-able values (a dict in tests, a Faust table in the worker).
 
     Store keys:
-      scope|<scope>/<scope_id>            -> {"last_line", "shard", "periods": {"<budget>|<start>": {"spent",
+      scope|<scope>/<scope_id>            -> {"last_line", "shard", "origins": {"<origin>": <last position>},
+                                              "periods": {"<budget>|<start>": {"spent",
                                               "crossed": {"<pct>": {"line_id", "at", "spent", "limit"}}}}}
-      line|<scope>/<scope_id>|<line_id>   -> {"date", "shard"}: the line was applied to this scope
-    A line's scope record is written before its line marker. A store that keeps writes in order (one Kafka
-    changelog partition) and loses only a tail can therefore lose the marker of the last line alone, and
-    `last_line` in the scope record recognizes that line: no interleaving double counts or drops a line.
+      line|<scope>/<scope_id>|<line_id>   -> {"date", "shard"}: the single line was applied to this scope
+    A single line's scope record is written before its line marker. A store that keeps writes in order (one
+    Kafka changelog partition) and loses only a tail can therefore lose the marker of the last line alone, and
+    `last_line` in the scope record recognizes that line: no interleaving double counts or drops a line. A
+    batch writes the scope record alone (spend and origin position together), so it is applied to a scope
+    entirely or not at all.
     """
 
     def __init__(
@@ -400,11 +416,11 @@ class BudgetLedger:
         """
         event_time = as_utc(line["event_time"])
         if event_time < retention_start(now):
-            return LedgerOutcome(too_late=True)
+            return LedgerOutcome(too_late=True, too_late_lines=1)
         crossings: list[Crossing] = []
         redelivered: list[Crossing] = []
         states: list[dict[str, Any]] = []
-        duplicate = False
+        duplicate_scopes = 0
         for scope in self.scopes:
             scope_id = line[scope]
             budgets = self.book.for_scope(scope, scope_id)
@@ -415,7 +431,7 @@ class BudgetLedger:
             marker_key = f"{_LINE_PREFIX}{scope_key}|{line['line_id']}"
             record = _copy_record(self.store.get(record_key))
             if marker_key in self.store or record.get("last_line") == line["line_id"]:
-                duplicate = True
+                duplicate_scopes += 1
                 redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line["line_id"], event_time))
             else:
                 crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
@@ -425,10 +441,82 @@ class BudgetLedger:
                 self.store[record_key] = record
                 self.store[marker_key] = {"date": event_time.date().isoformat(), "shard": shard}
             states.append(self._state_row(scope, scope_id, budgets, record, now))
-        return LedgerOutcome(tuple(crossings), tuple(redelivered), tuple(states), duplicate, False)
+        return LedgerOutcome(
+            tuple(crossings), tuple(redelivered), tuple(states), duplicate=duplicate_scopes > 0,
+            duplicate_scopes=duplicate_scopes,
+        )
+
+    def apply_batch(
+        self, lines: Iterable[Mapping[str, Any]], now: dt.datetime, *, shard: int | None = None, origin: str,
+        position: int,
+    ) -> LedgerOutcome:
+        """Apply the lines of one batch record (schemas/cost_line_batch.v1.avsc) to every budget of their scopes.
+
+        A replay repeats the whole batch, so a scope remembers the batch's (origin, position) instead of each
+        line id: one store write per scope touched, whatever the batch's size, and nothing that grows with the
+        line count. The lines of one scope id are spent in batch order, so each crossing names the exact line
+        that crossed, as `apply` would. A line id repeated within the batch counts once, as `apply` would.
+        `now` and `shard` mean what they mean for `apply`.
+        """
+        horizon = retention_start(now)
+        touched: dict[tuple[str, str], dict[str, tuple[Mapping[str, Any], dt.datetime]]] = {}
+        too_late_lines = 0
+        for line in lines:
+            event_time = as_utc(line["event_time"])
+            if event_time < horizon:
+                too_late_lines += 1
+                continue
+            for scope in self.scopes:
+                touched.setdefault((scope, line[scope]), {}).setdefault(line["line_id"], (line, event_time))
+        crossings: list[Crossing] = []
+        redelivered: list[Crossing] = []
+        states: list[dict[str, Any]] = []
+        duplicate_scopes = 0
+        for (scope, scope_id), scope_lines in touched.items():
+            budgets = self.book.for_scope(scope, scope_id)
+            if not budgets:
+                continue
+            record_key = f"{_SCOPE_PREFIX}{scope}/{scope_id}"
+            record = _copy_record(self.store.get(record_key))
+            if record["origins"].get(origin, -1) >= position:
+                duplicate_scopes += 1
+                for line_id, (_line, event_time) in scope_lines.items():
+                    redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line_id, event_time))
+            else:
+                for line, event_time in scope_lines.values():
+                    crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
+                record["origins"][origin] = position
+                record["shard"] = shard
+                _forget_periods_before(record, horizon)
+                self.store[record_key] = record
+            states.append(self._state_row(scope, scope_id, budgets, record, now))
+        return LedgerOutcome(
+            tuple(crossings), tuple(redelivered), tuple(states), duplicate=duplicate_scopes > 0,
+            too_late=too_late_lines > 0, duplicate_scopes=duplicate_scopes, too_late_lines=too_late_lines,
+        )
+
+    def scope_ids(self, shard: int | None = None) -> list[tuple[str, str]]:
+        """The (scope, scope id) pairs the store holds a record for; with `shard`, only those that shard wrote.
+
+        A state row only changes when a line arrives, so a scope blocked yesterday would stay blocked in the
+        router past midnight: a timer republishes `state_row` of each of these at every period boundary.
+        """
+        pairs = []
+        for key in list(self.store.keys()):
+            if not key.startswith(_SCOPE_PREFIX):
+                continue
+            if shard is not None and (self.store.get(key) or {}).get("shard") != shard:
+                continue
+            scope, _, scope_id = key[len(_SCOPE_PREFIX):].partition("/")
+            pairs.append((scope, scope_id))
+        return sorted(pairs)
 
     def state_row(self, scope: str, scope_id: str, now: dt.datetime) -> dict[str, Any] | None:
-        """The budget_state row of one scope id as the store has it now (None when no budget governs it)."""
+        """The budget_state row of one scope id as the store has it now (None when no budget governs it).
+
+        Each budget counts only the period that contains `now`, so on the first call of a new day or month a
+        scope blocked in the previous one reads as not blocked: the new period starts at zero.
+        """
         budgets = self.book.for_scope(scope, scope_id)
         if not budgets:
             return None
@@ -437,7 +525,10 @@ class BudgetLedger:
 
     def prune(self, now: dt.datetime, *, shard: int | None = None) -> int:
         """Forget line markers (and empty scope records) from before the retention horizon; with `shard`,
-        only those that shard wrote. Returns how many entries were removed."""
+        only those that shard wrote. Returns how many entries were removed.
+
+        A scope record goes with its origin positions: every batch it applied held only lines that are now past
+        the horizon, so a replay of one is not counted anyway (too late)."""
         horizon = retention_start(now)
         horizon_date = horizon.date().isoformat()
         doomed = []
@@ -576,10 +667,11 @@ def _parse_time(text: str) -> dt.datetime:
 def _copy_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
     """A private, mutable copy: a Faust table only records what is assigned back to it."""
     if not record:
-        return {"last_line": None, "shard": None, "periods": {}}
+        return {"last_line": None, "shard": None, "origins": {}, "periods": {}}
     return {
         "last_line": record.get("last_line"),
         "shard": record.get("shard"),
+        "origins": dict(record.get("origins") or {}),
         "periods": {
             key: {"spent": entry["spent"], "crossed": {pct: dict(c) for pct, c in entry.get("crossed", {}).items()}}
             for key, entry in (record.get("periods") or {}).items()

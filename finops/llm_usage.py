@@ -1,8 +1,11 @@
-"""One LLM usage message in, a cost line and a model observation out, or a rejection naming field and rule.
+"""One LLM usage record in (a single event or a batch of them), per event a cost line and a model observation
+out, or a rejection naming field and rule.
 
 This is the whole per-message logic of the pricing agent, kept free of Faust so it is testable alone:
 strip conversation content → decode → validate → tag (normalize, infer, default) → price at event time
-with the tenant's overrides → mask personal data → cost line.
+with the tenant's overrides → mask personal data → cost line. In a batch every event is its own case: a
+rejected event carries the bytes to dead-letter (its own JSON, or its Avro record re-encoded alone) and the
+others go on.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_dat
 from prismops.finops.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
 from prismops.finops.validation import validate_llm_usage
 from prismops.settings import Settings
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import BatchItem, CodecError, batch_codec_for, codec_for
 from prismops.errors import FieldRuleError
 
 COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
@@ -140,6 +143,35 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "output_cost_usd": output_cost,
     }
     return PricedUsage(line, observation)
+
+
+@dataclass(frozen=True)
+class PricedRecord:
+    """What one usage record (single or batch) gave: per event, in order, a priced usage or a rejection; and the
+    content fields removed from the record before decoding."""
+
+    outcomes: list[PricedUsage | Rejection]
+    dropped_content_fields: list[str]
+
+
+def price_usage_record(value: bytes | None, pricing: LlmPricingContext, now: dt.datetime) -> PricedRecord:
+    """Strip content, decode (raises CodecError when the record as a whole is unreadable), then validate, tag and
+    price each event of it."""
+    cleaned, dropped = strip_content_fields(value)
+    decoded = batch_codec_for("llm_usage_event").decode(cleaned)
+    return PricedRecord([price_usage_item(item, pricing, now) for item in decoded.items], dropped)
+
+
+def price_usage_item(item: BatchItem, pricing: LlmPricingContext, now: dt.datetime) -> PricedUsage | Rejection:
+    if item.error is not None or item.value is None:
+        error = item.error or CodecError(None, "json_decode", "not an event")
+        return Rejection(error.field, error.rule, error.message, item.original)
+    try:
+        validate_llm_usage(item.value, now)
+    except FieldRuleError as exc:
+        original = item.original if item.original is not None else codec_for("llm_usage_event").encode(item.value)
+        return Rejection(exc.field, exc.rule, exc.message, original)
+    return build_llm_cost_line(item.value, pricing)
 
 
 def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.datetime) -> PricedUsage | Rejection:

@@ -152,17 +152,18 @@ def _without_content(node: Any, path: str, found: list[str]) -> Any:
 
 
 def strip_content_fields(value: bytes | None) -> tuple[bytes | None, list[str]]:
-    """For a JSON object carrying content fields at any depth: the same object without them, and their names.
+    """For a JSON object (or array of objects: a batch) carrying content fields at any depth: the same value
+    without them, and their names.
 
-    Names are dotted paths (`labels.completion`, `metadata.prompt`, `turns[].content`), emails and phones in
-    them masked, sorted. Anything but a JSON object comes back untouched, and so does an object without
+    Names are dotted paths (`labels.completion`, `metadata.prompt`, `turns[].content`; `[].prompt` in a batch),
+    emails and phones in them masked, sorted. Anything else comes back untouched, and so does a value without
     content (byte for byte). Avro values are returned untouched: their schema has no place for content.
     """
-    if not value or value.lstrip()[:1] != b"{":
+    if not value or value.lstrip()[:1] not in (b"{", b"["):
         return value, []
     try:
         document = _load_json(value)
-        if not isinstance(document, dict):
+        if not isinstance(document, (dict, list)):
             return value, []
         found: list[str] = []
         cleaned = _without_content(document, "", found)

@@ -34,6 +34,8 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def first_forbidden_char(value: str, *, allow_tabs: bool = False) -> str | None:
     """The first character the rule forbids, or None."""
+    if value.isprintable():  # C-speed: every forbidden category is also unprintable to Python (a subset)
+        return None
     for char in value:
         if unicodedata.category(char) in _FORBIDDEN_CATEGORIES and not (allow_tabs and char == "\t"):
             return char

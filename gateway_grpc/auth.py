@@ -141,8 +141,8 @@ class BearerAuthInterceptor(grpc.ServerInterceptor):
         if service in OPEN_SERVICES:
             return continuation(handler_call_details)
         required = METHOD_ROLES.get(method, "admin")
-        token = bearer_token(handler_call_details.invocation_metadata)
         if self.grants.enabled:
+            token = bearer_token(handler_call_details.invocation_metadata)
             if token is None:
                 return _deny(grpc.StatusCode.UNAUTHENTICATED, "authorization: a `Bearer <token>` metadata entry is required")
             principal = self.grants.principal_for(token)
@@ -157,8 +157,8 @@ class BearerAuthInterceptor(grpc.ServerInterceptor):
                 f"{method.rsplit('/', 1)[-1]} needs the {required} role; {principal.name} has {principal.role}{hint}",
             )
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None or handler.unary_unary is None or principal is ANONYMOUS:
+            return handler  # ANONYMOUS is what `current_principal` holds when nothing set it: no wrapper needed
         inner = handler.unary_unary
 
         def with_principal(request: Any, context: grpc.ServicerContext) -> Any:

@@ -269,11 +269,21 @@ class BreakerBoard:
         """Feed a live-table row (error_rate, sample_count); True when it tripped the breaker."""
         if row is None:
             return False
-        for name in ("error_rate", "sample_count"):
-            if row.get(name) is None:
-                raise FieldRuleError(name, "required", "a live-table row needs error_rate and sample_count")
+        _require_live_fields(row)
         with self._lock:
             return self._breaker(key).observe_live(row["error_rate"], row["sample_count"], now)
+
+    def live_state(self, key: ModelKey, row: Mapping[str, Any] | None, now: dt.datetime) -> tuple[BreakerState, bool]:
+        """`observe_live(key, row)` (a None row feeds nothing), then `state` and `would_allow`, under one lock:
+        the policy engine asks all three of every candidate on every decision."""
+        if row is not None:
+            _require_live_fields(row)
+        with self._lock:
+            breaker = self._breaker(key)
+            if row is not None:
+                breaker.observe_live(row["error_rate"], row["sample_count"], now)
+            state = breaker.state(now)
+            return state, state is CLOSED or breaker.would_allow(now)
 
     def status(self, key: ModelKey, now: dt.datetime) -> dict[str, Any]:
         """One model's snapshot row."""
@@ -312,6 +322,12 @@ def _status_row(key: ModelKey, breaker: CircuitBreaker, now: dt.datetime) -> dic
         "retry_in_s": breaker.retry_in_s(now),
         "opened_reason": breaker.opened_reason,
     }
+
+
+def _require_live_fields(row: Mapping[str, Any]) -> None:
+    for name in ("error_rate", "sample_count"):
+        if row.get(name) is None:
+            raise FieldRuleError(name, "required", "a live-table row needs error_rate and sample_count")
 
 
 def _require_aware(now: dt.datetime) -> None:

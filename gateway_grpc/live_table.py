@@ -75,6 +75,12 @@ class LiveTable(abc.ABC, Generic[K]):
             row = self._rows.get(key)
             return dict(row) if row is not None else None
 
+    def peek_key(self, key: K) -> Mapping[str, Any] | None:
+        """The stored row itself, not a copy, for hot-path readers that only read it: `upsert` replaces rows
+        and never changes one in place, so the row cannot change under its reader."""
+        with self._lock:
+            return self._rows.get(key)
+
     def rows_for(self, keys: Iterable[K]) -> dict[K, dict[str, Any]]:
         """Copies of some rows, read under one lock so they come from one moment."""
         with self._lock:

@@ -44,7 +44,7 @@ from typing import Any
 from prismops.gateway_grpc.breakers import BreakerBoard
 from prismops.gateway_grpc.experiments import CanaryConfig, CanaryTracker, choose_arm, in_canary, sampled
 from prismops.gateway_grpc.policy_config import (
-    Canary, ComplexityClass, RetryConfig, Route, RoutingPolicy, model_name, parse_model_ref,
+    Canary, ComplexityClass, ModelSpec, RetryConfig, Route, RoutingPolicy, model_name, parse_model_ref,
 )
 from prismops.errors import FieldRuleError
 from prismops.finops.budgets import BudgetStanding
@@ -107,6 +107,8 @@ class RoutingRequest:
     def with_default_tokens(self, input_tokens: int, output_tokens: int) -> "RoutingRequest":
         """Zero token counts mean "the usual request": the gateway's configured defaults stand in. A known
         prompt size stands in for unknown input tokens first (about four characters a token)."""
+        if self.expected_input_tokens and self.expected_output_tokens and self.prompt_chars:
+            return self  # nothing to fill in, and `replace` is a measurable part of a Decide
         from_prompt = math.ceil(self.prompt_chars / CHARS_PER_TOKEN) if self.prompt_chars else 0
         return replace(
             self,
@@ -277,20 +279,36 @@ def estimate_cost(row: Mapping[str, Any], input_tokens: int, output_tokens: int)
     return cost.quantize(MONEY_QUANTUM, context=_MONEY_CONTEXT)
 
 
+_costs: dict[tuple[decimal.Decimal, decimal.Decimal, int, int], decimal.Decimal] = {}
+
+
 def cost_from_prices(
     input_price: decimal.Decimal, output_price: decimal.Decimal, input_tokens: int, output_tokens: int
 ) -> decimal.Decimal:
-    cost = _MONEY_CONTEXT.add(
-        _MONEY_CONTEXT.multiply(decimal.Decimal(input_tokens), input_price),
-        _MONEY_CONTEXT.multiply(decimal.Decimal(output_tokens), output_price),
-    )
-    return _MONEY_CONTEXT.divide(cost, _PER_MTOK).quantize(MONEY_QUANTUM, context=_MONEY_CONTEXT)
+    """Remembered per prices and token counts: every Decide prices each candidate, mostly with the same few
+    list prices and request sizes, and the Decimal arithmetic is a visible part of its time."""
+    key = (input_price, output_price, input_tokens, output_tokens)
+    cost = _costs.get(key)
+    if cost is None:
+        total = _MONEY_CONTEXT.add(
+            _MONEY_CONTEXT.multiply(decimal.Decimal(input_tokens), input_price),
+            _MONEY_CONTEXT.multiply(decimal.Decimal(output_tokens), output_price),
+        )
+        cost = _remember(_costs, key, _MONEY_CONTEXT.divide(total, _PER_MTOK).quantize(MONEY_QUANTUM, context=_MONEY_CONTEXT))
+    return cost
+
+
+_usd_texts: dict[decimal.Decimal, str] = {}
 
 
 def format_usd(amount: decimal.Decimal) -> str:
-    """Exact, without trailing zeros or exponent: Decimal('0.000450000000') -> '0.00045'."""
-    text = format(amount.normalize(context=_MONEY_CONTEXT), "f")
-    return "0" if text in ("-0", "0") else text
+    """Exact, without trailing zeros or exponent: Decimal('0.000450000000') -> '0.00045'. Remembered per
+    amount (equal amounts print alike): a Decide prints the same few estimates into its reason and response."""
+    text = _usd_texts.get(amount)
+    if text is None:
+        text = format(amount.normalize(context=_MONEY_CONTEXT), "f")
+        text = _remember(_usd_texts, amount, "0" if text in ("-0", "0") else text)
+    return text
 
 
 def format_ms(value: float) -> str:
@@ -337,9 +355,63 @@ def _to_front(chain: list[ModelKey], key: ModelKey) -> list[ModelKey]:
     return [key, *[k for k in chain if k != key]]
 
 
-@dataclass
+class _PolicyIndex:
+    """Lookups every decision repeats on one installed policy (the route for a service/feature, parsed
+    model names, model specs), remembered so a Decide does not redo the pattern matching and parsing.
+    Each memo is bounded: services, features and allowed models come from callers."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, policy: RoutingPolicy):
+        self.policy = policy
+        self._routes: dict[tuple[str, str], Route] = {}
+        self._keys: dict[str, ModelKey] = {}
+        self._specs: dict[ModelKey, ModelSpec | None] = {}
+
+    def route_for(self, service: str, feature: str) -> Route:
+        route = self._routes.get((service, feature))
+        if route is None:
+            route = _remember(self._routes, (service, feature), self.policy.route_for(service, feature))
+        return route
+
+    def key(self, name: str) -> ModelKey:
+        key = self._keys.get(name)
+        if key is None:
+            key = _remember(self._keys, name, parse_model_ref(name))
+        return key
+
+    def spec(self, key: ModelKey) -> ModelSpec | None:
+        try:
+            return self._specs[key]
+        except KeyError:
+            return _remember(self._specs, key, self.policy.model_spec(key))
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(memo) >= _PolicyIndex.MAX_ENTRIES:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+_policy_indexes: dict[int, _PolicyIndex] = {}
+
+
+def _index_of(policy: RoutingPolicy) -> _PolicyIndex:
+    """The index of this very policy object: by id, checked by identity (the index holds the policy, so its
+    id cannot be reused while the entry lives). Policies change rarely; a few are kept."""
+    index = _policy_indexes.get(id(policy))
+    if index is None or index.policy is not policy:
+        if len(_policy_indexes) >= 8:
+            _policy_indexes.clear()
+        index = _policy_indexes[id(policy)] = _PolicyIndex(policy)
+    return index
+
+
+@dataclass(eq=False)
 class _Candidate:
-    """Working state for one candidate before its verdict is written."""
+    """Working state for one candidate before its verdict is written. Compared by identity (each is one
+    position of the chain): a generated __eq__ would compare every field, rows included, on each `in`."""
 
     order: int
     key: ModelKey
@@ -374,10 +446,11 @@ class _Decision:
         self.request = request
         self.state = state
         self.policy = state.policy
+        self.index = _index_of(state.policy)
         self.decision_id = decision_id
         self.now = now
         self.codes: list[str] = []
-        self.route: Route = self.policy.route_for(request.service, request.feature)
+        self.route: Route = self.index.route_for(request.service, request.feature)
         self.experiment: str | None = None
         self.arm: str | None = None
 
@@ -388,12 +461,12 @@ class _Decision:
     # -- 3. the chain -----------------------------------------------------------------------------------------
     def chain(self) -> list[ModelKey]:
         route, request = self.route, self.request
-        chain: list[ModelKey] = [parse_model_ref(name) for name in route.model_names()]
+        chain: list[ModelKey] = [self.index.key(name) for name in route.model_names()]
         complexity = route.complexity
         label = classify_complexity(request, complexity.simple, complexity.complex) if complexity else None
         if label is not None:
             rule = getattr(complexity, label)
-            chain = [parse_model_ref(name) for name in rule.models]
+            chain = [self.index.key(name) for name in rule.models]
             self.add(COMPLEXITY_PREFIX + label)
         elif route.experiment is not None:
             experiment = route.experiment
@@ -401,7 +474,7 @@ class _Decision:
                 experiment.name, [(a.name, a.weight) for a in experiment.arms],
                 _sticky_key(request, experiment.sticky_by),
             )
-            arm_model = parse_model_ref(next(a.model for a in experiment.arms if a.name == arm))
+            arm_model = self.index.key(next(a.model for a in experiment.arms if a.name == arm))
             chain = _to_front(chain, arm_model)
             self.experiment, self.arm = experiment.name, arm
             self.add(EXPERIMENT_ARM)
@@ -427,7 +500,7 @@ class _Decision:
         return chain
 
     def _apply_canary(self, canary: Canary, chain: list[ModelKey]) -> list[ModelKey]:
-        key = parse_model_ref(canary.model)
+        key = self.index.key(canary.model)
         name = f"{self.route.name}:{canary.model}"
         row = self.state.rows.get(key)
         if row is not None and (self.now - row["updated_at"]).total_seconds() > self.policy.defaults.live.max_age_s:
@@ -450,16 +523,15 @@ class _Decision:
     # -- 4. filters ---------------------------------------------------------------------------------------------
     def assess(self, chain: Sequence[ModelKey], slo: float) -> list[_Candidate]:
         live_config = self.policy.defaults.live
+        rows, breakers, now = self.state.rows, self.state.breakers, self.now
         assessed = []
         for order, key in enumerate(chain):
-            row = self.state.rows.get(key)
-            fresh = row is not None and (self.now - row["updated_at"]).total_seconds() <= live_config.max_age_s
+            row = rows.get(key)
+            fresh = row is not None and (now - row["updated_at"]).total_seconds() <= live_config.max_age_s
             live = fresh and int(row["sample_count"]) >= live_config.min_samples  # type: ignore[index]
-            if fresh:
-                self.state.breakers.observe_live(key, row, self.now)
+            breaker_state, breaker_allows = breakers.live_state(key, row if fresh else None, now)
             candidate = _Candidate(
-                order, key, row, fresh, live, self._cost(key, row if fresh else None),
-                str(self.state.breakers.state(key, self.now)), self.state.breakers.would_allow(key, self.now),
+                order, key, row, fresh, live, self._cost(key, row if fresh else None), str(breaker_state), breaker_allows,
             )
             candidate.capability_problem = self.capability_problem(key)
             if live:
@@ -475,14 +547,14 @@ class _Decision:
         return assessed
 
     def capability_problem(self, key: ModelKey) -> str | None:
-        request, spec = self.request, self.policy.model_spec(key)
-        needs = [
-            name for name, wanted in (
-                ("structured output", request.requires_structured_output), ("vision", request.requires_vision),
-                (f"region {request.region}", bool(request.region)),
-            ) if wanted
-        ]
+        request, spec = self.request, self.index.spec(key)
         if spec is None:
+            needs = [
+                name for name, wanted in (
+                    ("structured output", request.requires_structured_output), ("vision", request.requires_vision),
+                    (f"region {request.region}", bool(request.region)),
+                ) if wanted
+            ]
             return f"not in the policy catalog, so it cannot promise {', '.join(needs)}" if needs else None
         if request.requires_structured_output and not spec.structured_output:
             return "no strict structured output"
@@ -657,7 +729,7 @@ def _fallbacks(chosen: _Candidate, ranked_passing: list[_Candidate], usable: lis
 def _shadow(work: _Decision, route: Route, chosen: _Candidate, downgrade: bool) -> ModelKey | None:
     if route.shadow is None:
         return None
-    key = parse_model_ref(route.shadow.model)
+    key = work.index.key(route.shadow.model)
     if key == chosen.key or not work.state.breakers.would_allow(key, work.now):
         return None
     if work.capability_problem(key) is not None:  # a shadow may not break the request's region or needs either

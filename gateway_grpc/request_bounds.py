@@ -25,7 +25,7 @@ import re
 from collections.abc import Sized
 
 from prismops.errors import FieldRuleError
-from prismops.finops.text_rules import TEXT_MAX_CHARS, check_id, check_name, check_text
+from prismops.finops.text_rules import ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS, check_id, check_name, check_text
 from prismops.gateway_grpc.routing.v1 import routing_pb2
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -54,9 +54,20 @@ def check_model_ref(field: str, ref: routing_pb2.ModelRef) -> None:
 
 
 def check_decide(request: routing_pb2.DecideRequest, max_candidates: int) -> None:
-    """Every bound of a DecideRequest: list sizes first, then each string."""
+    """Every bound of a DecideRequest: list sizes first, then each string. The common request (every string
+    short and printable) is settled in C: `isprintable` is False for every category the text rules forbid
+    (and for a few they allow, such as a no-break space); any other request takes the field-by-field check,
+    which names the first bad field."""
     check_count("allowed_models", request.allowed_models, max_candidates)
     check_count("hints", request.hints, MAX_HINTS)
+    names = [request.tenant, request.service, request.feature, request.task_type, request.region, request.customer]
+    for ref in request.allowed_models:
+        names += (ref.provider, ref.model)
+    names.extend(request.hints)
+    ids = (request.request_id, request.session_id)
+    if max(map(len, names)) <= NAME_MAX_CHARS and max(map(len, ids)) <= ID_MAX_CHARS and \
+            "".join(names).isprintable() and "".join(ids).isprintable():
+        return
     for name in ("tenant", "service", "feature", "task_type", "region", "customer"):
         check_name(name, getattr(request, name))
     for name in ("request_id", "session_id"):

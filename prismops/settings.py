@@ -162,6 +162,14 @@ class SinkSettings(BaseModel):
     batch_max_wait_s: float = 1.0
 
 
+class SdkSettings(BaseModel):
+    """How the producer SDK groups LLM usage events into batch records (one Kafka record, many events)."""
+
+    batch_max_events: int = Field(default=500, ge=1, description="events per batch record at most; 1: single records")
+    batch_linger_ms: float = Field(default=20.0, ge=0, description="how long a batch waits for more events")
+    batch_max_bytes: int = Field(default=512 * 1024, ge=1024, description="Avro bytes per batch record at most")
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 15051
@@ -197,6 +205,7 @@ class Settings(BaseSettings):
     detectors: DetectorSettings = DetectorSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     sink: SinkSettings = SinkSettings()
+    sdk: SdkSettings = SdkSettings()
     gateway: GatewaySettings = GatewaySettings()
 
     @classmethod

@@ -2,6 +2,10 @@
 
 Files are named `<name>.v<N>.avsc`. Evolution rule: a new version may only add fields with defaults
 (or widen per Avro resolution rules), so every older version stays readable with the newest one.
+
+Batch schemas (`*_batch`) hold an array of another schema's records. Their file names the item by its Avro
+full name plus `"prismops.items": "<name>.v<N>"`, and the item's definition is expanded in place on load, so
+the item's fields are written once (in its own file) and each batch version pins the item version it carries.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import fastavro
 
 _FILE_NAME = re.compile(r"^(?P<name>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
+_PINNED = re.compile(r"^(?P<name>[a-z_]+)\.v(?P<version>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,28 @@ def _all() -> dict[str, dict[int, SchemaVersion]]:
         if not match:
             continue
         name, version = match["name"], int(match["version"])
-        found.setdefault(name, {})[version] = SchemaVersion(name, version, json.loads(entry.read_text()))
-    return found
+        found.setdefault(name, {})[version] = json.loads(entry.read_text())
+    return {
+        name: {version: SchemaVersion(name, version, _expand_items(definition, found))
+               for version, definition in by_version.items()}
+        for name, by_version in found.items()
+    }
+
+
+def _expand_items(definition: Any, found: dict[str, dict[int, Any]]) -> Any:
+    """Replace every array's `items` reference that names a `prismops.items` file with that file's definition."""
+    if isinstance(definition, list):
+        return [_expand_items(branch, found) for branch in definition]
+    if not isinstance(definition, dict):
+        return definition
+    expanded = {key: _expand_items(value, found) for key, value in definition.items()}
+    pinned = expanded.pop("prismops.items", None)
+    if pinned is not None:
+        match = _PINNED.match(pinned)
+        if not match or int(match["version"]) not in found.get(match["name"], {}):
+            raise ValueError(f"prismops.items {pinned!r} names no shipped schema file")
+        expanded["items"] = found[match["name"]][int(match["version"])]
+    return expanded
 
 
 @cache

@@ -10,13 +10,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SinkRecord:
-    """One decoded Kafka record and where it came from; (topic, partition, offset) is its replay identity."""
+    """One decoded record and where it came from. A Kafka record holding a batch gives one SinkRecord per item,
+    all with its offset; `batch_id` ('<origin>@<position>' from the batch header) names the batch across
+    replays, also when the worker sent it again at another offset."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: Mapping[str, Any]
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Sink(abc.ABC):
     4. commit the batch's next offsets per partition synchronously.
 
     A crash between 3 and 4 replays the batch, so `write` must be idempotent: records whose id is already
-    stored, or that repeat inside the batch, are skipped, never written twice. Sinks store; they do not
+    stored, or that repeat inside the batch, are skipped, never written twice. The runner calls
+    `expect_replays()` whenever such a replay can follow (start, assignment, failed batch). Sinks store; they do not
     price, tag or otherwise change what the records say.
     """
 
@@ -46,6 +50,11 @@ class Sink(abc.ABC):
 
     def open(self) -> None:
         """Check the store is ready (e.g. its table exists) before the first batch; raise if it is not."""
+
+    def expect_replays(self) -> None:
+        """The next batch may repeat records an earlier writer stored without committing (after a start, a
+        partition assignment or a failed batch); a sink that keeps a cheaper steady-state check than a lookup of
+        every id checks the next batch in full."""
 
     @abc.abstractmethod
     def write(self, batch: Sequence[SinkRecord]) -> WriteResult:

@@ -293,10 +293,56 @@ class ClickHouseTableSink(Sink):
 
 
 class CostLineSink(ClickHouseTableSink):
+    """cost.lines.v1 → cost_lines, deduplicated by batch in the steady state.
+
+    Why a batch ledger: looking a batch's line ids up in cost_lines reads the line_id column of every row of
+    their days, so the sink slowed down as a day filled. A duplicate can only come from (a) this sink's own
+    replay of a batch it stored but did not commit, or (b) the worker sending a batch again after its own crash.
+    (b) carries the batch's identity (origin@position, the same on every replay; a single line's id for
+    single lines), which `cost_line_batches` (filled by a materialized view in the same INSERT) answers with a
+    primary-key lookup whose cost does not grow with the table. (a) happens only after a start, an assignment
+    or a failed batch: the runner calls `expect_replays()` then, and the next batch is checked line id by line
+    id, as every batch was before. Checkpoint order (base.Sink): dead letters flushed → INSERT confirmed (rows
+    and ledger) → offsets committed.
+    """
+
     table = "cost_lines"
     id_column = "line_id"
     prune_column = "event_date"
     to_row = staticmethod(cost_line_row)
+    ledger = "cost_line_batches"
+
+    def __init__(self, client: Client, database: str) -> None:
+        super().__init__(client, database)
+        self._ledger_ref = table_ref(database, self.ledger)
+        self._check_every_id = True
+
+    def open(self) -> None:
+        super().open()
+        require_table(self.client, self.database, self.ledger)
+
+    def expect_replays(self) -> None:
+        self._check_every_id = True
+
+    def rows(self, batch: Sequence[SinkRecord], ingested_at: dt.datetime) -> list[Row]:
+        rows = super().rows(batch, ingested_at)
+        for row, record in zip(rows, batch):
+            row["batch_id"] = record.batch_id or row["line_id"]
+        return rows
+
+    def existing_ids(self, rows: Sequence[Row]) -> set[str]:
+        if self._check_every_id or not rows:
+            return super().existing_ids(rows)
+        batch_ids = tuple(sorted({row["batch_id"] for row in rows}))
+        stored = {batch_id for (batch_id,) in self.client.execute(
+            f"SELECT DISTINCT batch_id FROM {self._ledger_ref} WHERE batch_id IN %(batch_ids)s",
+            {"batch_ids": batch_ids})}
+        return {row[self.id_column] for row in rows if row["batch_id"] in stored}
+
+    def write(self, batch: Sequence[SinkRecord]) -> WriteResult:
+        result = super().write(batch)
+        self._check_every_id = False
+        return result
 
 
 class RoutingDecisionSink(ClickHouseTableSink):

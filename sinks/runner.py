@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from opentelemetry import trace
@@ -31,7 +32,7 @@ from prismops.sinks.clickhouse import (
     AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
     clickhouse_client,
 )
-from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.codecs import BATCH_SCHEMAS, CodecError, batch_codec_for, codec_for
 from prismops.streams.metrics import EVENTS_IN
 from prismops.streams.telemetry import context_from_headers, links_from
 from prismops.streams.topics import (
@@ -92,10 +93,16 @@ class BatchReport:
     unreadable_dead_letters: int
     seconds: float
     next_offsets: dict[str, dict[int, int]] = field(default_factory=dict)
+    items_by_topic: dict[str, int] = field(default_factory=dict)
+    """Events per topic: a batch record counts its items."""
 
 
 class DeadLetterNotDelivered(RuntimeError):
     """The DLQ producer could not confirm a dead letter; the batch must not be committed."""
+
+
+STORE_OUTAGES = (NetworkError, SocketTimeoutError, ConnectionError, EOFError, DeadLetterNotDelivered)
+"""Failures a stopped or restarting store or broker causes; the batch is retried and the log says so in one line."""
 
 
 def next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
@@ -238,6 +245,7 @@ class SinkRunner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_at = time.monotonic()
+        self._expect_replays()
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions")
 
     def _dlq_producer(self) -> Producer:
@@ -271,13 +279,18 @@ class SinkRunner:
             return 0
         try:
             report = self._process(messages)
-        except Exception:
+        except Exception as error:
             for topic in {m.topic() for m in messages}:
                 SINK_FAILURES.labels(self._routes[topic].sink.table).inc()
             self.counters.failed_batches += 1
             self._failures_in_row += 1
+            self._expect_replays()
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures_in_row - 1))
-            log.exception("batch of %d records failed; nothing committed, retrying in %.1fs", len(messages), delay)
+            if isinstance(error, STORE_OUTAGES):  # expected during an outage: one line, no traceback
+                log.warning("batch of %d records not written (%s: %s); nothing committed, retrying in %.1fs",
+                            len(messages), type(error).__name__, error, delay)
+            else:
+                log.exception("batch of %d records failed; nothing committed, retrying in %.1fs", len(messages), delay)
             self._rewind(first_offsets(messages))
             stop_event.wait(delay)
             return len(messages)
@@ -285,8 +298,8 @@ class SinkRunner:
         self._commit(report.next_offsets)
         BATCH_ROWS.observe(report.records)
         BATCH_SECONDS.observe(report.seconds)
-        for message in messages:
-            EVENTS_IN.labels(message.topic()).inc()
+        for topic, count in report.items_by_topic.items():
+            EVENTS_IN.labels(topic).inc(count)
         self.counters.batches += 1
         self.counters.records += report.records
         self.counters.rows_written += report.rows_written
@@ -297,6 +310,10 @@ class SinkRunner:
         if self.on_batch:
             self.on_batch(report)
         return len(messages)
+
+    def _expect_replays(self) -> None:
+        for route in self._routes.values():
+            route.sink.expect_replays()
 
     def _measure_lag(self) -> None:
         """Records between the committed position and the end of each topic, every LAG_INTERVAL_S at most."""
@@ -326,24 +343,26 @@ class SinkRunner:
             topic = message.topic()
             route = self._routes[topic]
             try:
-                value = codec_for(route.topic.schema).decode(message.value())
+                records, refused = self._decode(route, message)
             except CodecError as error:
                 if topic == self._dlq_topic:
                     unreadable_dead_letters += 1
                     log.error("unreadable dead letter at %s[%d]@%d, skipped: %s",
                               topic, message.partition(), message.offset(), error)
                     continue
-                rejects.append(dead_letter_record(
-                    stage=self.stage, topic=topic, partition=message.partition(), offset=message.offset(),
-                    key=message.key(), value=message.value(), headers=message.headers(),
-                    field=error.field, rule=error.rule, message=error.message,
-                    redaction=self.settings.pii.dead_letter_redaction,
-                ))
-                continue
-            decoded.setdefault(topic, []).append(
-                SinkRecord(topic, message.partition(), message.offset(), message.key(), value)
-            )
+                refused = [(error, message.value())]
+                records = []
+            decoded.setdefault(topic, []).extend(records)
+            rejects.extend(dead_letter_record(
+                stage=self.stage, topic=topic, partition=message.partition(), offset=message.offset(),
+                key=message.key(), value=original, headers=message.headers(),
+                field=error.field, rule=error.rule, message=error.message,
+                redaction=self.settings.pii.dead_letter_redaction,
+            ) for error, original in refused)
         self._send_dead_letters(rejects)
+        items_by_topic = {topic: len(records) for topic, records in decoded.items()}
+        for reject in rejects:
+            items_by_topic[reject["source_topic"]] = items_by_topic.get(reject["source_topic"], 0) + 1
         rows_written = duplicates_skipped = 0
         contexts = [context_from_headers(m.headers()) for m in messages if m.headers()]
         parent = contexts[0] if contexts else None
@@ -360,8 +379,26 @@ class SinkRunner:
         return BatchReport(
             records=len(messages), rows_written=rows_written, duplicates_skipped=duplicates_skipped,
             dead_letters=len(rejects), unreadable_dead_letters=unreadable_dead_letters,
-            seconds=time.perf_counter() - started, next_offsets=offsets,
+            seconds=time.perf_counter() - started, next_offsets=offsets, items_by_topic=items_by_topic,
         )
+
+    def _decode(self, route: Route, message: Message) -> tuple[list[SinkRecord], list[tuple[CodecError, bytes | None]]]:
+        """The records of one Kafka record (one, or each item of a batch), and the items refused with the bytes
+        to dead-letter for each; raises CodecError when the record as a whole is unreadable."""
+        topic, partition, offset, key = message.topic(), message.partition(), message.offset(), message.key()
+        if route.topic.schema not in BATCH_SCHEMAS:
+            value = codec_for(route.topic.schema).decode(message.value())
+            return [SinkRecord(topic, partition, offset, key, value)], []
+        codec = batch_codec_for(route.topic.schema)
+        decoded = codec.decode(message.value())
+        batch_id = f"{decoded.origin}@{decoded.position}" if decoded.origin is not None else None
+        records, refused = [], []
+        for item in decoded.items:
+            if item.value is None:
+                refused.append((item.error or CodecError(None, "json_decode", "not a record"), item.original))
+            else:
+                records.append(SinkRecord(topic, partition, offset, key, item.value, batch_id))
+        return records, refused
 
     def _send_dead_letters(self, rejects: Sequence[Mapping[str, Any]]) -> None:
         """Produce and flush; raise unless the broker acknowledged every one (acks=all, idempotent)."""

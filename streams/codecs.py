@@ -14,9 +14,11 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import decimal
+import functools
 import io
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -24,6 +26,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from prismops import schemas
 from prismops.errors import FieldRuleError
+from prismops.streams.avro_writer import Writer, compile_writer
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _HEADER_LEN = 10
@@ -83,20 +86,35 @@ class AvroCodec:
                 None, "unknown_schema",
                 f"fingerprint {data[2:_HEADER_LEN].hex()} matches no version of schema {self.schema_name!r}",
             )
+        reader = None if writer is self.reader else self._reader_schema  # resolving a schema against itself is slow
         try:
-            return fastavro.schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer.parsed, self._reader_schema)
+            return fastavro.schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer.parsed, reader)
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise CodecError(None, "avro_decode", f"corrupt Avro body: {exc}") from exc
 
+    def knows(self, data: bytes) -> bool:
+        """Whether `data` is single-object bytes written with a version of this schema."""
+        return data[:2] == SINGLE_OBJECT_MAGIC and data[2:_HEADER_LEN] in self._writers
+
+    def encode_body(self, record: Mapping[str, Any]) -> bytes:
+        """The Avro binary body alone (newest version, checked like `encode`), to be framed into a batch."""
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, self._reader_schema, coerce(self.reader.definition, record, path=""))
+        return body.getvalue()
+
+    def encode_trusted(self, record: Mapping[str, Any]) -> bytes:
+        """Single-object bytes of a record this process built itself in the newest shape, written by the compiled
+        writer (`streams.avro_writer`), without the field-by-field coercion that outside input needs."""
+        out = bytearray(SINGLE_OBJECT_MAGIC + self._fingerprint)
+        self.trusted_writer(record, out)
+        return bytes(out)
+
+    @functools.cached_property
+    def trusted_writer(self) -> Writer:
+        return compile_writer(self.reader.definition)
+
     def decode_json(self, data: bytes) -> dict[str, Any]:
-        try:
-            document = json.loads(data, parse_float=decimal.Decimal)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CodecError(None, "json_decode", f"invalid JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise CodecError(None, "json_decode", "invalid JSON: nested too deeply") from exc
-        except ValueError as exc:  # e.g. an integer of more digits than Python converts
-            raise CodecError(None, "json_decode", f"invalid JSON: {str(exc)[:200]}") from exc
+        document = _json_document(data)
         if not isinstance(document, dict):
             raise CodecError(None, "json_decode", "JSON value must be an object")
         return coerce(self.reader.definition, document, path="")
@@ -267,7 +285,150 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+def _zigzag_long(value: int) -> bytes:
+    """Avro's variable-length zig-zag encoding of a long."""
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number & ~0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One record of a topic that carries single records and batches: its value, or why it was refused, and the
+    bytes to dead-letter for it (None: re-encode `value` alone, as a batch's item has no bytes of its own)."""
+
+    value: dict[str, Any] | None
+    error: CodecError | None = None
+    original: bytes | None = None
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    items: list[BatchItem]
+    origin: str | None = None
+    position: int | None = None
+
+
+class BatchCodec:
+    """A topic's values: a single item (Avro single-object of any item version, or a JSON object) or a batch
+    record (Avro single-object of the batch schema, a JSON array of items, or a JSON object of the batch schema).
+
+    A batch is decoded whole; each item is then its own record: a JSON item that breaks the schema is refused
+    alone, the other items go on. Batches are written in the newest batch version."""
+
+    def __init__(self, item_schema: str, batch_schema: str):
+        self.items = codec_for(item_schema)
+        self.batch = codec_for(batch_schema)
+        fields = self.batch.reader.definition["fields"]
+        self.array_field = next(f["name"] for f in fields if isinstance(f["type"], dict) and f["type"].get("type") == "array")
+        self._header_fields = [(f["name"], f["type"]) for f in fields if f["name"] != self.array_field]
+        if fields[-1]["name"] != self.array_field or any(kind not in ("string", "long") for _, kind in self._header_fields):
+            raise TypeError(f"{batch_schema}: a batch schema is string/long header fields, then its array, last")
+        self._item_names = {f["name"] for f in self.items.reader.definition["fields"]}
+        self._write_array = compile_writer(next(f["type"] for f in fields if f["name"] == self.array_field))
+
+    def decode(self, data: bytes | None) -> DecodedBatch:
+        """Raises CodecError only when the record as a whole is unreadable."""
+        if not data:
+            raise CodecError(None, "non_empty", "message value is empty")
+        if self.batch.knows(data):
+            record = self.batch.decode(data)
+            return DecodedBatch([BatchItem(item) for item in record[self.array_field]],
+                                record.get("origin"), record.get("position"))
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            return DecodedBatch([BatchItem(self.items.decode(data), original=data)])
+        stripped = data.lstrip()
+        if stripped[:1] == b"[":
+            return DecodedBatch(self._json_items(data))
+        document = _json_document(data) if stripped[:1] == b"{" else None
+        if isinstance(document, dict) and self.array_field in document and self.array_field not in self._item_names:
+            items = document[self.array_field]
+            if not isinstance(items, list):
+                raise CodecError(self.array_field, "type", "expected an array")
+            header_names = {name for name, _ in self._header_fields}
+            header = coerce({"type": "record", "fields": [f for f in self.batch.reader.definition["fields"]
+                                                           if f["name"] in header_names]}, document, path="")
+            return DecodedBatch([self._json_item(item, index) for index, item in enumerate(items)],
+                                header.get("origin"), header.get("position"))
+        return DecodedBatch([BatchItem(self.items.decode(data), original=data)])
+
+    def _json_items(self, data: bytes) -> list[BatchItem]:
+        document = _json_document(data)
+        if not isinstance(document, list):
+            raise CodecError(None, "json_decode", "JSON value must be an object or an array of objects")
+        return [self._json_item(item, index) for index, item in enumerate(document)]
+
+    def _json_item(self, item: Any, index: int) -> BatchItem:
+        original = json.dumps(item, separators=(",", ":"), default=str).encode()
+        if not isinstance(item, dict):
+            return BatchItem(None, CodecError(f"[{index}]", "json_decode", "each item must be a JSON object"), original)
+        try:
+            return BatchItem(coerce(self.items.reader.definition, item, path=""), original=original)
+        except CodecError as error:
+            return BatchItem(None, error, original)
+
+    def encode(self, items: list[Mapping[str, Any]], **header: Any) -> bytes:
+        """A batch of records this process built in the newest item shape (see AvroCodec.encode_trusted)."""
+        return self.frame_array(self.encode_array(items), **header)
+
+    def encode_array(self, items: list[Mapping[str, Any]]) -> bytes:
+        """The Avro array of `items` alone (trusted records, as `encode`), for `frame_array`."""
+        out = bytearray()
+        self._write_array(items, out)
+        return bytes(out)
+
+    def frame(self, bodies: list[bytes]) -> bytes:
+        """A batch from item bodies already encoded with `self.items.encode_body`: the Avro array framing around
+        them, no second encoding."""
+        count = _zigzag_long(len(bodies)) if bodies else b""
+        return self.frame_array(count + b"".join(bodies) + b"\x00")
+
+    def frame_array(self, array: bytes, **header: Any) -> bytes:
+        """Single-object bytes of a batch: its header fields (string or long, in schema order) written by hand in
+        front of an encoded array, so a batch split to fit a message is encoded once whatever its header says."""
+        parts = [SINGLE_OBJECT_MAGIC, self.batch.fingerprint]
+        for name, kind in self._header_fields:
+            value = header.get(name)
+            if kind == "long" and isinstance(value, int) and not isinstance(value, bool):
+                parts.append(_zigzag_long(value))
+            elif kind == "string" and isinstance(value, str):
+                text = value.encode()
+                parts += [_zigzag_long(len(text)), text]
+            else:
+                raise CodecError(name, "required", f"a {self.batch.schema_name} needs {name} ({kind})")
+        parts.append(array)
+        return b"".join(parts)
+
+
+def _json_document(data: bytes) -> Any:
+    try:
+        return json.loads(data, parse_float=decimal.Decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(None, "json_decode", f"invalid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise CodecError(None, "json_decode", "invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise CodecError(None, "json_decode", f"invalid JSON: {str(exc)[:200]}") from exc
+
+
 _codecs: dict[str, AvroCodec] = {}
+_batch_codecs: dict[str, BatchCodec] = {}
+
+
+def batch_codec_for(item_schema: str) -> BatchCodec:
+    """The BatchCodec of an item schema and its batch schema (BATCH_SCHEMAS), cached like codec_for."""
+    if item_schema not in _batch_codecs:
+        _batch_codecs[item_schema] = BatchCodec(item_schema, BATCH_SCHEMAS[item_schema])
+    return _batch_codecs[item_schema]
+
+
+BATCH_SCHEMAS = {"llm_usage_event": "llm_usage_batch", "cost_line": "cost_line_batch",
+                 "model_observation": "model_observation_batch"}
+"""Item schema → the schema of its batch record."""
 
 
 def codec_for(schema_name: str) -> AvroCodec:

@@ -13,8 +13,8 @@ from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 
-EVENTS_IN = PromCounter("prismops_events_in_total", "records consumed", ["topic"])
-EVENTS_OUT = PromCounter("prismops_events_out_total", "records produced", ["topic"])
+EVENTS_IN = PromCounter("prismops_events_in_total", "events consumed (each item of a batch record counts)", ["topic"])
+EVENTS_OUT = PromCounter("prismops_events_out_total", "events produced (each item of a batch record counts)", ["topic"])
 
 
 def serve_metrics(port: int, component: str, host: str = "127.0.0.1") -> bool:

@@ -1,14 +1,21 @@
 """The producer SDK services use to report usage: Avro single-object values, safe delivery, trace context.
 
+LLM calls travel in batch records (schemas/llm_usage_batch.v1.avsc): events are checked against the schema one
+by one as they are recorded, and grouped into one Kafka record per `sdk.batch_max_events` events,
+`sdk.batch_max_bytes` bytes or `sdk.batch_linger_ms` milliseconds, whichever comes first, so the worker pays
+Kafka's per-record cost once per batch, not once per call. `sdk.batch_max_events: 1` sends single records.
+
 Delivery is safe by default: idempotent producer, acks=all, retries inside librdkafka. A record that
 still cannot be delivered is never dropped quietly: `flush()` raises `DeliveryFailed` listing every
-failed event id, and an optional `on_error` callback sees each failure as it happens.
+failed event id (every event of a failed batch), and an optional `on_error` callback sees each failure as
+it happens.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from prismops.settings import Settings
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.topics import GPU_USAGE, LLM_USAGE, TopicSpec
 
 _tracer = trace.get_tracer("prismops.streams.producer")
@@ -27,6 +34,8 @@ _propagator = TraceContextTextMapPropagator()
 
 CONTENT_TYPE_HEADER = "content-type"
 AVRO_SINGLE_OBJECT = b"avro/binary; encoding=single-object"
+BATCH_OVERHEAD_BYTES = 4096
+"""Room left under the broker's message limit for the batch framing, key and headers."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,19 @@ def new_llm_usage_event(**fields: Any) -> dict[str, Any]:
     return event
 
 
+MAX_TRACE_LINKS = 32
+"""Callers' spans a batch's publish span links to besides its parent (the first caller's)."""
+
+
+@dataclass
+class _PendingBatch:
+    bodies: list[bytes]
+    event_ids: list[str | None]
+    size: int
+    opened_at: float
+    callers: list[trace.SpanContext]
+
+
 class UsageProducer:
     """Report LLM calls and GPU usage to PrismOps from a service."""
 
@@ -82,28 +104,118 @@ class UsageProducer:
         self._failures: list[DeliveryFailure] = []
         self._lock = threading.Lock()
         self.delivered = 0
+        """Events (not records) the broker acknowledged."""
+        self._usage = batch_codec_for(LLM_USAGE.schema)
+        sdk = settings.sdk
+        self._batch_max_events = sdk.batch_max_events
+        self._batch_max_bytes = min(sdk.batch_max_bytes, settings.kafka.max_message_bytes - BATCH_OVERHEAD_BYTES)
+        self._linger_s = sdk.batch_linger_ms / 1000
+        self._pending: _PendingBatch | None = None
+        self._closed = threading.Event()
+        self._linger_thread: threading.Thread | None = None
 
     def record_llm_call(self, event: Mapping[str, Any]) -> None:
         """Queue one LLM usage event (see schemas/llm_usage_event.v*.avsc); raises CodecError if it breaks the schema."""
-        self._send(LLM_USAGE, event, key=str(event.get("tenant", "")))
+        if self._batch_max_events == 1:
+            self._send(LLM_USAGE, event, key=str(event.get("tenant", "")))
+            return
+        body = self._usage.items.encode_body(event)
+        event_id = event.get("event_id")
+        caller = trace.get_current_span().get_span_context()
+        full = None
+        with self._lock:
+            pending = self._pending
+            if pending is not None and pending.size + len(body) > self._batch_max_bytes:
+                full, pending = pending, None
+            if pending is None:
+                pending = self._pending = _PendingBatch([], [], 0, time.monotonic(), [])
+            pending.bodies.append(body)
+            if caller.is_valid and len(pending.callers) <= MAX_TRACE_LINKS:
+                pending.callers.append(caller)
+            pending.event_ids.append(str(event_id) if event_id else None)
+            pending.size += len(body)
+            if len(pending.bodies) >= self._batch_max_events or pending.size >= self._batch_max_bytes:
+                self._pending = None
+                ready = [b for b in (full, pending) if b is not None]
+            else:
+                ready = [full] if full is not None else []
+        for batch in ready:
+            self._send_batch(batch)
+        self._start_linger()
 
     def record_gpu_usage(self, event: Mapping[str, Any]) -> None:
         self._send(GPU_USAGE, event, key=f"{event.get('cluster', '')}/{event.get('node', '')}")
+
+    def _start_linger(self) -> None:
+        if self._linger_thread is None:
+            self._linger_thread = threading.Thread(target=self._linger, name="prismops-sdk-linger", daemon=True)
+            self._linger_thread.start()
+
+    def _linger(self) -> None:
+        """Send a batch that has waited `batch_linger_ms`, so a quiet service's calls are not held back."""
+        tick = max(0.001, self._linger_s / 2)
+        while not self._closed.wait(tick):
+            self._send_pending(older_than_s=self._linger_s)
+
+    def _send_pending(self, older_than_s: float = 0.0) -> None:
+        with self._lock:
+            pending = self._pending
+            if pending is None or time.monotonic() - pending.opened_at < older_than_s:
+                return
+            self._pending = None
+        self._send_batch(pending)
+
+    def _send_batch(self, batch: _PendingBatch) -> None:
+        topic = LLM_USAGE.name(self._settings)
+        value = self._usage.frame(batch.bodies)
+        count = len(batch.bodies)
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                with self._lock:
+                    self.delivered += count
+                return
+            failures = [DeliveryFailure(topic, None, event_id, err.str()) for event_id in batch.event_ids]
+            with self._lock:
+                self._failures.extend(failures)
+            if self._on_error:
+                for failure in failures:
+                    self._on_error(failure)
+
+        self._produce(topic, None, value, self._headers(topic, batch.callers), on_delivery)
+
+    def _headers(self, topic: str, callers: list[trace.SpanContext] | None = None) -> list[tuple[str, bytes]]:
+        """Content type and W3C trace context. A batch's publish span continues its first caller's trace and
+        links to the other callers' spans, so each call's trace still leads to the record that carried it."""
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(callers[0])) if callers else None
+        links = [trace.Link(context) for context in (callers or [])[1:]]
+        with _tracer.start_as_current_span(f"{topic} publish", context=parent, kind=trace.SpanKind.PRODUCER,
+                                           links=links) as span:
+            span.set_attribute("messaging.system", "kafka")
+            span.set_attribute("messaging.destination.name", topic)
+            carrier: dict[str, str] = {}
+            _propagator.inject(carrier)
+        return [(CONTENT_TYPE_HEADER, AVRO_SINGLE_OBJECT)] + [(k, v.encode()) for k, v in carrier.items()]
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                 on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._producer.poll(0)
 
     def _send(self, spec: TopicSpec, event: Mapping[str, Any], key: str) -> None:
         value = codec_for(spec.schema).encode(event)
         topic = spec.name(self._settings)
         event_id = event.get("event_id")
-        with _tracer.start_as_current_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER) as span:
-            span.set_attribute("messaging.system", "kafka")
-            span.set_attribute("messaging.destination.name", topic)
-            carrier: dict[str, str] = {}
-            _propagator.inject(carrier)
-        headers = [(CONTENT_TYPE_HEADER, AVRO_SINGLE_OBJECT)] + [(k, v.encode()) for k, v in carrier.items()]
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
-                self.delivered += 1
+                with self._lock:
+                    self.delivered += 1
                 return
             failure = DeliveryFailure(topic, key, str(event_id) if event_id else None, err.str())
             with self._lock:
@@ -111,16 +223,11 @@ class UsageProducer:
             if self._on_error:
                 self._on_error(failure)
 
-        while True:
-            try:
-                self._producer.produce(topic, key=key.encode(), value=value, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-        self._producer.poll(0)
+        self._produce(topic, key.encode(), value, self._headers(topic), on_delivery)
 
     def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait for every queued record; raise DeliveryFailed if any was not delivered."""
+        """Send the open batch, wait for every queued record; raise DeliveryFailed if any was not delivered."""
+        self._send_pending()
         remaining = self._producer.flush(timeout_s)
         with self._lock:
             failures, self._failures = self._failures, []
@@ -130,6 +237,7 @@ class UsageProducer:
             raise DeliveryFailed(failures)
 
     def close(self) -> None:
+        self._closed.set()
         self.flush()
 
     def __enter__(self) -> "UsageProducer":

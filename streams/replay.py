@@ -22,6 +22,7 @@ def read_partition_range(
         return []
     consumer = Consumer(settings.kafka_client_config() | {
         "group.id": "prismops-range-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",  # a start below the log's start (retention) reads what is left
     })
     records: list[tuple[int, bytes]] = []
     try:

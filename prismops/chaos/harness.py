@@ -35,7 +35,7 @@ from prismops.infra.stack import LocalServer, LocalStack, StackError
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import clickhouse_client
 from prismops.sinks.migrations import apply_migrations
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.producer import AVRO_SINGLE_OBJECT, CONTENT_TYPE_HEADER, safe_producer_config
 from prismops.streams.replay import group_lag, read_topic
 from prismops.streams.simulation import TrafficGenerator
@@ -157,7 +157,7 @@ class PacedProducer(threading.Thread):
     """Sends (key, value) records of one topic at a steady rate in the background, as services would, and
     counts what the broker confirmed; a record that fails delivery is reported by its id."""
 
-    def __init__(self, settings: Settings, topic: str, records: Sequence[tuple[str, bytes, bytes, str]],
+    def __init__(self, settings: Settings, topic: str, records: Sequence[tuple[str, bytes, bytes, str | tuple[str, ...]]],
                  duration_s: float):
         super().__init__(daemon=True, name="chaos-producer")
         self.settings, self.topic, self.records = settings, topic, records
@@ -177,27 +177,28 @@ class PacedProducer(threading.Thread):
         started = time.monotonic()
         per_record = self.duration_s / max(1, len(self.records))
 
-        def delivered(record_id: str) -> Callable[[Any, Any], None]:
+        def delivered(ids: tuple[str, ...]) -> Callable[[Any, Any], None]:
             def callback(err: Any, _msg: Any) -> None:
                 with self._lock:
                     if err is None:
-                        self.report.delivered += 1
+                        self.report.delivered += len(ids)
                     else:
-                        self.report.failed_ids.append(record_id)
+                        self.report.failed_ids.extend(ids)
             return callback
 
         for index, (key, value, content_type, record_id) in enumerate(self.records):
+            ids = record_id if isinstance(record_id, tuple) else (record_id,)
             due = started + index * per_record
             while time.monotonic() < due:
                 producer.poll(min(0.05, max(0.0, due - time.monotonic())))
             while True:
                 try:
-                    producer.produce(self.topic, key=key.encode(), value=value,
-                                     headers=[(CONTENT_TYPE_HEADER, content_type)], on_delivery=delivered(record_id))
+                    producer.produce(self.topic, key=key.encode() if key else None, value=value,
+                                     headers=[(CONTENT_TYPE_HEADER, content_type)], on_delivery=delivered(ids))
                     break
                 except BufferError:
                     producer.poll(0.1)
-            self.report.sent += 1
+            self.report.sent += len(ids)
         producer.flush(330)
         self.report.seconds = time.monotonic() - started
 
@@ -213,9 +214,19 @@ class PacedProducer(threading.Thread):
 JSON = b"application/json"
 
 
-def avro_records(traffic: Traffic) -> list[tuple[str, bytes, bytes, str]]:
-    codec = codec_for(LLM_USAGE.schema)
-    return [(e["tenant"], codec.encode(e), AVRO_SINGLE_OBJECT, e["event_id"]) for e in traffic.events]
+BATCH_EVENTS = 50
+"""Events per batch record the chaos producers send, as the SDK groups them (small, so a kill lands mid-stream)."""
+
+
+def avro_records(traffic: Traffic, batch: int = BATCH_EVENTS) -> list[tuple[str, bytes, bytes, tuple[str, ...]]]:
+    """The traffic as the SDK sends it: batch records of `batch` events (1: single records keyed by tenant)."""
+    if batch == 1:
+        codec = codec_for(LLM_USAGE.schema)
+        return [(e["tenant"], codec.encode(e), AVRO_SINGLE_OBJECT, (e["event_id"],)) for e in traffic.events]
+    usage = batch_codec_for(LLM_USAGE.schema)
+    groups = [traffic.events[i:i + batch] for i in range(0, len(traffic.events), batch)]
+    return [("", usage.frame([usage.items.encode_body(e) for e in group]), AVRO_SINGLE_OBJECT,
+             tuple(e["event_id"] for e in group)) for group in groups]
 
 
 class ScenarioRun:

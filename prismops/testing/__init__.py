@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from prismops.infra.components import Components
 from prismops.settings import Settings
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import BATCH_SCHEMAS, batch_codec_for, codec_for
 from prismops.streams.topics import TopicSpec, delete_topics, ensure_topics
 
 
@@ -88,7 +88,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, components: Compone
 
 
 def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:
-    """Every record of a registry topic from the beginning to its current end, decoded, as (key, value)."""
+    """Every record of a registry topic from the beginning to its current end, decoded, as (key, value); a batch
+    record gives one pair per item."""
     topic = spec.name(settings)
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
@@ -103,7 +104,10 @@ def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            found.append((message.key(), codec_for(spec.schema).decode(message.value())))
+            if spec.schema in BATCH_SCHEMAS:
+                found += [(message.key(), item.value) for item in batch_codec_for(spec.schema).decode(message.value()).items]
+            else:
+                found.append((message.key(), codec_for(spec.schema).decode(message.value())))
             if message.offset() + 1 >= remaining.get(message.partition(), 0):
                 remaining.pop(message.partition(), None)
         assert not remaining, f"could not read {topic} to its end"

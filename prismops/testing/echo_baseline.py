@@ -4,7 +4,9 @@
 It needs no .proto: a generic handler with identity (bytes) serializers, so the only work on either side is
 gRPC's own. `drive_unary` runs the same closed-loop load (N calls from C threads, each with its own
 channel) against any unary call, and `compare_router_with_echo` drives the real Router and the echo with it,
-so both are timed the same way and the difference is what routing costs.
+so both are timed the same way and the difference is what routing costs. Both servers also time their own
+handler (entry to response built) into an in-process list, so the server side is known apart from the
+client's view, which also holds gRPC, the network stack and the GIL shared with the clients.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -26,12 +28,9 @@ ECHO_SERVICE = "prismops.bench.v1.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 
 
-async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    return request
-
-
 class EchoServer:
-    """Start with `start()` (returns the target), stop with `stop()`; usable as a context manager."""
+    """Start with `start()` (returns the target), stop with `stop()`; usable as a context manager.
+    `handler_ns` holds the nanoseconds each answered call spent in the handler."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._address = f"{host}:{port}"
@@ -42,6 +41,7 @@ class EchoServer:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self.port = 0
+        self.handler_ns: list[int] = []
 
     @property
     def target(self) -> str:
@@ -61,6 +61,12 @@ class EchoServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join(10.0)
 
+    async def _echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started_ns = time.perf_counter_ns()
+        response = request
+        self.handler_ns.append(time.perf_counter_ns() - started_ns)
+        return response
+
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         try:
@@ -76,7 +82,7 @@ class EchoServer:
         # as in the router: without this a second server on a taken port would start and share the traffic
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)},
+            ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(self._echo)},
         ),))
         self.port = server.add_insecure_port(self._address)
         if self.port == 0:
@@ -114,14 +120,23 @@ class LoadResult:
 
     def percentile_ms(self, fraction: float) -> float:
         """Nearest-rank percentile of the successful calls, so p50 <= p99 <= max always holds."""
-        if not self.latencies_ms:
-            return 0.0
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+        return nearest_rank(self.latencies_ms, fraction)
 
     @property
     def max_ms(self) -> float:
         return max(self.latencies_ms, default=0.0)
+
+
+def nearest_rank(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (an observed value, so p50 <= p99 <= max); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def milliseconds(durations_ns: Sequence[int]) -> tuple[float, ...]:
+    return tuple(ns / 1e6 for ns in durations_ns)
 
 
 # Opens one client's connection: returns the call to time and what closes the connection afterwards.
@@ -136,13 +151,15 @@ def drive_unary(
     warmup: int = 0,
     on_progress: Callable[[int], None] = lambda done: None,
     progress_every: int = 100,
+    on_start: Callable[[], None] = lambda: None,
 ) -> LoadResult:
     """`requests` timed calls split over `concurrency` threads, each on its own connection; each thread first
     makes its share of `warmup` untimed calls, then all start together. QPS is over the timed phase's wall
-    time; a failed call counts as an error and is left out of the latencies."""
+    time; a failed call counts as an error and is left out of the latencies. `on_start` runs once, after
+    every warm-up call has returned and before the first timed call (e.g. to mark where server timings begin)."""
     shares = [requests // concurrency + (1 if i < requests % concurrency else 0) for i in range(concurrency)]
     warmups = [warmup // concurrency + (1 if i < warmup % concurrency else 0) for i in range(concurrency)]
-    start_line = threading.Barrier(concurrency + 1)
+    start_line = threading.Barrier(concurrency + 1, action=on_start)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[list[str]] = [[] for _ in range(concurrency)]
     crashes: list[BaseException] = []
@@ -240,10 +257,14 @@ def bench_decide_request() -> Any:
 
 @dataclass(frozen=True)
 class RouteBenchResult:
+    """Client-side load results, and each server's handler times (ms) for the timed calls only."""
+
     router: LoadResult
     echo: LoadResult
     chosen_model: str
     reason_code: str
+    router_server_ms: tuple[float, ...] = ()
+    echo_server_ms: tuple[float, ...] = ()
 
 
 def compare_router_with_echo(
@@ -268,7 +289,8 @@ def compare_router_with_echo(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     router_settings = settings.with_overrides(gateway={"host": "127.0.0.1", "port": port})
-    router = build_server(router_settings, table, publisher=DiscardingPublisher(), budgets=None)
+    decide_ns: list[int] = []
+    router = build_server(router_settings, table, publisher=DiscardingPublisher(), budgets=None, decide_ns=decide_ns)
     router.start()
     request = bench_decide_request()
     target = f"127.0.0.1:{port}"
@@ -285,8 +307,10 @@ def compare_router_with_echo(
                 raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
             return (lambda: client.decide_message(request, timeout=10.0)), client.close
 
+        router_timed_from: list[int] = []
         router_result = drive_unary(open_router, requests=requests, concurrency=concurrency, warmup=warmup,
-                                    on_progress=on_router_progress)
+                                    on_progress=on_router_progress,
+                                    on_start=lambda: router_timed_from.append(len(decide_ns)))
     finally:
         router.stop(0).wait()
 
@@ -299,6 +323,12 @@ def compare_router_with_echo(
             call = echo_call(channel)
             return (lambda: call(payload, timeout=10.0)), channel.close
 
+        echo_timed_from: list[int] = []
         echo_result = drive_unary(open_echo, requests=requests, concurrency=concurrency, warmup=warmup,
-                                  on_progress=on_echo_progress)
-    return RouteBenchResult(router_result, echo_result, f"{first.model.provider}/{first.model.model}", first.reason_code)
+                                  on_progress=on_echo_progress,
+                                  on_start=lambda: echo_timed_from.append(len(echo.handler_ns)))
+    return RouteBenchResult(
+        router_result, echo_result, f"{first.model.provider}/{first.model.model}", first.reason_code,
+        router_server_ms=milliseconds(decide_ns[router_timed_from[0]:]),
+        echo_server_ms=milliseconds(echo.handler_ns[echo_timed_from[0]:]),
+    )

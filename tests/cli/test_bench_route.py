@@ -27,6 +27,10 @@ def test_bench_route_json_has_a_router_and_an_echo_row_with_rates_and_ordered_pe
     echo, router = rows["echo (gRPC floor)"], rows["routing.v1.Router/Decide"]
     assert (echo["qps_vs_echo"], echo["p50_vs_echo"]) == (1.0, 1.0)
     assert router["qps_vs_echo"] == pytest.approx(router["qps"] / echo["qps"], abs=0.01)
+    assert 0 < router["server_p50_ms"] <= router["server_p99_ms"]
+    assert 0 <= echo["server_p50_ms"] <= echo["server_p99_ms"]
+    # the handler alone is part of the call the client timed
+    assert router["server_p50_ms"] <= router["p50_ms"] + 0.001
 
 
 def test_bench_route_table_is_for_people():
@@ -35,4 +39,5 @@ def test_bench_route_table_is_for_people():
 
     assert result.exit_code == 0, result.output
     assert "routing.v1.Router/Decide" in result.stdout and "echo (gRPC floor)" in result.stdout
+    assert "server_p50_ms" in result.stdout and "server_p99_ms" in result.stdout
     assert not result.stdout.lstrip().startswith("[")

@@ -217,6 +217,28 @@ def test_a_new_day_starts_from_zero_and_unblocks():
     assert next_day.states[0]["budgets"][0]["spent"] == Decimal(8)
 
 
+def test_republishing_every_scope_at_midnight_unblocks_the_daily_budgets_and_keeps_the_monthly_ones():
+    """The agent's period timer: scope_ids, then state_row at the new period, so no stale block survives."""
+    book = BudgetBook((
+        Budget("day", "tenant", "*", "daily", "usd", Decimal("10")),
+        Budget("globex-month", "tenant", "globex", "monthly", "usd", Decimal("5")),
+    ))
+    ledger = BudgetLedger(book, {}, scopes=("tenant",))
+    ledger.apply(line("a", tenant="acme", cost="12"), DAY, shard=0)
+    ledger.apply_batch([line("g", tenant="globex", cost="6"), line("i", tenant="initech", cost="11")], DAY,
+                       shard=1, origin="usage/1", position=0)
+    assert [ledger.state_row(s, i, DAY)["blocked"] for s, i in ledger.scope_ids()] == [True, True, True]
+
+    midnight = dt.datetime(2026, 6, 16, tzinfo=dt.timezone.utc)
+    assert ledger.scope_ids() == [("tenant", "acme"), ("tenant", "globex"), ("tenant", "initech")]
+    assert ledger.scope_ids(shard=1) == [("tenant", "globex"), ("tenant", "initech")]
+    rows = {i: ledger.state_row(s, i, midnight) for s, i in ledger.scope_ids()}
+    assert {i: row["blocked"] for i, row in rows.items()} == {"acme": False, "globex": True, "initech": False}
+    assert rows["acme"]["blocked_reason"] is None and rows["acme"]["budgets"][0]["spent"] == Decimal(0)
+    assert rows["acme"]["budgets"][0]["period_start"] == midnight and rows["acme"]["updated_at"] == midnight
+    assert ledger.state_row("tenant", "globex", dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc))["blocked"] is False
+
+
 def test_a_monthly_budget_adds_up_the_days_of_its_month_and_restarts_with_the_next():
     ledger = usd_ledger("100", period="monthly")
     for day in range(1, 4):

@@ -403,3 +403,30 @@ def test_random_outcome_sequences_keep_the_breaker_rules(steps):
         if after is not HALF_OPEN:
             last_probe_at = None
         previous = after
+
+
+@given(st.lists(st.tuples(st.sampled_from(["outcome", "live", "no_row"]), st.sampled_from(OUTCOMES),
+                          st.floats(min_value=0, max_value=1), st.integers(min_value=0, max_value=60),
+                          st.integers(min_value=0, max_value=400)), max_size=40))
+@settings(deadline=None)
+def test_live_state_answers_as_observe_live_then_state_then_would_allow(steps):
+    config = BreakerConfig(open_s=30.0, error_rate_trip=0.5, error_rate_min_samples=20, live_rearm_s=60.0)
+    combined, separate = BreakerBoard(config), BreakerBoard(config)
+    tenths = 0
+    for kind, outcome, error_rate, samples, advance in steps:
+        tenths += advance
+        now = at(tenths / 10)
+        if kind == "outcome":
+            assert combined.record_outcome(MINI, outcome, now) is separate.record_outcome(MINI, outcome, now)
+            continue
+        row = {"error_rate": error_rate, "sample_count": samples} if kind == "live" else None
+        state, allows = combined.live_state(MINI, row, now)
+        separate.observe_live(MINI, row, now)
+        assert (state, allows) == (separate.state(MINI, now), separate.would_allow(MINI, now))
+        assert combined.status(MINI, now) == separate.status(MINI, now)
+
+
+def test_live_state_checks_the_row_like_observe_live():
+    with pytest.raises(FieldRuleError) as raised:
+        BreakerBoard().live_state(MINI, {"error_rate": 0.1}, T0)
+    assert (raised.value.field, raised.value.rule) == ("sample_count", "required")

@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prismops.testing.echo_baseline import EchoServer, LoadResult, drive_unary, echo_call
+from prismops.settings import Settings
+from prismops.testing.echo_baseline import (
+    EchoServer, LoadResult, compare_router_with_echo, drive_unary, echo_call, nearest_rank,
+)
 
 
 def test_the_echo_answers_with_its_input_bytes_over_a_real_channel():
@@ -91,12 +94,45 @@ def test_failed_calls_are_counted_and_left_out_of_the_latencies():
     assert result.first_error == "UNAVAILABLE: scripted failure"
 
 
+def test_on_start_runs_once_after_every_warm_up_call_and_before_any_timed_one():
+    caller = CountingCaller()
+    calls_at_start: list[int] = []
+
+    result = drive_unary(caller.open, requests=40, concurrency=4, warmup=12,
+                         on_start=lambda: calls_at_start.append(caller.calls))
+
+    assert calls_at_start == [12]
+    assert (caller.calls, result.requests) == (52, 40)
+
+
+def test_the_echo_times_its_handler_once_per_call():
+    with EchoServer() as echo, grpc.insecure_channel(echo.target) as channel:
+        call = echo_call(channel)
+        for _ in range(5):
+            call(b"ping", timeout=5.0)
+    assert len(echo.handler_ns) == 5
+    assert all(0 <= ns < 10**9 for ns in echo.handler_ns)
+
+
+def test_compare_keeps_the_server_times_of_the_timed_calls_only():
+    result = compare_router_with_echo(Settings(), requests=30, concurrency=2, warmup=10)
+
+    assert (result.router.errors, result.echo.errors) == (0, 0)
+    assert (len(result.router_server_ms), len(result.echo_server_ms)) == (30, 30)
+    assert all(ms > 0 for ms in result.router_server_ms)
+    assert all(ms >= 0 for ms in result.echo_server_ms)
+
+
 def test_a_client_that_cannot_connect_fails_the_run_with_its_reason():
     def unreachable():
         raise FailedCall()
 
     with pytest.raises(RuntimeError, match="UNAVAILABLE: scripted failure"):
         drive_unary(unreachable, requests=10, concurrency=3)
+
+
+def test_nearest_rank_of_nothing_is_zero():
+    assert (nearest_rank([], 0.5), nearest_rank([3.0], 0.99)) == (0.0, 3.0)
 
 
 def test_percentiles_are_nearest_rank():

@@ -41,6 +41,18 @@ def test_upsert_keeps_the_latest_row_per_model_and_hands_out_copies():
     assert set(table.snapshot()) == {("openai", "gpt-4o-mini")}
 
 
+def test_peek_hands_out_the_stored_row_which_an_upsert_replaces_rather_than_changes():
+    table = LiveModelTable()
+    table.upsert(row("openai", "gpt-4o", 500))
+    peeked = table.peek_key(("openai", "gpt-4o"))
+
+    assert peeked is table.peek_key(("openai", "gpt-4o"))
+    assert table.peek_key(("openai", "nope")) is None
+    table.upsert(row("openai", "gpt-4o", 900))
+    assert peeked["p95_latency_ms"] == 500
+    assert table.peek_key(("openai", "gpt-4o"))["p95_latency_ms"] == 900
+
+
 def test_concurrent_upserts_and_reads_stay_consistent():
     table = LiveModelTable()
 

@@ -1072,10 +1072,26 @@ def test_the_bundled_policy_routes_its_example_services():
         "default", ("openai", "gpt-4o-mini"), CHEAPEST_WITHIN_SLO)
 
 
+def test_each_policy_object_answers_with_its_own_routes_and_models():
+    """The engine remembers route lookups and parsed model names per installed policy: a new policy (a file
+    reload or SetPolicy) must be read afresh, and going back to an earlier one must find its routes again."""
+    first = make_policy(chat_route())
+    second = make_policy({**chat_route(), "name": "chat-v2", "primary": name(MINI), "fallbacks": [name(GPT4O)]})
+    for _ in range(2):
+        before, after = run(first), run(second)
+        assert (before.route, chosen(before), [c.model for c in before.candidates]) == (
+            "chat", GPT4O, [key[1] for key in CHAT_CHAIN])
+        assert (after.route, chosen(after), [c.model for c in after.candidates]) == ("chat-v2", MINI, ["gpt-4o-mini", "gpt-4o"])
+    assert run(first, request=ask(service="other", allowed_models=(FLASH,))).route == "__implicit__"
+
+
 def test_formatting_of_numbers_in_sentences():
     assert format_usd(Decimal("0.000450000000")) == "0.00045"
     assert format_usd(Decimal("100.000000000000")) == "100"
     assert format_usd(Decimal("0E-12")) == "0"
+    # remembered per amount: equal amounts in any exponent print alike, whichever came first
+    assert format_usd(Decimal("0.00045")) == format_usd(Decimal("0.000450")) == "0.00045"
+    assert format_usd(Decimal("-0")) == format_usd(Decimal("0.000")) == "0"
     assert format_ms(412.0) == "412"
     assert format_ms(412.46) == "412.5"
 

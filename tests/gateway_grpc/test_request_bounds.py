@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prismops.gateway_grpc import codegen
 
@@ -22,8 +24,10 @@ from prismops.gateway_grpc.client import RouterClient  # noqa: E402
 from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
 from prismops.gateway_grpc.policy_config import BUNDLED_POLICY, PolicyStore  # noqa: E402
 from prismops.gateway_grpc.request_bounds import (  # noqa: E402
-    ERROR_DETAIL_MAX_BYTES, ERROR_DETAIL_MAX_CHARS, MAX_HINTS, cap_detail,
+    ERROR_DETAIL_MAX_BYTES, ERROR_DETAIL_MAX_CHARS, MAX_HINTS, cap_detail, check_decide,
 )
+from prismops.errors import FieldRuleError  # noqa: E402
+from prismops.finops.text_rules import check_id, check_name  # noqa: E402
 from prismops.gateway_grpc.routing.v1 import routing_pb2  # noqa: E402
 from prismops.gateway_grpc.server import GatewayState, build_server  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
@@ -295,6 +299,51 @@ def test_an_unexpected_exception_is_reported_capped(tmp_path):
                 assert len(error.details()) <= ERROR_DETAIL_MAX_CHARS
     finally:
         server.stop(0).wait()
+
+
+def first_field_error(request: routing_pb2.DecideRequest) -> tuple[str, str, str] | None:
+    """The text rules applied field by field, in check_decide's order: what its fast path must agree with."""
+    checks = [(check_name, name, getattr(request, name))
+              for name in ("tenant", "service", "feature", "task_type", "region", "customer")]
+    checks += [(check_id, name, getattr(request, name)) for name in ("request_id", "session_id")]
+    for index, ref in enumerate(request.allowed_models):
+        checks += [(check_name, f"allowed_models[{index}].provider", ref.provider),
+                   (check_name, f"allowed_models[{index}].model", ref.model)]
+    checks += [(check_name, f"hints[{index}]", hint) for index, hint in enumerate(request.hints)]
+    for check, field, value in checks:
+        try:
+            check(field, value)
+        except FieldRuleError as error:
+            return (error.field, error.rule, error.message)
+    return None
+
+
+# mostly plain text, with the characters that matter: forbidden ones (bidi, zero-width, controls, line and
+# paragraph separators, unassigned, private use) and allowed-but-not-isprintable ones (no-break and ideographic space)
+texts = st.one_of(
+    st.text(alphabet=st.sampled_from("ab/-_.9 é中"), max_size=12),
+    st.text(alphabet=st.sampled_from(f"ab {RLO}{ZWSP}\x00\t\u2028\u2029\u0378\ue000\u00a0\u3000"), max_size=6),
+    st.text(max_size=8),
+    st.builds(lambda n: "x" * n, st.sampled_from([128, 129, 256, 257])),
+)
+
+
+@given(names=st.lists(texts, min_size=6, max_size=6), ids=st.lists(texts, min_size=2, max_size=2),
+       models=st.lists(st.tuples(texts, texts), max_size=3), hints=st.lists(texts, max_size=3))
+@settings(deadline=None, max_examples=300)
+def test_check_decide_fast_path_agrees_with_the_field_by_field_rules(names, ids, models, hints):
+    request = routing_pb2.DecideRequest(
+        **dict(zip(("tenant", "service", "feature", "task_type", "region", "customer"), names)),
+        request_id=ids[0], session_id=ids[1], hints=hints,
+        allowed_models=[routing_pb2.ModelRef(provider=p, model=m) for p, m in models],
+    )
+    expected = first_field_error(request)
+    try:
+        check_decide(request, max_candidates=64)
+    except FieldRuleError as error:
+        assert (error.field, error.rule, error.message) == expected
+    else:
+        assert expected is None
 
 
 def test_cap_detail_leaves_short_messages_alone():

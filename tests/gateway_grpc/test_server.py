@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import shutil
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,7 @@ codegen.ensure_stubs()
 from prismops.finops.pricing import load_catalog  # noqa: E402
 from prismops.gateway_grpc.auth import token_digest  # noqa: E402
 from prismops.gateway_grpc.client import RouterClient  # noqa: E402
+from prismops.gateway_grpc import server as server_module  # noqa: E402
 from prismops.gateway_grpc.live_table import BudgetStateTable, LiveModelTable  # noqa: E402
 from prismops.gateway_grpc.policy_config import BUNDLED_POLICY, sha256_text  # noqa: E402
 from prismops.gateway_grpc.server import (  # noqa: E402
@@ -411,6 +413,51 @@ def test_not_ready_router_is_not_serving_and_answers_unavailable(gateway_setting
     finally:
         server.stop(0).wait()
     assert publisher.messages == []
+
+
+def test_decide_ns_gets_the_handler_time_of_each_answered_decide(gateway_settings, table, publisher, state):
+    decide_ns: list[int] = []
+    server = build_server(gateway_settings, table, publisher=publisher, state=state, decide_ns=decide_ns)
+    server.start()
+    try:
+        with RouterClient(f"127.0.0.1:{gateway_settings.gateway.port}") as client:
+            for _ in range(3):
+                client.decide("acme", "chat", "answer", [MINI], latency_slo_ms=800)
+            with pytest.raises(grpc.RpcError):
+                client.decide("", "chat", "answer", [MINI])
+    finally:
+        server.stop(0).wait()
+    assert len(decide_ns) == 3
+    assert all(0 < ns < 10**9 for ns in decide_ns)
+
+
+def test_with_a_tracer_provider_decide_opens_a_span_continuing_the_callers_trace(monkeypatch, client):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # as configure_tracing would install it, without making it global for the rest of the test session
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(server_module, "_tracer", provider.get_tracer("prismops.gateway"))
+    with provider.get_tracer("a-service").start_as_current_span("handle request") as root:
+        client.decide("acme", "chat", "answer", [MINI], latency_slo_ms=800)
+
+    [decide_span] = [span for span in exporter.get_finished_spans() if span.name == "routing.v1.Router/Decide"]
+    assert decide_span.context.trace_id == root.get_span_context().trace_id
+    assert decide_span.parent.span_id == root.get_span_context().span_id
+    assert decide_span.kind is trace.SpanKind.SERVER
+    provider.shutdown()
+
+
+def test_decision_ids_are_distinct_random_uuids_across_batches():
+    made = [server_module._decision_ids.new() for _ in range(600)]  # more than two 4 KiB batches of 16 bytes
+    assert len(set(made)) == 600
+    assert all(uuid.UUID(made_id).version == 4 and uuid.UUID(made_id).variant == uuid.RFC_4122 for made_id in made)
+    assert all(str(uuid.UUID(made_id)) == made_id for made_id in made)
 
 
 def test_a_taken_port_is_a_clear_error(gateway_settings, table, publisher, target):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer
 
 from prismops.cli.app import main
-from prismops.streams.codecs import codec_for
+from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.topics import LLM_USAGE
 
 
@@ -28,7 +28,8 @@ def test_simulate_produces_decodable_events_through_the_sdk(isolated_settings):
     consumer.subscribe([LLM_USAGE.name(isolated_settings)])
     events = []
     for _ in range(60):
-        events += [codec_for("llm_usage_event").decode(m.value()) for m in consumer.consume(500, 1.0) if not m.error()]
+        events += [item.value for m in consumer.consume(500, 1.0) if not m.error()
+                   for item in batch_codec_for("llm_usage_event").decode(m.value()).items]
         if len(events) >= 300:
             break
     consumer.close()

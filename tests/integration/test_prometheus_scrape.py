@@ -80,7 +80,8 @@ def test_prometheus_sees_the_pipeline_counters_move_during_a_simulation(pipeline
 
         wait_for(lambda: (instant(server, COST_LINES) or 0.0) >= baseline + EVENTS, 90, components,
                  f"{EVENTS} more cost lines counted in Prometheus (from {baseline:g})")
-        assert (instant(server, 'sum(increase(prismops_cost_lines_total{job="prismops-worker"}[1m]))') or 0) > 0
+        wait_for(lambda: (instant(server, 'sum(increase(prismops_cost_lines_total{job="prismops-worker"}[1m]))') or 0) > 0,
+                 60, components, "a positive increase() of the worker's cost lines")
         wait_for(lambda: (instant(server, sink_in) or 0.0) >= sink_baseline + EVENTS, 60, components,
                  "the sink's consumed records moving in Prometheus")
         assert (instant(server, 'sum(llm_request_total{job="prismops-worker"})') or 0) >= EVENTS

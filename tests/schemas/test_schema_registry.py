@@ -34,13 +34,38 @@ def test_the_topic_schemas_are_all_present():
     assert {spec.schema for spec in ALL_TOPICS} <= set(schemas.schema_names())
 
 
+def _pinned_items(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["prismops.items"]] if "prismops.items" in node else []
+        return found + [name for value in node.values() for name in _pinned_items(value)]
+    if isinstance(node, list):
+        return [name for value in node for name in _pinned_items(value)]
+    return []
+
+
+def test_a_batch_carries_the_item_version_it_pins():
+    item = schemas.get("cost_line", 3).definition
+    batch = schemas.get("cost_line_batch", 1).definition
+    [lines] = [f for f in batch["fields"] if f["name"] == "lines"]
+    assert lines["type"]["items"] == item
+
+
 @pytest.mark.parametrize("file_name", _avsc_files())
 def test_every_schema_file_parses_with_fastavro(file_name):
     definition = json.loads(resources.files("prismops.schemas").joinpath(file_name).read_text())
     assert definition["type"] == "record"
-    parsed = fastavro.parse_schema(definition)
+    named: dict = {}
+    pinned = _pinned_items(definition)
+    for item_file in pinned:  # a batch file names its item; fastavro resolves the name from the item's own file
+        fastavro.parse_schema(json.loads(resources.files("prismops.schemas").joinpath(f"{item_file}.avsc").read_text()),
+                              named_schemas=named)
+    fastavro.parse_schema(definition, named_schemas=named)
     match = AVSC_FILE.match(file_name)
     version = schemas.get(match["name"], int(match["version"]))
+    if pinned:
+        definition = version.definition  # expanded on load: the item's definition in place of its name
+        assert "prismops.items" not in json.dumps(definition)
+    parsed = fastavro.parse_schema(definition)
     assert version.definition == definition
     # `.parsed` is the fastavro-parsed form of the same definition (and is cached).
     assert version.parsed == parsed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -19,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from prismops.settings import KafkaSettings, Settings
-from prismops.streams.codecs import CodecError, codec_for
+from prismops.streams.codecs import CodecError, batch_codec_for, codec_for
 from prismops.streams.producer import (
     AVRO_SINGLE_OBJECT,
     CONTENT_TYPE_HEADER,
@@ -57,11 +58,20 @@ def _unreachable(**kafka: Any) -> Settings:
     return Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", **kafka))
 
 
-@pytest.fixture()
-def producer() -> UsageProducer:
-    usage = UsageProducer(_unreachable(), producer_config={"log_level": 0})
+def _recording(settings: Settings) -> UsageProducer:
+    usage = UsageProducer(settings, producer_config={"log_level": 0})
     usage._producer = RecordingProducer()
     return usage
+
+
+@pytest.fixture()
+def producer() -> UsageProducer:
+    """Batches close on flush (or a full batch) only: the linger is an hour."""
+    return _recording(_unreachable().with_overrides(sdk={"batch_linger_ms": 3_600_000}))
+
+
+def _batch_ids(sent: dict[str, Any]) -> list[str]:
+    return [item.value["event_id"] for item in batch_codec_for("llm_usage_event").decode(sent["value"]).items]
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
@@ -158,21 +168,63 @@ def test_invalid_event_raises_codec_error_before_anything_is_sent(producer):
     assert producer._producer.produced == []
 
 
-def test_valid_event_is_produced_to_the_llm_topic_keyed_by_tenant(producer):
-    event = _event()
-    producer.record_llm_call(event)
+def test_calls_travel_as_one_batch_record_sent_on_flush(producer):
+    events = [_event(), _event(tenant="globex")]
+    for event in events:
+        producer.record_llm_call(event)
+    assert producer._producer.produced == []
+    producer.flush()
     [sent] = producer._producer.produced
     assert sent["topic"] == LLM_USAGE.name(producer._settings)
-    assert sent["key"] == b"acme"
-    assert codec_for("llm_usage_event").decode(sent["value"])["event_id"] == event["event_id"]
+    assert sent["key"] is None  # a batch holds many tenants; the worker prices it wherever it lands
+    assert _batch_ids(sent) == [e["event_id"] for e in events]
     assert callable(sent["on_delivery"])
     assert producer._producer.polls >= 1
 
 
-def test_topic_namespace_prefixes_the_topic():
-    usage = UsageProducer(_unreachable(topic_namespace="staging."), producer_config={"log_level": 0})
-    usage._producer = RecordingProducer()
+def test_a_full_batch_is_sent_without_waiting():
+    usage = _recording(_unreachable().with_overrides(sdk={"batch_max_events": 3, "batch_linger_ms": 3_600_000}))
+    events = [_event() for _ in range(7)]
+    for event in events:
+        usage.record_llm_call(event)
+    assert [len(_batch_ids(sent)) for sent in usage._producer.produced] == [3, 3]
+    usage.flush()
+    assert [i for sent in usage._producer.produced for i in _batch_ids(sent)] == [e["event_id"] for e in events]
+
+
+def test_a_batch_never_outgrows_its_byte_limit():
+    usage = _recording(_unreachable().with_overrides(sdk={"batch_max_bytes": 2048, "batch_linger_ms": 3_600_000}))
+    for _ in range(40):
+        usage.record_llm_call(_event(labels={"k": "v" * 100}))
+    usage.flush()
+    sizes = [len(sent["value"]) for sent in usage._producer.produced]
+    assert len(sizes) > 1 and max(sizes) <= 2048 + 64  # the bodies fit the limit; framing adds a few bytes
+    assert sum(len(_batch_ids(sent)) for sent in usage._producer.produced) == 40
+
+
+def test_a_quiet_service_batch_leaves_after_the_linger():
+    usage = _recording(_unreachable().with_overrides(sdk={"batch_linger_ms": 10}))
     usage.record_llm_call(_event())
+    deadline = time.monotonic() + 10
+    while not usage._producer.produced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(usage._producer.produced) == 1
+    usage.close()
+
+
+def test_single_records_keyed_by_tenant_when_batching_is_off():
+    usage = _recording(_unreachable().with_overrides(sdk={"batch_max_events": 1}))
+    event = _event()
+    usage.record_llm_call(event)
+    [sent] = usage._producer.produced
+    assert sent["key"] == b"acme"
+    assert codec_for("llm_usage_event").decode(sent["value"])["event_id"] == event["event_id"]
+
+
+def test_topic_namespace_prefixes_the_topic():
+    usage = _recording(_unreachable(topic_namespace="staging."))
+    usage.record_llm_call(_event())
+    usage.flush()
     assert usage._producer.produced[0]["topic"] == "staging." + LLM_USAGE.base_name
 
 
@@ -190,9 +242,11 @@ def test_gpu_usage_is_keyed_by_cluster_and_node(producer):
 def test_delivery_failures_are_reported_and_raised_on_flush(producer):
     seen: list[DeliveryFailure] = []
     producer._on_error = seen.append
-    event = _event()
+    event, other = _event(), _event()
     producer.record_llm_call(event)
-    producer.record_llm_call(_event())
+    producer._send_pending()
+    producer.record_llm_call(other)
+    producer._send_pending()
 
     class FakeError:
         def str(self) -> str:
@@ -231,6 +285,7 @@ def test_traceparent_header_continues_the_callers_trace(producer, spans):
     tracer = trace.get_tracer("tests.producer")
     with tracer.start_as_current_span("handle request") as outer:
         producer.record_llm_call(_event())
+    producer.flush()
     headers = dict(producer._producer.produced[0]["headers"])
 
     match = TRACEPARENT.match(headers["traceparent"].decode())
@@ -251,9 +306,23 @@ def test_traceparent_header_continues_the_callers_trace(producer, spans):
     assert b"avro" in AVRO_SINGLE_OBJECT and b"single-object" in AVRO_SINGLE_OBJECT
 
 
-def test_each_call_gets_a_trace_of_its_own_outside_a_span(producer, spans):
+def test_a_batch_links_every_callers_span(producer, spans):
+    tracer = trace.get_tracer("tests.producer")
+    with tracer.start_as_current_span("first request") as first:
+        producer.record_llm_call(_event())
+    with tracer.start_as_current_span("second request") as second:
+        producer.record_llm_call(_event())
+    producer.flush()
+    [publish] = [s for s in spans.get_finished_spans() if s.name.endswith("publish")]
+    assert publish.parent.span_id == first.get_span_context().span_id
+    assert [link.context.span_id for link in publish.links] == [second.get_span_context().span_id]
+
+
+def test_each_record_gets_a_trace_of_its_own_outside_a_span(producer, spans):
     producer.record_llm_call(_event())
+    producer.flush()
     producer.record_llm_call(_event())
+    producer.flush()
     trace_ids = [
         TRACEPARENT.match(dict(sent["headers"])["traceparent"].decode())["trace_id"]
         for sent in producer._producer.produced

@@ -1,0 +1,211 @@
+"""A fast Avro binary writer for records this process builds itself, compiled once per schema into closures.
+
+Why: fastavro's writer spends about a microsecond per field on our cost lines (union branch checks and logical
+type conversions per value), which made encoding a priced line cost more than pricing it. The schemas we
+write need only a small part of Avro: records, enums, arrays, maps, `[null, X]` unions, the primitives, and
+the `decimal` (bytes) and `timestamp-micros` logical types; each field's writer is chosen once, when the schema
+is compiled, so writing a record is a walk over a list of small functions. Output is standard Avro binary
+(fastavro reads it back: tests/streams/test_avro_writer.py checks every shipped schema both ways).
+
+Values are trusted: the caller built them in the schema's shape. A wrong type raises (TypeError, KeyError,
+AttributeError) rather than writing something else; a decimal with more places than its scale raises
+ValueError instead of rounding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Callable, Mapping
+from decimal import Context, Decimal
+from typing import Any
+
+Writer = Callable[[Any, bytearray], None]
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_WIDE = Context(prec=100)
+_SMALL = [bytes([n << 1]) for n in range(64)]  # 0..63 zig-zag to one byte each
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
+class UnsupportedSchema(TypeError):
+    """A schema using a part of Avro this writer does not cover (fixed, general unions, other logical types)."""
+
+
+def zigzag(value: int) -> bytes:
+    """Avro's variable-length zig-zag encoding of an int or long."""
+    if 0 <= value < 64:
+        return _SMALL[value]
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _write_long(value: int, out: bytearray) -> None:
+    if value.__class__ is bool:
+        raise TypeError("a boolean is not an Avro long")
+    if 0 <= value < 64:
+        out.append(value << 1)
+    else:
+        out += zigzag(value)
+
+
+def _write_string(value: str, out: bytearray) -> None:
+    data = value.encode()
+    size = len(data)
+    if size < 64:  # most names and ids: the length is one byte
+        out.append(size << 1)
+    else:
+        out += zigzag(size)
+    out += data
+
+
+def _write_bytes(value: bytes, out: bytearray) -> None:
+    out += zigzag(len(value))
+    out += value
+
+
+def _write_boolean(value: bool, out: bytearray) -> None:
+    if value.__class__ is not bool:
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    out.append(1 if value else 0)
+
+
+def _write_double(value: float, out: bytearray) -> None:
+    out += _DOUBLE.pack(value)
+
+
+def _write_float(value: float, out: bytearray) -> None:
+    out += _FLOAT.pack(value)
+
+
+def _write_null(value: None, out: bytearray) -> None:
+    if value is not None:
+        raise TypeError("expected null")
+
+
+def _write_timestamp_micros(value: dt.datetime, out: bytearray) -> None:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    out += zigzag((value - _EPOCH) // _MICROSECOND)
+
+
+def _decimal_writer(scale: int) -> Writer:
+    def write(value: Decimal, out: bytearray) -> None:
+        if value.as_tuple().exponent < -scale:  # type: ignore[operator]
+            raise ValueError(f"{value} has more than {scale} decimal places")
+        unscaled = int(value.scaleb(scale, context=_WIDE))
+        data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
+        out += zigzag(len(data))
+        out += data
+    return write
+
+
+_PRIMITIVES: dict[str, Writer] = {
+    "null": _write_null, "boolean": _write_boolean, "int": _write_long, "long": _write_long,
+    "float": _write_float, "double": _write_double, "bytes": _write_bytes, "string": _write_string,
+}
+
+
+def compile_writer(schema: Any, named: dict[str, Writer] | None = None, namespace: str = "") -> Writer:
+    """The writer of one schema definition (the JSON form, as `prismops.schemas` loads it)."""
+    named = {} if named is None else named
+    if isinstance(schema, list):
+        return _union_writer(schema, named, namespace)
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return _PRIMITIVES[schema]
+        full = schema if "." in schema or not namespace else f"{namespace}.{schema}"
+        if full in named:
+            return named[full]
+        raise UnsupportedSchema(f"unknown type {schema}")
+    kind, logical = schema["type"], schema.get("logicalType")
+    if logical == "decimal" and kind == "bytes":
+        return _decimal_writer(schema.get("scale", 0))
+    if logical == "timestamp-micros" and kind == "long":
+        return _write_timestamp_micros
+    if logical is not None:
+        raise UnsupportedSchema(f"logical type {logical} on {kind}")
+    if kind == "record":
+        return _record_writer(schema, named, schema.get("namespace", namespace))
+    if kind == "enum":
+        index = {symbol: zigzag(i) for i, symbol in enumerate(schema["symbols"])}
+
+        def write_enum(value: str, out: bytearray) -> None:
+            out += index[value]
+        _name(schema, namespace, named, write_enum)
+        return write_enum
+    if kind == "array":
+        item = compile_writer(schema["items"], named, namespace)
+
+        def write_array(value: list, out: bytearray) -> None:
+            if value:
+                out += zigzag(len(value))
+                for element in value:
+                    item(element, out)
+            out.append(0)
+        return write_array
+    if kind == "map":
+        values = compile_writer(schema["values"], named, namespace)
+
+        def write_map(value: Mapping[str, Any], out: bytearray) -> None:
+            if value:
+                out += zigzag(len(value))
+                for key, element in value.items():
+                    _write_string(key, out)
+                    values(element, out)
+            out.append(0)
+        return write_map
+    if kind in _PRIMITIVES:
+        return _PRIMITIVES[kind]
+    raise UnsupportedSchema(f"type {kind}")
+
+
+def _name(schema: Mapping[str, Any], namespace: str, named: dict[str, Writer], writer: Writer) -> None:
+    name = schema["name"]
+    named[name if "." in name else f"{schema.get('namespace', namespace)}.{name}".lstrip(".")] = writer
+
+
+def _union_writer(branches: list[Any], named: dict[str, Writer], namespace: str) -> Writer:
+    if len(branches) != 2 or branches[0] != "null":
+        raise UnsupportedSchema(f"union {branches}: only [null, X] is covered")
+    other = compile_writer(branches[1], named, namespace)
+
+    def write_optional(value: Any, out: bytearray) -> None:
+        if value is None:
+            out.append(0)
+        else:
+            out.append(2)  # branch 1, zig-zag encoded
+            other(value, out)
+    return write_optional
+
+
+def _record_writer(schema: Mapping[str, Any], named: dict[str, Writer], namespace: str) -> Writer:
+    fields: list[tuple[str, Writer, Any, bool]] = []
+
+    def write_record(value: Mapping[str, Any], out: bytearray) -> None:
+        for name, write, default, has_default in fields:
+            try:
+                field_value = value[name]
+            except KeyError:
+                if not has_default:
+                    raise
+                field_value = default
+            write(field_value, out)
+
+    _name(schema, namespace, named, write_record)  # before the fields: a record may refer to itself
+    for field in schema["fields"]:
+        fields.append((field["name"], compile_writer(field["type"], named, namespace), field.get("default"),
+                       "default" in field))
+    return write_record
+
+
+def encode(writer: Writer, value: Any) -> bytes:
+    out = bytearray()
+    writer(value, out)
+    return bytes(out)

@@ -1,0 +1,56 @@
+"""agents/llm_agents: how one usage record's outputs are cut into batch records (pure parts, no Faust run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from prismops.agents.context import OutputTooLarge
+from prismops.agents.llm_agents import CHUNKS_PER_RECORD, cost_line_batches, encode_chunks
+from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usage_record
+from prismops.settings import Settings
+from prismops.streams.codecs import batch_codec_for
+from prismops.streams.partitioning import KeyPartitioner
+from prismops.streams.simulation import TrafficGenerator
+
+LINES = batch_codec_for("cost_line")
+
+
+def _lines(count: int) -> list[dict]:
+    usage = batch_codec_for("llm_usage_event")
+    events = list(TrafficGenerator(seed=9).events(count))
+    priced = price_usage_record(usage.frame([usage.items.encode_body(e) for e in events]),
+                                LlmPricingContext.from_settings(Settings()), dt.datetime.now(dt.timezone.utc))
+    return [o.cost_line for o in priced.outcomes if isinstance(o, PricedUsage)]
+
+
+def test_every_batch_of_a_record_has_a_position_of_its_own_and_each_line_its_tenants_partition():
+    lines, partition_of = _lines(300), KeyPartitioner(4)
+    batches = cost_line_batches(LINES, lines, partition_of, "usage/2", offset=17, max_bytes=20_000)
+    decoded = [(partition, LINES.decode(value)) for partition, value in batches]
+    positions = [d.position for _, d in decoded]
+    assert len(set(positions)) == len(positions) > 4, "split batches and partitions never share a position"
+    assert all(17 * CHUNKS_PER_RECORD <= p < 18 * CHUNKS_PER_RECORD for p in positions)
+    assert {d.origin for _, d in decoded} == {"usage/2"}
+    assert all(partition_of(item.value["tenant"]) == partition for partition, d in decoded for item in d.items)
+    assert sorted(item.value["line_id"] for _, d in decoded for item in d.items) == sorted(l["line_id"] for l in lines)
+    assert all(len(value) <= 20_000 + 64 for _, value in batches)
+
+
+def test_a_replay_cuts_the_same_batches():
+    lines = _lines(120)
+    assert cost_line_batches(LINES, lines, KeyPartitioner(4), "u/0", 5, 10_000) == \
+        cost_line_batches(LINES, lines, KeyPartitioner(4), "u/0", 5, 10_000)
+
+
+def test_one_item_over_the_limit_is_refused():
+    with pytest.raises(OutputTooLarge):
+        encode_chunks(LINES.encode_array, _lines(1), 50)
+
+
+def test_the_partitioner_agrees_with_the_producers_murmur2():
+    ours, theirs = KeyPartitioner(6), DefaultPartitioner()
+    assert all(ours(key) == theirs(key.encode(), list(range(6)), list(range(6)))
+               for key in ("acme", "globex", "initech", "t" * 100, "ünï"))
