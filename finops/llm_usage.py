@@ -19,7 +19,7 @@ from typing import Any
 from prismops.finops.pricing import MONEY_QUANTUM, CostBreakdown, PriceCatalog, load_catalog, price_llm_call
 from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
 from prismops.finops.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
-from prismops.finops.validation import validate_llm_usage
+from prismops.finops.validation import DEFAULT_MAX_TOKENS_PER_CALL, service_tier_of, validate_llm_usage
 from prismops.settings import Settings
 from prismops.streams.codecs import BatchItem, CodecError, batch_codec_for, codec_for
 from prismops.errors import FieldRuleError
@@ -71,6 +71,7 @@ class LlmPricingContext:
     catalog: PriceCatalog
     registry: ServiceRegistry
     user_hash_key: bytes
+    max_tokens_per_call: int = DEFAULT_MAX_TOKENS_PER_CALL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LlmPricingContext":
@@ -78,12 +79,19 @@ class LlmPricingContext:
             load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides),
             load_service_registry(settings.tagging.service_registry),
             settings.pii.hash_key.get_secret_value().encode(),
+            settings.pricing.max_tokens_per_call,
         )
+
+    def validate(self, event: dict[str, Any], now: dt.datetime) -> None:
+        """Every rule an event must meet before it is priced (InvalidEvent names the field and the rule)."""
+        validate_llm_usage(event, now, self.max_tokens_per_call)
+        service_tier_of(event)
 
 
 def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
     dims, tag_source = resolve_dimensions(event, pricing.registry, pricing.catalog.infer_provider)
-    priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"]}, pricing.catalog)
+    priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"],
+                             "service_tier": service_tier_of(event)}, pricing.catalog)
     tokens = event["input_tokens"] + event["output_tokens"]
     customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
     line = {
@@ -167,7 +175,7 @@ def price_usage_item(item: BatchItem, pricing: LlmPricingContext, now: dt.dateti
         error = item.error or CodecError(None, "json_decode", "not an event")
         return Rejection(error.field, error.rule, error.message, item.original)
     try:
-        validate_llm_usage(item.value, now)
+        pricing.validate(item.value, now)
     except FieldRuleError as exc:
         original = item.original if item.original is not None else codec_for("llm_usage_event").encode(item.value)
         return Rejection(exc.field, exc.rule, exc.message, original)
@@ -179,7 +187,7 @@ def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.d
     cleaned, dropped = strip_content_fields(value)
     try:
         event = codec_for("llm_usage_event").decode(cleaned)
-        validate_llm_usage(event, now)
+        pricing.validate(event, now)
     except FieldRuleError as exc:
         return Rejection(exc.field, exc.rule, exc.message, cleaned)
     outcome = build_llm_cost_line(event, pricing)

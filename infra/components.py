@@ -85,6 +85,15 @@ class Components:
             return []
         return [line for line in path.read_text(errors="replace").splitlines() if CRASH_MARKERS.search(line)]
 
+    def log_tails(self, lines: int = 25) -> str:
+        """The last lines of every component's log, for a failure message that explains itself in CI."""
+        parts = []
+        for name in self.processes:
+            path = self.log_path(name)
+            tail = path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
+            parts.append(f"--- last lines of {name}.log:\n" + ("\n".join(tail) or "(empty)"))
+        return "\n".join(parts)
+
     def check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:

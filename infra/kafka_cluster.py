@@ -294,12 +294,22 @@ class KafkaCluster:
 
     def under_replicated(self, timeout_s: float = 10.0) -> int:
         """Partitions (internal topics included) whose ISR is smaller than their replica set, or that have no
-        leader; a cluster that does not answer is an error."""
-        metadata = self._metadata(None, timeout_s)
-        if metadata is None:
+        leader, as the most lagging node reports them: each broker serves metadata from its own copy of the
+        metadata log, so one node may still show a shrunk ISR that another already shows healed. Nodes that
+        do not answer are skipped; a cluster where none answers is an error."""
+        counts = [
+            self._count_under_replicated(metadata)
+            for metadata in (self._metadata(node_id, timeout_s) for node_id in self.node_ids)
+            if metadata is not None
+        ]
+        if not counts:
             raise StackError(
                 f"the Kafka cluster ({self.bootstrap}) did not answer a metadata request within {timeout_s:g}s"
             )
+        return max(counts)
+
+    @staticmethod
+    def _count_under_replicated(metadata: Any) -> int:
         count = 0
         for topic in metadata.topics.values():
             for partition in topic.partitions.values():

@@ -89,6 +89,9 @@ class PricingSettings(BaseModel):
 
     catalog: Path | None = Field(default=None, description="price catalog file; default: the bundled catalog")
     tenant_overrides: Path | None = Field(default=None, description="YAML of negotiated per-tenant prices")
+    max_tokens_per_call: int = Field(
+        default=10**9, ge=1, description="most tokens one call may count, per token field; more is rejected "
+        "(rule max_tokens: dead-lettered by the worker, an error line from `prismops price`)")
 
 
 class TaggingSettings(BaseModel):

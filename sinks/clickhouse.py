@@ -106,6 +106,15 @@ def cost_line_row(
         "billed_cost_usd": value.get("billed_cost_usd"),
         "list_cost_usd": value.get("list_cost_usd"),
         "charge_category": value.get("charge_category"),
+        "currency": value.get("currency") or "USD",
+        "billed_cost": value.get("billed_cost"),
+        "effective_cost": value.get("effective_cost"),
+        "list_cost": value.get("list_cost"),
+        "contracted_cost": value.get("contracted_cost"),
+        "billing_account_id": value.get("billing_account_id"),
+        "billing_period_start": as_utc(value["billing_period_start"]) if value.get("billing_period_start") else None,
+        "export_id": value.get("export_id"),
+        "export_seq": value.get("export_seq") or 0,
         "priced": int(value["priced"]),
         "price_version": value["price_version"],
         "status": value["status"],
@@ -320,6 +329,7 @@ class CostLineSink(ClickHouseTableSink):
     def open(self) -> None:
         super().open()
         require_table(self.client, self.database, self.ledger)
+        require_table(self.client, self.database, "billing_exports")
 
     def expect_replays(self) -> None:
         self._check_every_id = True
@@ -340,9 +350,43 @@ class CostLineSink(ClickHouseTableSink):
         return {row[self.id_column] for row in rows if row["batch_id"] in stored}
 
     def write(self, batch: Sequence[SinkRecord]) -> WriteResult:
-        result = super().write(batch)
+        current, superseded = self.drop_superseded(batch)
+        result = super().write(current)
         self._check_every_id = False
+        if superseded:
+            result = WriteResult(result.rows_written, result.duplicates_skipped + superseded)
         return result
+
+    def drop_superseded(self, batch: Sequence[SinkRecord]) -> tuple[list[SinkRecord], int]:
+        """The records to store, and how many were left out: a cloud bill line of an export that a newer export of
+        its billing period has replaced (billing_exports: a larger sequence is in force). Such a line can arrive
+        after the restatement deleted its export's lines (it was still in Kafka); storing it would count the period
+        twice. Lines that belong to no recorded export (export_seq null) are always stored. Counted with the
+        duplicates skipped: both are lines the table must not get."""
+        keyed = [r for r in batch if r.value.get("export_seq") and r.value.get("billing_account_id")]
+        if not keyed:
+            return list(batch), 0
+        in_force = sequences_in_force(self.client, self.database, {r.value["billing_account_id"] for r in keyed})
+
+        def current(record: SinkRecord) -> bool:
+            value = record.value
+            if not value.get("export_seq") or not value.get("billing_account_id"):
+                return True
+            key = (value["billing_account_id"], as_utc(value["billing_period_start"]).replace(microsecond=0))
+            return value["export_seq"] >= in_force.get(key, 0)
+
+        kept = [r for r in batch if current(r)]
+        return kept, len(batch) - len(kept)
+
+
+def sequences_in_force(client: Any, database: str, accounts: Iterable[str]) -> dict[tuple[str, dt.datetime], int]:
+    """(billing account, UTC period start) → the sequence of the export in force, for the periods of `accounts`."""
+    found = client.execute(
+        f"SELECT billing_account_id, billing_period_start, max(sequence) FROM {table_ref(database, 'billing_exports')}"
+        " WHERE billing_account_id IN %(accounts)s GROUP BY billing_account_id, billing_period_start",
+        {"accounts": tuple(sorted(accounts))},
+    )
+    return {(account, as_utc(start)): int(sequence) for account, start, sequence in found}
 
 
 class RoutingDecisionSink(ClickHouseTableSink):

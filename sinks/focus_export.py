@@ -6,7 +6,9 @@ ServiceCategory is "AI and Machine Learning" throughout. Column choices, where F
 
 - EffectiveCost is PrismOps's cost; BilledCost and ListCost are the bill's own for cloud lines and the same
   cost otherwise; ContractedCost is EffectiveCost (PrismOps prices are the negotiated rates).
-- BillingAccountId/Name is the tenant, SubAccountId/Name the team; Tags carries every dimension as JSON.
+- BillingAccountId/Name is the tenant (BillingAccountType "Tenant"), SubAccountId/Name the team (SubAccountType
+  "Team"): two columns FOCUS 1.2 added, so a reader tells the file's version from its header; Tags carries every
+  dimension as JSON.
 - ProviderName/PublisherName is the model provider (the cluster for GPU lines); InvoiceIssuerName is the
   provider for LLM and cloud lines and "PrismOps" for GPU lines (internal chargeback, no outside invoice).
 - ServiceName is "LLM Inference" or "GPU Compute" (the cloud bill's own service for cloud lines), SkuId is
@@ -34,11 +36,11 @@ FOCUS_VERSION = "1.2"
 SERVICE_CATEGORY = "AI and Machine Learning"
 COLUMNS = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingAccountName",
-    "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory", "ChargeClass", "ChargeDescription",
+    "BillingAccountType", "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargeCategory", "ChargeClass", "ChargeDescription",
     "ChargeFrequency", "ChargePeriodStart", "ChargePeriodEnd", "ConsumedQuantity", "ConsumedUnit",
     "InvoiceIssuerName", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "RegionId",
     "ResourceId", "ResourceName", "ResourceType", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SkuId",
-    "SubAccountId", "SubAccountName", "Tags", "x_PrismOpsSource", "x_PrismOpsLines", "x_PrismOpsUnpricedLines",
+    "SubAccountId", "SubAccountName", "SubAccountType", "Tags", "x_PrismOpsSource", "x_PrismOpsLines", "x_PrismOpsUnpricedLines",
 )
 SOURCES = ("llm", "gpu", "cloud")
 DEFAULT_SOURCES = ("llm", "gpu")
@@ -102,6 +104,7 @@ def focus_rows(client: Any, database: str, month: str, *, sources: tuple[str, ..
         rows.append({
             "BilledCost": _amount(billed), "EffectiveCost": _amount(effective), "ListCost": _amount(listed),
             "ContractedCost": _amount(effective), "BillingAccountId": tenant, "BillingAccountName": tenant,
+            "BillingAccountType": "Tenant", "SubAccountType": "Team",
             "BillingCurrency": "USD", "BillingPeriodStart": _timestamp(since), "BillingPeriodEnd": _timestamp(until),
             "ChargeCategory": CHARGE_CATEGORIES.get(category.lower(), category), "ChargeClass": "",
             "ChargeDescription": f"{SERVICE_NAMES.get(source, model)}: {provider}/{model} for {tenant}/{service}/{feature}",

@@ -327,3 +327,53 @@ def anomalies(
     counts = ", ".join(f"{total[s]} {s}" for s in reversed(SEVERITIES) if total[s])
     title = f"{len(rows)} anomalies at {min_severity} or above, {_span(since, until)}" + (f" ({counts})" if counts else "")
     return Report(title, columns, rows, {"window_start": "", **total})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cloud bills in their own currencies, converted to USD only through an FX table (prismops.finops.fx)
+
+CLOUD_MONEY = ("billed_cost", "effective_cost", "list_cost", "contracted_cost")
+
+
+def cloud_bills(client: Any, database: str, *, since: dt.date, until: dt.date, fx: Any = None) -> Report:
+    """Cloud bill lines per BillingCurrency and ServiceName (cost_lines FINAL, source cloud, UTC event dates in
+    [since, until)): the four FOCUS costs in the bill's own currency, exact; with `fx` (a finops.fx.FxTable) each
+    also in USD, converted per UTC day at the rate in force that day (rounded once per day and currency, half-even,
+    12 places) and then summed. A day with no rate in the table is an FxError naming the currency and the day:
+    nothing is left out or converted at a guessed rate. The TOTAL row adds only what shares a unit: the line
+    count and the USD columns. Lines stored before cost lines had a currency are USD (their *_usd columns)."""
+    rows = client.execute(
+        f"""
+        SELECT currency, model, event_date, count() AS lines,
+               sum(ifNull(billed_cost, billed_cost_usd)) AS billed_cost,
+               sum(ifNull(effective_cost, cost_usd)) AS effective_cost,
+               sum(ifNull(list_cost, list_cost_usd)) AS list_cost,
+               sum(contracted_cost) AS contracted_cost
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE source = 'cloud' AND event_date >= %(since)s AND event_date < %(until)s
+        GROUP BY currency, model, event_date
+        ORDER BY currency, model, event_date
+        """,
+        {"since": since, "until": until},
+    )
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for currency, model, day, lines, *amounts in rows:
+        group = groups.setdefault((currency, model), {
+            "currency": currency, "service": model, "lines": 0,
+            **{name: decimal.Decimal(0) for name in CLOUD_MONEY},
+            **({f"{name}_usd": decimal.Decimal(0) for name in CLOUD_MONEY} if fx is not None else {}),
+        })
+        group["lines"] += int(lines)
+        for name, amount in zip(CLOUD_MONEY, amounts):
+            amount = decimal.Decimal(amount) if amount is not None else decimal.Decimal(0)
+            group[name] += amount
+            if fx is not None:
+                group[f"{name}_usd"] += fx.to_usd(amount, currency, day)
+    ordered = sorted(groups.values(), key=lambda g: (g["currency"], -g["effective_cost"], g["service"]))
+    columns = ["currency", "service", "lines", *CLOUD_MONEY]
+    total: dict[str, Any] = {"currency": "", "service": "", "lines": sum(g["lines"] for g in ordered)}
+    if fx is not None:
+        columns += [f"{name}_usd" for name in CLOUD_MONEY]
+        total |= {f"{name}_usd": sum((g[f"{name}_usd"] for g in ordered), decimal.Decimal(0)) for name in CLOUD_MONEY}
+    title = f"cloud bills by currency and service, {_span(since, until)}" + (" (USD via FX table)" if fx else "")
+    return Report(title, columns, ordered, total)

@@ -316,11 +316,13 @@ def settle_days(
     return results
 
 
-def prune_superseded(client: QueryClient, database: str, *, older_than: dt.timedelta = dt.timedelta(hours=1)) -> int:
-    """Delete the rollup rows of settles that a newer settle of the same day replaced more than `older_than` ago
-    (a report that looked up the old settle an instant before the new one landed is long done by then).
+def prune_superseded(client: QueryClient, database: str, *, older_than: dt.timedelta = dt.timedelta(hours=1),
+                     now: dt.datetime | None = None) -> int:
+    """Delete the rollup rows of settles that a newer settle of the same day replaced more than `older_than` before
+    `now` (default: the clock); a report that looked up the old settle an instant before the new one landed is long
+    done by then. Settle times have whole seconds, so a settle in the current second is never old enough.
     Returns how many settles were pruned."""
-    cutoff = _utc(dt.datetime.now(dt.timezone.utc) - older_than).replace(microsecond=0)
+    cutoff = _utc((now or dt.datetime.now(dt.timezone.utc)) - older_than).replace(microsecond=0)
     rows = client.execute(
         f"SELECT event_date, settle_id, settled_at FROM {table_ref(database, SETTLEMENTS)}"
         " ORDER BY event_date, settled_at, settle_id"

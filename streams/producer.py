@@ -5,6 +5,12 @@ by one as they are recorded, and grouped into one Kafka record per `sdk.batch_ma
 `sdk.batch_max_bytes` bytes or `sdk.batch_linger_ms` milliseconds, whichever comes first, so the worker pays
 Kafka's per-record cost once per batch, not once per call. `sdk.batch_max_events: 1` sends single records.
 
+A batch is open per partition of the usage topic, and a call joins the batch of its tenant's partition
+(murmur2 of the tenant, the partitioner Java clients, Faust and the single records here use). So one tenant's
+calls reach the worker in the order they were recorded, as keyed single records would: event-time windows and
+budget order depend on it. A batch sent to whichever partition is free would let a later batch of a tenant
+overtake an earlier one on another partition.
+
 Delivery is safe by default: idempotent producer, acks=all, retries inside librdkafka. A record that
 still cannot be delivered is never dropped quietly: `flush()` raises `DeliveryFailed` listing every
 failed event id (every event of a failed batch), and an optional `on_error` callback sees each failure as
@@ -21,12 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from prismops.settings import Settings
 from prismops.streams.codecs import batch_codec_for, codec_for
+from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.topics import GPU_USAGE, LLM_USAGE, TopicSpec
 
 _tracer = trace.get_tracer("prismops.streams.producer")
@@ -46,6 +53,10 @@ class DeliveryFailure:
     error: str
 
 
+class UsageTopicUnavailable(RuntimeError):
+    """The usage topic's partitions could not be learnt from the broker (missing topic or no broker)."""
+
+
 class DeliveryFailed(RuntimeError):
     def __init__(self, failures: list[DeliveryFailure]):
         shown = "; ".join(f"{f.event_id or f.key}: {f.error}" for f in failures[:5])
@@ -61,6 +72,8 @@ def safe_producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": 120_000,
+        "partitioner": "murmur2_random",  # as Java clients and Faust: a keyed record meets the batches of its key
+
     }
     conf.update(overrides)
     return conf
@@ -81,6 +94,7 @@ MAX_TRACE_LINKS = 32
 
 @dataclass
 class _PendingBatch:
+    partition: int
     bodies: list[bytes]
     event_ids: list[str | None]
     size: int
@@ -110,7 +124,8 @@ class UsageProducer:
         self._batch_max_events = sdk.batch_max_events
         self._batch_max_bytes = min(sdk.batch_max_bytes, settings.kafka.max_message_bytes - BATCH_OVERHEAD_BYTES)
         self._linger_s = sdk.batch_linger_ms / 1000
-        self._pending: _PendingBatch | None = None
+        self._pending: dict[int, _PendingBatch] = {}
+        self._partitioner: KeyPartitioner | None = None
         self._closed = threading.Event()
         self._linger_thread: threading.Thread | None = None
 
@@ -120,28 +135,47 @@ class UsageProducer:
             self._send(LLM_USAGE, event, key=str(event.get("tenant", "")))
             return
         body = self._usage.items.encode_body(event)
+        partition = self._usage_partition(str(event.get("tenant", "")))
         event_id = event.get("event_id")
         caller = trace.get_current_span().get_span_context()
         full = None
         with self._lock:
-            pending = self._pending
+            pending = self._pending.get(partition)
             if pending is not None and pending.size + len(body) > self._batch_max_bytes:
                 full, pending = pending, None
             if pending is None:
-                pending = self._pending = _PendingBatch([], [], 0, time.monotonic(), [])
+                pending = self._pending[partition] = _PendingBatch(partition, [], [], 0, time.monotonic(), [])
             pending.bodies.append(body)
             if caller.is_valid and len(pending.callers) <= MAX_TRACE_LINKS:
                 pending.callers.append(caller)
             pending.event_ids.append(str(event_id) if event_id else None)
             pending.size += len(body)
             if len(pending.bodies) >= self._batch_max_events or pending.size >= self._batch_max_bytes:
-                self._pending = None
+                del self._pending[partition]
                 ready = [b for b in (full, pending) if b is not None]
             else:
                 ready = [full] if full is not None else []
         for batch in ready:
             self._send_batch(batch)
         self._start_linger()
+
+    def _usage_partition(self, tenant: str) -> int:
+        """The usage topic's partition of a tenant; the partition count is asked of the broker once."""
+        if self._partitioner is None:
+            topic = LLM_USAGE.name(self._settings)
+            timeout_s = self._settings.kafka.admin_timeout_s
+            try:
+                metadata = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            except KafkaException as exc:
+                raise UsageTopicUnavailable(
+                    f"cannot learn the partitions of {topic} from {self._settings.kafka.bootstrap_servers}: "
+                    f"{exc.args[0].str() if exc.args else exc}") from None
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                why = metadata.error.str() if metadata is not None and metadata.error is not None else "no partitions"
+                raise UsageTopicUnavailable(f"the usage topic {topic} is not available ({why}); "
+                                            "is the stack up (`prismops stack up`) and the topic created?")
+            self._partitioner = KeyPartitioner(len(metadata.partitions))
+        return self._partitioner(tenant)
 
     def record_gpu_usage(self, event: Mapping[str, Any]) -> None:
         self._send(GPU_USAGE, event, key=f"{event.get('cluster', '')}/{event.get('node', '')}")
@@ -159,11 +193,11 @@ class UsageProducer:
 
     def _send_pending(self, older_than_s: float = 0.0) -> None:
         with self._lock:
-            pending = self._pending
-            if pending is None or time.monotonic() - pending.opened_at < older_than_s:
-                return
-            self._pending = None
-        self._send_batch(pending)
+            now = time.monotonic()
+            due = [p for p, batch in self._pending.items() if now - batch.opened_at >= older_than_s]
+            ready = [self._pending.pop(p) for p in due]
+        for batch in ready:
+            self._send_batch(batch)
 
     def _send_batch(self, batch: _PendingBatch) -> None:
         topic = LLM_USAGE.name(self._settings)
@@ -182,7 +216,7 @@ class UsageProducer:
                 for failure in failures:
                     self._on_error(failure)
 
-        self._produce(topic, None, value, self._headers(topic, batch.callers), on_delivery)
+        self._produce(topic, None, value, self._headers(topic, batch.callers), on_delivery, batch.partition)
 
     def _headers(self, topic: str, callers: list[trace.SpanContext] | None = None) -> list[tuple[str, bytes]]:
         """Content type and W3C trace context. A batch's publish span continues its first caller's trace and
@@ -198,10 +232,11 @@ class UsageProducer:
         return [(CONTENT_TYPE_HEADER, AVRO_SINGLE_OBJECT)] + [(k, v.encode()) for k, v in carrier.items()]
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
-                 on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+                 on_delivery: Callable[[KafkaError | None, Message], None], partition: int | None = None) -> None:
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery, **where)
                 break
             except BufferError:
                 self._producer.poll(0.1)

@@ -63,6 +63,6 @@ def emit(rows: Sequence[Mapping[str, Any]], fmt: str, title: str | None = None, 
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
-    """Print an error to stderr and exit non-zero."""
-    stderr_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print an error to stderr, on one line however long, and exit non-zero."""
+    stderr_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(exit_code)

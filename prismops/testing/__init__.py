@@ -84,7 +84,9 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, components: Compone
         if last:
             return last
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout_s}s waiting for {what} (last: {last!r})\n{components.log_tails()}"
+    )
 
 
 def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:

@@ -16,15 +16,21 @@ EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "litellm" / "model_
 PRICES = json.loads(EXCERPT.read_bytes(), parse_float=Decimal)
 MILLION = Decimal(1_000_000)
 TOKENS = {"input": 1_234_567, "cached": 234_567, "write": 34_567, "output": 765_432, "reasoning": 65_432}
-# Where each excerpt entry should land: LiteLLM's "gemini" provider is Google, "gemini/" keys lose the prefix.
+# Where each flat excerpt entry (no threshold tiers, no off-peak prices, a unique model name) should land:
+# LiteLLM's provider is the namespace ("gemini", never merged into another), "gemini/" keys lose the prefix.
 EXPECTED_KEYS = {
     "gpt-4o": ("openai", "gpt-4o"),
     "gpt-4o-mini": ("openai", "gpt-4o-mini"),
     "claude-sonnet-4-20250514": ("anthropic", "claude-sonnet-4-20250514"),
-    "gemini/gemini-2.0-flash": ("google", "gemini-2.0-flash"),
-    "gemini/gemini-2.5-flash-preview-04-17": ("google", "gemini-2.5-flash-preview-04-17"),
+    "gemini/gemini-2.0-flash": ("gemini", "gemini-2.0-flash"),
+    "gemini/gemini-2.5-flash-preview-04-17": ("gemini", "gemini-2.5-flash-preview-04-17"),
     "text-embedding-3-small": ("openai", "text-embedding-3-small"),
 }
+# The hand-written entries: threshold tiers, service tiers, off-peak windows, namespaces (test_price_batch.py)
+SPECIAL_KEYS = {"gemini/gemini-2.5-pro", "gemini-2.5-pro", "claude-sonnet-4-5", "xai/grok-4-fast", "gpt-4.1",
+                "azure/gpt-4.1", "gpt-5.4", "deepseek/deepseek-chat", "deepseek-chat", "tencent/deepseek-v4-flash",
+                "dashscope/qwen-plus", "anthropic.claude-3-haiku-20240307-v1:0",
+                "bedrock/eu-central-1/anthropic.claude-3-haiku-20240307-v1:0"}
 
 
 def price(*args: str, settings: prismops.settings.Settings | None = None):
@@ -51,12 +57,19 @@ def expected_components(raw: dict, tokens: dict[str, int]) -> dict[str, tuple[in
 
 
 def test_the_excerpt_covers_what_it_should():
-    priced = {name for name, raw in PRICES.items() if name != "sample_spec" and "input_cost_per_token" in raw}
-    assert priced == set(EXPECTED_KEYS)
+    priced = {name for name, raw in PRICES.items() if name != "sample_spec"
+              and ("input_cost_per_token" in raw or "tiered_pricing" in raw)}
+    assert priced == set(EXPECTED_KEYS) | SPECIAL_KEYS
     assert "sample_spec" in PRICES
     assert any(raw.get("mode") == "image_generation" and "input_cost_per_token" not in raw for raw in PRICES.values())
-    for raw in PRICES.values():  # parse_float=Decimal kept every price exact
-        assert not any(isinstance(v, float) for v in raw.values())
+    def floats(value) -> bool:
+        if isinstance(value, dict):
+            return any(floats(v) for v in value.values())
+        if isinstance(value, list):
+            return any(floats(v) for v in value)
+        return isinstance(value, float)
+
+    assert not any(floats(raw) for raw in PRICES.values())  # parse_float=Decimal kept every price exact
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))

@@ -107,7 +107,9 @@ def sample_rows(path: Path) -> list[dict[str, str]]:
 def test_the_version_is_told_from_the_provider_columns():
     assert read_focus_file(SAMPLE_1_2).file.focus_version == "1.2"
     assert read_focus_file(SAMPLE_1_3).file.focus_version == "1.3"
-    assert detect_focus_version(MANDATORY_COLUMNS["1.2"]) == "1.2"
+    assert detect_focus_version(MANDATORY_COLUMNS["1.2"]) == "1.0", "1.0-1.2 share their mandatory columns"
+    assert detect_focus_version(MANDATORY_COLUMNS["1.0"] + ("SkuPriceDetails",)) == "1.1"
+    assert detect_focus_version(MANDATORY_COLUMNS["1.0"] + ("SkuMeter", "InvoiceId")) == "1.2"
     assert detect_focus_version(MANDATORY_COLUMNS["1.3"]) == "1.3"
     assert detect_focus_version(MANDATORY_COLUMNS["1.3"] + ("ProviderName",)) == "1.3", "1.3 may keep the deprecated column"
 
@@ -185,7 +187,7 @@ def test_every_broken_rule_of_the_bad_rows_file_is_reported_with_its_line_column
     assert result.records[1]["ChargeDescription"] == "multi-line\ndescription, quoted"
     by_line = {(e.line, e.column): e.message for e in result.errors}
     assert "'12,50'" in by_line[(3, "BilledCost")]
-    assert "'EUR'" in by_line[(7, "BillingCurrency")] and "USD" in by_line[(7, "BillingCurrency")]
+    assert "'EURO'" in by_line[(7, "BillingCurrency")] and "ISO 4217" in by_line[(7, "BillingCurrency")]
 
 
 def test_good_rows_of_a_partly_bad_file_still_add_up():
@@ -193,12 +195,17 @@ def test_good_rows_of_a_partly_bad_file_still_add_up():
     assert result.totals.total.as_dict() == {
         "rows": 3, "BilledCost": Decimal("10.50") + Decimal("3.25") - Decimal("4.75"),
         "EffectiveCost": Decimal("10.50") + Decimal("3.25") - Decimal("4.75"),
+        "ListCost": Decimal("12.00") + Decimal("12.00") + Decimal("0"),
+        "ContractedCost": Decimal("10.50") + Decimal("10.50") + Decimal("0"),
     }
 
 
 @pytest.mark.parametrize("text, value", [
     ("12", Decimal("12")), ("-0.5", Decimal("-0.5")), ("+3.", Decimal(3)), (".25", Decimal("0.25")),
     ("1.5E-3", Decimal("0.0015")), ("0.000000000001", Decimal("1e-12")), ("1.500000000000000", Decimal("1.5")),
+    ("21.44988849635786", Decimal("21.44988849635786")), ("1e-13", Decimal("1e-13")),
+    ("0." + "0" * 37 + "1", Decimal("1e-38")), ("1" * 26 + ".5", Decimal("1" * 26 + ".5")),
+    ("0.5" + "0" * 60, Decimal("0.5")),
 ])
 def test_decimal_syntax_is_exact(text, value):
     parsed = parse_decimal("BilledCost", text)
@@ -207,7 +214,7 @@ def test_decimal_syntax_is_exact(text, value):
 
 @pytest.mark.parametrize("text, rule", [
     ("1,5", "decimal"), ("$5", "decimal"), ("NaN", "decimal"), ("inf", "decimal"), ("1_000", "decimal"),
-    ("0x10", "decimal"), ("1e-13", "decimal_scale"), ("0.1234567890123", "decimal_scale"),
+    ("0x10", "decimal"), ("1e-39", "decimal_scale"), ("0." + "0" * 38 + "1", "decimal_scale"), ("1e-99999", "decimal_scale"),
     ("1" * 27 + ".5", "decimal_precision"), ("1e999", "decimal_precision"),
 ])
 def test_decimal_rules(text, rule):
@@ -219,7 +226,9 @@ def test_decimal_rules(text, rule):
 def test_timestamps_are_utc_iso_8601():
     assert parse_timestamp("ChargePeriodStart", "2025-06-01T02:00:00+02:00") == dt.datetime(2025, 6, 1, tzinfo=UTC)
     assert parse_timestamp("ChargePeriodStart", "2025-06-01T00:00:00.000Z") == dt.datetime(2025, 6, 1, tzinfo=UTC)
-    for text in ("2025-06-01", "2025-06-01T00:00:00", "06/01/2025", "2025-13-01T00:00:00Z"):
+    for text in ("2025-06-01", "2025-06-01T00:00:00", "2025-06-01 00:00:00"):  # no offset: FOCUS date-times are UTC
+        assert parse_timestamp("ChargePeriodStart", text) == dt.datetime(2025, 6, 1, tzinfo=UTC), text
+    for text in ("06/01/2025", "2025-13-01T00:00:00Z", "2025-06-01T24:00:00Z", "yesterday"):
         with pytest.raises(FieldRuleError) as caught:
             parse_timestamp("ChargePeriodStart", text)
         assert caught.value.rule == "timestamp", text
@@ -244,7 +253,8 @@ def one_row_file(tmp_path: Path, **changes: str) -> Path:
     ({"BillingCurrency": "usd"}, "BillingCurrency", "currency"),
     ({"ChargePeriodEnd": "2025-06-01T00:00:00Z"}, "ChargePeriodEnd", "period_order"),
     ({"Tags": "[\"tenant\", \"acme\"]"}, "Tags", "tags"),
-    ({"Tags": "{\"tenant\": null}"}, "Tags", "tags"),
+    ({"Tags": "{\"tenant\": NaN}"}, "Tags", "tags"),
+    ({"BillingCurrency": "EURO"}, "BillingCurrency", "currency"),
 ])
 def test_each_rule_rejects_the_row_at_its_line(tmp_path, changes, column, rule):
     result = read_focus_file(one_row_file(tmp_path, **changes))
@@ -286,7 +296,8 @@ def test_the_sample_files_are_realistic_and_entirely_valid(path):
 def test_totals_equal_the_column_sums_to_the_last_digit(path):
     expected = column_sums(path)
     totals = read_focus_file(path).totals.as_dict()
-    assert totals["total"] == dict(zip(("rows", "BilledCost", "EffectiveCost"), expected["total"]))
+    assert {k: totals["total"][k] for k in ("rows", "BilledCost", "EffectiveCost")} == dict(
+        zip(("rows", "BilledCost", "EffectiveCost"), expected["total"]))
     assert {r["ServiceName"]: (r["rows"], r["BilledCost"], r["EffectiveCost"]) for r in totals["by_service_name"]} == {
         name: tuple(v) for name, v in expected["by_service_name"].items()
     }
@@ -398,7 +409,7 @@ def test_a_cell_over_the_csv_field_limit_stops_the_file(tmp_path):
 
 
 def test_a_900_kb_service_name_is_rejected_fast_and_not_quoted():
-    cells = sample_rows(SAMPLE_1_2)[0] | {"ServiceName": "s" * 900_000, "BillingCurrency": "EUR"}
+    cells = sample_rows(SAMPLE_1_2)[0] | {"ServiceName": "s" * 900_000, "BillingCurrency": "EURO"}
     started = time.perf_counter()
     row = parse_focus_row(cells, "1.2", line=2, content_hash="0" * 64, source_file=None)
     assert time.perf_counter() - started < 0.5
@@ -594,7 +605,7 @@ def test_undecodable_messages_are_rejections_naming_the_rule(value, field, rule)
 
 
 def test_a_decodable_record_that_breaks_a_rule_is_rejected_too():
-    record = read_focus_file(SAMPLE_1_2).records[0] | {"BillingCurrency": "EUR", "ChargeCategory": "Refund"}
+    record = read_focus_file(SAMPLE_1_2).records[0] | {"BillingCurrency": "EURO", "ChargeCategory": "Refund"}
     outcome = process_cloud_cost_line(codec_for("cloud_cost_line").encode_json(record))
     assert isinstance(outcome, Rejection)
     assert (outcome.field, outcome.rule) == ("BillingCurrency", "currency")

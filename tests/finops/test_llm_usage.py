@@ -83,7 +83,8 @@ def test_good_avro_event_becomes_a_cost_line_that_encodes(make_event, now):
     assert isinstance(result, PricedUsage)
     line = result.cost_line
     codec = codec_for("cost_line")
-    assert codec.decode(codec.encode(line)) == line
+    decoded = codec.decode(codec.encode(line))
+    assert {k: decoded[k] for k in line} == line  # cost_line.v4's bill fields (currency, …) decode to their defaults
 
     expected = expected_cost(current_entry("openai", "gpt-4o", event["event_time"]), event)
     assert expected == Decimal("0.00725")  # 800 × $2.50/M + 200 × $1.25/M + 500 × $10/M, by hand
@@ -434,6 +435,93 @@ def test_rule_violations_in_avro_are_rejected(make_event, now, overrides, field,
 def test_an_event_from_the_future_is_rejected(make_event, now):
     result = _process(_avro(make_event(event_time=now + dt.timedelta(hours=1))), now)
     assert (result.field, result.rule) == ("event_time", "not_in_future")
+
+
+# --- token limits, service tiers, threshold tiers and time of day in the worker ---------------------------------------
+
+@pytest.mark.parametrize("field", ["input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+                                   "reasoning_tokens"])
+def test_absurd_token_counts_are_dead_lettered_naming_field_and_rule(make_event, now, field):
+    value = _avro(make_event(**{field: 10**15}))  # fits an Avro long, beyond the 10^9 default
+    result = _process(value, now)
+    assert isinstance(result, Rejection)
+    assert (result.field, result.rule) == (field, "max_tokens")  # checked before the within_* rules
+    assert "10" in result.message and "max_tokens_per_call" in result.message
+    assert result.value == value
+
+
+def test_the_token_limit_comes_from_settings(make_event, now):
+    pricing = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY, max_tokens_per_call=1_000)
+    assert isinstance(_process(_avro(make_event(input_tokens=1_000)), now, pricing), PricedUsage)
+    result = _process(_avro(make_event(input_tokens=1_001)), now, pricing)
+    assert (result.field, result.rule) == ("input_tokens", "max_tokens")
+    assert LlmPricingContext.from_settings(
+        Settings().with_overrides(pricing={"max_tokens_per_call": 5})).max_tokens_per_call == 5
+
+
+def test_tokens_beyond_an_avro_long_in_json_are_rejected_without_a_traceback(make_event, now):
+    result = _process(_json(make_event(input_tokens=10**40, cached_input_tokens=0)), now)
+    assert isinstance(result, Rejection)
+    assert (result.field, result.rule) == ("input_tokens", "range")
+
+
+def test_a_batch_record_dead_letters_only_the_absurd_event(make_event, now):
+    from prismops.finops.llm_usage import price_usage_record
+
+    good, bad = make_event(event_id="ok"), make_event(event_id="huge", output_tokens=10**12)
+    value = json.dumps([json.loads(_json(good)), json.loads(_json(bad))]).encode()
+    outcomes = price_usage_record(value, PRICING, now).outcomes
+    assert isinstance(outcomes[0], PricedUsage)
+    assert (outcomes[1].field, outcomes[1].rule) == ("output_tokens", "max_tokens")
+
+
+def test_the_service_tier_label_picks_the_batch_prices(make_event, now):
+    gpt_4o = current_entry("openai", "gpt-4o", now)
+    batch = gpt_4o["service_tiers"]["batch"]
+    event = make_event(labels={"service_tier": "batch"})
+    line = _process(_avro(event), now).cost_line
+    # batch input for all 1000 prompt tokens: the batch tier gives no cache-read price, so the standard one applies
+    expected = (800 * Decimal(batch["input_per_mtok"]) + 200 * Decimal(gpt_4o["cache_read_per_mtok"])
+                + 500 * Decimal(batch["output_per_mtok"])) / MILLION
+    assert line["cost_usd"] == expected.quantize(Decimal("1e-12"))
+    assert line["labels"]["service_tier"] == "batch"
+
+
+def test_an_unknown_service_tier_label_is_dead_lettered(make_event, now):
+    result = _process(_avro(make_event(labels={"service_tier": "turbo"})), now)
+    assert (result.field, result.rule) == ("labels.service_tier", "known_service_tier")
+
+
+def test_a_long_prompt_is_billed_at_the_tier_price(make_event, now):
+    gemini = current_entry("google", "gemini-2.5-pro", now)
+    [tier] = gemini["tiers"]
+    event = make_event(provider="google", model="gemini-2.5-pro", input_tokens=tier["above_input_tokens"] + 1,
+                       cached_input_tokens=0, output_tokens=1_000)
+    line = _process(_avro(event), now).cost_line
+    expected = ((tier["above_input_tokens"] + 1) * Decimal(tier["input_per_mtok"])
+                + 1_000 * Decimal(tier["output_per_mtok"])) / MILLION
+    assert line["cost_usd"] == expected.quantize(Decimal("1e-12"))
+
+
+def test_the_event_time_picks_off_peak_prices(make_event):
+    later = dt.datetime(2025, 6, 1, 17, 0, tzinfo=dt.timezone.utc)  # while DeepSeek had off-peak prices
+    deepseek = current_entry("deepseek", "deepseek-chat", later)
+    off_peak = deepseek["off_peak"]
+    assert off_peak["windows"] == [{"hours": "16:30-00:30"}] and off_peak["timezone"] == "UTC"
+    for event_time, prices in ((later - dt.timedelta(minutes=31), deepseek), (later - dt.timedelta(minutes=29), off_peak)):
+        event = make_event(provider="deepseek", model="deepseek-chat", event_time=event_time, input_tokens=10_000,
+                           cached_input_tokens=0, output_tokens=1_000)
+        line = _process(_avro(event), later).cost_line
+        expected = (10_000 * Decimal(prices["input_per_mtok"]) + 1_000 * Decimal(prices["output_per_mtok"])) / MILLION
+        assert line["cost_usd"] == expected.quantize(Decimal("1e-12")), event_time
+    # since 2025-09-05 the same hour costs the standard price
+    event = make_event(provider="deepseek", model="deepseek-chat", event_time=dt.datetime(2026, 6, 1, 16, 45, tzinfo=dt.timezone.utc),
+                       input_tokens=10_000, cached_input_tokens=0, output_tokens=1_000)
+    current = current_entry("deepseek", "deepseek-chat", event["event_time"])
+    assert "off_peak" not in current
+    line = _process(_avro(event), dt.datetime(2026, 6, 1, 17, 0, tzinfo=dt.timezone.utc)).cost_line
+    assert line["cost_usd"] == ((10_000 * Decimal(current["input_per_mtok"]) + 1_000 * Decimal(current["output_per_mtok"]))
+                                / MILLION).quantize(Decimal("1e-12"))
 
 
 # --- settings -------------------------------------------------------------------------------------------------------

@@ -167,8 +167,9 @@ def _latest_bundled_entries() -> list[dict]:
 
 @pytest.mark.parametrize("entry", _latest_bundled_entries(), ids=lambda e: f"{e['provider']}/{e['model']}")
 def test_every_bundled_model_is_priced_from_its_yaml_numbers(entry):
+    # below every threshold tier (the smallest is 200k), at noon UTC (outside every off-peak window)
     tokens = usage(123_457, 7_891, cached=23_456, write=1_234, reasoning=891)
-    priced = price_llm_call(call(entry["provider"], entry["model"], at(2026, 6, 1), tokens=tokens), CATALOG)
+    priced = price_llm_call(call(entry["provider"], entry["model"], at(2026, 6, 1, 12), tokens=tokens), CATALOG)
     assert priced.priced is True
     assert priced.cost_usd == expected_from_yaml(entry, tokens).quantize(TWELVE_PLACES)
     assert priced.cost_usd.as_tuple().exponent == -12  # always at the money scale
@@ -552,20 +553,43 @@ EXCERPT_KEYS = {  # our (provider, model) for every entry of the excerpt that ha
     "gpt-4o": ("openai", "gpt-4o"),
     "gpt-4o-mini": ("openai", "gpt-4o-mini"),
     "claude-sonnet-4-20250514": ("anthropic", "claude-sonnet-4-20250514"),
-    "gemini/gemini-2.0-flash": ("google", "gemini-2.0-flash"),
-    "gemini/gemini-2.5-flash-preview-04-17": ("google", "gemini-2.5-flash-preview-04-17"),
+    "gemini/gemini-2.0-flash": ("gemini", "gemini-2.0-flash"),
+    "gemini/gemini-2.5-flash-preview-04-17": ("gemini", "gemini-2.5-flash-preview-04-17"),
     "text-embedding-3-small": ("openai", "text-embedding-3-small"),
 }
+FLAT_KEYS = dict(EXCERPT_KEYS)  # no threshold tiers, no off-peak prices
+EXCERPT_KEYS.update({  # hand-written entries: threshold tiers, service tiers, off-peak prices, namespaces
+    "gemini/gemini-2.5-pro": ("gemini", "gemini-2.5-pro"),
+    "gemini-2.5-pro": ("vertex_ai-language-models", "gemini-2.5-pro"),
+    "claude-sonnet-4-5": ("anthropic", "claude-sonnet-4-5"),
+    "xai/grok-4-fast": ("xai", "grok-4-fast"),
+    "gpt-4.1": ("openai", "gpt-4.1"),
+    "azure/gpt-4.1": ("azure", "gpt-4.1"),
+    "gpt-5.4": ("openai", "gpt-5.4"),
+    "deepseek/deepseek-chat": ("deepseek", "deepseek-chat"),
+    "tencent/deepseek-v4-flash": ("tencent", "deepseek-v4-flash"),
+    "dashscope/qwen-plus": ("dashscope", "qwen-plus"),
+    "anthropic.claude-3-haiku-20240307-v1:0": ("bedrock", "anthropic.claude-3-haiku-20240307-v1:0"),
+    "bedrock/eu-central-1/anthropic.claude-3-haiku-20240307-v1:0": (
+        "bedrock", "eu-central-1/anthropic.claude-3-haiku-20240307-v1:0"),
+})
+# "deepseek-chat" is a second spelling of deepseek/deepseek-chat (same namespace, other prices): skipped
+SKIPPED = {"sample_spec", "hd/1024-x-1792/dall-e-3", "deepseek-chat"}
 
 
 def test_litellm_excerpt_loads_every_token_priced_entry_and_skips_the_rest():
     catalog = load_catalog(LITELLM_EXCERPT)
     assert set(catalog.entries) == set(EXCERPT_KEYS.values())
-    assert "sample_spec" in _excerpt() and "hd/1024-x-1792/dall-e-3" in _excerpt()  # present, and skipped
+    assert set(_excerpt()) == set(EXCERPT_KEYS) | SKIPPED
+    assert {s.entry for s in catalog.skipped} == SKIPPED
+    reasons = {s.entry: s.reason for s in catalog.skipped}
+    assert "documentation" in reasons["sample_spec"]
+    assert "no per-token prices" in reasons["hd/1024-x-1792/dall-e-3"]
+    assert "deepseek/deepseek-chat" in reasons["deepseek-chat"] and "differ" in reasons["deepseek-chat"]
     assert catalog.version == "litellm-" + hashlib.sha256(LITELLM_EXCERPT.read_bytes()).hexdigest()[:12]
 
 
-@pytest.mark.parametrize("name", sorted(EXCERPT_KEYS))
+@pytest.mark.parametrize("name", sorted(FLAT_KEYS))
 def test_litellm_prices_are_read_exactly(name):
     raw = _excerpt()[name]
     [entry] = load_catalog(LITELLM_EXCERPT).entries[EXCERPT_KEYS[name]]
@@ -591,7 +615,7 @@ def test_litellm_worked_example():
                                  output_tokens=1_000, cached=2_000, write=1_000), catalog)
     assert priced.cost_usd == Decimal("0.021") + Decimal("0.0006") + Decimal("0.00375") + Decimal("0.015")
     # gemini-2.5-flash preview: reasoning at its own price
-    priced = price_llm_call(call("google", "gemini-2.5-flash-preview-04-17", at(2026, 1, 1), input_tokens=1_000,
+    priced = price_llm_call(call("gemini", "gemini-2.5-flash-preview-04-17", at(2026, 1, 1), input_tokens=1_000,
                                  output_tokens=1_000, reasoning=600), catalog)
     assert priced.cost_usd == Decimal("0.00015") + Decimal("0.00024") + Decimal("0.0021")
 
@@ -608,16 +632,41 @@ def test_litellm_entry_without_a_provider_is_refused():
 
 
 @pytest.mark.parametrize("order", ["bare first", "prefixed first"])
-def test_litellm_spellings_of_one_model_do_not_break_loading(order):
-    # LiteLLM lists e.g. Gemini API and Vertex prices of one model under "gemini/x" and "x"; both map to google/x.
+def test_litellm_namespaces_are_kept_apart(order):
+    # LiteLLM lists Gemini API and Vertex prices of one model under "gemini/x" and "x" (vertex_ai-language-models):
+    # two namespaces, each with its own prices, whatever the order of the file.
     prefixed = ("gemini/gemini-9-flash", {"input_cost_per_token": Decimal("1e-07"), "output_cost_per_token": Decimal("4e-07"),
                                           "litellm_provider": "gemini", "mode": "chat"})
     bare = ("gemini-9-flash", {"input_cost_per_token": Decimal("1.5e-07"), "output_cost_per_token": Decimal("6e-07"),
                                "litellm_provider": "vertex_ai-language-models", "mode": "chat"})
     items = [bare, prefixed] if order == "bare first" else [prefixed, bare]
     catalog = parse_litellm_prices(dict(items), version="dupes")
-    [entry] = catalog.entries[("google", "gemini-9-flash")]
-    assert entry.prices.input == Decimal("1.5e-07")  # the bare spelling wins, whatever the order
+    [gemini] = catalog.entries[("gemini", "gemini-9-flash")]
+    [vertex] = catalog.entries[("vertex_ai-language-models", "gemini-9-flash")]
+    assert (gemini.prices.input, vertex.prices.input) == (Decimal("1e-07"), Decimal("1.5e-07"))
+    assert catalog.skipped == ()
+    assert catalog.resolve("gemini", "gemini-9-flash") == ("gemini", "gemini-9-flash")
+    assert catalog.resolve("vertex_ai", "gemini-9-flash") == ("vertex_ai-language-models", "gemini-9-flash")
+    lookup = catalog.lookup("google", "gemini-9-flash")  # google covers both: ambiguous, never a guess
+    assert lookup.key is None and lookup.candidates == (("gemini", "gemini-9-flash"),
+                                                        ("vertex_ai-language-models", "gemini-9-flash"))
+    assert catalog.lookup(None, "gemini-9-flash").candidates == lookup.candidates
+    assert catalog.quote(None, "gemini-9-flash", at(2026, 1, 1)) is None
+
+
+@pytest.mark.parametrize("order", ["bare first", "prefixed first"])
+def test_two_spellings_in_one_namespace_the_prefixed_one_wins_and_the_other_is_reported(order):
+    # LiteLLM looks up "<provider>/<model>" before "<model>"
+    prefixed = ("deepseek/deepseek-x", {"input_cost_per_token": Decimal("2e-07"), "output_cost_per_token": Decimal("1e-06"),
+                                        "litellm_provider": "deepseek", "mode": "chat"})
+    bare = ("deepseek-x", {"input_cost_per_token": Decimal("3e-07"), "output_cost_per_token": Decimal("1e-06"),
+                           "litellm_provider": "deepseek", "mode": "chat"})
+    items = [bare, prefixed] if order == "bare first" else [prefixed, bare]
+    catalog = parse_litellm_prices(dict(items), version="dupes")
+    [entry] = catalog.entries[("deepseek", "deepseek-x")]
+    assert entry.prices.input == Decimal("2e-07") and entry.source_key == "deepseek/deepseek-x"
+    [skipped] = catalog.skipped
+    assert skipped.entry == "deepseek-x" and "deepseek/deepseek-x" in skipped.reason and "differ" in skipped.reason
 
 
 # --- properties ----------------------------------------------------------------------------------------------

@@ -202,8 +202,12 @@ def test_acks_all_survives_a_killed_broker_and_it_comes_back_in_sync(tmp_path):
         assert len(set(first + second)) == 2000  # no (partition, offset) written twice
 
         wait_for(lambda: cluster.brokers_seen() == {1, 3}, 30, "node 2 was not fenced")
-        metadata = admin.list_topics(topic, timeout=10).topics[topic]
-        assert sorted(sorted(p.isrs) for p in metadata.partitions.values()) == [[1, 3]] * 4
+
+        def isrs() -> list[list[int]]:
+            metadata = admin.list_topics(topic, timeout=10).topics[topic]
+            return sorted(sorted(p.isrs) for p in metadata.partitions.values())
+
+        wait_for(lambda: isrs() == [[1, 3]] * 4, 30, "node 2 was not dropped from every ISR")
         assert cluster.under_replicated() >= 4
 
         cluster.restart(2, progress.append)

@@ -58,8 +58,9 @@ def ingest(settings, *args: str):
 
 
 def id_prefix(document: dict) -> str:
-    """The LIKE pattern of the event ids of one ingested file (content hash, then line number)."""
-    return f"focus:{document['content_hash']}:%"
+    """The LIKE pattern of the event ids of one ingested file (content hash, export sequence, line number)."""
+    [sequence] = {period["export_seq"] for period in document["periods"]}
+    return f"focus:{document['content_hash']}:{sequence}:%"
 
 
 def stored_count(client: Client, prefix: str) -> int:
@@ -209,13 +210,13 @@ def test_bad_messages_on_the_billing_topic_go_to_the_dlq_with_their_bytes(pipeli
     with SAMPLE_1_2.open(newline="") as handle:
         row = next(csv.DictReader(handle))
     euro = {
-        "event_id": f"focus:test-{uuid.uuid4()}:2", "focus_version": "1.2", "BillingCurrency": "EUR",
+        "event_id": f"focus:test-{uuid.uuid4()}:2", "focus_version": "1.2", "BillingCurrency": "EURO",
         "ChargePeriodStart": "2025-06-01T00:00:00Z", "ChargePeriodEnd": "2025-06-02T00:00:00Z",
         "BillingPeriodStart": "2025-06-01T00:00:00Z", "BillingPeriodEnd": "2025-07-01T00:00:00Z",
         **{k: row[k] for k in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "ChargeCategory",
                                "BillingAccountId", "InvoiceIssuerName", "ProviderName", "ServiceCategory", "ServiceName")},
     }
-    euro_bytes = codec.encode_json(euro)
+    euro_bytes = codec.encode_json(euro)  # EUR is a currency; "EURO" is not an ISO 4217 code
     good = euro | {"event_id": f"focus:test-{uuid.uuid4()}:3", "BillingCurrency": "USD"}
     producer = Producer(settings.kafka_client_config())
     for value in (garbage, euro_bytes, codec.encode(good)):
@@ -242,4 +243,109 @@ def test_bad_messages_on_the_billing_topic_go_to_the_dlq_with_their_bytes(pipeli
     summary = json.loads(by_rule["wire_format"]["original_value"])
     assert summary["redacted"] == "unparsable" and summary["length"] == len(garbage)
     assert all(letter["source_topic"] == topic for letter in letters)
+    client.disconnect()
+
+
+# --- restatements: a new export of a billing period replaces its lines; the same export again changes nothing ----
+
+RESTATED_COLUMNS = (
+    "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingAccountId", "BillingAccountName",
+    "BillingCurrency", "BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd",
+    "ChargeCategory", "ChargeClass", "ChargeDescription", "InvoiceIssuerName", "ServiceProviderName",
+    "HostProviderName", "PublisherName", "PricingQuantity", "PricingUnit", "ServiceCategory", "ServiceName", "Tags",
+)
+MONEY = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost")
+
+
+def bill_file(path: Path, account: str, tenant: str, lines: list[tuple[str, str, str]]) -> Path:
+    """A FOCUS 1.3 export of May 2026 for `account`: one row per (day, ServiceName, cost) with every cost column
+    equal to `cost`; written with CRLF line ends and a byte-order mark, as some exporters do."""
+    rows = [",".join(RESTATED_COLUMNS)]
+    for day, service, cost in lines:
+        cells = {
+            **{column: cost for column in MONEY}, "BillingAccountId": account, "BillingAccountName": "restated",
+            "BillingCurrency": "USD", "BillingPeriodStart": "2026-05-01T00:00:00Z",
+            "BillingPeriodEnd": "2026-06-01T00:00:00Z", "ChargePeriodStart": f"2026-05-{day}T00:00:00Z",
+            "ChargePeriodEnd": f"2026-05-{day}T01:00:00Z", "ChargeCategory": "Usage", "ChargeClass": "",
+            "ChargeDescription": "restatement test", "InvoiceIssuerName": "AWS", "ServiceProviderName": "AWS",
+            "HostProviderName": "AWS", "PublisherName": "AWS", "PricingQuantity": "1", "PricingUnit": "Hours",
+            "ServiceCategory": "Compute", "ServiceName": service, "Tags": f'"{{""tenant"":""{tenant}""}}"',
+        }
+        rows.append(",".join(cells[column] for column in RESTATED_COLUMNS))
+    path.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())
+    return path
+
+
+def bill_sums(lines: list[tuple[str, str, str]]) -> tuple[int, Decimal]:
+    total = Decimal(0)
+    for _, _, cost in lines:
+        total = EXACT.add(total, Decimal(cost))
+    return len(lines), total
+
+
+def stored_period(client: Client, account: str) -> tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]:
+    """(lines, billed, effective, list, contracted, cost_usd) of the account's lines, read with FINAL."""
+    (row,) = client.execute(
+        "SELECT count(), sum(billed_cost), sum(effective_cost), sum(list_cost), sum(contracted_cost), sum(cost_usd)"
+        " FROM cost_lines FINAL WHERE source = 'cloud' AND billing_account_id = %(account)s", {"account": account},
+    )
+    return (int(row[0]), *(Decimal(v or 0) for v in row[1:]))
+
+
+def test_a_restated_period_replaces_its_lines_and_the_same_export_again_changes_nothing(pipeline, tmp_path):
+    settings, components = pipeline
+    client = clickhouse(settings)
+    account, tenant = f"restate-{uuid.uuid4().hex[:8]}", f"tenant-{uuid.uuid4().hex[:8]}"
+    first_lines = [("03", "AmazonEC2", "10.50"), ("04", "AmazonEC2", "3.25"), ("04", "AmazonS3", "1.000000000001")]
+    # 16-decimal costs that add up to 6 exactly: the 12-place cost lines (rounded once, residue carried) must too
+    restated_lines = [("03", "AmazonEC2", "0.1234567890123456"), ("04", "AmazonEC2", "0.8765432109876544"),
+                      ("05", "AmazonS3", "5.0000000000000004"), ("05", "AmazonS3", "-0.0000000000000004")]
+    first = bill_file(tmp_path / "may-v1.csv", account, tenant, first_lines)
+    restated = bill_file(tmp_path / "may-v2.csv", account, tenant, restated_lines)
+    first_rows, first_sum = bill_sums(first_lines)
+    restated_rows, restated_sum = bill_sums(restated_lines)
+    assert restated_sum == Decimal(6)
+
+    result = ingest(settings, str(first), "--format", "json")
+    assert result.exit_code == 0, result.output + result.stderr
+    [period] = json.loads(result.stdout)["periods"]
+    assert (period["action"], period["replaced"]) == ("new", None)
+    wait_for(lambda: stored_period(client, account)[0] >= first_rows, 180, components, "the first export")
+    assert stored_period(client, account) == (first_rows, *[first_sum] * 5)
+
+    refused = ingest(settings, str(restated), "--format", "json")
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert "--replace-period" in refused.stderr and account in refused.stderr and "Traceback" not in refused.stderr
+
+    result = ingest(settings, str(restated), "--replace-period", "--format", "json")
+    assert result.exit_code == 0, result.output + result.stderr
+    document = json.loads(result.stdout)
+    [period] = document["periods"]
+    assert period["action"] == "replaced"
+    [old_totals] = period["replaced"]["totals"]
+    assert (old_totals["rows"], *(Decimal(old_totals[m]) for m in MONEY)) == (first_rows, *[first_sum] * 4)
+    assert period["replaced"]["deleted_lines"] == first_rows
+    [new_totals] = period["totals"]
+    assert (new_totals["rows"], *(Decimal(new_totals[m]) for m in MONEY)) == (restated_rows, *[restated_sum] * 4)
+    wait_for(lambda: stored_period(client, account)[0] >= restated_rows, 180, components, "the restated export")
+    assert stored_period(client, account) == (restated_rows, *[restated_sum] * 5), "only the newest export"
+    (view_total,), = client.execute(
+        "SELECT sum(total_cost_usd) FROM unit_economics_daily WHERE tenant = %(tenant)s", {"tenant": tenant})
+    assert Decimal(view_total) == restated_sum, "the analytics views show only the newest export too"
+
+    cost_topic = COST_LINES.name(settings)
+    before = sum(end_offsets(settings, cost_topic).values())
+    again = ingest(settings, str(restated), "--replace-period", "--format", "json")
+    assert again.exit_code == 0, again.output + again.stderr
+    assert [p["action"] for p in json.loads(again.stdout)["periods"]] == ["unchanged"]
+    assert json.loads(again.stdout)["periods"][0]["export_seq"] == period["export_seq"]
+    wait_for(lambda: sum(end_offsets(settings, cost_topic).values()) >= before + restated_rows, 180, components,
+             "the worker's cost lines for the resent rows")
+    ends = end_offsets(settings, cost_topic)
+    wait_for(lambda: all(sink_committed(settings, cost_topic, ends)[p] >= end for p, end in ends.items()), 180,
+             components, "the sink to commit past the resent cost lines")
+    (plain_count,), = client.execute(
+        "SELECT count() FROM cost_lines WHERE billing_account_id = %(account)s", {"account": account})
+    assert plain_count == restated_rows, "nothing added, counted without FINAL"
+    assert stored_period(client, account) == (restated_rows, *[restated_sum] * 5)
     client.disconnect()

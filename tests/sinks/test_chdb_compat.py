@@ -95,7 +95,8 @@ def test_reports_are_exact_through_settle_replay_and_merge(engine: ChdbClient, m
     assert {s.state for s in settle_days(engine, DATABASE, since=MONTH, until=until)} == {"unchanged"}
     assert {s.state for s in settle_days(engine, DATABASE, since=MONTH, until=until, force=True)} == {"settled"}
     assert report_discrepancies(engine, DATABASE, month) == []
-    assert prune_superseded(engine, DATABASE, older_than=dt.timedelta(0)) == 60
+    an_hour_later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1, seconds=2)
+    assert prune_superseded(engine, DATABASE, now=an_hour_later) == 60
     assert report_discrepancies(engine, DATABASE, month) == []
 
 
@@ -156,3 +157,89 @@ def test_row_policies_for_current_servers_cover_every_tenant_table(engine: ChdbC
     grants = [s for s in statements if s.startswith("GRANT SELECT")]
     assert len(policies) == len(grants) == len(TENANT_FILTERS)
     assert f"ON `{DATABASE}`.`cost_lines` FOR SELECT USING tenant = 'o\\'hara' TO `tenant_ohara`" in policies[0]
+
+
+def _bill_line(event_id: str, day: int, currency: str, amount: str, seq: int) -> dict:
+    """A cloud cost line as the worker makes one (finops.focus_billing.cloud_cost_line_to_cost_line)."""
+    usd = currency == "USD"
+    value = Decimal(amount)
+    return {
+        "line_id": f"line-{event_id}", "source": "cloud", "source_event_id": event_id,
+        "event_time": dt.datetime(2026, 5, day, tzinfo=dt.timezone.utc), "tenant": "acme", "team": "t", "product": "p",
+        "service": "s", "feature": "f", "customer": None, "environment": "prod", "provider": "AWS",
+        "model": "AmazonEC2", "region": None, "input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0,
+        "reasoning_tokens": 0, "usage_quantity": Decimal(1), "usage_unit": "Hours",
+        "cost_usd": value if usd else Decimal(0), "billed_cost_usd": value if usd else None,
+        "list_cost_usd": value if usd else None, "charge_category": "Usage", "priced": usd,
+        "price_version": "focus-1.3", "status": "ok", "tag_source": {}, "labels": {},
+        "currency": currency, "billed_cost": value, "effective_cost": value, "list_cost": value,
+        "contracted_cost": value, "billing_account_id": "acct-chdb",
+        "billing_period_start": dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc), "export_id": f"sha-{seq}",
+        "export_seq": seq,
+    }
+
+
+def test_a_restated_billing_period_replaces_its_lines_on_current_clickhouse(engine: ChdbClient, tmp_path: Path) -> None:
+    """The restatement SQL (billing_exports ledger, the DELETE mutation, the settle counter bump, the sink's check
+    for superseded lines) and the cloud report with an FX table, on current ClickHouse. May 2026: apart from the
+    synthetic month the other tests read."""
+    from prismops.finops.fx import FxTable
+    from prismops.sinks.base import SinkRecord
+    from prismops.sinks.billing_exports import (
+        PeriodExport, PeriodTotals, exports_in_force, record_exports, replace_period, wait_for_mutations,
+    )
+    from prismops.sinks.clickhouse import CostLineSink
+
+    start, end = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 6, 2, tzinfo=dt.timezone.utc)
+
+    def store(lines: list[dict]) -> None:
+        rows = [cost_line_row(line, kafka_partition=0, kafka_offset=i, ingested_at=at) for i, line in enumerate(lines)]
+        engine.execute(f"INSERT INTO {DATABASE}.cost_lines ({', '.join(rows[0])}) VALUES", rows)
+
+    def period_sums() -> tuple:
+        return engine.execute(
+            f"SELECT currency, count(), sum(billed_cost), sum(effective_cost) FROM {DATABASE}.cost_lines FINAL"
+            " WHERE billing_account_id = 'acct-chdb' GROUP BY currency ORDER BY currency")
+
+    def export(seq: int, totals: list[PeriodTotals]) -> PeriodExport:
+        return PeriodExport("acct-chdb", start, end, f"sha-{seq}", seq, at, f"export-{seq}.csv", "1.3", tuple(totals))
+
+    old = [_bill_line("old-1", 3, "USD", "10.000000000001", 1), _bill_line("old-2", 4, "USD", "5.5", 1),
+           _bill_line("old-3", 4, "EUR", "7.25", 1)]
+    store(old)
+    record_exports(engine, DATABASE, [export(1, [PeriodTotals("EUR", 1, *[Decimal("7.25")] * 4),
+                                                 PeriodTotals("USD", 2, *[Decimal("15.500000000001")] * 4)])])
+    [in_force] = exports_in_force(engine, DATABASE, ["acct-chdb"]).values()
+    assert (in_force.export_id, in_force.sequence, [t.currency for t in in_force.totals]) == ("sha-1", 1, ["EUR", "USD"])
+    assert in_force.totals[1].BilledCost == Decimal("15.500000000001")
+
+    record_exports(engine, DATABASE, [export(2, [PeriodTotals("USD", 2, *[Decimal("20.000000000002")] * 4)])])
+    (inserted_before,), = engine.execute(
+        f"SELECT countMerge(inserted) FROM {DATABASE}.cost_line_inserts WHERE event_date = '2026-05-04'")
+    assert replace_period(engine, DATABASE, "acct-chdb", start, 2) == 3
+    assert wait_for_mutations(engine, DATABASE, timeout_s=60)
+    (inserted_after,), = engine.execute(
+        f"SELECT countMerge(inserted) FROM {DATABASE}.cost_line_inserts WHERE event_date = '2026-05-04'")
+    assert inserted_after > inserted_before, "a settled rollup of the day is no longer read"
+    assert period_sums() == []
+    assert exports_in_force(engine, DATABASE, ["acct-chdb"])[("acct-chdb", start)].sequence == 2
+
+    new = [_bill_line("new-1", 3, "USD", "12.000000000001", 2), _bill_line("new-2", 5, "USD", "8.000000000001", 2)]
+    sink = CostLineSink(engine, DATABASE)
+    late_old = _bill_line("old-4", 6, "USD", "99", 1)  # still in Kafka when the period was replaced
+    records = [SinkRecord("cost.lines.v1", 0, i, None, line) for i, line in enumerate([*new, late_old])]
+    kept, superseded = sink.drop_superseded(records)
+    assert [r.value["source_event_id"] for r in kept] == ["new-1", "new-2"] and superseded == 1
+    store([r.value for r in kept])
+    assert period_sums() == [("USD", 2, Decimal("20.000000000002"), Decimal("20.000000000002"))]
+    assert replace_period(engine, DATABASE, "acct-chdb", start, 2) == 0, "the export in force is never deleted"
+
+    store([_bill_line("eur-1", 7, "EUR", "0.079488000001", 2)])
+    fx = FxTable(rates={"EUR": [(dt.date(2026, 1, 1), Decimal("1.1412"))]})
+    report = reports.cloud_bills(engine, DATABASE, since=dt.date(2026, 5, 1), until=dt.date(2026, 6, 1), fx=fx)
+    by_currency = {row["currency"]: row for row in report.rows}
+    assert by_currency["USD"]["billed_cost"] == by_currency["USD"]["billed_cost_usd"] == Decimal("20.000000000002")
+    assert by_currency["EUR"]["billed_cost"] == Decimal("0.079488000001")
+    assert by_currency["EUR"]["billed_cost_usd"] == Decimal("0.090711705601")  # 0.0907117056011412, half-even
+    assert report.total["billed_cost_usd"] == Decimal("20.090711705603") and report.total["lines"] == 3

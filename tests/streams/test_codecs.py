@@ -102,6 +102,15 @@ def cost_line(**overrides: Any) -> dict[str, Any]:
         "fallback": True,
         "shadow": False,
         "decision_id": "dec-7",
+        "currency": "EUR",
+        "billed_cost": Decimal("0.006700000001"),
+        "effective_cost": Decimal("-0.000000000001"),
+        "list_cost": None,
+        "contracted_cost": Decimal("0.0067"),
+        "billing_account_id": "123456789012",
+        "billing_period_start": dt.datetime(2026, 3, 1, tzinfo=UTC),
+        "export_id": "9f86d081884c7d65",
+        "export_seq": 1767225600000000000,
     }
     record.update(overrides)
     return record
@@ -521,6 +530,12 @@ cost_lines = st.fixed_dictionaries({
     "session_id": st.none() | _text, "request_id": st.none() | _text, "model_version": st.none() | _text,
     "deployment_id": st.none() | _text, "prompt_chars": st.none() | _long, "latency_ms": st.none() | _long,
     "cache_hit": st.booleans(), "fallback": st.booleans(), "shadow": st.booleans(), "decision_id": st.none() | _text,
+    "currency": st.none() | _text, "billed_cost": st.none() | _money, "effective_cost": st.none() | _money,
+    "list_cost": st.none() | _money, "contracted_cost": st.none() | _money, "billing_account_id": st.none() | _text,
+    "billing_period_start": st.none() | st.datetimes(
+        min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
+    "export_id": st.none() | _text, "export_seq": st.none() | _long,
 })
 
 

@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,9 +28,11 @@ from prismops.streams.producer import (
     DeliveryFailed,
     DeliveryFailure,
     UsageProducer,
+    UsageTopicUnavailable,
     new_llm_usage_event,
     safe_producer_config,
 )
+from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.topics import LLM_USAGE
 
 UTC = dt.timezone.utc
@@ -37,11 +40,16 @@ TRACEPARENT = re.compile(r"^00-(?P<trace_id>[0-9a-f]{32})-(?P<parent_id>[0-9a-f]
 
 
 class RecordingProducer:
-    """Stands in for confluent_kafka.Producer: remembers what would have been sent."""
+    """Stands in for confluent_kafka.Producer: remembers what would have been sent; topics have 4 partitions."""
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int = 4) -> None:
         self.produced: list[dict[str, Any]] = []
         self.polls = 0
+        self.partitions = partitions
+
+    def list_topics(self, topic: str, timeout: float = 0) -> Any:
+        metadata = SimpleNamespace(error=None, partitions={p: None for p in range(self.partitions)})
+        return SimpleNamespace(topics={topic: metadata} if self.partitions else {})
 
     def produce(self, topic: str, **kwargs: Any) -> None:
         self.produced.append({"topic": topic, **kwargs})
@@ -168,18 +176,48 @@ def test_invalid_event_raises_codec_error_before_anything_is_sent(producer):
     assert producer._producer.produced == []
 
 
-def test_calls_travel_as_one_batch_record_sent_on_flush(producer):
-    events = [_event(), _event(tenant="globex")]
+def test_calls_travel_as_one_batch_record_per_partition_sent_on_flush(producer):
+    assert KeyPartitioner(4)("acme") == KeyPartitioner(4)("stark")  # two tenants that share a partition
+    events = [_event(), _event(tenant="stark"), _event()]
     for event in events:
         producer.record_llm_call(event)
     assert producer._producer.produced == []
     producer.flush()
     [sent] = producer._producer.produced
     assert sent["topic"] == LLM_USAGE.name(producer._settings)
-    assert sent["key"] is None  # a batch holds many tenants; the worker prices it wherever it lands
+    assert sent["key"] is None  # a batch may hold several tenants of its partition
+    assert sent["partition"] == KeyPartitioner(4)("acme")
     assert _batch_ids(sent) == [e["event_id"] for e in events]
     assert callable(sent["on_delivery"])
     assert producer._producer.polls >= 1
+
+
+def test_a_tenants_calls_keep_their_order_on_their_tenants_partition_across_batches():
+    """Batches that went to any free partition would let a tenant's later batch overtake its earlier one."""
+    usage = _recording(_unreachable().with_overrides(sdk={"batch_max_events": 3, "batch_linger_ms": 3_600_000}))
+    tenants = ["acme", "globex", "umbrella", "hooli", "initech", "stark"]
+    events = [_event(tenant=tenants[i % len(tenants)]) for i in range(60)]
+    for event in events:
+        usage.record_llm_call(event)
+    usage.flush()
+    partition_of = KeyPartitioner(4)
+    assert len({partition_of(t) for t in tenants}) > 1
+    decoded = batch_codec_for("llm_usage_event")
+    seen: dict[str, list[str]] = {}
+    for sent in usage._producer.produced:
+        items = [item.value for item in decoded.decode(sent["value"]).items]
+        assert {partition_of(item["tenant"]) for item in items} == {sent["partition"]}
+        for item in items:
+            seen.setdefault(item["tenant"], []).append(item["event_id"])
+    for tenant in tenants:
+        assert seen[tenant] == [e["event_id"] for e in events if e["tenant"] == tenant]
+
+
+def test_a_missing_usage_topic_is_a_clear_error_not_a_random_partition():
+    usage = UsageProducer(_unreachable(), producer_config={"log_level": 0})
+    usage._producer = RecordingProducer(partitions=0)
+    with pytest.raises(UsageTopicUnavailable, match="usage.llm.v1 is not available"):
+        usage.record_llm_call(_event())
 
 
 def test_a_full_batch_is_sent_without_waiting():

@@ -214,3 +214,29 @@ def anomalies_report(settings: Settings, since: dt.datetime | None, until: dt.da
     first, last = _period(since, until, month)
     emit_report(run_report(settings, lambda client, db: reports.anomalies(
         client, db, since=first, until=last, min_severity=severity, tenant=tenant)), fmt)
+
+
+@command.command(name="cloud")
+@period_options
+@click.option("--fx", "fx_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="effective-dated FX table (CSV: currency,effective_from,usd_per_unit; see docs/fx_rates.example.csv)"
+                   " to add USD columns")
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def cloud(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, month: str | None,
+          fx_file: Path | None, fmt: str) -> None:
+    """Cloud bills (FOCUS) by BillingCurrency and ServiceName, in each bill's own currency; with --fx also in USD,
+    converted per day at the rate in force (never at a guessed rate: a missing rate is an error)."""
+    from prismops.errors import FieldRuleError
+    from prismops.finops.fx import load_fx_table
+    from prismops.sinks import reports
+
+    first, last = _period(since, until, month)
+    try:
+        fx = load_fx_table(fx_file) if fx_file is not None else None
+        report = run_report(settings, lambda client, db: reports.cloud_bills(client, db, since=first, until=last, fx=fx))
+    except FieldRuleError as error:
+        from rich.markup import escape
+
+        fail(escape(str(error)))
+    emit_report(report, fmt)
