@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration install proto stack-up stack-down clean
+.PHONY: demo test unit integration install proto stack-up stack-down clean ui ui-build
 
 # PYTHONWARNINGS: setuptools explains editable installs in UserWarnings on every build; not for our users.
 $(STAMP): pyproject.toml setup.py
@@ -40,3 +40,9 @@ stack-down: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+ui-build: install
+	$(BIN)/prismops ui build
+
+ui: install
+	$(BIN)/prismops ui

@@ -1,15 +1,24 @@
-"""Run the detectors over a NAB corpus and score them side by side (what `prismops detectors eval` prints)."""
+"""Run the detectors over a NAB corpus and score them side by side (what `prismops detectors eval` prints).
+
+Detectors: `prismops` (detectors/online.py, calibrated per-series score, debounced alerts, drift CUSUM),
+`legacy` (the detector before issue 15, detectors/legacy.py, kept to measure before/after on the same corpus)
+and `threshold` (the naive fixed-threshold baseline). Detections are computed once per file and scored with
+every NAB profile (standard, reward_low_fp, reward_low_fn); a file's category is its first folder.
+False alerts per 10,000 points are counted on files with no labelled window, after the probationary period.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from prismops.detectors.baseline import FixedThresholdDetector
-from prismops.detectors.nab import CorpusScore, NabFile, probationary_length, score_detections
+from prismops.detectors.legacy import LegacySeriesDetector
+from prismops.detectors.nab import PROFILES, CorpusScore, NabFile, probationary_length, score_detections
 from prismops.detectors.online import SEVERITIES, DetectorConfig, SeriesDetector, Severity
 from prismops.errors import FieldRuleError
 
-DETECTOR_NAMES = ("prismops", "threshold")
+DETECTOR_NAMES = ("prismops", "legacy", "threshold")
 
 
 def prismops_detections(series: NabFile, config: DetectorConfig | None = None, min_severity: Severity = "warning") -> list[bool]:
@@ -18,28 +27,75 @@ def prismops_detections(series: NabFile, config: DetectorConfig | None = None, m
     return [detector.update(ts, value).at_least(min_severity) for ts, value in zip(series.timestamps, series.values)]
 
 
+def legacy_detections(series: NabFile, min_severity: Severity = "warning") -> list[bool]:
+    detector = LegacySeriesDetector()
+    return [detector.update(ts, value).at_least(min_severity) for ts, value in zip(series.timestamps, series.values)]
+
+
 def threshold_detections(series: NabFile, k: float = 3.0) -> list[bool]:
     """The fixed-threshold baseline, warmed up on the file's NAB probationary period."""
     return FixedThresholdDetector(max(2, probationary_length(len(series.values))), k).detect(series.values)
 
 
-def evaluate(corpus: Sequence[NabFile], detectors: Sequence[str] = DETECTOR_NAMES, config: DetectorConfig | None = None,
-             min_severity: Severity = "warning", threshold_k: float = 3.0,
-             on_file: Callable[[str, str], None] | None = None) -> dict[str, CorpusScore]:
-    """Score each named detector on every file of the corpus, in one run."""
+def category_of(relative_path: str) -> str:
+    return relative_path.split("/", 1)[0] if "/" in relative_path else "(top)"
+
+
+@dataclass(frozen=True)
+class DetectorReport:
+    """One detector's scores on a corpus: per NAB profile, per category (standard profile), false alerts."""
+
+    profiles: dict[str, CorpusScore]
+    categories: dict[str, CorpusScore]
+    clean_points: int
+    clean_false_alerts: int
+
+    @property
+    def false_alerts_per_10k(self) -> float | None:
+        return None if not self.clean_points else 10_000 * self.clean_false_alerts / self.clean_points
+
+
+def evaluate_report(corpus: Sequence[NabFile], detectors: Sequence[str] = DETECTOR_NAMES, config: DetectorConfig | None = None,
+                    min_severity: Severity = "warning", threshold_k: float = 3.0,
+                    on_file: Callable[[str, str], None] | None = None) -> dict[str, DetectorReport]:
+    """Score each named detector on every file, with every profile, per category, in one run."""
     unknown = [name for name in detectors if name not in DETECTOR_NAMES]
     if unknown:
         raise FieldRuleError("detector", "one_of", f"{', '.join(unknown)} is not one of {', '.join(DETECTOR_NAMES)}")
     if min_severity not in SEVERITIES:
         raise FieldRuleError("min_severity", "one_of", f"must be one of {', '.join(SEVERITIES)}")
-    scores: dict[str, CorpusScore] = {}
+    reports: dict[str, DetectorReport] = {}
     for name in detectors:
-        files = []
+        per_profile: dict[str, list] = {profile: [] for profile in PROFILES}
+        per_category: dict[str, list] = {}
+        clean_points = clean_alerts = 0
         for series in corpus:
             if on_file is not None:
                 on_file(name, series.relative_path)
-            detections = (prismops_detections(series, config, min_severity) if name == "prismops"
-                          else threshold_detections(series, threshold_k))
-            files.append(score_detections(series.relative_path, series.timestamps, series.windows, detections))
-        scores[name] = CorpusScore(files)
-    return scores
+            if name == "prismops":
+                detections = prismops_detections(series, config, min_severity)
+            elif name == "legacy":
+                detections = legacy_detections(series, min_severity)
+            else:
+                detections = threshold_detections(series, threshold_k)
+            for profile_name, profile in PROFILES.items():
+                score = score_detections(series.relative_path, series.timestamps, series.windows, detections, profile)
+                per_profile[profile_name].append(score)
+                if profile_name == "standard":
+                    per_category.setdefault(category_of(series.relative_path), []).append(score)
+            if not series.windows:
+                probation = probationary_length(len(detections))
+                clean_points += len(detections) - probation
+                clean_alerts += sum(detections[probation:])
+        reports[name] = DetectorReport({p: CorpusScore(files) for p, files in per_profile.items()},
+                                       {c: CorpusScore(files) for c, files in sorted(per_category.items())},
+                                       clean_points, clean_alerts)
+    return reports
+
+
+def evaluate(corpus: Sequence[NabFile], detectors: Sequence[str] = DETECTOR_NAMES, config: DetectorConfig | None = None,
+             min_severity: Severity = "warning", threshold_k: float = 3.0,
+             on_file: Callable[[str, str], None] | None = None) -> dict[str, CorpusScore]:
+    """Standard-profile score of each named detector on every file of the corpus."""
+    reports = evaluate_report(corpus, detectors, config, min_severity, threshold_k, on_file)
+    return {name: report.profiles["standard"] for name, report in reports.items()}

@@ -6,7 +6,10 @@ What is implemented (after numenta/NAB nab/sweeper.py and nab/runner.py normaliz
   fractional seconds (NAB's labels carry ".000000"). A window covers the points with start <= t <= end.
 - Probationary period: the first min(floor(0.15·n), 0.15·5000) points are not scored (detections there
   count for nothing, windows entirely inside it are not counted).
-- Standard profile: A_TP = 1.0, A_FP = -0.11, A_FN = -1.0, TN = 0.
+- Standard profile: A_TP = 1.0, A_FP = -0.11, A_FN = -1.0, TN = 0; reward_low_FP (A_FP = -0.22) and
+  reward_low_FN (A_FN = -2.0) as NAB's config/profiles.json.
+- Input (not NAB's rule): rows whose timestamps go back are sorted into time order and rows sharing a timestamp
+  are merged into their mean, with a warning on NabFile.warnings (daylight-saving exports), instead of refused.
 - Inside window k (width w = its point count, right edge r): a detection at point i is worth
   σ(-(r - i + 1)/w) / σ(-1), with σ(x) = 2/(1 + e^(5x)) - 1 the scaled sigmoid; only the window's best
   (earliest) detection counts, and a window without one costs A_FN.
@@ -52,6 +55,9 @@ class CostProfile:
 
 
 STANDARD_PROFILE = CostProfile()
+LOW_FP_PROFILE = CostProfile(fp=0.22)
+LOW_FN_PROFILE = CostProfile(fn=2.0)
+PROFILES = {"standard": STANDARD_PROFILE, "reward_low_fp": LOW_FP_PROFILE, "reward_low_fn": LOW_FN_PROFILE}
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class NabFile:
     timestamps: list[dt.datetime]
     values: list[Decimal]
     windows: list[tuple[dt.datetime, dt.datetime]]
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,8 @@ def parse_timestamp(text: str, field: str = "timestamp") -> dt.datetime:
     raise FieldRuleError(field, "nab_timestamp", f"{text!r} is not 'YYYY-MM-DD HH:MM:SS[.ffffff]'")
 
 
-def _read_series(path: Path, relative_path: str) -> tuple[list[dt.datetime], list[Decimal]]:
+def _read_series(path: Path, relative_path: str, warnings: list[str] | None = None) -> tuple[list[dt.datetime], list[Decimal]]:
+    warnings = [] if warnings is None else warnings
     timestamps: list[dt.datetime] = []
     values: list[Decimal] = []
     with path.open(newline="") as handle:
@@ -167,13 +175,33 @@ def _read_series(path: Path, relative_path: str) -> tuple[list[dt.datetime], lis
                 raise FieldRuleError(f"{relative_path}:{line_no} value", "decimal", f"{row[1]!r} is not a number") from None
             if not value.is_finite():
                 raise FieldRuleError(f"{relative_path}:{line_no} value", "finite", f"{row[1]!r} is not finite")
-            if timestamps and ts <= timestamps[-1]:
-                raise FieldRuleError(f"{relative_path}:{line_no} timestamp", "increasing", f"{row[0]} is not after the row before")
             timestamps.append(ts)
             values.append(value)
     if not timestamps:
         raise FieldRuleError("rows", "non_empty", f"{relative_path} has no data rows")
-    return timestamps, values
+    return _ordered(timestamps, values, relative_path, warnings)
+
+
+def _ordered(timestamps: list[dt.datetime], values: list[Decimal], relative_path: str,
+             warnings: list[str]) -> tuple[list[dt.datetime], list[Decimal]]:
+    """Rows whose timestamps go back (a daylight-saving change, a replayed export) are put in time order (stable)
+    and rows sharing a timestamp are merged into their mean; each is counted in a warning instead of refused."""
+    backward = sum(1 for a, b in zip(timestamps, timestamps[1:]) if b < a)
+    order = sorted(range(len(timestamps)), key=lambda i: timestamps[i])
+    merged_ts: list[dt.datetime] = []
+    merged_values: list[list[Decimal]] = []
+    for i in order:
+        if merged_ts and timestamps[i] == merged_ts[-1]:
+            merged_values[-1].append(values[i])
+        else:
+            merged_ts.append(timestamps[i])
+            merged_values.append([values[i]])
+    duplicates = len(timestamps) - len(merged_ts)
+    if backward:
+        warnings.append(f"{relative_path}: {backward} timestamps went back; rows sorted by time")
+    if duplicates:
+        warnings.append(f"{relative_path}: {duplicates} repeated timestamps; their rows merged into the mean value")
+    return merged_ts, [v[0] if len(v) == 1 else sum(v) / len(v) for v in merged_values]
 
 
 def read_corpus(directory: Path) -> list[NabFile]:
@@ -199,7 +227,8 @@ def read_corpus(directory: Path) -> list[NabFile]:
         raise FieldRuleError(LABELS_FILE, "files_exist", f"labels files that do not exist: {', '.join(missing)}")
     corpus = []
     for relative_path in sorted(csv_paths):
-        timestamps, values = _read_series(csv_paths[relative_path], relative_path)
+        warnings: list[str] = []
+        timestamps, values = _read_series(csv_paths[relative_path], relative_path, warnings)
         windows = []
         for pair in labels[relative_path]:
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
@@ -208,7 +237,7 @@ def read_corpus(directory: Path) -> list[NabFile]:
             if end < start:
                 raise FieldRuleError(f"{LABELS_FILE} {relative_path}", "window_order", f"window ends before it starts: {pair}")
             windows.append((start, end))
-        corpus.append(NabFile(relative_path, timestamps, values, sorted(windows)))
+        corpus.append(NabFile(relative_path, timestamps, values, sorted(windows), tuple(warnings)))
     return corpus
 
 

@@ -127,6 +127,34 @@ def validate_llm_usage(event: Mapping[str, Any], now: dt.datetime,
         raise InvalidEvent("error_code", "only_on_failure", "must be empty when status is ok")
 
 
+def llm_usage_errors(event: Mapping[str, Any], now: dt.datetime,
+                     max_tokens: int = DEFAULT_MAX_TOKENS_PER_CALL) -> list[InvalidEvent]:
+    """Every field that breaks a rule of `validate_llm_usage`, each once with the first rule it breaks, for callers
+    that answer a person (HTTP ingest) rather than dead-letter a record: the rules run again with each broken
+    field set to a value that passes, until none is left."""
+    passing: dict[str, Any] = {"event_time": now, "error_code": None, "labels": {}}
+    current = dict(event)
+    errors: list[InvalidEvent] = []
+    for _ in range(len(current) + len(TOKEN_FIELDS) + 2):
+        try:
+            validate_llm_usage(current, now, max_tokens)
+            return errors
+        except InvalidEvent as exc:
+            if any(seen.field == exc.field for seen in errors):  # a stand-in that still fails: stop, do not loop
+                return errors
+            errors.append(exc)
+            name = exc.field or ""
+            if name in passing:
+                current[name] = passing[name]
+            elif name in TOKEN_FIELDS or name in _NON_NEGATIVE:
+                current[name] = 0
+            elif name == "status":
+                current[name] = "ok"
+            else:
+                current[name] = "-"
+    return errors
+
+
 SERVICE_TIER_LABEL = "service_tier"
 """The label an LLM usage event names its service tier with (batch, flex, priority; absent: standard); the
 Avro schema has no field for it, so labels carry it (JSON events too: unknown top-level fields are dropped)."""

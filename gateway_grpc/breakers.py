@@ -93,6 +93,7 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._probes_taken_at: list[dt.datetime] = []
         self._opened_reason: str | None = None
+        self._open_for_s: float | None = None  # a provider's Retry-After: open exactly this long
 
     @property
     def consecutive_failures(self) -> int:
@@ -105,7 +106,7 @@ class CircuitBreaker:
 
     def state(self, now: dt.datetime) -> BreakerState:
         _require_aware(now)
-        if self._state is OPEN and _seconds(self._opened_at, now) >= self.config.open_s:
+        if self._state is OPEN and _seconds(self._opened_at, now) >= self._open_duration():
             return HALF_OPEN
         return self._state
 
@@ -174,7 +175,7 @@ class CircuitBreaker:
         """Seconds until a call may go again: 0 when one may go now."""
         state = self.state(now)
         if state is OPEN:
-            return max(0.0, self.config.open_s - _seconds(self._opened_at, now))
+            return max(0.0, self._open_duration() - _seconds(self._opened_at, now))
         if state is HALF_OPEN and self._free_probe_slots(now) == 0:
             return max(0.0, min(self.config.probe_timeout_s - _seconds(t, now) for t in self._live_probes(now)))
         return 0.0
@@ -186,11 +187,25 @@ class CircuitBreaker:
             self._probes_taken_at = []
         return state
 
-    def _open(self, now: dt.datetime, reason: str) -> None:
+    def _open(self, now: dt.datetime, reason: str, open_for_s: float | None = None) -> None:
         self._state = OPEN
         self._opened_at = now
         self._opened_reason = reason
         self._probes_taken_at = []
+        self._open_for_s = open_for_s
+
+    def _open_duration(self) -> float:
+        return self._open_for_s if self._open_for_s is not None else self.config.open_s
+
+    def open_for(self, now: dt.datetime, seconds: float) -> None:
+        """A 429 with Retry-After: open now for exactly `seconds` (not the configured open_s), whatever the
+        failure count; then half-open with its probe as usual. A later, longer Retry-After extends it."""
+        if not _is_number(seconds) or seconds <= 0:
+            raise FieldRuleError("retry_after_ms", "positive", f"must be a finite number of seconds > 0, got {seconds!r}")
+        self._consecutive_failures += 1
+        if self._settle(now) is OPEN and self.retry_in_s(now) >= seconds:
+            return
+        self._open(now, f"provider asked to retry after {seconds:g} s (429)", open_for_s=seconds)
 
     def _probe_expired(self, taken_at: dt.datetime, now: dt.datetime) -> bool:
         return _seconds(taken_at, now) >= self.config.probe_timeout_s
@@ -254,12 +269,17 @@ class BreakerBoard:
         with self._lock:
             return self._breaker(key).retry_in_s(now)
 
-    def record_outcome(self, key: ModelKey, status: str, now: dt.datetime) -> BreakerState:
-        """Feed one call's outcome name (see `classify_outcome`); returns the state after it."""
+    def record_outcome(
+        self, key: ModelKey, status: str, now: dt.datetime, retry_after_s: float | None = None
+    ) -> BreakerState:
+        """Feed one call's outcome name (see `classify_outcome`); returns the state after it. A rate_limited
+        outcome with `retry_after_s` opens the breaker for exactly that long."""
         outcome = classify_outcome(status)
         with self._lock:
             breaker = self._breaker(key)
-            if outcome == OK:
+            if outcome == RATE_LIMITED and retry_after_s:
+                breaker.open_for(now, retry_after_s)
+            elif outcome == OK:
                 breaker.record_success(now)
             elif outcome in FAILURE_OUTCOMES:
                 breaker.record_failure(now)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from prismops.gateway_grpc import response_cache as rc
 from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.streams.producer import new_llm_usage_event
 from prismops.streams.telemetry import PROPAGATOR
@@ -130,11 +131,18 @@ class RouterClient:
         latency_ms: float = 0.0,
         shadow: bool = False,
         timeout: float = 2.0,
+        retry_after_ms: int = 0,
+        lease_id: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
     ) -> routing_pb2.ReportOutcomeResponse:
-        """Tell the router how a call went; `status` is one of ok/rate_limited/server_error/timeout/client_error."""
+        """Tell the router how a call went; `status` is one of ok/rate_limited/server_error/timeout/client_error.
+        `retry_after_ms` (a 429's Retry-After) keeps the model out exactly that long; `lease_id` releases the
+        decision's concurrency lease; the token counts correct the estimate charged to token limits."""
         request = routing_pb2.ReportOutcomeRequest(
             decision_id=decision_id, model=_model_ref(model), status=status,
-            http_status=http_status, latency_ms=latency_ms, shadow=shadow,
+            http_status=http_status, latency_ms=latency_ms, shadow=shadow, retry_after_ms=retry_after_ms,
+            lease_id=lease_id, input_tokens=input_tokens, output_tokens=output_tokens,
         )
         return self._router.ReportOutcome(request, timeout=timeout, metadata=self._metadata)
 
@@ -213,17 +221,20 @@ def status_for_http(http_status: int) -> str:
 class ProviderError(Exception):
     """Raised by `invoke` when the provider call failed; `status` decides retry and fallback."""
 
-    def __init__(self, status: str, http_status: int = 0, message: str = ""):
+    def __init__(self, status: str, http_status: int = 0, message: str = "", retry_after_s: float | None = None):
         if status not in FAILURE_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(FAILURE_STATUSES)}, got {status!r}")
+        if retry_after_s is not None and not (isinstance(retry_after_s, (int, float)) and 0 <= retry_after_s < 1e7):
+            raise ValueError(f"retry_after_s: must be seconds >= 0, got {retry_after_s!r}")
         super().__init__(message or status)
         self.status = status
         self.http_status = http_status
         self.message = message
+        self.retry_after_s = retry_after_s  # the provider's Retry-After on a 429
 
     @classmethod
-    def from_http(cls, http_status: int, message: str = "") -> "ProviderError":
-        return cls(status_for_http(http_status), http_status, message)
+    def from_http(cls, http_status: int, message: str = "", retry_after_s: float | None = None) -> "ProviderError":
+        return cls(status_for_http(http_status), http_status, message, retry_after_s)
 
 
 class RoutingRefused(Exception):
@@ -237,6 +248,39 @@ class BudgetRefused(RoutingRefused):
         super().__init__(message)
         self.message = message
         self.decision_id = decision_id
+
+
+class RateLimited(RoutingRefused):
+    """The router refused with RESOURCE_EXHAUSTED (a rate limit, quota or concurrency cap) and waiting up to
+    `max_limit_wait_s` did not help; `retry_after_s` is the router's last hint, `reason_code` its reason."""
+
+    def __init__(self, message: str, reason_code: str = "", retry_after_s: float = 0.0, decision_id: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.reason_code = reason_code
+        self.retry_after_s = retry_after_s
+        self.decision_id = decision_id
+
+
+class TierRefused(RoutingRefused):
+    """The tenant's tier allows none of the route's models (FAILED_PRECONDITION, reason tier_no_allowed_model)."""
+
+
+def refusal_hints(error: grpc.RpcError) -> tuple[float | None, str, str]:
+    """(retry-after seconds or None, reason code, decision id) from a refused call's trailing metadata."""
+    trailing = getattr(error, "trailing_metadata", None)
+    retry_after, code, decision_id = None, "", ""
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == "retry-after-ms":
+            try:
+                retry_after = max(0.0, int(value) / 1000.0)
+            except ValueError:
+                retry_after = None
+        elif key == "prismops-reason-code":
+            code = str(value)
+        elif key == "prismops-decision-id":
+            decision_id = str(value)
+    return retry_after, code, decision_id
 
 
 class Attempt(NamedTuple):
@@ -267,6 +311,10 @@ class CallResult:
     decision: routing_pb2.DecideResponse
     # The background shadow call, for callers (and tests) that want to wait for it; None when none ran.
     shadow: Future | None = field(default=None, repr=False)
+    # True when the response came from the response cache (no provider call, `attempts` empty).
+    cache_hit: bool = False
+    # The decision's estimated cost of the call a cache hit avoided, exact decimal USD text; "" otherwise.
+    saved_usd: str = ""
 
 
 class RoutingClient(Protocol):
@@ -351,18 +399,45 @@ class _CallReporter:
         outcome: Any = None,
         fallback: bool = False,
         shadow: bool = False,
+        retry_after_s: float | None = None,
+        release_lease: bool = False,
     ) -> None:
-        try:
-            self._client.report_outcome(
-                (provider, model), status, decision_id=self._decision.decision_id,
-                http_status=http_status, latency_ms=latency_ms, shadow=shadow,
-            )
-        except grpc.RpcError as error:
-            log.warning("outcome of %s/%s (%s) not reported to the router: %s", provider, model, status, error)
+        self._report_to_router(provider, model, status, latency_ms, http_status, outcome, shadow, retry_after_s,
+                               release_lease)
         if self._producer is not None:
             self._producer.record_llm_call(self._usage_event(
                 provider, model, status, latency_ms, http_status, outcome, fallback=fallback, shadow=shadow,
             ))
+
+    def report_cache_hit(self, provider: str, model: str, saved_usd: str, key: str) -> None:
+        """A hit: no provider call, so no breaker moves. The router hears of it only to give the lease back (as
+        a shadow outcome, which never moves breakers); the usage event says cache_hit with the money saved."""
+        if self._decision.lease_id:
+            self._report_to_router(provider, model, OK, 0.0, 0, None, True, None, True)
+        if self._producer is not None:
+            event = self._usage_event(provider, model, OK, 0.0, 0, None, fallback=False, shadow=False)
+            event["cache_hit"] = True
+            event["labels"] = {**(event.get("labels") or {}), rc.SAVED_USD_LABEL: saved_usd or "0",
+                               rc.CACHE_KEY_LABEL: key.rpartition(":")[2][:16]}
+            self._producer.record_llm_call(event)
+
+    def _report_to_router(self, provider: str, model: str, status: str, latency_ms: float, http_status: int,
+                          outcome: Any, shadow: bool, retry_after_s: float | None, release_lease: bool) -> None:
+        extra: dict[str, Any] = {}
+        if retry_after_s:
+            extra["retry_after_ms"] = max(1, round(retry_after_s * 1000))
+        if release_lease and self._decision.lease_id:
+            extra["lease_id"] = self._decision.lease_id
+        if outcome is not None and not shadow:
+            extra["input_tokens"] = int(getattr(outcome, "input_tokens", 0) or 0)
+            extra["output_tokens"] = int(getattr(outcome, "output_tokens", 0) or 0)
+        try:
+            self._client.report_outcome(
+                (provider, model), status, decision_id=self._decision.decision_id,
+                http_status=http_status, latency_ms=latency_ms, shadow=shadow, **extra,
+            )
+        except grpc.RpcError as error:
+            log.warning("outcome of %s/%s (%s) not reported to the router: %s", provider, model, status, error)
 
     def _usage_event(
         self, provider: str, model: str, status: str, latency_ms: float, http_status: int, outcome: Any,
@@ -436,6 +511,11 @@ def call_with_fallback(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     shadow_executor: Executor | None = None,
+    max_limit_wait_s: float = 30.0,
+    max_retry_after_wait_s: float = 10.0,
+    cache: rc.ResponseCache | None = None,
+    cache_request: Any = None,
+    cache_params: Mapping[str, Any] | None = None,
 ) -> CallResult:
     """Ask the router, then call [chosen model, *fallbacks] until one answers.
 
@@ -446,38 +526,82 @@ def call_with_fallback(
     429) is reported and re-raised at once. `usage_defaults` supplies the usage event fields the request does
     not (the schema requires `environment`); an event that breaks the schema raises CodecError, a bug to fix
     rather than a runtime condition. Raises BudgetRefused when the tenant is over budget,
-    AllModelsFailed when the whole chain failed; other gRPC errors from Decide propagate unchanged."""
+    AllModelsFailed when the whole chain failed; other gRPC errors from Decide propagate unchanged.
+
+    Limits: a Decide refused with RESOURCE_EXHAUSTED (rate limit, quota, concurrency cap) is retried after the
+    router's `retry-after-ms` (at least an exponential backoff from 50 ms, at most 5 s a wait) until
+    `max_limit_wait_s` of waiting is spent, then RateLimited. A ProviderError with `retry_after_s` (a 429's
+    Retry-After) is reported so the router keeps the model out that long, and the next attempt on the same
+    model waits at least that long; longer than `max_retry_after_wait_s` and the chain moves to the next
+    model at once. The decision's concurrency lease is released with the call's last report.
+
+    Cache: with `cache` and `cache_request` (the JSON form of what would be sent: messages, tools...) and
+    `cache_params` (model parameters: temperature, max_tokens...), a response cached for (tenant, chosen
+    provider/model, request, params) is returned without calling any model (`cache_hit=True`, `saved_usd` =
+    the decision's estimated cost, also on the usage event); a successful answer is stored under the model
+    that gave it. Streaming, n > 1 and sampling parameters are not cached (see response_cache)."""
     request = dict(request_kwargs)
     if not request.get("request_id"):
         request["request_id"] = str(uuid.uuid4())
-    try:
-        decision = client.decide(**request)
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-            raise BudgetRefused(error.details() or "over budget", _decision_id_of(error)) from error
-        raise
+    decision = _decide_waiting(client, request, sleep, max_limit_wait_s)
     reporter = _CallReporter(client, decision, request, producer, usage_defaults or {})
+    tenant = str(request.get("tenant", ""))
+    use_cache = cache is not None and cache_request is not None
+    if use_cache and cache.uncacheable(cache_params):  # type: ignore[union-attr]
+        rc._count(rc.LOOKUPS, label="uncacheable")
+        use_cache = False
+    if use_cache:
+        key = rc.cache_key(tenant, decision.model.provider, decision.model.model, cache_request, cache_params)
+        hit = cache.lookup(tenant, key)  # type: ignore[union-attr]
+        if hit is not None:
+            saved = decision.estimated_cost_usd or "0"
+            rc._count(rc.LOOKUPS, label="hit")
+            rc._count(rc.SAVED_USD, float(saved))
+            reporter.report_cache_hit(hit.provider, hit.model, saved, key)
+            return CallResult(hit.response, hit.provider, hit.model, [], decision, None, cache_hit=True,
+                              saved_usd=saved)
+        rc._count(rc.LOOKUPS, label="miss")
     shadow = _start_shadow(decision, invoke, reporter, clock, shadow_executor)
 
     attempts: list[Attempt] = []
     last_error: ProviderError | None = None
-    for step in _chain(decision):
+    chain = _chain(decision)
+    for step_number, step in enumerate(chain, 1):
         max_attempts = max(1, step.retry.max_attempts)
+        wait_at_least = 0.0
         for attempt_number in range(1, max_attempts + 1):
             if attempt_number > 1:
-                sleep(_backoff_s(step.retry, attempt_number - 1))
+                sleep(max(_backoff_s(step.retry, attempt_number - 1), wait_at_least))
             attempted = _timed_invoke(invoke, step.provider, step.model, clock)
             failure = attempted.error
             status = OK if failure is None else failure.status
             attempts.append(Attempt(step.provider, step.model, status, attempted.latency_ms))
+            retry_after = failure.retry_after_s if failure is not None and failure.status == RATE_LIMITED else None
+            gives_up_here = failure is not None and (
+                failure.status == CLIENT_ERROR or failure.status not in step.retry.retry_on)
+            # out longer than we would wait: leave this model now (for the next one, or give up when it is the last)
+            leave_step = retry_after is not None and retry_after > max_retry_after_wait_s
+            last = failure is None or gives_up_here or (
+                step_number == len(chain) and (attempt_number == max_attempts or leave_step))
             reporter.report(step.provider, step.model, status, attempted.latency_ms, outcome=attempted.outcome,
-                            http_status=failure.http_status if failure else 0, fallback=step.fallback)
+                            http_status=failure.http_status if failure else 0, fallback=step.fallback,
+                            retry_after_s=retry_after, release_lease=last)
             if failure is None:
                 response = getattr(attempted.outcome, "response", None)
+                if use_cache:
+                    cache.store_response(  # type: ignore[union-attr]
+                        tenant, rc.cache_key(tenant, step.provider, step.model, cache_request, cache_params),
+                        step.provider, step.model, response,
+                        int(getattr(attempted.outcome, "input_tokens", 0) or 0),
+                        int(getattr(attempted.outcome, "output_tokens", 0) or 0))
                 return CallResult(response, step.provider, step.model, attempts, decision, shadow)
-            if failure.status == CLIENT_ERROR or failure.status not in step.retry.retry_on:
+            if gives_up_here:
                 raise failure
             last_error = failure
+            if leave_step:
+                break
+            if retry_after is not None:
+                wait_at_least = retry_after
     assert last_error is not None  # the chain has at least one step and every attempt failed
     raise AllModelsFailed(attempts, last_error)
 
@@ -497,6 +621,41 @@ def _start_shadow(
     except RuntimeError as error:  # an executor already shut down: skip the comparison, keep the call
         log.warning("shadow call to %s/%s not started: %s", provider, model, error)
         return None
+
+
+LIMIT_BACKOFF_BASE_S = 0.05
+LIMIT_BACKOFF_MAX_S = 5.0
+
+
+def _decide_waiting(
+    client: RoutingClient, request: Mapping[str, Any], sleep: Callable[[float], None], max_wait_s: float,
+) -> routing_pb2.DecideResponse:
+    """Decide; on RESOURCE_EXHAUSTED wait (the router's retry-after, at least an exponential backoff) and
+    ask again until `max_wait_s` of waiting is spent."""
+    waited, retry_number = 0.0, 0
+    while True:
+        try:
+            return client.decide(**request)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                _, reason_code, decision_id = refusal_hints(error)
+                if reason_code.startswith("tier_"):
+                    raise TierRefused(error.details() or "tier refused") from error
+                raise BudgetRefused(error.details() or "over budget", decision_id or _decision_id_of(error)) from error
+            if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            retry_after, reason_code, decision_id = refusal_hints(error)
+            backoff = min(LIMIT_BACKOFF_MAX_S, LIMIT_BACKOFF_BASE_S * 2 ** retry_number)
+            wait = min(LIMIT_BACKOFF_MAX_S, max(backoff, retry_after or 0.0))
+            if retry_after is None and not reason_code:
+                raise  # the gateway itself is overloaded (grpc's own RESOURCE_EXHAUSTED): not ours to wait out
+            if waited + wait > max_wait_s:
+                raise RateLimited(error.details() or "rate limited", reason_code, retry_after or 0.0,
+                                  decision_id) from error
+            sleep(wait)
+            waited += wait
+            retry_number += 1
 
 
 def _decision_id_of(error: grpc.RpcError) -> str:

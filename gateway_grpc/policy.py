@@ -10,6 +10,11 @@ The order in which rules apply (each adds its reason code to `reason_codes`):
    in MANUAL mode (`budget_blocked`); at or above the downgrade threshold the candidates are restricted to
    the downgrade tier or cheaper (`budget_downgrade`, or `budget_downgrade_unavailable` when no candidate
    qualifies).
+2b. Limits (with `state.limits`): the tenant's tier quotas and rate limits, peeked, refuse the request when
+   spent (`tier_daily_limit` / `tenant_rate_limited`, with a retry-after); per candidate, the tier's model tiers
+   (`tier_model_restricted`; none left: `tier_no_allowed_model`) and the model's RPM/TPM (a spent model is not
+   eligible: `rate_limited_skip` when another is chosen, `rate_limited_all_models` when none is left). The
+   caller spends the limits of the chosen model (see server.RouterServicer._decide_and_charge).
 3. Chain: the complexity class's models (`complexity_simple` / `complexity_complex`), else the route's
    primary and fallbacks; an A/B arm's model moves to the front (`experiment_arm`); a canary's model moves to
    the front for its share of tenants (`canary`), for everyone once promoted (`canary_promoted`), and leaves
@@ -42,6 +47,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prismops.gateway_grpc.breakers import BreakerBoard
+from prismops.gateway_grpc.limiter import Limiter
+from prismops.gateway_grpc.limits import WINDOW
 from prismops.gateway_grpc.experiments import CanaryConfig, CanaryTracker, choose_arm, in_canary, sampled
 from prismops.gateway_grpc.policy_config import (
     Canary, ComplexityClass, ModelSpec, RetryConfig, Route, RoutingPolicy, model_name, parse_model_ref,
@@ -68,6 +75,13 @@ CANARY_PROMOTED = "canary_promoted"
 CANARY_ROLLED_BACK = "canary_rolled_back"
 SHADOW_SAMPLED = "shadow_sampled"
 SHADOW_SKIPPED_BUDGET = "shadow_skipped_budget"
+RATE_LIMITED_SKIP = "rate_limited_skip"
+RATE_LIMITED_ALL = "rate_limited_all_models"
+TENANT_RATE_LIMITED = "tenant_rate_limited"
+TIER_DAILY_LIMIT = "tier_daily_limit"
+TIER_RESTRICTED = "tier_model_restricted"
+TIER_NO_MODEL = "tier_no_allowed_model"
+CONCURRENCY_LIMITED = "concurrency_limited"
 
 MONEY_QUANTUM = decimal.Decimal("1e-12")
 MAX_EXPECTED_TOKENS = 10**12
@@ -174,6 +188,10 @@ class RoutingChoice:
     live_table_age_ms: int | None = None
     refused: bool = False
     latency_slo_ms: float | None = None
+    # "budget" (FAILED_PRECONDITION), "rate" (RESOURCE_EXHAUSTED, retry after `retry_after_s`) or "tier"
+    refusal_kind: str = ""
+    retry_after_s: float = 0.0
+    tenant_tier: str | None = None
 
     def decision_record(self, request: RoutingRequest, decision_id: str) -> dict[str, Any]:
         """The routing_decision Avro record (schemas/routing_decision.v2.avsc) for this answer."""
@@ -233,6 +251,7 @@ class RoutingState:
     budget: BudgetStanding | None = None
     budget_mode: str = "manual"
     static_prices: StaticPrices | None = None
+    limits: Limiter | None = None
 
 
 def validate_request(request: RoutingRequest) -> None:
@@ -424,6 +443,9 @@ class _Candidate:
     capability_problem: str | None = None
     tier_problem: str | None = None
     live_problem: str | None = None
+    class_problem: str | None = None  # the tenant's tier does not allow this model's tier
+    limit_problem: str | None = None  # the model's rate limit is spent
+    limit_wait_s: float = 0.0
 
     @property
     def p95(self) -> float:
@@ -432,7 +454,8 @@ class _Candidate:
     @property
     def usable(self) -> bool:
         """Passes what no live number can change: capabilities, budget tier and breaker."""
-        return self.capability_problem is None and self.tier_problem is None and self.breaker_allows
+        return (self.capability_problem is None and self.tier_problem is None and self.breaker_allows
+                and self.class_problem is None and self.limit_problem is None)
 
     @property
     def passes(self) -> bool:
@@ -578,6 +601,24 @@ class _Decision:
             return None
         return cost_from_prices(prices[0], prices[1], request.expected_input_tokens, request.expected_output_tokens)
 
+    def apply_limits(self, candidates: list[_Candidate], tier_name: str | None, tokens: int, now_s: float) -> None:
+        """The tenant tier's model tiers, then each model's own rate limits (peeked, nothing spent)."""
+        limits, policy = self.state.limits, self.policy
+        assert limits is not None
+        _, tier = limits.tier_of(policy, self.request.tenant)
+        allowed = set(tier.model_tiers) if tier is not None and tier.model_tiers else None
+        for candidate in candidates:
+            if allowed is not None:
+                spec = self.index.spec(candidate.key)
+                if spec is None or spec.tier not in allowed:
+                    candidate.class_problem = (f"tenant tier {tier_name} allows {', '.join(sorted(allowed))} models, "
+                                               f"not {spec.tier if spec else 'models outside the catalog'}")
+                    continue
+            blocked = limits.blocked(limits.model_charges(policy, candidate.key, tokens), now_s)
+            if blocked is not None:
+                candidate.limit_problem = f"rate limited: {blocked.charge.label} spent, free in {blocked.wait_s:.1f} s"
+                candidate.limit_wait_s = blocked.wait_s
+
     def apply_budget_tier(self, candidates: list[_Candidate], rule_tier: str | None) -> str | None:
         """Restrict to the downgrade tier or cheaper; returns the tier, or None when no candidate qualifies."""
         ranks = [self.policy.tier_rank(c.key) for c in candidates]
@@ -617,8 +658,23 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
         elif standing.used_pct >= budget_rule.downgrade_at_pct:
             budget_status, downgrade = "warn", True
 
+    limits = state.limits
+    tier_name = None
+    tokens = request.expected_input_tokens + request.expected_output_tokens
+    now_s = now.timestamp()
+    if limits is not None:
+        tier_name, _tier = limits.tier_of(policy, request.tenant)
+        blocked = limits.blocked(limits.tenant_charges(policy, request.tenant, tokens), now_s)
+        if blocked is not None:
+            code = TIER_DAILY_LIMIT if blocked.charge.kind == WINDOW else TENANT_RATE_LIMITED
+            reason = (f"tenant {request.tenant}: {blocked.charge.label} spent; "
+                      f"retry in {blocked.wait_s:.1f} s")
+            return _limit_refusal(request, work, now, slo, code, reason, "rate", blocked.wait_s, tier_name)
+
     chain = work.chain()
     candidates = work.assess(chain, slo)
+    if limits is not None:
+        work.apply_limits(candidates, tier_name, tokens, now_s)
     downgrade_tier = None
     if downgrade:
         downgrade_tier = work.apply_budget_tier(candidates, budget_rule.downgrade_to_tier)
@@ -631,6 +687,22 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
             _capability_field(request), "capability",
             f"no model on route {route.name} can serve this request ({model_name(first.key)}: {first.capability_problem})",
         )
+    if limits is not None:
+        allowed = [c for c in capable if c.class_problem is None]
+        if not allowed:
+            reason = (f"tenant {request.tenant}'s tier {tier_name} allows none of route {route.name}'s models "
+                      f"({'; '.join(f'{model_name(c.key)}: {c.class_problem}' for c in capable)})")
+            return _limit_refusal(request, work, now, slo, TIER_NO_MODEL, reason, "tier", 0.0, tier_name)
+        if any(c.class_problem for c in capable):
+            work.add(TIER_RESTRICTED)
+        open_ = [c for c in allowed if c.limit_problem is None and c.tier_problem is None]
+        if not open_ and any(c.limit_problem for c in allowed):
+            limited = [c for c in allowed if c.limit_problem]
+            wait = min(c.limit_wait_s for c in limited)
+            reason = ("every allowed model's rate limit is spent ("
+                      + "; ".join(f"{model_name(c.key)}: {c.limit_problem}" for c in limited) + ")")
+            return _limit_refusal(request, work, now, slo, RATE_LIMITED_ALL, reason, "rate", wait, tier_name)
+        capable = [c for c in allowed if c.limit_problem is None] or allowed
     usable = [c for c in candidates if c.usable]
     any_rows = any(c.row is not None for c in candidates)
     any_fresh = any(c.fresh for c in candidates)
@@ -686,6 +758,10 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
 
     if chosen.breaker_state == "half_open" and state.breakers.acquire(chosen.key, now):
         work.add(BREAKER_PROBE)
+    if any(c.limit_problem for c in candidates) and chosen.limit_problem is None:
+        work.add(RATE_LIMITED_SKIP)
+        if lead_code == PRIMARY_SKIPPED and candidates[0].limit_problem:
+            lead_code = RATE_LIMITED_SKIP
     fallbacks = _fallbacks(chosen, ranked_passing, usable, retry)
     shadow = _shadow(work, route, chosen, downgrade)
     work.codes.insert(0, lead_code)
@@ -697,7 +773,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
         policy_version=state.policy_version, retry=retry, fallbacks=fallbacks, shadow=shadow,
         experiment=work.experiment, arm=work.arm, budget=standing, budget_status=budget_status,
         downgraded=downgrade_tier is not None, downgrade_tier=downgrade_tier, static_fallback=static and any_rows,
-        live_table_age_ms=int(min(ages) * 1000) if ages else None, latency_slo_ms=slo,
+        live_table_age_ms=int(min(ages) * 1000) if ages else None, latency_slo_ms=slo, tenant_tier=tier_name,
     )
 
 
@@ -754,8 +830,12 @@ def _numbers(candidate: _Candidate) -> str:
 def _problem(candidate: _Candidate) -> str:
     if candidate.capability_problem:
         return candidate.capability_problem
+    if candidate.class_problem:
+        return candidate.class_problem
     if candidate.tier_problem:
         return candidate.tier_problem
+    if candidate.limit_problem:
+        return candidate.limit_problem
     if not candidate.breaker_allows:
         return f"breaker {candidate.breaker_state}"
     return candidate.live_problem or "passes"
@@ -785,6 +865,20 @@ def _verdict(candidate: _Candidate, chosen: _Candidate) -> CandidateVerdict:
     )
 
 
+def _limit_refusal(
+    request: RoutingRequest, work: _Decision, now: dt.datetime, slo: float, code: str, reason: str, kind: str,
+    wait_s: float, tier_name: str | None,
+) -> RoutingChoice:
+    """A refusal by a rate limit, quota or tenant tier: no model; `retry_after_s` says when to come back."""
+    work.codes.insert(0, code)
+    return RoutingChoice(
+        provider=None, model=None, reason_code=code, reason_codes=tuple(work.codes), reason=reason,
+        estimated_cost_usd=None, candidates=(), decided_at=now, route=work.route.name,
+        policy_version=work.state.policy_version, refused=True, latency_slo_ms=slo, refusal_kind=kind,
+        retry_after_s=max(0.0, wait_s), tenant_tier=tier_name,
+    )
+
+
 def _refusal(
     request: RoutingRequest, work: _Decision, standing: BudgetStanding, now: dt.datetime, slo: float
 ) -> RoutingChoice:
@@ -802,5 +896,5 @@ def _refusal(
         provider=None, model=None, reason_code=BUDGET_BLOCKED, reason_codes=tuple(work.codes), reason=standing.message,
         estimated_cost_usd=None, candidates=candidates, decided_at=now, route=work.route.name,
         policy_version=work.state.policy_version, budget=standing, budget_status="block", refused=True,
-        latency_slo_ms=slo,
+        latency_slo_ms=slo, refusal_kind="budget",
     )

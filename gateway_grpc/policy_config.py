@@ -240,6 +240,64 @@ class Route(_Strict):
         return [self.primary, *self.fallbacks] if self.primary else []
 
 
+LIMIT_MAX = 10**12  # per minute or per day: anything above is a typo, not a limit
+
+
+class RateLimit(_Strict):
+    """Requests and tokens per minute; unset: no limit of that kind."""
+
+    rpm: int | None = Field(default=None, gt=0, le=LIMIT_MAX, description="requests per minute")
+    tpm: int | None = Field(default=None, gt=0, le=LIMIT_MAX, description="tokens (input + output) per minute")
+
+
+class ConcurrencyCap(_Strict):
+    """At most `max_in_flight` calls at once for the services/features `match` selects (one shared count)."""
+
+    name: str = Field(min_length=1)
+    match: Match = Match()
+    max_in_flight: int = Field(ge=1, le=1_000_000)
+    lease_ttl_s: float = Field(default=120.0, gt=0, le=86_400, description="a lease never released ends then")
+
+
+class Limits(_Strict):
+    """Rate limits per provider/model (the provider account's) and per tenant, and concurrency caps."""
+
+    models: dict[str, RateLimit] = Field(default_factory=dict)
+    tenants: dict[str, RateLimit] = Field(
+        default_factory=dict, description="per tenant; '*' applies to every tenant not listed",
+    )
+    concurrency: tuple[ConcurrencyCap, ...] = ()
+    lease_retry_ms: int = Field(default=250, ge=1, le=60_000, description="retry-after sent when a cap is full")
+    max_retry_after_s: float = Field(default=3600.0, gt=0, le=86_400, description="longest 429 retry-after honoured")
+
+    def concurrency_for(self, service: str, feature: str) -> ConcurrencyCap | None:
+        matching = [(cap.match.specificity, -i, cap) for i, cap in enumerate(self.concurrency)
+                    if cap.match.matches(service, feature)]
+        return max(matching, key=lambda item: (item[0], item[1]))[2] if matching else None
+
+
+class TenantTier(_Strict):
+    """What a tier of tenants may use: model tiers (empty: all), daily quotas and rate limits (unset: none)."""
+
+    model_tiers: tuple[str, ...] = ()
+    daily_requests: int | None = Field(default=None, gt=0, le=LIMIT_MAX)
+    daily_tokens: int | None = Field(default=None, gt=0, le=LIMIT_MAX)
+    rpm: int | None = Field(default=None, gt=0, le=LIMIT_MAX)
+    tpm: int | None = Field(default=None, gt=0, le=LIMIT_MAX)
+
+
+class TenantTiers(_Strict):
+    """Tenants to tiers. A tenant not listed gets `default`; with no default it has no tier (no tier rules)."""
+
+    default: str | None = None
+    tiers: dict[str, TenantTier] = Field(default_factory=dict)
+    tenants: dict[str, str] = Field(default_factory=dict)
+
+    def tier_of(self, tenant: str) -> tuple[str | None, TenantTier | None]:
+        name = self.tenants.get(tenant, self.default)
+        return (name, self.tiers[name]) if name is not None else (None, None)
+
+
 class RoutingPolicy(_Strict):
     """The whole policy document."""
 
@@ -250,6 +308,8 @@ class RoutingPolicy(_Strict):
     defaults: Defaults = Defaults()
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    limits: Limits = Limits()
+    tenant_tiers: TenantTiers = TenantTiers()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "RoutingPolicy":
@@ -291,6 +351,29 @@ class RoutingPolicy(_Strict):
                 raise PolicyConfigError(
                     f"{where}.budget.downgrade_to_tier", "known_tier", f"{rule.downgrade_to_tier!r} is not one of {list(self.tiers)}"
                 )
+        for name in self.limits.models:
+            try:
+                parse_model_ref(name)
+            except ValueError as exc:
+                raise PolicyConfigError(f"limits.models.{name}", "provider_model", str(exc)) from None
+        cap_names = [cap.name for cap in self.limits.concurrency]
+        if len(set(cap_names)) != len(cap_names):
+            raise PolicyConfigError("limits.concurrency", "unique", f"cap names must be unique, got {cap_names}")
+        tiers = self.tenant_tiers
+        for tier_name, tier in tiers.tiers.items():
+            for i, model_tier in enumerate(tier.model_tiers):
+                if model_tier not in self.tiers:
+                    raise PolicyConfigError(
+                        f"tenant_tiers.tiers.{tier_name}.model_tiers[{i}]", "known_tier",
+                        f"{model_tier!r} is not one of {list(self.tiers)}",
+                    )
+        if tiers.default is not None and tiers.default not in tiers.tiers:
+            raise PolicyConfigError("tenant_tiers.default", "known_tenant_tier",
+                                    f"{tiers.default!r} is not one of {sorted(tiers.tiers)}")
+        for tenant, tier_name in tiers.tenants.items():
+            if tier_name not in tiers.tiers:
+                raise PolicyConfigError(f"tenant_tiers.tenants.{tenant}", "known_tenant_tier",
+                                        f"{tier_name!r} is not one of {sorted(tiers.tiers)}")
         default_rule = self.defaults.budget
         if default_rule.downgrade_to_tier and default_rule.downgrade_to_tier not in self.tiers:
             raise PolicyConfigError(

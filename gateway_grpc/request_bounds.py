@@ -82,6 +82,11 @@ def check_report_outcome(request: routing_pb2.ReportOutcomeRequest) -> None:
     check_id("decision_id", request.decision_id)
     check_model_ref("model", request.model)
     check_name("status", request.status)
+    check_id("lease_id", request.lease_id)
+    for name in ("retry_after_ms", "input_tokens", "output_tokens"):
+        value = getattr(request, name)
+        if value < 0:
+            raise FieldRuleError(name, "non_negative", f"must be >= 0, got {value}")
 
 
 def check_set_policy(request: routing_pb2.SetPolicyRequest, max_document_chars: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -43,10 +44,13 @@ from prismops.gateway_grpc.auth import BearerAuthInterceptor, TokensFileError, c
 from prismops.gateway_grpc.breakers import BreakerBoard, BreakerConfig, classify_outcome
 from prismops.gateway_grpc.budget_gate import BudgetGate
 from prismops.gateway_grpc.experiments import CanaryTracker
+from prismops.gateway_grpc.limiter import Limiter, token_charges
+from prismops.gateway_grpc.limits import Charge, LimitError, LocalLimitStore
 from prismops.gateway_grpc.live_table import BudgetStateTable, LiveModelTable, LiveTableFollower
 from prismops.gateway_grpc.metrics import DECISIONS, GatewayStateCollector
 from prismops.gateway_grpc.policy import (
-    PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd, validate_request,
+    CONCURRENCY_LIMITED, PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd,
+    validate_request,
 )
 from prismops.gateway_grpc.policy_config import (
     BreakerPolicy, InstalledPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
@@ -266,8 +270,12 @@ class GatewayState:
     catalog: PriceCatalog | None = None
     clock: Callable[[], dt.datetime] = _utc_now
     last_audit_ids: dict[int, str] = field(default_factory=dict)
+    limiter: Limiter | None = None
+    reservations: "Reservations" = field(default_factory=lambda: Reservations())
 
     def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = limiter_from_settings(self.settings)
         self.budget_gate = BudgetGate.from_settings(self.settings, self.budgets) if self.budgets is not None else None
         self.breakers.replace_config(breaker_config(self.policy_store.current.policy.defaults.breaker))
         self._breaker_policy_version = self.policy_store.current.version
@@ -293,8 +301,60 @@ class GatewayState:
             policy=installed.policy, policy_version=installed.version, rows=LiveRows(self.table),  # type: ignore[arg-type]
             breakers=self.breakers, canaries=self.canaries,
             budget=self.budget_gate.standing(request, now) if self.budget_gate else None,
-            budget_mode=self.settings.budgets.mode, static_prices=self.static_prices,
+            budget_mode=self.settings.budgets.mode, static_prices=self.static_prices, limits=self.limiter,
         )
+
+
+def limiter_from_settings(settings: Settings) -> Limiter:
+    """gateway.limits_store: local (exact, one gateway), share (1/replicas of each limit) or redis (shared)."""
+    gateway = settings.gateway
+    if gateway.limits_store == "redis":
+        from prismops.gateway_grpc.redis_limits import RedisLimitStore
+
+        try:
+            return Limiter(RedisLimitStore.from_settings(settings.redis))
+        except ImportError as exc:
+            raise ServeError("gateway.limits_store is redis but the `redis` package is missing: "
+                             "pip install 'prismops[platform]'") from exc
+    return Limiter(LocalLimitStore(), share=gateway.replicas if gateway.limits_store == "share" else 1)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a Decide charged in estimated tokens, kept until the call's usage is reported."""
+
+    model: tuple[str, str]
+    estimated_tokens: int
+    charges: tuple[Charge, ...]
+    expires_s: float
+
+
+class Reservations:
+    """decision id -> Reservation, bounded and expiring: a decision whose outcome never comes keeps its estimate."""
+
+    MAX_ENTRIES = 100_000
+    TTL_S = 600.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, Reservation] = {}
+
+    def add(self, decision_id: str, reservation: Reservation) -> None:
+        with self._lock:
+            while len(self._items) >= self.MAX_ENTRIES:
+                self._items.pop(next(iter(self._items)))
+            self._items[decision_id] = reservation
+
+    def pop(self, decision_id: str, model: tuple[str, str], now_s: float) -> Reservation | None:
+        with self._lock:
+            reservation = self._items.get(decision_id)
+            if reservation is None or reservation.model != model:
+                return None
+            del self._items[decision_id]
+        return reservation if reservation.expires_s > now_s else None
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def request_from_proto(message: routing_pb2.DecideRequest) -> RoutingRequest:
@@ -391,6 +451,29 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
     context.abort(code, cap_detail(details))
 
 
+def _exhausted(context: grpc.ServicerContext, details: str, reason_code: str, retry_after_s: float,
+               decision_id: str) -> None:
+    """RESOURCE_EXHAUSTED with when to come back, three ways: trailing metadata `retry-after-ms` (whole
+    milliseconds, rounded up) and `prismops-reason-code`, and the standard rich status
+    (`grpc-status-details-bin`: google.rpc.Status with RetryInfo and ErrorInfo{reason, domain "prismops.dev"})."""
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+    message = cap_detail(details)
+    retry_ms = max(1, math.ceil(retry_after_s * 1000)) if retry_after_s > 0 else 0
+    retry_info, error_info = any_pb2.Any(), any_pb2.Any()
+    retry_info.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+        seconds=retry_ms // 1000, nanos=(retry_ms % 1000) * 1_000_000)))
+    error_info.Pack(error_details_pb2.ErrorInfo(reason=reason_code, domain="prismops.dev",
+                                                metadata={"decision_id": decision_id}))
+    rich = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[retry_info, error_info])
+    context.set_trailing_metadata((
+        ("retry-after-ms", str(retry_ms)), ("prismops-reason-code", reason_code),
+        ("prismops-decision-id", decision_id), ("grpc-status-details-bin", rich.SerializeToString()),
+    ))
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
 def _invalid(context: grpc.ServicerContext, error: FieldRuleError) -> None:
     text = f"{error.field}: {error.message} [{error.rule}]" if error.field else f"{error.message} [{error.rule}]"
     _abort(context, grpc.StatusCode.INVALID_ARGUMENT, text)
@@ -464,19 +547,87 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         )
         now = self._state.clock()
         decision_id = _decision_ids.new()
+        lease_id = self._acquire_lease(routing_request, decision_id, now, context)
         try:
-            choice = decide(routing_request, self._state.routing_state(routing_request, now), decision_id, now)
+            choice = self._decide_and_charge(routing_request, decision_id, now)
         except PolicyInputError as error:
+            self._release_lease(lease_id, now)
             _invalid(context, error)
+        except BaseException:
+            self._release_lease(lease_id, now)
+            raise
+        if choice.refused:
+            self._release_lease(lease_id, now)
         record = choice.decision_record(routing_request, decision_id)
         if record["customer"]:
             record["customer"] = mask_personal_data(record["customer"])  # as cost lines store it
         self._publisher.publish(routing_request.tenant, record)
         self._count_decision(choice.reason_code)
         if choice.refused:
-            context.set_trailing_metadata((("prismops-decision-id", decision_id),))
+            if choice.refusal_kind == "rate":
+                _exhausted(context, choice.reason, choice.reason_code, choice.retry_after_s, decision_id)
+            context.set_trailing_metadata((("prismops-decision-id", decision_id),
+                                           ("prismops-reason-code", choice.reason_code)))
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, choice.reason)
-        return response_from_choice(choice, decision_id)
+        response = response_from_choice(choice, decision_id)
+        if lease_id:
+            response.lease_id = lease_id
+        if choice.tenant_tier:
+            response.tenant_tier = choice.tenant_tier
+        return response
+
+    TAKE_ATTEMPTS = 3
+
+    def _decide_and_charge(self, request: RoutingRequest, decision_id: str, now: dt.datetime) -> RoutingChoice:
+        """Decide (limits are peeked there), then spend the chosen model's and the tenant's limits at once.
+        Another Decide may have spent them in between: then decide again, when the peek sees it."""
+        state, limiter = self._state, self._state.limiter
+        now_s = now.timestamp()
+        for _ in range(self.TAKE_ATTEMPTS):
+            routing_state = state.routing_state(request, now)
+            choice = decide(request, routing_state, decision_id, now)
+            if choice.refused or limiter is None:
+                return choice
+            policy = routing_state.policy
+            tokens = request.expected_input_tokens + request.expected_output_tokens
+            key = (choice.provider or "", choice.model or "")
+            charges = limiter.tenant_charges(policy, request.tenant, tokens) + limiter.model_charges(policy, key, tokens)
+            blocked = limiter.take(charges, now_s)
+            if blocked is None:
+                counted = token_charges(charges)
+                if counted:
+                    state.reservations.add(decision_id, Reservation(key, tokens, tuple(counted), now_s + Reservations.TTL_S))
+                return choice
+        assert blocked is not None
+        return RoutingChoice(
+            provider=None, model=None, reason_code="rate_limited_contended", reason_codes=("rate_limited_contended",),
+            reason=f"{blocked.charge.label} spent by concurrent calls; retry in {blocked.wait_s:.1f} s",
+            estimated_cost_usd=None, candidates=(), decided_at=now, route=choice.route,
+            policy_version=choice.policy_version, refused=True, refusal_kind="rate", retry_after_s=blocked.wait_s,
+        )
+
+    def _acquire_lease(self, request: RoutingRequest, decision_id: str, now: dt.datetime,
+                       context: grpc.ServicerContext) -> str:
+        """The concurrency lease of the request's service/feature, "" when no cap applies; over the cap the
+        call ends RESOURCE_EXHAUSTED (reason concurrency_limited) with the policy's lease_retry_ms."""
+        limiter = self._state.limiter
+        limits = self._state.installed_policy().policy.limits
+        cap = limits.concurrency_for(request.service, request.feature) if limits.concurrency else None
+        if cap is None or limiter is None:
+            return ""
+        lease_id = f"{cap.name}/{decision_id}"
+        if limiter.store.acquire_lease(cap.name, lease_id, limiter.lease_cap(cap), cap.lease_ttl_s, now.timestamp()):
+            return lease_id
+        self._count_decision(CONCURRENCY_LIMITED)
+        _exhausted(context, f"concurrency cap {cap.name} ({cap.max_in_flight} in flight) is full; retry shortly",
+                   CONCURRENCY_LIMITED, limits.lease_retry_ms / 1000.0, decision_id)
+        return ""  # not reached
+
+    def _release_lease(self, lease_id: str, now: dt.datetime) -> bool:
+        if not lease_id or self._state.limiter is None:
+            return False
+        scope, _, _ = lease_id.rpartition("/")
+        return bool(scope) and self._state.limiter.store.release_lease(scope, lease_id, now.timestamp())
 
     def _count_decision(self, reason_code: str) -> None:
         """DECISIONS by reason code, with each code's child looked up once (`labels` takes a lock and
@@ -502,15 +653,45 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         except FieldRuleError as error:
             _invalid(context, error)
         key = (request.model.provider, request.model.model)
-        self._state.installed_policy()
+        policy = self._state.installed_policy().policy
+        retry_after_s = request.retry_after_ms / 1000.0 if request.retry_after_ms else None
+        if retry_after_s is not None and retry_after_s > policy.limits.max_retry_after_s:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"retry_after_ms: must be <= {policy.limits.max_retry_after_s * 1000:.0f} "
+                   f"(limits.max_retry_after_s), got {request.retry_after_ms} [at_most]")
+        if retry_after_s is not None and status != "rate_limited":
+            retry_after_s = None  # only a 429's Retry-After says how long the model is out
         now = self._state.clock()
         breakers = self._state.breakers
         if not request.shadow:
-            breakers.record_outcome(key, status, now)
+            breakers.record_outcome(key, status, now, retry_after_s)
+        self._correct_tokens(request, key, now)
+        lease_state = ""
+        if request.lease_id:
+            lease_state = "released" if self._release_lease(request.lease_id, now) else "not_held"
         snapshot = breakers.status(key, now)
         return routing_pb2.ReportOutcomeResponse(
             breaker_state=snapshot["state"], consecutive_failures=snapshot["consecutive_failures"],
+            lease_state=lease_state, retry_in_s=snapshot["retry_in_s"],
         )
+
+    def _correct_tokens(self, request: routing_pb2.ReportOutcomeRequest, key: tuple[str, str], now: dt.datetime) -> None:
+        """The reported tokens replace Decide's estimate in the token limits (once per decision)."""
+        limiter = self._state.limiter
+        if limiter is None or request.shadow or not request.decision_id or \
+                not (request.input_tokens or request.output_tokens):
+            return
+        now_s = now.timestamp()
+        reservation = self._state.reservations.pop(request.decision_id, key, now_s)
+        if reservation is None:
+            return
+        delta = request.input_tokens + request.output_tokens - reservation.estimated_tokens
+        if delta:
+            for charge in reservation.charges:
+                try:
+                    limiter.store.adjust(charge, float(delta), now_s)
+                except LimitError as error:
+                    log.warning("token correction of %s not applied: %s", request.decision_id, error)
 
     @_bounded_errors
     def GetTables(self, request: routing_pb2.GetTablesRequest, context: grpc.ServicerContext) -> routing_pb2.GetTablesResponse:

@@ -23,7 +23,8 @@ COMPONENT_COMMANDS: dict[str, list[str]] = {
     "worker": ["worker", "--loglevel", "WARNING"],
     "sink": ["sink"],
     "gateway": ["gateway", "serve"],
-    "alerts": ["alerts"],  # idles when budgets.webhook_url is unset, so starting it is always safe
+    "alerts": ["alerts"],
+    "http_ingest": ["ingest", "serve"],  # needs http_ingest.tokens_file in the settings  # idles when budgets.webhook_url is unset, so starting it is always safe
 }
 
 

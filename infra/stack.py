@@ -382,23 +382,84 @@ class PrometheusServer(LocalServer):
             return False
 
 
+class RedisServer(LocalServer):
+    """Debian's `redis-server` on `redis.port`, loopback only, in memory (no snapshots, no AOF), LRU beyond
+    `redis.maxmemory_mb`: the shared store of gateway rate limits and leases and of the response cache.
+    Started by the stack only when `redis.enabled`. The package's own service (port 6379) is never used."""
+
+    name = "redis"
+    title = "Redis"
+
+    def __init__(self, settings: Settings, paths: StackPaths) -> None:
+        super().__init__(settings, paths)
+        self.redis = settings.redis
+        self.port = self.redis.port
+        self.ports = (self.port,)
+        self.dir = paths.home / "redis"
+        self.config = self.dir / "redis.conf"
+        self.log_path = paths.logs / "redis.log"
+        self.console_log = paths.logs / "redis-console.log"
+
+    def ownership_args(self) -> list[str]:
+        return [str(self.config)]
+
+    def render_config(self) -> str:
+        lines = [
+            "bind 127.0.0.1", "protected-mode yes", f"port {self.port}", f"dir {self.dir}",
+            f"logfile {self.log_path}", 'save ""', "appendonly no", "daemonize no",
+            # keep our argv (the config path) visible in /proc, so `down` can tell this server is ours
+            "set-proc-title no",
+            f"maxmemory {self.redis.maxmemory_mb}mb", "maxmemory-policy allkeys-lru",
+        ]
+        if self.redis.password:
+            lines.append(f"requirepass {self.redis.password}")
+        return "\n".join(lines) + "\n"
+
+    def prepare(self, progress: Progress) -> list[str]:
+        binary = find_or_install("redis-server", "redis-server", progress, extra_dirs=["/usr/bin", "/usr/sbin"])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self.render_config())
+        self.config.chmod(0o600)  # may hold the password
+        return [binary, str(self.config)]
+
+    def answers(self, timeout_s: float) -> bool:
+        if not port_open(self.port):
+            return False
+        try:
+            import redis
+        except ImportError as exc:  # the platform extra brings it
+            raise StackError("the `redis` Python package is missing: pip install 'prismops[platform]'") from exc
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.redis.password,
+                             socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
 class LocalStack:
-    """The local Kafka + ClickHouse pair, plus Prometheus with `with_prometheus`: `up`, `down` and `status`
-    are all idempotent. `down` and `status` always cover a Prometheus of ours that is running."""
+    """The local Kafka + ClickHouse pair, plus Prometheus with `with_prometheus` and Redis when
+    `redis.enabled`: `up`, `down` and `status` are all idempotent. `down` and `status` always cover a
+    Prometheus or Redis of ours that is running."""
 
     def __init__(self, settings: Settings, with_prometheus: bool = False) -> None:
         self.settings = settings
         self.paths = StackPaths.from_settings(settings.stack)
         self.prometheus = PrometheusServer(settings, self.paths)
+        self.redis = RedisServer(settings, self.paths)
         self.servers: list[LocalServer] = [KafkaServer(settings, self.paths), ClickHouseServer(settings, self.paths)]
         if with_prometheus:
             self.servers.append(self.prometheus)
+        if settings.redis.enabled:
+            self.servers.append(self.redis)
 
     def _covered(self) -> list[LocalServer]:
-        """The servers asked for, plus our Prometheus when it runs though this stack was built without it."""
-        if self.prometheus in self.servers or self.prometheus.our_pid() is None:
-            return list(self.servers)
-        return [*self.servers, self.prometheus]
+        """The servers asked for, plus our Prometheus or Redis when it runs though this stack was built without it."""
+        extra = [s for s in (self.prometheus, self.redis) if s not in self.servers and s.our_pid() is not None]
+        return [*self.servers, *extra]
 
     def up(self, progress: Progress | None = None) -> list[ServiceStatus]:
         """Start what is not running and wait for it; on failure, stop what this call started."""

@@ -38,6 +38,11 @@ class StackSettings(BaseModel):
     clickhouse_interserver_port: int = 19009
     prometheus_port: int = 19090
     start_timeout_s: float = 90.0
+    with_registry: bool = Field(default=False, description="`stack up` also starts the schema registry (Apicurio; "
+                                "Confluent API at http://127.0.0.1:<registry_port>/apis/ccompat/v7)")
+    registry_port: int = 18081
+    apicurio_version: str = "2.4.2.Final"
+    registry_heap: str = "384m"
 
 
 class KafkaSettings(BaseModel):
@@ -62,6 +67,10 @@ class KafkaSettings(BaseModel):
     static_membership: bool = Field(
         default=True, description="consumers join with group.instance.id, so a restarted member takes its "
         "partitions back at once, without a rebalance")
+    schema_registry_url: str = Field(
+        default="", description="Confluent-compatible schema registry, e.g. http://127.0.0.1:18081/apis/ccompat/v7. "
+        "Set: SDK, worker and tools write Confluent wire format and readers accept it; empty: Avro single-object "
+        "(Confluent-framed input is dead-lettered, wire_format); empty with stack.with_registry: the stack's registry")
 
 
 class ClickHouseSettings(BaseModel):
@@ -191,6 +200,40 @@ class GatewaySettings(BaseModel):
     )
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain; with tls_key_file: TLS on")
     tls_key_file: Path | None = None
+    limits_store: Literal["local", "share", "redis"] = Field(
+        default="local", description="where rate limits, quotas and leases count: local (exact with one gateway), "
+        "share (each of `replicas` gateways enforces 1/replicas of every limit) or redis (shared, exact; see redis)",
+    )
+    replicas: int = Field(default=1, ge=1, le=1000, description="gateways sharing the limits in `share` mode")
+
+
+class HttpIngestSettings(BaseModel):
+    """`prismops ingest serve`: LLM usage over HTTP (CloudEvents 1.0 or plain JSON) for services in any language."""
+
+    host: str = "127.0.0.1"
+    port: int = 15080
+    tokens_file: Path | None = Field(
+        default=None, description="YAML list of {tenant, token_sha256 | token}; a token writes only its tenant's events",
+    )
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_events_per_request: int = Field(default=5000, ge=1)
+    rate_events_per_s: float = Field(default=5000.0, gt=0, description="sustained events per second per token")
+    rate_burst_events: int = Field(default=10000, ge=1, description="events a token may send at once")
+    delivery_timeout_s: float = Field(default=30.0, gt=0, description="how long a request waits for Kafka's acks")
+
+
+class RedisSettings(BaseModel):
+    """Redis (Debian's `redis-server`): the shared store of rate limits and leases across gateways and of the
+    response cache. `prismops stack up` starts one on `port` only when `enabled`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 16379
+    db: int = Field(default=0, ge=0)
+    password: str | None = None
+    key_prefix: str = Field(default="prismops:", description="every key PrismOps writes starts with it")
+    maxmemory_mb: int = Field(default=256, ge=8, description="the stack's server evicts LRU keys beyond this")
+    timeout_s: float = Field(default=0.5, gt=0, description="socket timeout of each call")
 
 
 class Settings(BaseSettings):
@@ -210,6 +253,8 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     sdk: SdkSettings = SdkSettings()
     gateway: GatewaySettings = GatewaySettings()
+    redis: RedisSettings = RedisSettings()
+    http_ingest: HttpIngestSettings = HttpIngestSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -377,3 +377,211 @@ def cloud_bills(client: Any, database: str, *, since: dt.date, until: dt.date, f
         total |= {f"{name}_usd": sum((g[f"{name}_usd"] for g in ordered), decimal.Decimal(0)) for name in CLOUD_MONEY}
     title = f"cloud bills by currency and service, {_span(since, until)}" + (" (USD via FX table)" if fx else "")
     return Report(title, columns, ordered, total)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dashboard queries (`prismops ui`): recent minutes, spend breakdowns, routing, GPU pools. Read-only, FINAL,
+# no positional ORDER BY and no function newer than ClickHouse 18.16; an optional tenant narrows every one.
+
+def _tenant_filter(tenant: str | None, params: dict[str, Any], column: str = "tenant") -> str:
+    if tenant is None:
+        return ""
+    params["tenant"] = tenant
+    return f" AND {column} = %(tenant)s"
+
+
+def live_minutes(client: Any, database: str, *, since: dt.datetime, tenant: str | None = None) -> list[dict[str, Any]]:
+    """LLM cost lines per minute from `since` (UTC, inclusive): calls, errors (status other than ok), tokens,
+    cost and latency (average, p50, p95 over the lines that carry one; None when none did)."""
+    params: dict[str, Any] = {"since": since.replace(tzinfo=None), "since_date": since.date()}
+    tenant_filter = _tenant_filter(tenant, params)
+    rows = client.execute(
+        f"""
+        SELECT toStartOfMinute(event_time) AS minute, count() AS calls, countIf(status != 'ok') AS errors,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd,
+               countIf(isNotNull(latency_ms)) AS timed, avg(latency_ms) AS latency_avg,
+               quantile(0.5)(latency_ms) AS latency_p50, quantile(0.95)(latency_ms) AS latency_p95
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE source = 'llm' AND event_date >= %(since_date)s AND event_time >= %(since)s{tenant_filter}
+        GROUP BY minute
+        ORDER BY minute
+        """,
+        params,
+    )
+    out = []
+    for minute, calls, errors, input_tokens, output_tokens, cost, timed, avg_ms, p50, p95 in rows:
+        timed = int(timed)
+        out.append({
+            "minute": minute, "calls": int(calls), "errors": int(errors), "input_tokens": int(input_tokens),
+            "output_tokens": int(output_tokens), "cost_usd": decimal.Decimal(cost),
+            "latency_avg_ms": float(avg_ms) if timed and avg_ms is not None else None,
+            "latency_p50_ms": float(p50) if timed and p50 is not None else None,
+            "latency_p95_ms": float(p95) if timed and p95 is not None else None,
+        })
+    return out
+
+
+DASHBOARD_DIMENSIONS = ("tenant", "team", "model", "feature", "provider", "source", "service", "product")
+
+
+def spend_breakdown(
+    client: Any, database: str, dimension: str, *, since: dt.date, until: dt.date, tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """Cost and tokens per value of one dimension over UTC event dates [since, until), most expensive first."""
+    if dimension not in DASHBOARD_DIMENSIONS:
+        raise ValueError(f"unknown dimension {dimension!r}; use: {', '.join(DASHBOARD_DIMENSIONS)}")
+    params: dict[str, Any] = {"since": since, "until": until}
+    tenant_filter = _tenant_filter(tenant, params)
+    rows = client.execute(
+        f"""
+        SELECT {dimension} AS dim_value, count() AS lines, sum(input_tokens + output_tokens) AS tokens,
+               sum(cost_usd) AS cost_usd
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE event_date >= %(since)s AND event_date < %(until)s{tenant_filter}
+        GROUP BY dim_value
+        ORDER BY cost_usd DESC, dim_value
+        """,
+        params,
+    )
+    return [{"key": key, "lines": int(lines), "tokens": int(tokens), "cost_usd": decimal.Decimal(cost)}
+            for key, lines, tokens, cost in rows]
+
+
+def spend_by_day(
+    client: Any, database: str, *, since: dt.date, until: dt.date, by: str = "source", tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """Cost per UTC day and value of `by` over [since, until), oldest day first."""
+    if by not in DASHBOARD_DIMENSIONS:
+        raise ValueError(f"unknown dimension {by!r}; use: {', '.join(DASHBOARD_DIMENSIONS)}")
+    params: dict[str, Any] = {"since": since, "until": until}
+    tenant_filter = _tenant_filter(tenant, params)
+    rows = client.execute(
+        f"""
+        SELECT event_date AS day, {by} AS dim_value, sum(cost_usd) AS cost_usd
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE event_date >= %(since)s AND event_date < %(until)s{tenant_filter}
+        GROUP BY day, dim_value
+        ORDER BY day, dim_value
+        """,
+        params,
+    )
+    return [{"day": day, "key": key, "cost_usd": decimal.Decimal(cost)} for day, key, cost in rows]
+
+
+def scope_usage(client: Any, database: str, scope: str, *, since: dt.date, until: dt.date) -> dict[str, dict[str, Any]]:
+    """Spend (USD) and tokens per tenant or team over [since, until): what budgets are measured against."""
+    if scope not in ("tenant", "team"):
+        raise ValueError(f"budget scope {scope!r}: use tenant or team")
+    rows = client.execute(
+        f"""
+        SELECT {scope} AS scope_id, sum(cost_usd) AS cost_usd, sum(input_tokens + output_tokens) AS tokens
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE event_date >= %(since)s AND event_date < %(until)s
+        GROUP BY scope_id
+        ORDER BY scope_id
+        """,
+        {"since": since, "until": until},
+    )
+    return {scope_id: {"usd": decimal.Decimal(cost), "tokens": int(tokens)} for scope_id, cost, tokens in rows}
+
+
+def routing_summary(
+    client: Any, database: str, *, since: dt.date, until: dt.date, tenant: str | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Routing decisions over decided dates [since, until): per chosen model and reason code, and per
+    experiment arm (decisions and their estimated cost)."""
+    params: dict[str, Any] = {"since": since, "until": until}
+    tenant_filter = _tenant_filter(tenant, params)
+    table = table_ref(database, "routing_decisions")
+    decisions = client.execute(
+        f"""
+        SELECT ifNull(chosen_model, '(none)') AS model, reason_code, count() AS decisions,
+               sum(downgraded) AS downgraded, sum(static_fallback) AS static_fallbacks
+        FROM {table} FINAL
+        WHERE decided_date >= %(since)s AND decided_date < %(until)s{tenant_filter}
+        GROUP BY model, reason_code
+        ORDER BY decisions DESC, model, reason_code
+        """,
+        params,
+    )
+    arms = client.execute(
+        f"""
+        SELECT ifNull(experiment, '') AS experiment_name, ifNull(arm, '') AS arm_name,
+               ifNull(chosen_model, '(none)') AS model, count() AS decisions,
+               sum(estimated_cost_usd) AS estimated_cost_usd
+        FROM {table} FINAL
+        WHERE decided_date >= %(since)s AND decided_date < %(until)s AND isNotNull(experiment){tenant_filter}
+        GROUP BY experiment_name, arm_name, model
+        ORDER BY experiment_name, arm_name, model
+        """,
+        params,
+    )
+    return {
+        "decisions": [{"model": m, "reason_code": r, "decisions": int(n), "downgraded": int(d),
+                       "static_fallbacks": int(s)} for m, r, n, d, s in decisions],
+        "arms": [{"experiment": e, "arm": a, "model": m, "decisions": int(n), "estimated_cost_usd": decimal.Decimal(c if c is not None else 0)}
+                 for e, a, m, n, c in arms],
+    }
+
+
+def main_vs_shadow(
+    client: Any, database: str, *, since: dt.date, until: dt.date, tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """LLM calls served (main, shadow = 0) beside the calls mirrored to a shadow model (shadow = 1) over
+    [since, until), per model: only lines flagged shadow count as shadow traffic."""
+    params: dict[str, Any] = {"since": since, "until": until}
+    tenant_filter = _tenant_filter(tenant, params)
+    rows = client.execute(
+        f"""
+        SELECT if(shadow = 1, 'shadow', 'main') AS role, model, count() AS calls, countIf(status != 'ok') AS errors,
+               sum(cost_usd) AS cost_usd, avg(latency_ms) AS latency_avg, quantile(0.95)(latency_ms) AS latency_p95,
+               countIf(isNotNull(latency_ms)) AS timed
+        FROM {table_ref(database, "cost_lines")} FINAL
+        WHERE source = 'llm' AND event_date >= %(since)s AND event_date < %(until)s{tenant_filter}
+        GROUP BY role, model
+        ORDER BY role, cost_usd DESC, model
+        """,
+        params,
+    )
+    return [
+        {"role": role, "model": model, "calls": int(calls), "errors": int(errors), "cost_usd": decimal.Decimal(cost),
+         "latency_avg_ms": float(avg_ms) if int(timed) and avg_ms is not None else None,
+         "latency_p95_ms": float(p95) if int(timed) and p95 is not None else None}
+        for role, model, calls, errors, cost, avg_ms, p95, timed in rows
+    ]
+
+
+def gpu_pools(
+    client: Any, database: str, *, since: dt.date, until: dt.date, tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """GPU allocation per pool and tenant over window dates [since, until): charged GPU-hours and cost (direct,
+    idle share and total); the idle bucket is the tenant `unallocated`."""
+    params: dict[str, Any] = {"since": since, "until": until}
+    tenant_filter = _tenant_filter(tenant, params)
+    rows = client.execute(
+        f"""
+        SELECT pool, gpu_model, tenant, kind, sum(charged_gpu_seconds) AS gpu_seconds,
+               sum(direct_cost_usd) AS direct_cost_usd, sum(idle_cost_usd) AS idle_cost_usd, sum(cost_usd) AS cost_usd
+        FROM {table_ref(database, "gpu_allocations")} FINAL
+        WHERE window_date >= %(since)s AND window_date < %(until)s{tenant_filter}
+        GROUP BY pool, gpu_model, tenant, kind
+        ORDER BY pool, cost_usd DESC, tenant, kind
+        """,
+        params,
+    )
+    return [
+        {"pool": pool, "gpu_model": gpu_model, "tenant": tenant_name, "kind": kind,
+         "gpu_hours": (decimal.Decimal(seconds) / 3600).quantize(RATE_PLACES),
+         "direct_cost_usd": decimal.Decimal(direct), "idle_cost_usd": decimal.Decimal(idle),
+         "cost_usd": decimal.Decimal(cost)}
+        for pool, gpu_model, tenant_name, kind, seconds, direct, idle, cost in rows
+    ]
+
+
+def tenant_names(client: Any, database: str, *, since: dt.date) -> list[str]:
+    """Tenants with cost lines since a UTC date, for the page's tenant filter."""
+    rows = client.execute(
+        f"SELECT DISTINCT tenant FROM {table_ref(database, 'cost_lines')} WHERE event_date >= %(since)s ORDER BY tenant",
+        {"since": since},
+    )
+    return [tenant for (tenant,) in rows]

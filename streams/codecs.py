@@ -4,6 +4,14 @@ Single-object encoding (Avro spec): 0xC3 0x01, the 8-byte little-endian CRC-64-A
 writer schema's Parsing Canonical Form, then the Avro binary body. The fingerprint tells the reader which
 version of the schema wrote the bytes, so data written with any shipped version is resolved to the newest.
 
+Confluent wire format (magic byte 0, a 4-byte schema id, the Avro body) is read when a schema registry is
+configured (`streams.schema_registry`): the writer schema comes from the registry by id (once per process) and is
+resolved against our newest version; a writer schema byte-identical in canonical form to a shipped version takes
+that version's fast path. Without a registry such a value is refused (`wire_format`). With a registry the
+codecs also write Confluent-framed values (what the worker, gateways and tools produce): each schema is registered
+once per process under its record full name (Confluent's RecordNameStrategy, BACKWARD compatibility), since a
+codec serves several topics; the SDK registers `<topic>-value` itself (streams.producer).
+
 JSON input is a plain object (not Avro's JSON encoding): timestamps as ISO-8601 strings or epoch
 microseconds, money as decimal strings or numbers (parsed exactly), enums as their symbol, unions as the
 bare value. Every failure raises `CodecError` naming the field and the rule it breaks.
@@ -27,6 +35,15 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from prismops import schemas
 from prismops.errors import FieldRuleError
 from prismops.streams.avro_writer import Writer, compile_writer
+from prismops.streams.schema_registry import (
+    CONFLUENT_HEADER_LEN,
+    SchemaNotInRegistry,
+    confluent_header,
+    confluent_schema_id,
+    is_confluent_framed,
+    record_full_name,
+    schema_registry,
+)
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _HEADER_LEN = 10
@@ -51,6 +68,9 @@ class AvroCodec:
         self._fingerprint = schema_fingerprint(self._reader_schema)
         self._writers = {schema_fingerprint(v.parsed): v for v in schemas.versions(schema_name)}
         self._fingerprint_of = {v.version: fp for fp, v in self._writers.items()}
+        self.full_name = record_full_name(self.reader.definition)
+        self._by_registry_id: dict[int, tuple[Any, Any]] = {}
+        self._confluent_headers: dict[tuple[Any, int | None], bytes] = {}
 
     @property
     def fingerprint(self) -> bytes:
@@ -62,7 +82,21 @@ class AvroCodec:
         value = coerce(writer.definition, record, path="")
         body = io.BytesIO()
         fastavro.schemaless_writer(body, writer.parsed, value)
-        return SINGLE_OBJECT_MAGIC + self._fingerprint_of[writer.version] + body.getvalue()
+        return self.header(writer.version if version else None) + body.getvalue()
+
+    def header(self, version: int | None = None) -> bytes:
+        """What goes before an Avro body this codec writes: the single-object header, or, with a schema registry
+        configured, the Confluent header of the schema's registry id (registered on first use, then cached)."""
+        registry = schema_registry()
+        if registry is None:
+            return SINGLE_OBJECT_MAGIC + (self._fingerprint if version is None else self._fingerprint_of[version])
+        key = (registry, version)
+        header = self._confluent_headers.get(key)
+        if header is None:
+            writer = self.reader if version is None else schemas.get(self.schema_name, version)
+            header = confluent_header(registry.register(self.full_name, writer.definition))
+            self._confluent_headers[key] = header
+        return header
 
     def encode_json(self, record: Mapping[str, Any]) -> bytes:
         value = coerce(self.reader.definition, record, path="")
@@ -73,9 +107,39 @@ class AvroCodec:
             raise CodecError(None, "non_empty", "message value is empty")
         if data[:2] == SINGLE_OBJECT_MAGIC:
             return self._decode_single_object(data)
+        if is_confluent_framed(data):
+            return self.decode_confluent(data)
         if data.lstrip()[:1] == b"{":
             return self.decode_json(data)
-        raise CodecError(None, "wire_format", "value is neither Avro single-object (0xC3 0x01 header) nor a JSON object")
+        raise CodecError(None, "wire_format", "value is neither Avro single-object (0xC3 0x01 header), "
+                                              "Confluent-framed Avro (magic byte 0) nor a JSON object")
+
+    def decode_confluent(self, data: bytes) -> dict[str, Any]:
+        """A Confluent-framed value: writer schema by id from the registry, resolved against our newest version."""
+        writer, reader = self._confluent_schemas(confluent_schema_id(data))
+        try:
+            return fastavro.schemaless_reader(io.BytesIO(data[CONFLUENT_HEADER_LEN:]), writer, reader)
+        except Exception as exc:  # fastavro raises many types for corrupt bodies and unresolvable schemas
+            raise CodecError(None, "avro_decode", f"corrupt Avro body or a writer schema that does not resolve to "
+                                                  f"{self.full_name}: {exc}") from exc
+
+    def _confluent_schemas(self, schema_id: int) -> tuple[Any, Any]:
+        """(writer, reader) for fastavro, cached per id; reader None when the writer is our newest version."""
+        cached = self._by_registry_id.get(schema_id)
+        if cached is not None:
+            return cached
+        writer = registry_writer_schema(schema_id)
+        shipped = self._writers.get(schema_fingerprint(writer))
+        if shipped is not None:  # one of our versions: skip the slow resolution of a schema against itself
+            writer = shipped.parsed
+            pair = (writer, None if shipped is self.reader else self._reader_schema)
+        else:
+            if isinstance(writer, dict) and writer.get("name") not in (self.full_name, self.reader.definition["name"]):
+                raise CodecError(None, "unknown_schema", f"schema id {schema_id} is {writer.get('name')!r}, not "
+                                                         f"{self.full_name} (nor a batch of it)")
+            pair = (writer, self._reader_schema)
+        self._by_registry_id[schema_id] = pair
+        return pair
 
     def _decode_single_object(self, data: bytes) -> dict[str, Any]:
         if len(data) < _HEADER_LEN:
@@ -105,13 +169,18 @@ class AvroCodec:
     def encode_trusted(self, record: Mapping[str, Any]) -> bytes:
         """Single-object bytes of a record this process built itself in the newest shape, written by the compiled
         writer (`streams.avro_writer`), without the field-by-field coercion that outside input needs."""
-        out = bytearray(SINGLE_OBJECT_MAGIC + self._fingerprint)
+        out = bytearray(self.header())
         self.trusted_writer(record, out)
         return bytes(out)
 
     @functools.cached_property
     def trusted_writer(self) -> Writer:
         return compile_writer(self.reader.definition)
+
+    def writer_is_this_schema(self, data: bytes) -> bool:
+        """Whether a Confluent-framed value's writer schema (asked of the registry) is a record of this schema."""
+        writer = registry_writer_schema(confluent_schema_id(data))
+        return isinstance(writer, dict) and writer.get("name") in (self.full_name, self.reader.definition["name"])
 
     def decode_json(self, data: bytes) -> dict[str, Any]:
         document = _json_document(data)
@@ -271,6 +340,11 @@ def exact_decimal(number: decimal.Decimal, *, scale: int, precision: int, field:
     return exact
 
 
+def to_json(value: Any) -> Any:
+    """A decoded record as plain JSON: decimals as strings, timestamps as ISO-8601 (Z), bytes one code point each."""
+    return _to_json(value)
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return format(value, "f")
@@ -341,6 +415,12 @@ class BatchCodec:
                                 record.get("origin"), record.get("position"))
         if data[:2] == SINGLE_OBJECT_MAGIC:
             return DecodedBatch([BatchItem(self.items.decode(data), original=data)])
+        if is_confluent_framed(data):
+            if self.batch.writer_is_this_schema(data):
+                record = self.batch.decode_confluent(data)
+                return DecodedBatch([BatchItem(item) for item in record[self.array_field]],
+                                    record.get("origin"), record.get("position"))
+            return DecodedBatch([BatchItem(self.items.decode_confluent(data), original=data)])
         stripped = data.lstrip()
         if stripped[:1] == b"[":
             return DecodedBatch(self._json_items(data))
@@ -381,16 +461,17 @@ class BatchCodec:
         self._write_array(items, out)
         return bytes(out)
 
-    def frame(self, bodies: list[bytes]) -> bytes:
+    def frame(self, bodies: list[bytes], prefix: bytes | None = None) -> bytes:
         """A batch from item bodies already encoded with `self.items.encode_body`: the Avro array framing around
         them, no second encoding."""
         count = _zigzag_long(len(bodies)) if bodies else b""
-        return self.frame_array(count + b"".join(bodies) + b"\x00")
+        return self.frame_array(count + b"".join(bodies) + b"\x00", prefix)
 
-    def frame_array(self, array: bytes, **header: Any) -> bytes:
-        """Single-object bytes of a batch: its header fields (string or long, in schema order) written by hand in
-        front of an encoded array, so a batch split to fit a message is encoded once whatever its header says."""
-        parts = [SINGLE_OBJECT_MAGIC, self.batch.fingerprint]
+    def frame_array(self, array: bytes, prefix: bytes | None = None, **header: Any) -> bytes:
+        """Single-object (or, with a registry, Confluent) bytes of a batch: its header fields (string or long, in
+        schema order) written by hand in front of an encoded array, so a batch split to fit a message is encoded
+        once whatever its header says. `prefix` replaces the codec's own header (the SDK's Confluent subject)."""
+        parts = [self.batch.header() if prefix is None else prefix]
         for name, kind in self._header_fields:
             value = header.get(name)
             if kind == "long" and isinstance(value, int) and not isinstance(value, bool):
@@ -402,6 +483,18 @@ class BatchCodec:
                 raise CodecError(name, "required", f"a {self.batch.schema_name} needs {name} ({kind})")
         parts.append(array)
         return b"".join(parts)
+
+
+def registry_writer_schema(schema_id: int) -> Any:
+    """The parsed writer schema of a registry id, or CodecError when no registry is configured or it has no such id.
+    A registry that cannot be reached raises SchemaRegistryUnavailable (transient: the record is not at fault)."""
+    registry = schema_registry()
+    if registry is None:
+        raise CodecError(None, "wire_format", "Confluent-framed value but no schema registry configured")
+    try:
+        return registry.writer_schema(schema_id)
+    except SchemaNotInRegistry as exc:
+        raise CodecError(None, "unknown_schema", str(exc)) from exc
 
 
 def _json_document(data: bytes) -> Any:

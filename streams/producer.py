@@ -11,6 +11,15 @@ calls reach the worker in the order they were recorded, as keyed single records 
 budget order depend on it. A batch sent to whichever partition is free would let a later batch of a tenant
 overtake an earlier one on another partition.
 
+With a schema registry (`schema_registry_url`, or the setting `kafka.schema_registry_url`), values are written
+in Confluent's wire format instead: magic byte 0, the registry id of the writer schema, the same Avro body. Our
+`.avsc` is registered once per process with BACKWARD compatibility on the subject: `<topic>-value` for single
+records (Confluent's TopicNameStrategy, what kcat and AvroDeserializer expect), `<topic>-<record full name>` for
+batch records (TopicRecordNameStrategy: a batch is another record type on the same topic, which BACKWARD checks
+against the item schema would refuse). The bytes are those confluent-kafka's AvroSerializer writes for the same
+record and schema id (tests/streams/test_confluent_wire.py). Without a registry, Avro single-object stays the
+format.
+
 Delivery is safe by default: idempotent producer, acks=all, retries inside librdkafka. A record that
 still cannot be delivered is never dropped quietly: `flush()` raises `DeliveryFailed` listing every
 failed event id (every event of a failed batch), and an optional `on_error` callback sees each failure as
@@ -31,9 +40,17 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from prismops import schemas
 from prismops.settings import Settings
-from prismops.streams.codecs import batch_codec_for, codec_for
+from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, batch_codec_for, codec_for
 from prismops.streams.partitioning import KeyPartitioner
+from prismops.streams.schema_registry import (
+    SchemaRegistry,
+    confluent_header,
+    record_full_name,
+    registry_for,
+    registry_url_from_settings,
+)
 from prismops.streams.topics import GPU_USAGE, LLM_USAGE, TopicSpec
 
 _tracer = trace.get_tracer("prismops.streams.producer")
@@ -41,6 +58,7 @@ _propagator = TraceContextTextMapPropagator()
 
 CONTENT_TYPE_HEADER = "content-type"
 AVRO_SINGLE_OBJECT = b"avro/binary; encoding=single-object"
+AVRO_CONFLUENT = b"application/vnd.confluent.avro"
 BATCH_OVERHEAD_BYTES = 4096
 """Room left under the broker's message limit for the batch framing, key and headers."""
 
@@ -111,8 +129,12 @@ class UsageProducer:
         *,
         on_error: Callable[[DeliveryFailure], None] | None = None,
         producer_config: Mapping[str, Any] | None = None,
+        schema_registry_url: str | None = None,
     ):
         self._settings = settings
+        url = schema_registry_url if schema_registry_url is not None else registry_url_from_settings(settings)
+        self._registry: SchemaRegistry | None = registry_for(url) if url else None
+        self._schema_ids: dict[tuple[str, str], int] = {}
         self._producer = Producer(safe_producer_config(settings, **dict(producer_config or {})))
         self._on_error = on_error
         self._failures: list[DeliveryFailure] = []
@@ -199,9 +221,27 @@ class UsageProducer:
         for batch in ready:
             self._send_batch(batch)
 
+    @property
+    def wire_format(self) -> str:
+        """"confluent" with a schema registry, else "single-object"."""
+        return "confluent" if self._registry is not None else "single-object"
+
+    def _confluent_id(self, topic: str, schema_name: str, batch: bool = False) -> int:
+        """The registry id of our newest `schema_name` under its subject on `topic` (registered once)."""
+        key = (topic, schema_name)
+        schema_id = self._schema_ids.get(key)
+        if schema_id is None:
+            definition = schemas.latest(schema_name).definition
+            subject = f"{topic}-{record_full_name(definition)}" if batch else f"{topic}-value"
+            assert self._registry is not None
+            schema_id = self._schema_ids[key] = self._registry.register(subject, definition)
+        return schema_id
+
     def _send_batch(self, batch: _PendingBatch) -> None:
         topic = LLM_USAGE.name(self._settings)
-        value = self._usage.frame(batch.bodies)
+        prefix = None if self._registry is None else confluent_header(
+            self._confluent_id(topic, self._usage.batch.schema_name, batch=True))
+        value = self._usage.frame(batch.bodies, prefix)
         count = len(batch.bodies)
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -229,7 +269,8 @@ class UsageProducer:
             span.set_attribute("messaging.destination.name", topic)
             carrier: dict[str, str] = {}
             _propagator.inject(carrier)
-        return [(CONTENT_TYPE_HEADER, AVRO_SINGLE_OBJECT)] + [(k, v.encode()) for k, v in carrier.items()]
+        content_type = AVRO_SINGLE_OBJECT if self._registry is None else AVRO_CONFLUENT
+        return [(CONTENT_TYPE_HEADER, content_type)] + [(k, v.encode()) for k, v in carrier.items()]
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
                  on_delivery: Callable[[KafkaError | None, Message], None], partition: int | None = None) -> None:
@@ -243,8 +284,12 @@ class UsageProducer:
         self._producer.poll(0)
 
     def _send(self, spec: TopicSpec, event: Mapping[str, Any], key: str) -> None:
-        value = codec_for(spec.schema).encode(event)
         topic = spec.name(self._settings)
+        codec = codec_for(spec.schema)
+        if self._registry is None:
+            value = SINGLE_OBJECT_MAGIC + codec.fingerprint + codec.encode_body(event)
+        else:
+            value = confluent_header(self._confluent_id(topic, spec.schema)) + codec.encode_body(event)
         event_id = event.get("event_id")
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:

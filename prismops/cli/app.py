@@ -13,7 +13,7 @@ from prismops.cli.output import fail
 from prismops.settings import KAFKA_CLIENT_LOGGER, load_settings
 
 # Each module under prismops.cli.commands exposes `command`; the order is the order of `prismops --help`.
-COMMAND_MODULES = ["stack", "topics", "migrate", "db", "price", "worker", "sink", "gateway", "simulate", "report", "export", "demo", "bench", "chaos", "proto", "ingest", "alerts", "budgets", "detectors", "top"]
+COMMAND_MODULES = ["stack", "topics", "migrate", "db", "price", "worker", "sink", "gateway", "simulate", "report", "export", "demo", "bench", "chaos", "proto", "ingest", "alerts", "budgets", "detectors", "top", "collect", "recommend", "ui"]
 
 
 class PrismopsGroup(click.Group):
@@ -45,6 +45,9 @@ def main(ctx: click.Context, debug: bool) -> None:
         logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(logging.CRITICAL)
     if ctx.obj is None:  # tests pass their own Settings as obj
         ctx.obj = load_settings()
+    from prismops.streams.schema_registry import configure_from_settings
+
+    configure_from_settings(ctx.obj)  # a registry URL from a config file reaches the codecs of every component
 
 
 for _name in COMMAND_MODULES:

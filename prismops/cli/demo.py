@@ -63,6 +63,7 @@ class DemoReport:
     database: str
     logs: Path
     notes: list[str] = field(default_factory=list)
+    gpu_recommendation: dict[str, Any] | None = None
 
     @property
     def produce_events_per_s(self) -> float:
@@ -149,6 +150,44 @@ def routing_decisions(target: str) -> list[dict[str, Any]]:
     return rows
 
 
+def demo_gpu_recommendation(seed: int = 7, hours: int = 6, now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """One GPU recommendation from the simulated fleet's usage windows (streams.simulation.GpuTrafficGenerator):
+    the job with the largest saving, from a cheaper type or from spot + checkpoints (60 s checkpoints assumed)."""
+    import dataclasses
+    from decimal import Decimal
+
+    from prismops.finops.gpu_pricing import load_gpu_catalog
+    from prismops.finops.gpu_recommendations import load_gpu_types, profiles_from_events, recommend
+    from prismops.streams.simulation import GpuTrafficGenerator
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    generator = GpuTrafficGenerator(seed=seed, start=now - dt.timedelta(hours=hours), interval_s=60)
+    profiles = profiles_from_events(generator.events(hours * 60 * len(generator.busy)))
+    types, prices = load_gpu_types(), load_gpu_catalog()
+    results = [recommend(dataclasses.replace(p, checkpoint_cost_s=p.checkpoint_cost_s or Decimal(60)), types, prices, at=now)
+               for p in profiles]
+    results = [r for r in results if r.recommended is not None]
+    if not results:
+        return None
+
+    def saving(r: Any) -> Decimal:
+        return (r.savings_usd or Decimal(0)) + (r.spot.savings_usd if r.spot else Decimal(0))
+
+    best = max(results, key=saving)
+    spot = best.spot
+    return {
+        "tenant": best.tenant, "job": best.job,
+        "now": f"{best.profile.gpus}x {best.profile.gpu_model} {best.profile.capacity_type}",
+        "recommended": f"{best.recommended.gpus}x {best.recommended.gpu_model}"
+                       + (f" {best.recommended.mig_profile}" if best.recommended.mig_profile else ""),
+        "saves_usd": best.savings_usd,
+        "spot_checkpoint_every_s": spot.checkpoint_interval_s if spot else None,
+        "spot_overhead": spot.expected_overhead if spot else None,
+        "spot_saves_usd": spot.savings_usd if spot else None,
+        "flags": ",".join(best.flags),
+    }
+
+
 def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool = False, timeout_s: float = 600) -> DemoReport:
     stack = LocalStack(base)
     already_running = all(s.state != "stopped" for s in stack.status())
@@ -193,6 +232,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
         return DemoReport(
             events=events, produce_seconds=produced.seconds, end_to_end_seconds=finished - started,
             spend=spend, decisions=decisions, database=settings.clickhouse.database, logs=logs,
+            gpu_recommendation=demo_gpu_recommendation(),
         )
     finally:
         try:

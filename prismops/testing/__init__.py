@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from clickhouse_driver import Client
@@ -185,3 +186,11 @@ class ScrapeTarget:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def readme_sql_blocks(readme: Path, database: str) -> list[str]:
+    """The ```sql blocks of a README as a user pastes them, aimed at `database` instead of `prismops`."""
+    import re
+
+    blocks = re.findall(r"```sql\n(.*?)```", readme.read_text(), re.S)
+    return [block.strip().rstrip(";").replace("prismops.", f"{database}.") for block in blocks]

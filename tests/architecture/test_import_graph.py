@@ -24,8 +24,8 @@ LAYERS = {
     "prismops.streams": 2,
     "prismops.detectors": 3,
     "prismops.finops": 4,
-    "prismops.agents": 5, "prismops.sinks": 5, "prismops.gateway_grpc": 5, "prismops.infra": 5,
-    "prismops.testing": 6, "prismops.chaos": 6,
+    "prismops.agents": 5, "prismops.sinks": 5, "prismops.collectors": 5, "prismops.gateway_grpc": 5, "prismops.gateway_http": 5, "prismops.infra": 5,
+    "prismops.testing": 6, "prismops.chaos": 6, "prismops.ui": 6,
     "prismops.cli": 7, "prismops.__main__": 8,
 }
 DOMAIN_CORE_FORBIDDEN = ("faust", "confluent_kafka", "aiokafka", "grpc", "clickhouse_driver")

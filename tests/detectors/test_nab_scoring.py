@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import datetime as dt
 import json
 
@@ -104,7 +106,6 @@ def test_read_corpus_reads_nab_files_and_their_windows(tmp_path):
     ({"x.csv": []}, "time,value\n2024-01-01 00:00:00,1\n", "header", "nab_columns"),
     ({"x.csv": []}, "timestamp,value\n01/01/2024,1\n", "x.csv:2 timestamp", "nab_timestamp"),
     ({"x.csv": []}, "timestamp,value\n2024-01-01 00:00:00,abc\n", "x.csv:2 value", "decimal"),
-    ({"x.csv": []}, "timestamp,value\n2024-01-01 00:05:00,1\n2024-01-01 00:00:00,1\n", "x.csv:3 timestamp", "increasing"),
     ({"x.csv": [["2024-01-02 00:00:00", "2024-01-01 00:00:00"]]}, "timestamp,value\n2024-01-01 00:00:00,1\n",
      "combined_windows.json x.csv", "window_order"),
 ])
@@ -113,3 +114,11 @@ def test_read_corpus_errors_name_the_field_and_rule(tmp_path, labels, text, fiel
     with pytest.raises(FieldRuleError) as error:
         read_corpus(tmp_path)
     assert error.value.rule == rule and field_part in error.value.field
+
+
+def test_backward_and_repeated_timestamps_are_ordered_and_merged_not_refused(tmp_path):
+    (tmp_path / "x.csv").write_text("timestamp,value\n2024-01-01 00:05:00,1\n2024-01-01 00:00:00,3\n2024-01-01 00:05:00,2\n")
+    (tmp_path / "combined_windows.json").write_text('{"x.csv": []}')
+    (series,) = read_corpus(tmp_path)
+    assert [t.minute for t in series.timestamps] == [0, 5] and series.values == [Decimal(3), Decimal("1.5")]
+    assert len(series.warnings) == 2

@@ -15,18 +15,22 @@ GRAFANA = INFRA_DIR / "grafana"
 DASHBOARDS = {"llmops": "prismops-llmops", "finops": "prismops-finops", "pipeline": "prismops-pipeline"}
 LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 TEMPLATE_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+CLICKHOUSE_PLUGIN = "vertamedia-clickhouse-datasource"  # Altinity's: ClickHouse's HTTP interface, 18.16 included
 
 
 def load(name: str) -> dict:
     return json.loads((GRAFANA / f"{name}.json").read_text())
 
 
-def panel_targets(dashboard: dict) -> list[tuple[str, dict]]:
-    return [(panel["title"], target) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+def panel_targets(dashboard: dict, kind: str = "prometheus") -> list[tuple[str, dict]]:
+    """(panel title, target) of every query on one kind of datasource: PromQL ("prometheus") or SQL ("clickhouse")."""
+    types = {"prometheus": "prometheus", "clickhouse": CLICKHOUSE_PLUGIN}
+    return [(panel["title"], target) for panel in dashboard["panels"] for target in panel.get("targets", [])
+            if target["datasource"]["type"] == types[kind]]
 
 
-def provisioned_datasource() -> dict:
-    config = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+def provisioned_datasource(name: str = "prometheus") -> dict:
+    config = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / f"{name}.yml").read_text())
     (datasource,) = config["datasources"]
     return datasource
 
@@ -52,11 +56,17 @@ def test_dashboard_is_well_formed_with_unique_ids_and_non_overlapping_panels(nam
 @pytest.mark.parametrize("name", DASHBOARDS)
 def test_every_query_uses_the_provisioned_datasource(name):
     uid = provisioned_datasource()["uid"]
+    clickhouse = provisioned_datasource("clickhouse")
     dashboard = load(name)
-    for title, target in panel_targets(dashboard):
-        assert target["datasource"] == {"type": "prometheus", "uid": uid}, title
+    allowed = [{"type": "prometheus", "uid": uid}, {"type": clickhouse["type"], "uid": clickhouse["uid"]}]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert target["datasource"] in allowed, panel["title"]
+    for title, target in panel_targets(dashboard, "clickhouse"):
+        assert target["query"].strip(), title
     for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == uid
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
@@ -77,6 +87,8 @@ def test_every_expression_uses_only_exported_metrics_and_labels(name, metric_cat
 def test_template_variables_read_exported_labels(metric_catalog):
     for name in DASHBOARDS:
         for variable in load(name)["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
             metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"]).groups()
             assert label in metric_catalog[metric]["labels"], variable["name"]
 
@@ -116,3 +128,14 @@ def test_provisioning_points_grafana_at_the_dashboards_and_prometheus():
     assert (datasource["type"], datasource["uid"]) == ("prometheus", "prometheus")
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "prismops.yml").read_text())["providers"]
     assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards/prismops"]
+
+
+def test_finops_has_average_latency_spend_by_team_and_model_history_and_a_tenant_filter():
+    finops = load("finops")
+    promql = "\n".join(target["expr"] for _, target in panel_targets(finops))
+    sql = "\n".join(target["query"] for _, target in panel_targets(finops, "clickhouse"))
+    assert "llm_request_duration_seconds_sum" in promql and "llm_request_duration_seconds_count" in promql
+    assert 'tenant=~"$tenant"' in promql
+    assert "GROUP BY team" in sql and "provider_model" in sql and "month_end_forecast_usd" in sql
+    assert sql.count("tenant IN (${tenant:singlequote})") == len(panel_targets(finops, "clickhouse"))
+    assert {v["name"] for v in finops["templating"]["list"]} == {"tenant", "database"}

@@ -372,8 +372,9 @@ def test_cli_migrate_sink_and_report_spend_speak_json(settings):
     report = cli.invoke(main, ["report", "spend", "--format", "json"], env=env)
     assert report.exit_code == 0, report.output
     spent = json.loads(report.stdout)
-    assert sum(Decimal(r["cost_usd"]) for r in spent) == sum((line["cost_usd"] for line in lines), Decimal(0))
-    assert sum(r["calls"] for r in spent) == 30
+    assert sum(Decimal(r["cost_usd"]) for r in spent["rows"]) == sum((line["cost_usd"] for line in lines), Decimal(0))
+    assert Decimal(spent["total"]["cost_usd"]) == sum((line["cost_usd"] for line in lines), Decimal(0))
+    assert sum(r["calls"] for r in spent["rows"]) == 30 == spent["total"]["calls"]
 
     missing = cli.invoke(main, ["report", "spend"], env={**env, "PRISMOPS_CLICKHOUSE__DATABASE": "prismops_absent_db"})
     assert missing.exit_code != 0 and "prismops db migrate" in missing.stderr

@@ -84,7 +84,7 @@ def test_report_commands_refuse_bad_arguments_with_a_reason(isolated_settings: S
     runner = CliRunner()
     both = runner.invoke(main, ["report", "showback", "--month", "2025-06", "--from", "2025-06-01"],
                          obj=isolated_settings)
-    assert both.exit_code == 1 and "--month or --from/--to" in both.output
+    assert both.exit_code == 1 and "--month or --since/--until" in both.output
     png = runner.invoke(main, ["report", "showback", "--chart", str(tmp_path / "x.png")], obj=isolated_settings)
     assert png.exit_code == 1 and "SVG" in png.output
     month = runner.invoke(main, ["report", "monthly", "--month", "June"], obj=isolated_settings)

@@ -89,9 +89,10 @@ def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost
         obj=settings,
     )
     assert result.exit_code == 0, result.output
-    assert [(r["team"], r["source"], Decimal(r["cost_usd"])) for r in json.loads(result.stdout)] == [
-        (team, "llm", expected_team)
-    ]
+    report = json.loads(result.stdout)
+    assert report["columns"] == ["team", "source", "lines", "cost_usd", "unpriced_lines"]
+    assert [(r["team"], r["source"], Decimal(r["cost_usd"])) for r in report["rows"]] == [(team, "llm", expected_team)]
+    assert Decimal(report["total"]["cost_usd"]) == expected_team
 
 
 def test_malformed_and_invalid_input_goes_to_dlq_and_processing_continues(pipeline):

@@ -72,3 +72,22 @@ def test_raising_a_models_live_latency_flips_the_decision(pipeline):
         time.sleep(0.5)
     client.disconnect()
     assert stored == 2, "both decisions were published and sunk to ClickHouse"
+
+
+def test_the_readme_router_example_is_routed(pipeline):
+    """The README's `Ask the router` block, run as a user pastes it, against this stack's gateway."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    settings, components = pipeline
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "RouterClient" in b]
+    block = block.replace("127.0.0.1:15051", f"{settings.gateway.host}:{settings.gateway.port}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 (the point: run the documented code)
+    model, reason = printed.getvalue().split()[:2]
+    assert model in ("gpt-4o-mini", "claude-sonnet-4"), printed.getvalue()
+    assert reason, printed.getvalue()

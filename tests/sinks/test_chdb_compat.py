@@ -19,6 +19,7 @@ from prismops.sinks.clickhouse import allocation_row, anomaly_row, budget_event_
 from prismops.sinks.focus_export import export_focus_month
 from prismops.sinks.migrations import load_migrations
 from prismops.sinks.rollups import day_sources, prune_superseded, settle_days
+from prismops.testing import readme_sql_blocks
 from prismops.testing.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
 from prismops.sinks.tenant_users import TENANT_FILTERS, row_policy_statements
 
@@ -243,3 +244,14 @@ def test_a_restated_billing_period_replaces_its_lines_on_current_clickhouse(engi
     assert by_currency["EUR"]["billed_cost"] == Decimal("0.079488000001")
     assert by_currency["EUR"]["billed_cost_usd"] == Decimal("0.090711705601")  # 0.0907117056011412, half-even
     assert report.total["billed_cost_usd"] == Decimal("20.090711705603") and report.total["lines"] == 3
+
+
+def test_the_readme_sql_runs_on_current_clickhouse_and_sorts(engine: ChdbClient) -> None:
+    blocks = readme_sql_blocks(Path(__file__).resolve().parents[2] / "README.md", DATABASE)
+    assert blocks, "the README shows SQL"
+    for block in blocks:
+        rows = engine.execute(block)
+        assert rows, block
+        if "ORDER BY cost DESC" in block:
+            costs = [row[-1] for row in rows]
+            assert costs == sorted(costs, reverse=True), "positional ORDER BY does not sort on 18.16; aliases do"

@@ -130,6 +130,35 @@ def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt
                   f"(router chose {result.chosen_model}: {result.reason_code})")
 
 
+@command.command("ingest")
+@click.option("--events", default=20_000, show_default=True, type=click.IntRange(min=100), help="events sent over HTTP")
+@click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="events per request")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="client connections")
+@FORMAT_OPTION
+@click.pass_obj
+def ingest(settings: Settings, events: int, batch: int, concurrency: int, fmt: str) -> None:
+    """HTTP ingest (POST /v1/usage, JSON, up to Kafka's acks) against the same events produced straight to Kafka."""
+    from rich.progress import Progress
+
+    from prismops.cli.output import emit_json, emit_table
+    from prismops.testing.ingest_bench import run_ingest_bench
+
+    with Progress(console=stderr_console, transient=True) as progress:
+        task = progress.add_task("HTTP ingest", total=events)
+        try:
+            result = run_ingest_bench(settings, events=events, batch=batch, concurrency=concurrency,
+                                      on_progress=lambda n: progress.advance(task, n))
+        except Exception as exc:
+            fail(f"benchmark failed: {exc}")
+    row = result.as_dict()
+    if fmt == "json":
+        emit_json(row)
+    else:
+        emit_table([{"figure": k, "value": v} for k, v in row.items()],
+                   title=f"HTTP ingest, {events} events in requests of {batch}, {concurrency} connections, "
+                         "against the same events produced straight to Kafka")
+
+
 @command.command("detect")
 @click.option("--series", "series_count", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--updates", default=100_000, show_default=True, type=click.IntRange(min=1000))

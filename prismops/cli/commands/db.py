@@ -58,8 +58,10 @@ def status(settings: Settings, fmt: str) -> None:
 
 
 @command.command()
-@click.option("--from", "since", type=DATE, default=None, help="first UTC day, inclusive (default: the oldest)")
-@click.option("--to", "until", type=DATE, default=None, help="first UTC day NOT settled (default: today)")
+@click.option("--since", "--from", "since", type=DATE, default=None,
+              help="first UTC day, inclusive (default: the oldest); --from is the same flag")
+@click.option("--until", "--to", "until", type=DATE, default=None,
+              help="first UTC day NOT settled (default: today); --to is the same flag")
 @click.option("--force", is_flag=True, help="settle again even days whose data has not changed")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="delete rollup rows of settles replaced more than an hour ago")

@@ -213,12 +213,18 @@ def decide(
 @click.option("--latency-ms", type=float, default=0.0)
 @click.option("--decision-id", default="")
 @click.option("--shadow", is_flag=True, help="the outcome of a shadow call (never moves breakers)")
+@click.option("--retry-after-ms", type=click.IntRange(min=0), default=0,
+              help="a 429's Retry-After: the model's breaker opens for exactly this long")
+@click.option("--lease-id", default="", help="the decision's concurrency lease, released by this report")
+@click.option("--input-tokens", type=click.IntRange(min=0), default=0, help="tokens used; corrects the estimate")
+@click.option("--output-tokens", type=click.IntRange(min=0), default=0)
 @_target_options
 @FORMAT_OPTION
 @click.pass_obj
 def outcome(
     settings: Settings, model_text: str, status: str | None, http_status: int, latency_ms: float, decision_id: str,
-    shadow: bool, target: str | None, token: str | None, tls_root_cert: Path | None, timeout: float, fmt: str,
+    shadow: bool, retry_after_ms: int, lease_id: str, input_tokens: int, output_tokens: int, target: str | None,
+    token: str | None, tls_root_cert: Path | None, timeout: float, fmt: str,
 ) -> None:
     """Report how a call to a model went (feeds the circuit breakers)."""
     model = _parse_model(model_text, "--model")
@@ -230,12 +236,16 @@ def outcome(
         try:
             response = client.report_outcome(
                 model, status or "", decision_id=decision_id, http_status=http_status, latency_ms=latency_ms,
-                shadow=shadow, timeout=timeout,
+                shadow=shadow, timeout=timeout, retry_after_ms=retry_after_ms, lease_id=lease_id,
+                input_tokens=input_tokens, output_tokens=output_tokens,
             )
         except grpc.RpcError as error:
             _rpc_failed(client, error)
-    emit([{"model": model_text, "breaker_state": response.breaker_state,
-           "consecutive_failures": response.consecutive_failures}], fmt, title="breaker")
+    row = {"model": model_text, "breaker_state": response.breaker_state,
+           "consecutive_failures": response.consecutive_failures, "retry_in_s": response.retry_in_s}
+    if lease_id:
+        row["lease_state"] = response.lease_state
+    emit([row], fmt, title="breaker")
 
 
 @command.command()

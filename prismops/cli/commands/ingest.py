@@ -321,3 +321,48 @@ def _period_text(period: dict[str, Any]) -> str:
 def _escaped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Text from the file (names, bad values in messages) is shown as-is, never read as rich markup."""
     return [{k: escape(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
+@command.command("serve")
+@click.option("--host", default=None, help="listen address; default: http_ingest.host from settings")
+@click.option("--port", type=int, default=None, help="listen port; default: http_ingest.port from settings")
+@click.option("--tokens", "tokens_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="YAML list of {tenant, token_sha256 | token}; default: http_ingest.tokens_file")
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None, tokens_file: Path | None) -> None:
+    """Take LLM usage over HTTP (POST /v1/usage: CloudEvents 1.0 or JSON) until SIGINT/SIGTERM.
+
+    Each event is checked by the worker's rules and every broken field is named in the answer; accepted events
+    are written to Kafka (acks=all) before the 202. GET /schema gives the event's JSON Schema.
+    """
+    import logging
+    import signal
+
+    from prismops.gateway_http.access import TokensFileError, load_tenant_tokens
+    from prismops.gateway_http.server import USAGE_PATH, HttpIngest, serve_ingest
+
+    config = settings.http_ingest
+    path = tokens_file or config.tokens_file
+    if path is None:
+        fail("no tokens file: give --tokens FILE or set http_ingest.tokens_file (a YAML list of {tenant, token_sha256})")
+    try:
+        tokens = load_tenant_tokens(path)
+    except TokensFileError as exc:
+        fail(escape(str(exc)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ingest = HttpIngest(settings, tokens)
+    bind_host, bind_port = host or config.host, config.port if port is None else port
+    try:
+        server = serve_ingest(ingest, bind_host, bind_port)
+    except OSError as exc:
+        ingest.close()
+        fail(escape(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}"))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    actual_port = server.server_address[1]
+    stderr_console.print(f"HTTP ingest on http://{bind_host}:{actual_port}{USAGE_PATH} "
+                         f"({len(tokens.by_digest)} tokens) → {ingest.usage_topic}; Ctrl-C stops")
+    stop.wait()
+    server.shutdown()
+    ingest.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from pathlib import Path
 
 import click
 
 from prismops.cli.errors import clickhouse_session
-from prismops.cli.output import FORMAT_OPTION, emit, fail
+from prismops.cli.output import FORMAT_OPTION, WIDE_OPTION, emit, emit_json, fail, report_json
 from prismops.settings import Settings
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
@@ -20,9 +21,39 @@ def command() -> None:
     """Reports from ClickHouse (exact Decimal money; JSON prints it as strings)."""
 
 
+SINCE_HELP = "first UTC day included, YYYY-MM-DD (--from is the same flag)"
+UNTIL_HELP = "first UTC day NOT included, YYYY-MM-DD (--to is the same flag)"
+
+
+def date_range_options(function):  # type: ignore[no-untyped-def]
+    """The one date vocabulary of every command: --since/--until, also spelled --from/--to; --until is exclusive."""
+    function = click.option("--until", "--to", "until", type=DATE, default=None, help=UNTIL_HELP)(function)
+    return click.option("--since", "--from", "since", type=DATE, default=None, help=SINCE_HELP)(function)
+
+
+def sum_columns(rows: list[dict], columns: list[str]) -> dict:
+    """The TOTAL row of a list report: numbers summed exactly, text columns empty, the first labelled TOTAL."""
+    total: dict = {}
+    for column in columns:
+        values = [row.get(column) for row in rows]
+        numbers = [v for v in values if isinstance(v, (int, decimal.Decimal)) and not isinstance(v, bool)]
+        total[column] = sum(numbers, decimal.Decimal(0) if any(isinstance(v, decimal.Decimal) for v in numbers) else 0) \
+            if numbers and len(numbers) == len(values) else None
+    total[columns[0]] = "TOTAL"
+    return total
+
+
+def emit_list_report(rows: list[dict], fmt: str, title: str, columns: list[str]) -> None:
+    """A list report (spend, costs) printed like every other report: JSON {title, columns, rows, total}."""
+    total = sum_columns(rows, columns) if rows else None
+    if fmt == "json":
+        emit_json(report_json(title, columns, rows, total))
+    else:
+        emit([*rows, total] if total else rows, "table", title=title, columns=columns)
+
+
 @command.command()
-@click.option("--since", type=DATE, default=None, help="first UTC event date, inclusive (YYYY-MM-DD)")
-@click.option("--until", type=DATE, default=None, help="last UTC event date, exclusive (YYYY-MM-DD)")
+@date_range_options
 @FORMAT_OPTION
 @click.pass_obj
 def spend(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, fmt: str) -> None:
@@ -34,7 +65,7 @@ def spend(settings: Settings, since: dt.datetime | None, until: dt.datetime | No
             client, settings.clickhouse.database,
             since=since.date() if since else None, until=until.date() if until else None,
         )
-    emit(rows, fmt, title=f"spend by tenant and model ({settings.clickhouse.database})", columns=SPEND_COLUMNS)
+    emit_list_report(rows, fmt, f"spend by tenant and model ({settings.clickhouse.database})", SPEND_COLUMNS)
 
 
 def _day(value: str) -> dt.date:
@@ -52,8 +83,7 @@ def _day(value: str) -> dt.date:
 @click.option("--by", "group_by", multiple=True, help="dimension to group by (repeatable): team, tenant, source, …")
 @click.option("--where", "filters", multiple=True, help="dimension=value filter (repeatable), e.g. team=devtools")
 @click.option("--on", "on_day", default=None, help="one UTC day: YYYY-MM-DD, today or yesterday")
-@click.option("--since", type=DATE, default=None, help="first UTC event date, inclusive")
-@click.option("--until", type=DATE, default=None, help="last UTC event date, exclusive")
+@date_range_options
 @FORMAT_OPTION
 @click.pass_obj
 def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...], on_day: str | None,
@@ -63,10 +93,13 @@ def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...
 
     where = {}
     for item in filters:
-        name, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--where {item!r}: expected dimension=value")
-        where[name.strip()] = value.strip()
+        try:
+            name, value = parse_where(item)
+        except ValueError as error:
+            fail(str(error))
+        where[name] = value
+    if on_day and (since or until):
+        fail("give --on or --since/--until, not both")
     first, last = (since.date() if since else None), (until.date() if until else None)
     if on_day:
         first = _day(on_day)
@@ -74,26 +107,49 @@ def costs(settings: Settings, group_by: tuple[str, ...], filters: tuple[str, ...
     with clickhouse_session(settings) as client:
         rows = costs_by(client, settings.clickhouse.database, list(group_by), where=where, since=first, until=last)
     span = f"{first or 'start'} to {last or 'now'}"
-    emit(rows, fmt, title=f"cost by {', '.join(group_by) or 'everything'} ({span})")
+    columns = [*(group_by or ["scope"]), "lines", "cost_usd", "unpriced_lines"]
+    emit_list_report(rows, fmt, f"cost by {', '.join(group_by) or 'everything'} ({span})", columns)
+
+
+def parse_where(item: str) -> tuple[str, str]:
+    """`dimension=value`, strictly: one `=`, a known dimension, a value that does not start with `=` or `!`."""
+    from prismops.sinks.reports import COST_DIMENSIONS
+
+    name, sep, value = item.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name:
+        raise ValueError(f"--where {item!r}: expected dimension=value, e.g. team=devtools")
+    if name.endswith(("!", "<", ">")) or value.startswith(("=", "!", "<", ">")):
+        raise ValueError(f"--where {item!r}: only dimension=value (one '=') is supported")
+    if name not in COST_DIMENSIONS:
+        raise ValueError(f"--where {item!r}: {name!r} is not a dimension; use one of {', '.join(COST_DIMENSIONS)}")
+    if not value:
+        raise ValueError(f"--where {item!r}: the value is empty")
+    return name, value
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # showback, unit economics, monthly, anomalies: exact reports with a TOTAL row (prismops.sinks.reports, prismops.sinks.rollups)
 
-REPORT_FORMAT_OPTION = click.option(
+_REPORT_FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
     help="table for people, csv for spreadsheets, json for scripts (money as exact decimal strings)",
 )
+
+
+def REPORT_FORMAT_OPTION(function):  # type: ignore[no-untyped-def]  # noqa: N802
+    return _REPORT_FORMAT(WIDE_OPTION(function))
 BY_CHOICE = click.Choice(["team", "tenant", "feature", "model", "customer", "product", "service", "environment",
                           "provider", "source", "node"])
 
 
 def _period(since: dt.datetime | None, until: dt.datetime | None, month: str | None) -> tuple[dt.date, dt.date]:
-    """--month, or --from/--to (--to is the first day NOT included, like FOCUS period ends); default: this month."""
+    """--month, or --since/--until (--until is the first day NOT included, like FOCUS period ends); default: this
+    month."""
     from prismops.sinks.reports import month_range
 
     if month and (since or until):
-        fail("give --month or --from/--to, not both")
+        fail("give --month or --since/--until, not both")
     if month:
         try:
             return month_range(month)
@@ -103,16 +159,16 @@ def _period(since: dt.datetime | None, until: dt.datetime | None, month: str | N
     first = since.date() if since else today.replace(day=1)
     last = until.date() if until else today + dt.timedelta(days=1)
     if last <= first:
-        fail(f"--to {last} must be after --from {first} (--to is exclusive)")
+        fail(f"--until {last} must be after --since {first} (--until is exclusive)")
     return first, last
 
 
 def period_options(function):  # type: ignore[no-untyped-def]
     function = click.option("--month", default=None, help="one UTC calendar month, YYYY-MM")(function)
-    function = click.option("--to", "until", type=DATE, default=None,
-                            help="first UTC day NOT included (default: tomorrow)")(function)
-    return click.option("--from", "since", type=DATE, default=None,
-                        help="first UTC day included (default: the 1st of this month)")(function)
+    function = click.option("--until", "--to", "until", type=DATE, default=None,
+                            help=UNTIL_HELP + " (default: tomorrow)")(function)
+    return click.option("--since", "--from", "since", type=DATE, default=None,
+                        help=SINCE_HELP + " (default: the 1st of this month)")(function)
 
 
 def write_csv(columns: list[str], rows: list[dict]) -> None:

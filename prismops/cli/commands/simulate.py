@@ -43,3 +43,10 @@ def command(settings: Settings, count: int, rate: float | None, seed: int, kind:
             fail(str(exc))
     emit([{"kind": kind, "events": result.events, "seconds": round(result.seconds, 3),
            "events_per_s": round(result.events_per_second, 1)}], fmt, title=f"simulated {kind} traffic")
+    if kind == "gpu" and fmt != "json":
+        gpu = settings.gpu
+        stderr_console.print(
+            f"GPU cost is attributed per {gpu.window_s:g} s event-time window once event time passes its end plus "
+            f"{gpu.grace_s:g} s of grace (or, for a quiet pool, that long after its last event by the clock): expect rows "
+            f"in gpu_allocations about {(gpu.window_s + gpu.grace_s) / 60:g} minutes after the window's start. Set "
+            "PRISMOPS_GPU__WINDOW_S=60 PRISMOPS_GPU__GRACE_S=10 on the worker to see cost within a minute or two.", highlight=False, soft_wrap=True)

@@ -13,12 +13,16 @@ from prismops.settings import Settings
 TABLE_COLUMNS = ["name", "state", "address", "pid", "log_path"]
 
 
-def _run(settings: Settings, fmt: str, title: str, action: Callable, with_prometheus: bool = False) -> None:
+def _run(settings: Settings, fmt: str, title: str, action: Callable, with_prometheus: bool = False,
+         with_registry: bool = False) -> None:
     """Runs one LocalStack action and prints its statuses; stack errors become a clean non-zero exit."""
+    from prismops.infra.registry import attach_registry
     from prismops.infra.stack import LocalStack, StackError
 
     try:
-        statuses = action(LocalStack(settings, with_prometheus=with_prometheus))
+        stack = LocalStack(settings, with_prometheus=with_prometheus)
+        attach_registry(stack, start=with_registry or bool(getattr(settings.stack, "with_registry", False)))
+        statuses = action(stack)
     except StackError as error:
         fail(escape(str(error)))
     emit([status.as_row() for status in statuses], fmt, title=title, columns=TABLE_COLUMNS)
@@ -39,21 +43,29 @@ WITH_PROMETHEUS = click.option(
 )
 
 
+WITH_REGISTRY = click.option(
+    "--with-registry", is_flag=True,
+    help="also the schema registry (Apicurio, Confluent API at http://127.0.0.1:<stack.registry_port>/apis/ccompat/v7), "
+         "built from Maven Central on first use; same as stack.with_registry",
+)
+
+
 @command.command()
 @WITH_PROMETHEUS
+@WITH_REGISTRY
 @FORMAT_OPTION
 @click.pass_obj
-def up(settings: Settings, with_prometheus: bool, fmt: str) -> None:
-    """Start Kafka and ClickHouse (and Prometheus with --with-prometheus), fetching what is missing, and wait
-    until they answer."""
-    _run(settings, fmt, "local stack", lambda stack: stack.up(progress=_progress), with_prometheus)
+def up(settings: Settings, with_prometheus: bool, with_registry: bool, fmt: str) -> None:
+    """Start Kafka and ClickHouse (and Prometheus with --with-prometheus, the schema registry with
+    --with-registry), fetching what is missing, and wait until they answer."""
+    _run(settings, fmt, "local stack", lambda stack: stack.up(progress=_progress), with_prometheus, with_registry)
 
 
 @command.command()
 @FORMAT_OPTION
 @click.pass_obj
 def down(settings: Settings, fmt: str) -> None:
-    """Stop the servers this stack started (Prometheus too); data stays on disk."""
+    """Stop the servers this stack started (Prometheus and the schema registry too); data stays on disk."""
     _run(settings, fmt, "local stack", lambda stack: stack.down())
 
 

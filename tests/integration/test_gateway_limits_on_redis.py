@@ -1,0 +1,168 @@
+"""Two gateways share one set of limits through a real Redis (Debian's `redis-server`, started by the stack's
+own `RedisServer`, on a free port under a private home): a model's RPM, a tenant's TPM with its retry-after,
+and a concurrency cap hold across both, as one gateway would hold them alone. No fake Redis: when
+redis-server cannot be found or installed, the test fails with the launcher's message."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from prismops.gateway_grpc import codegen
+
+codegen.ensure_stubs()
+
+from prismops.gateway_grpc.client import LlmCallOutcome, RouterClient, call_with_fallback, refusal_hints  # noqa: E402
+from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
+from prismops.gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
+from prismops.gateway_grpc.redis_limits import RedisLimitStore  # noqa: E402
+from prismops.gateway_grpc.server import DiscardingPublisher, GatewayState, build_server, open_policy_store  # noqa: E402
+from prismops.infra.config import StackPaths  # noqa: E402
+from prismops.infra.stack import RedisServer  # noqa: E402
+from prismops.settings import Settings  # noqa: E402
+
+GPT4O, SONNET = ("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("redis-home")
+    settings = Settings().with_overrides(
+        stack={"home": home}, redis={"enabled": True, "port": free_port(), "key_prefix": f"test-{home.name}:"},
+    )
+    server = RedisServer(settings, StackPaths.from_settings(settings.stack))
+    process = server.start(print)
+    try:
+        server.wait_ready(print, process)
+        yield settings
+    finally:
+        server.stop()  # only ever the server this fixture started (pid file + our config in its argv)
+
+
+def row(provider: str, model: str, p95: float, input_price: str, output_price: str) -> dict:
+    import datetime as dt
+
+    return {
+        "provider": provider, "model": model, "window_seconds": 300.0, "sample_count": 120, "error_count": 0,
+        "error_rate": 0.0, "p50_latency_ms": p95 / 2, "p95_latency_ms": p95, "p99_latency_ms": p95 * 1.4,
+        "cost_usd": Decimal("0.25"), "tokens": 400_000, "input_price_per_mtok": Decimal(input_price),
+        "output_price_per_mtok": Decimal(output_price), "updated_at": dt.datetime.now(dt.timezone.utc),
+    }
+
+
+@pytest.fixture()
+def two_gateways(redis_settings: Settings, tmp_path: Path) -> Iterator[tuple[RouterClient, RouterClient]]:
+    document = yaml.safe_load(BUNDLED_POLICY.read_text(encoding="utf-8"))
+    document["limits"] = {
+        "models": {"openai/gpt-4o": {"rpm": 4}},
+        "tenants": {"tight": {"tpm": 3000}},
+        "concurrency": [{"name": f"support-{tmp_path.name}", "match": {"service": "support-bot"},
+                         "max_in_flight": 3, "lease_ttl_s": 60}],
+    }
+    for route in document["routes"]:
+        route.pop("shadow", None)  # a sampled shadow call runs outside the lease
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(document))
+    prefix = f"{redis_settings.redis.key_prefix}{tmp_path.name}:"  # each test its own counters
+    servers, clients = [], []
+    for _ in range(2):
+        settings = redis_settings.with_overrides(
+            gateway={"host": "127.0.0.1", "port": free_port(), "policy_file": policy, "limits_store": "redis",
+                     "metrics_port": 0},
+            redis={"key_prefix": prefix},
+        )
+        table = LiveModelTable()
+        table.upsert(row(*GPT4O, 600, "2.5", "10"))
+        table.upsert(row(*SONNET, 700, "3", "15"))
+        holder: dict[str, GatewayState] = {}
+        state = holder["state"] = GatewayState(settings, table, open_policy_store(settings, None, holder))
+        assert isinstance(state.limiter.store, RedisLimitStore) and state.limiter.store.ping()
+        server = build_server(settings, table, publisher=DiscardingPublisher(), state=state)
+        server.start()
+        servers.append(server)
+        client = RouterClient(f"127.0.0.1:{settings.gateway.port}")
+        assert client.wait_ready(10)
+        clients.append(client)
+    yield clients[0], clients[1]
+    for client in clients:
+        client.close()
+    for server in servers:
+        server.stop(0).wait()
+
+
+def chat(client: RouterClient, tenant: str = "acme"):
+    return client.decide(tenant, "chat", "answer", [GPT4O, SONNET], expected_input_tokens=1000,
+                         expected_output_tokens=500)
+
+
+def test_two_gateways_share_one_model_rpm(two_gateways):
+    a, b = two_gateways
+    chosen = [chat(gateway).model.model for gateway in (a, b, a, b)]
+    assert chosen == ["gpt-4o"] * 4  # 4 rpm in all, not 4 per gateway
+    for gateway in (a, b):
+        answer = chat(gateway)
+        assert answer.model.model == "claude-sonnet-4" and "rate_limited_skip" in answer.reason_codes
+
+
+def test_a_tenant_at_its_tpm_is_refused_by_either_gateway_with_a_retry_after(two_gateways):
+    a, b = two_gateways
+    chat(a, "tight")
+    chat(b, "tight")  # 3,000 estimated tokens across both
+    for gateway in (a, b):
+        with pytest.raises(grpc.RpcError) as raised:
+            chat(gateway, "tight")
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry_after, reason, _ = refusal_hints(raised.value)
+        assert reason == "tenant_rate_limited" and 0 < retry_after <= 30.0
+
+
+def test_a_concurrency_cap_holds_across_gateways_and_a_lease_is_released_on_the_other(two_gateways):
+    a, b = two_gateways
+    leases = [gateway.decide("acme", "support-bot", "chat") for gateway in (a, b, a)]
+    with pytest.raises(grpc.RpcError) as raised:
+        b.decide("acme", "support-bot", "chat")
+    assert refusal_hints(raised.value)[1] == "concurrency_limited"
+    first = leases[0]
+    assert b.report_outcome(first.model, "ok", lease_id=first.lease_id).lease_state == "released"
+    assert a.report_outcome(first.model, "ok", lease_id=first.lease_id).lease_state == "not_held"
+    assert b.decide("acme", "support-bot", "chat").lease_id
+
+
+def test_a_cap_of_3_holds_for_20_concurrent_callers_spread_over_both_gateways(two_gateways):
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def invoke(provider: str, model: str) -> LlmCallOutcome:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.02)  # hold the lease a moment so callers overlap
+        with lock:
+            in_flight -= 1
+        return LlmCallOutcome(response="ok", latency_ms=1)
+
+    def one_call(i: int) -> str:
+        gateway = two_gateways[i % 2]
+        result = call_with_fallback(gateway, {"tenant": f"t{i}", "service": "support-bot", "feature": "chat"},
+                                    invoke, max_limit_wait_s=120, sleep=lambda s: time.sleep(min(s, 0.05)))
+        return result.model
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one_call, range(20)))
+    assert len(results) == 20 and 1 <= most <= 3
