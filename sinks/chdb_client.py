@@ -120,6 +120,20 @@ class ChdbClient:
         self._session = session.Session(path)
         self.database = database
 
+    @classmethod
+    def migrated(cls, path: str, database: str) -> "ChdbClient":
+        """A session on `database`, created and brought to the newest schema by every shipped migration: the
+        same tables the sink writes on the stack, on current ClickHouse."""
+        from prismops.sinks.migrations import load_migrations
+
+        client = cls(path)
+        client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+        client.use(database)
+        for migration in load_migrations():
+            for statement in migration.statements():
+                client.execute(statement)
+        return client
+
     def use(self, database: str) -> None:
         self.database = database
 

@@ -57,3 +57,25 @@ def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
                     components.check_alive()
                     raise TimeoutError("the gateway did not report SERVING within 60 s")
             yield settings, components
+
+
+@pytest.fixture(scope="module")
+def redis_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A real redis-server (Debian's, started by the stack's own `RedisServer`) on a free port under a private home,
+    with a key prefix of its own; it fails with the launcher's message when redis-server cannot be installed."""
+    from prismops.infra.config import StackPaths
+    from prismops.infra.stack import RedisServer
+    from prismops.testing import free_port
+
+    home = tmp_path_factory.mktemp("redis-home")
+    settings = Settings().with_overrides(
+        stack={"home": home}, redis={"enabled": True, "port": free_port(), "key_prefix": f"test-{home.name}:"},
+    )
+    server = RedisServer(settings, StackPaths.from_settings(settings.stack))
+    process = server.start(print)
+    try:
+        server.wait_ready(print, process)
+        yield settings
+    finally:
+        server.stop()  # only ever the server this fixture started (pid file + our config in its argv)
+

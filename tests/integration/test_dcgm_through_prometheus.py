@@ -69,8 +69,22 @@ def prometheus(tmp_path):
         exporter.shutdown()
 
 
+def scrapes_seen(url: str) -> int:
+    """How many samples of the exporter's page Prometheus holds for its busiest series (0 before the first)."""
+    import json
+    import urllib.parse
+
+    query = urllib.parse.quote("max(count_over_time(DCGM_FI_DEV_GPU_UTIL[5m]))")
+    answer = json.loads(urllib.request.urlopen(f"{url}/api/v1/query?query={query}", timeout=5).read())
+    result = answer["data"]["result"]
+    return int(float(result[0]["value"][1])) if result else 0
+
+
 def test_window_aggregates_from_prometheus_become_events(prometheus):
-    time.sleep(6)  # a few scrapes
+    deadline = time.monotonic() + 60  # a few scrapes, however slow the machine: counted, not slept for
+    while scrapes_seen(prometheus) < 3:
+        assert time.monotonic() < deadline, "Prometheus did not scrape the exporter 3 times within 60 s"
+        time.sleep(0.2)
     window_end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     series = prometheus_series(prometheus, window_end, WINDOW_S, get=http_get)
     events = {e["job"]: e for e in dcgm_events(series, window_end - dt.timedelta(seconds=WINDOW_S), window_end,

@@ -5,7 +5,6 @@ redis-server cannot be found or installed, the test fails with the launcher's me
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,32 +25,10 @@ from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
 from prismops.gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
 from prismops.gateway_grpc.redis_limits import RedisLimitStore  # noqa: E402
 from prismops.gateway_grpc.server import DiscardingPublisher, GatewayState, build_server, open_policy_store  # noqa: E402
-from prismops.infra.config import StackPaths  # noqa: E402
-from prismops.infra.stack import RedisServer  # noqa: E402
 from prismops.settings import Settings  # noqa: E402
+from prismops.testing import free_port  # noqa: E402
 
 GPT4O, SONNET = ("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("redis-home")
-    settings = Settings().with_overrides(
-        stack={"home": home}, redis={"enabled": True, "port": free_port(), "key_prefix": f"test-{home.name}:"},
-    )
-    server = RedisServer(settings, StackPaths.from_settings(settings.stack))
-    process = server.start(print)
-    try:
-        server.wait_ready(print, process)
-        yield settings
-    finally:
-        server.stop()  # only ever the server this fixture started (pid file + our config in its argv)
 
 
 def row(provider: str, model: str, p95: float, input_price: str, output_price: str) -> dict:

@@ -4,18 +4,11 @@ hit and the saving per tenant after the real worker and sink; tenant B never rea
 
 from __future__ import annotations
 
-import socket
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-
-import pytest
 
 from prismops.gateway_grpc.client import LlmCallOutcome, RouterClient, call_with_fallback
 from prismops.gateway_grpc.response_cache import SAVED_USD_LABEL, RedisCacheStore, ResponseCache, cache_key
-from prismops.infra.config import StackPaths
-from prismops.infra.stack import RedisServer
-from prismops.settings import Settings
 from prismops.streams.producer import UsageProducer
 from prismops.testing import clickhouse, wait_for
 
@@ -30,25 +23,6 @@ SELECT count(), countIf(cache_hit = 1),
 FROM cost_lines
 WHERE source = 'llm' AND tenant = %(tenant)s
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("redis-cache-home")
-    settings = Settings().with_overrides(stack={"home": home}, redis={"enabled": True, "port": free_port()})
-    server = RedisServer(settings, StackPaths.from_settings(settings.stack))
-    process = server.start(print)
-    try:
-        server.wait_ready(print, process)
-        yield settings
-    finally:
-        server.stop()
 
 
 def test_a_repeated_call_is_served_from_the_cache_and_clickhouse_shows_the_saving(pipeline, redis_settings):

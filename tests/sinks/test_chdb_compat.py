@@ -17,7 +17,6 @@ from prismops.sinks import reports
 from prismops.sinks.chdb_client import ChdbClient
 from prismops.sinks.clickhouse import allocation_row, anomaly_row, budget_event_row, cost_line_row, routing_decision_row
 from prismops.sinks.focus_export import export_focus_month
-from prismops.sinks.migrations import load_migrations
 from prismops.sinks.rollups import day_sources, prune_superseded, settle_days
 from prismops.testing import readme_sql_blocks
 from prismops.testing.synthetic_month import SyntheticMonth, report_discrepancies, synthetic_month, totals_by
@@ -49,12 +48,7 @@ def month() -> SyntheticMonth:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory, month: SyntheticMonth) -> Iterator[ChdbClient]:
-    client = ChdbClient(str(tmp_path_factory.mktemp("chdb")))
-    client.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    client.use(DATABASE)
-    for migration in load_migrations():
-        for statement in migration.statements():
-            client.execute(statement)
+    client = ChdbClient.migrated(str(tmp_path_factory.mktemp("chdb")), DATABASE)
     load(client, month, dt.datetime(2025, 7, 1, 3, tzinfo=dt.timezone.utc))
     yield client
     client.disconnect()

@@ -5,27 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-import pytest
 
 from prismops.finops.gpu_pricing import load_gpu_catalog
 from prismops.finops.gpu_recommendations import JobProfile, load_gpu_types, recommend
 from prismops.sinks.chdb_client import ChdbClient
 from prismops.sinks.gpu_recommendations import recommendation_rows
-from prismops.sinks.migrations import load_migrations
 
 DATABASE = "prismops_gpu_rec"
 AT = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 
 
 def test_recommendations_round_trip(tmp_path):
-    pytest.importorskip("chdb")
-    client = ChdbClient(str(tmp_path / "chdb"))
+    client = ChdbClient.migrated(str(tmp_path / "chdb"), DATABASE)
     try:
-        client.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-        client.use(DATABASE)
-        for migration in load_migrations():
-            for statement in migration.statements():
-                client.execute(statement)
         profiles = [
             JobProfile(tenant="acme", job="j1", gpu_model="A100-SXM4-80GB", capacity_type="on_demand", gpus=1,
                        duration_s=Decimal(7200), peak_memory_bytes=8 * 2**30, mean_memory_bytes=0, util_mean=Decimal("0.08"),

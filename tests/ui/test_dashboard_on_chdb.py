@@ -16,7 +16,6 @@ from prismops.settings import load_settings
 from prismops.sinks import reports
 from prismops.sinks.chdb_client import ChdbClient
 from prismops.sinks.clickhouse import allocation_row, anomaly_row, cost_line_row, routing_decision_row
-from prismops.sinks.migrations import load_migrations
 from prismops.testing.synthetic_month import SyntheticMonth, synthetic_month
 from prismops.ui.server import Dashboard, DashboardServer
 
@@ -34,12 +33,7 @@ def month() -> SyntheticMonth:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory, month: SyntheticMonth) -> Iterator[ChdbClient]:
-    client = ChdbClient(str(tmp_path_factory.mktemp("chdb-ui")))
-    client.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    client.use(DATABASE)
-    for migration in load_migrations():
-        for statement in migration.statements():
-            client.execute(statement)
+    client = ChdbClient.migrated(str(tmp_path_factory.mktemp("chdb-ui")), DATABASE)
     at = dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc)
     for table, records in (("cost_lines", month.cost_lines), ("gpu_allocations", month.allocations),
                            ("routing_decisions", month.decisions), ("anomalies", month.anomalies)):

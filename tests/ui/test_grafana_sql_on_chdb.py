@@ -13,7 +13,6 @@ import pytest
 from prismops.infra.config import INFRA_DIR
 from prismops.sinks.chdb_client import ChdbClient
 from prismops.sinks.clickhouse import cost_line_row
-from prismops.sinks.migrations import load_migrations
 from prismops.testing.synthetic_month import SyntheticMonth, synthetic_month
 
 DATABASE = "prismops_grafana_chdb"
@@ -42,12 +41,7 @@ def month() -> SyntheticMonth:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory, month: SyntheticMonth) -> Iterator[ChdbClient]:
-    client = ChdbClient(str(tmp_path_factory.mktemp("chdb-grafana")))
-    client.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    client.use(DATABASE)
-    for migration in load_migrations():
-        for statement in migration.statements():
-            client.execute(statement)
+    client = ChdbClient.migrated(str(tmp_path_factory.mktemp("chdb-grafana")), DATABASE)
     rows = [cost_line_row(r, kafka_partition=0, kafka_offset=i, ingested_at=dt.datetime.now(dt.timezone.utc))
             for i, r in enumerate(month.cost_lines) if r["event_time"] <= NOW]
     client.execute(f"INSERT INTO {DATABASE}.cost_lines ({', '.join(rows[0])}) VALUES", rows)
