@@ -35,11 +35,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prismops.finops.labels import CACHE_KEY_LABEL, CACHE_SAVED_USD_LABEL
+
 log = logging.getLogger(__name__)
 
 VALUE_VERSION = 1
-SAVED_USD_LABEL = "prismops.cache_saved_usd"
-CACHE_KEY_LABEL = "prismops.cache_key"
+SAVED_USD_LABEL = CACHE_SAVED_USD_LABEL
 
 
 class CacheError(ValueError):

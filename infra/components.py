@@ -39,6 +39,7 @@ class Components:
     def start(self, *names: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRISMOPS_")} | settings_as_env(self.settings)
+        env["PYTHONUNBUFFERED"] = "1"  # a component killed with -9 keeps its last log lines
         for name in names:
             log = open(self.log_path(name), "ab")
             self.processes[name] = subprocess.Popen(

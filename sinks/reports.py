@@ -15,6 +15,7 @@ from typing import Any
 
 from clickhouse_driver import Client
 
+from prismops.finops.labels import CACHE_SAVED_USD_LABEL
 from prismops.sinks.clickhouse import table_ref
 
 
@@ -231,6 +232,39 @@ def unit_economics(client: Any, database: str, by: Sequence[str], *, since: dt.d
                "cost_per_request", "cost_per_session", "cost_per_customer", "cost_per_1k_tokens", "cache_hit_rate",
                "fallback_rate", "error_rate"]
     return Report(f"unit economics by {', '.join(dimensions)}, {_span(since, until)}", columns, rows,
+                  {d: "" for d in dimensions} | total)
+
+
+def cache_savings(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date) -> Report:
+    """Per group: LLM calls, cache hits, hit rate, what the calls cost, what the hits saved (the label each hit
+    carries, exact decimal) and the saved share of what the calls would have cost without the cache."""
+    dimensions = _check_dimensions(by)
+    where, params = _date_filter(since, until)
+    where = f"{where} AND source = 'llm'" if where else " WHERE source = 'llm'"
+    saved = (f"toDecimal64(if(has(label_keys, '{CACHE_SAVED_USD_LABEL}'), "
+             f"label_values[indexOf(label_keys, '{CACHE_SAVED_USD_LABEL}')], '0'), 12)")
+    listed = ", ".join(dimensions)
+    found = client.execute(
+        f"SELECT {listed}, count(), countIf(cache_hit = 1), sum(cost_usd), sumIf({saved}, cache_hit = 1)"
+        f" FROM {database}.cost_lines FINAL{where}"
+        f" GROUP BY {listed} ORDER BY {listed}",
+        params,
+    )
+    measures = ["llm_requests", "cache_hits", "llm_cost_usd", "saved_usd"]
+    rows = []
+    for record in found:
+        row = dict(zip(dimensions, record))
+        row.update(llm_requests=int(record[-4]), cache_hits=int(record[-3]),
+                   llm_cost_usd=decimal.Decimal(record[-2]), saved_usd=decimal.Decimal(record[-1]))
+        rows.append(row)
+    rows.sort(key=lambda row: (-row["saved_usd"], *(str(row[d]) for d in dimensions)))
+    total = _sum_rows(rows, measures)
+    for row in [*rows, total]:
+        row["hit_rate"] = _ratio(row["cache_hits"], row["llm_requests"], RATE_PLACES)
+        row["saved_pct"] = _ratio(row["saved_usd"] * 100, row["llm_cost_usd"] + row["saved_usd"],
+                                  decimal.Decimal("0.01"))
+    columns = [*dimensions, "llm_requests", "cache_hits", "hit_rate", "llm_cost_usd", "saved_usd", "saved_pct"]
+    return Report(f"response cache savings by {', '.join(dimensions)}, {_span(since, until)}", columns, rows,
                   {d: "" for d in dimensions} | total)
 
 

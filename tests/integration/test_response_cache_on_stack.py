@@ -4,9 +4,14 @@ hit and the saving per tenant after the real worker and sink; tenant B never rea
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 
+from prismops.settings import Settings, settings_as_env
 from prismops.gateway_grpc.client import LlmCallOutcome, RouterClient, call_with_fallback
 from prismops.gateway_grpc.response_cache import SAVED_USD_LABEL, RedisCacheStore, ResponseCache, cache_key
 from prismops.streams.producer import UsageProducer
@@ -15,6 +20,14 @@ from prismops.testing import clickhouse, wait_for
 MINI = ("openai", "gpt-4o-mini")
 MESSAGES = [{"role": "user", "content": "What does FinOps measure?"}]
 PARAMS = {"temperature": 0, "max_tokens": 100}
+
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISMOPS_")} | settings_as_env(settings)
+    return subprocess.run([sys.executable, "-m", "prismops", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
 
 SAVINGS_SQL = f"""
 SELECT count(), countIf(cache_hit = 1),
@@ -55,3 +68,12 @@ def test_a_repeated_call_is_served_from_the_cache_and_clickhouse_shows_the_savin
                     180, components, "tenant A's two cost lines")
     assert rows == [(2, 1, saved)]
     assert client.execute(SAVINGS_SQL, {"tenant": tenant_b})[0][1] == 0
+
+    report = run_cli(settings, "report", "cache", "--by", "tenant", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    by_tenant = {row["tenant"]: row for row in json.loads(report.stdout)["rows"]}
+    a, b = by_tenant[tenant_a], by_tenant[tenant_b]
+    assert (a["llm_requests"], a["cache_hits"], Decimal(a["saved_usd"]), Decimal(a["hit_rate"])) == (2, 1, saved,
+                                                                                                   Decimal("0.5"))
+    assert Decimal(a["saved_pct"]) == (saved * 100 / (Decimal(a["llm_cost_usd"]) + saved)).quantize(Decimal("0.01"))
+    assert (b["cache_hits"], Decimal(b["saved_usd"])) == (0, 0)

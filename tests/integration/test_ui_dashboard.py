@@ -1,7 +1,7 @@
 """`prismops ui` on the stack's ClickHouse: a real server process over an isolated database with recent rows, the
-page loaded in headless Chromium (Debian's `chromium`), every chart drawn with points, a screenshot kept.
+page loaded in headless Chromium (Debian's `chromium`), every chart drawn with points.
 
-The screenshot and the rendered DOM stay under pytest's tmp dir (printed at the end; `-s` shows the path)."""
+The rendered DOM stays under pytest's tmp dir (printed at the end; `-s` shows the path)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -149,10 +150,23 @@ def ui_server(dashboard_db: Settings, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def chromium(binary: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def chromium_dom(binary: str, url: str, profile: Path, timeout: float = 180) -> str:
+    """The page's DOM after its scripts ran, from a headless Chromium with a profile of its own (a second
+    Chromium on a shared profile waits for the first one's lock). Its whole process group is killed on a
+    timeout, so a hung renderer fails this test instead of leaving processes behind."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
              "--window-size=1400,4200", "--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw"]
-    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen([binary, *flags, "--dump-dom", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"headless Chromium did not finish loading {url} within {timeout:.0f}s")
+    assert process.returncode == 0, stderr[-2000:]
+    return stdout
 
 
 def test_the_page_renders_every_chart_with_the_stack_data(ui_server: str, tmp_path: Path) -> None:
@@ -174,20 +188,15 @@ def test_the_page_renders_every_chart_with_the_stack_data(ui_server: str, tmp_pa
     cost = gateway["models"][1]["cost_usd"]
     assert isinstance(cost, str) and Decimal(cost) == Decimal("0.42")
 
-    dom = chromium(binary, "--dump-dom", ui_server)
-    (tmp_path / "page.html").write_text(dom.stdout)
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    dom = chromium_dom(binary, ui_server, tmp_path / "chromium-profile")
+    (tmp_path / "page.html").write_text(dom)
     points = {m.group(1): int(m.group(2)) for m in re.finditer(
-        r'<canvas id="([\w-]+)"[^>]*?data-points="(\d+)"', dom.stdout)}
+        r'<canvas id="([\w-]+)"[^>]*?data-points="(\d+)"', dom)}
     assert set(CHARTS) <= set(points), f"charts not drawn: {sorted(set(CHARTS) - set(points))}"
     assert all(points[c] > 0 for c in CHARTS), points
-    assert f'data-charts="{len(CHARTS)}"' in dom.stdout
-    errors = re.findall(r'<div class="error" id="[\w-]+">([^<]+)</div>', dom.stdout)
+    assert f'data-charts="{len(CHARTS)}"' in dom
+    errors = re.findall(r'<div class="error" id="[\w-]+">([^<]+)</div>', dom)
     assert errors == [], errors
-    rows = re.search(r'<table id="anomaly-table" data-rows="(\d+)"', dom.stdout)
+    rows = re.search(r'<table id="anomaly-table" data-rows="(\d+)"', dom)
     assert rows and int(rows.group(1)) > 0
-
-    screenshot = tmp_path / "dashboard.png"
-    shot = chromium(binary, f"--screenshot={screenshot}", ui_server)
-    assert shot.returncode == 0 and screenshot.stat().st_size > 50_000, shot.stderr[-2000:]
-    print(f"dashboard screenshot: {screenshot}")
+    print(f"dashboard DOM: {tmp_path / 'page.html'}")
