@@ -17,8 +17,9 @@ ids, which the sink dedupes. Dead letters stay attached to their event (`ctx.dea
 
 The agent and the timer both read-modify-write pool state across awaits, so they take one asyncio lock.
 
-Gap: inference-pool attribution (`gpu_allocation.inference_pool_allocations`) is not wired here; it needs
-token counts from cost.lines.v1 (partitioned by tenant) joined with node windows (partitioned by pool).
+A closed window of a node that belongs to an inference pool (`gpu.inference_pools`) also sends one of its
+allocation records (they all carry the node's pool cost) to prismops.inference-node-windows.v1, keyed by the
+inference pool, where agents/inference_agents.py meets it with the tokens of the pool's models.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from prismops.finops.gpu_windows import ClosedWindow, PoolWindows, validate_gpu_
 from prismops.agents.context import WorkerContext, utcnow
 from prismops.streams.codecs import codec_for
 from prismops.errors import FieldRuleError
-from prismops.streams.topics import COST_LINES, GPU_ALLOCATIONS, GPU_USAGE
+from prismops.streams.partitioning import KeyPartitioner
+from prismops.streams.topics import COST_LINES, GPU_ALLOCATIONS, GPU_USAGE, INFERENCE_NODE_WINDOWS
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,9 @@ def register(ctx: WorkerContext) -> None:
     if gpu.window_s <= 0 or gpu.grace_s < 0:
         raise ValueError(f"gpu.window_s must be > 0 and gpu.grace_s >= 0, got {gpu.window_s} and {gpu.grace_s}")
     catalog = load_gpu_catalog(gpu.price_table)
-    if load_inference_pools(gpu.inference_pools):  # parsed so a broken file fails at start, not later
-        log.warning("gpu.inference_pools is set, but the worker does not attribute inference pools by tokens yet "
-                    "(prismops.finops.gpu_allocation.inference_pool_allocations does it as a plain function)")
+    inference_pools = load_inference_pools(gpu.inference_pools)
+    inference_topic = ctx.topic(INFERENCE_NODE_WINDOWS)
+    inference_partition = KeyPartitioner(INFERENCE_NODE_WINDOWS.partitions or settings.kafka.default_partitions)
     usage_topic, allocations_topic, cost_topic = ctx.topic(GPU_USAGE), ctx.topic(GPU_ALLOCATIONS), ctx.topic(COST_LINES)
     usage_topic_name = GPU_USAGE.name(settings)
     usage_codec, allocation_codec, cost_codec = (
@@ -82,6 +84,11 @@ def register(ctx: WorkerContext) -> None:
                 ctx.check_size(cost_topic, line_key, line_value)
                 pending.append(await allocations_topic.send(key=window.pool.encode(), value=allocation_value, force=True))
                 pending.append(await cost_topic.send(key=line_key, value=line_value, force=True))
+            pool = next((p for p in inference_pools if p.has_node(window.cluster, window.node)), None)
+            if pool is not None and attribution.allocations:
+                pending.append(await inference_topic.send(
+                    key=pool.name.encode(), value=allocation_codec.encode(attribution.allocations[0]),
+                    partition=inference_partition(pool.name), force=True))
             log.info(
                 "closed GPU window %s %s (%s, %d events): pool cost %s %s, %d shares",
                 window.pool, window.window_start.isoformat(), window.closed_by, window.events,

@@ -6,6 +6,7 @@ Each domain module exposes `register(ctx: WorkerContext)`, which declares its to
 - prismops.agents.billing_agents: FOCUS cloud cost lines → cost lines
 - prismops.agents.budget_agents:  cost lines → budget state (for the router) and warn/block events
 - prismops.agents.anomaly_agents: LLM cost lines → windows → online detectors → anomalies with root causes
+- prismops.agents.inference_agents: self-hosted models' lines + GPU node windows → inference-pool cost by tokens
 
 Agents send output with `event.send(...)`, so Faust publishes it before committing the source offset.
 """
@@ -16,7 +17,7 @@ import faust
 import faust.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, llm_agents
+from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, inference_agents, llm_agents
 from prismops.agents.context import WorkerContext
 from prismops.settings import Settings
 from prismops.streams.faust_app import create_app
@@ -33,7 +34,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         # aiohttp refuses a charset inside content_type; the exposition format's full header goes as a header
         return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    for domain in (llm_agents, gpu_agents, billing_agents, budget_agents, anomaly_agents):
+    for domain in (llm_agents, gpu_agents, billing_agents, budget_agents, anomaly_agents, inference_agents):
         domain.register(context)
     return context.app
 

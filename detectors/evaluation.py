@@ -10,12 +10,12 @@ False alerts per 10,000 points are counted on files with no labelled window, aft
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prismops.detectors.baseline import FixedThresholdDetector
 from prismops.detectors.legacy import LegacySeriesDetector
 from prismops.detectors.nab import PROFILES, CorpusScore, NabFile, probationary_length, score_detections
-from prismops.detectors.online import SEVERITIES, DetectorConfig, SeriesDetector, Severity
+from prismops.detectors.online import SEVERITIES, DetectorConfig, SeriesDetector, Severity, SeverityThresholds
 from prismops.errors import FieldRuleError
 
 DETECTOR_NAMES = ("prismops", "legacy", "threshold")
@@ -99,3 +99,76 @@ def evaluate(corpus: Sequence[NabFile], detectors: Sequence[str] = DETECTOR_NAME
     """Standard-profile score of each named detector on every file of the corpus."""
     reports = evaluate_report(corpus, detectors, config, min_severity, threshold_k, on_file)
     return {name: report.profiles["standard"] for name, report in reports.items()}
+
+
+# -- threshold sweep (NAB's reference protocol: the best score of each profile over a grid of thresholds) --------------
+# prismops: the whole severity ladder (info, warning, critical) is moved by one factor, so the grid is the warning
+# tail probability p (shipped: SeverityThresholds().warning); threshold: the baseline's k. Legacy is not swept (it is
+# kept for before/after at its own operating point only).
+PRISMOPS_SWEEP_FACTORS = (300.0, 100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.01)
+THRESHOLD_SWEEP_K = (2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+SWEPT_DETECTORS = ("prismops", "threshold")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One threshold of the grid: the detector's report there; `shipped` marks the operating point we ship."""
+
+    threshold: float
+    report: DetectorReport
+    shipped: bool = False
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    parameter: str  # "warning_p" (prismops) or "k" (threshold)
+    points: list[SweepPoint]
+
+    def best(self, profile: str) -> SweepPoint:
+        """The grid point with the best normalized score of `profile` (ties: the one with fewer false alerts)."""
+        scored = [p for p in self.points if p.report.profiles[profile].normalized is not None]
+        if not scored:
+            return self.points[0]
+        return max(scored, key=lambda p: (p.report.profiles[profile].normalized, -p.report.clean_false_alerts))
+
+    @property
+    def shipped(self) -> SweepPoint | None:
+        return next((p for p in self.points if p.shipped), None)
+
+
+def scaled_thresholds(factor: float, base: SeverityThresholds | None = None) -> SeverityThresholds:
+    """The severity ladder moved by one factor (info capped under 1 so the ladder stays valid)."""
+    base = base or SeverityThresholds()
+    return SeverityThresholds(info=min(0.5, base.info * factor), warning=min(0.5, base.warning * factor),
+                              critical=min(0.5, base.critical * factor))
+
+
+def sweep_report(corpus: Sequence[NabFile], name: str, config: DetectorConfig | None = None,
+                 min_severity: Severity = "warning", threshold_k: float = 3.0,
+                 grid: Sequence[float] | None = None, shipped: DetectorReport | None = None,
+                 on_point: Callable[[str, float], None] | None = None) -> SweepReport:
+    """Run detector `name` at every threshold of the grid. `shipped`, when given, is the report already computed at
+    the shipped operating point (prismops: factor 1; threshold: `threshold_k`), reused instead of run again."""
+    if name not in SWEPT_DETECTORS:
+        raise FieldRuleError("detector", "sweepable", f"{name} is not swept (only {', '.join(SWEPT_DETECTORS)})")
+    base = config or DetectorConfig()
+    points: list[SweepPoint] = []
+    if name == "prismops":
+        factors = sorted(set(grid or PRISMOPS_SWEEP_FACTORS) | {1.0}, reverse=True)
+        for factor in factors:
+            thresholds = scaled_thresholds(factor, base.thresholds)
+            if on_point is not None:
+                on_point(name, thresholds.warning)
+            if factor == 1.0 and shipped is not None:
+                report = shipped
+            else:
+                report = evaluate_report(corpus, [name], replace(base, thresholds=thresholds), min_severity)[name]
+            points.append(SweepPoint(thresholds.warning, report, shipped=factor == 1.0))
+        return SweepReport("warning_p", points)
+    for k in sorted(set(grid or THRESHOLD_SWEEP_K) | {threshold_k}):
+        if on_point is not None:
+            on_point(name, k)
+        report = shipped if k == threshold_k and shipped is not None else \
+            evaluate_report(corpus, [name], threshold_k=k)[name]
+        points.append(SweepPoint(k, report, shipped=k == threshold_k))
+    return SweepReport("k", points)

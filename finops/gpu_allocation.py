@@ -432,7 +432,19 @@ def inference_pool_allocations(
     node_allocations: Iterable[Mapping[str, Any]],
     cost_lines: Iterable[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """`inference_tenant` allocation records for one inference pool and window.
+    """`inference_tenant` allocation records for one inference pool and window, from the raw cost lines."""
+    return inference_allocations(pool, window_start, window_end, node_allocations,
+                                 tokens_by_tenant(cost_lines, pool, window_start, window_end))
+
+
+def inference_allocations(
+    pool: InferencePool,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    node_allocations: Iterable[Mapping[str, Any]],
+    usage: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    """`inference_tenant` allocation records for one inference pool and window, from tokens per tenant.
 
     The pool's cost is the sum of its node pool-windows' costs (from their allocation records of the same
     window); it is re-attributed to tenants by tokens. These records are a showback view of cost already
@@ -444,7 +456,6 @@ def inference_pool_allocations(
                 and allocation["kind"] != "inference_tenant"):
             node_costs.setdefault(allocation["pool"], allocation)
     pool_cost = usd(sum(_units(Decimal(a["pool_cost_usd"]), "pool_cost_usd") for a in node_costs.values()))
-    usage = tokens_by_tenant(cost_lines, pool, window_start, window_end)
     shares = allocate_inference_pool(pool_cost, usage)
     total_tokens = sum(s.tokens for s in shares)
     records = []

@@ -125,6 +125,9 @@ class GpuSettings(BaseModel):
     grace_s: int = Field(default=600, description="how late a GPU usage event may arrive and still count")
     idle_policy: str = Field(default="proportional", description="proportional, even or bucket (__idle__)")
     inference_pools: Path | None = Field(default=None, description="YAML of self-hosted inference pools")
+    inference_node_wait_s: int = Field(
+        default=600, description="after the grace period, how long an inference pool window waits for a node that "
+                                 "has not reported before it is split with the nodes it has")
 
 
 class BudgetSettings(BaseModel):

@@ -619,3 +619,207 @@ def tenant_names(client: Any, database: str, *, since: dt.date) -> list[str]:
         {"since": since},
     )
     return [tenant for (tenant,) in rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU KPIs over the views of migration 0017 (gpu_kpis_daily, gpu_pool_windows, gpu_job_windows)
+
+GPU_KPI_DIMENSIONS = ("pool", "cluster", "gpu_model", "capacity_type")
+GPU_KPI_COLUMNS = [
+    "windows", "gpu_hours", "utilization_pct", "cost_usd", "usd_per_gpu_hour", "spot_cost_usd",
+    "on_demand_equivalent_usd", "spot_savings_usd", "spot_savings_rate", "interruptions", "restart_s",
+    "unknown_capacity_windows",
+]
+_GPU_KPI_SUMS = ("windows", "cost_usd", "known_cost_usd", "capacity_gpu_seconds", "utilized_gpu_seconds",
+                 "spot_cost_usd", "interruptions", "downtime_s", "unknown_capacity_windows", "spot_unpriced_windows")
+
+
+def _on_demand_rate(catalog: Any, gpu_model: str, day: dt.date) -> tuple[bool, Any]:
+    """(constant, $/GPU-hour as a Fraction or None) of the on-demand price over one UTC day: constant when no
+    entry takes effect inside the day, so every window starting that day is priced alike."""
+    from prismops.finops.gpu_pricing import normalize_model
+
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    end = start + dt.timedelta(days=1)
+    entries = catalog.prices.get((normalize_model(gpu_model), "on_demand"), ())
+    if any(start < entry.effective_from < end for entry in entries):
+        return False, None
+    price = catalog.price_at(gpu_model, "on_demand", start)
+    return True, None if price is None else price.usd_per_gpu_hour
+
+
+def gpu_kpis(
+    client: Any, database: str, by: Sequence[str] = ("pool",), *, since: dt.date, until: dt.date,
+    catalog: Any = None,
+) -> Report:
+    """GPU KPIs per group of `by` (pool, cluster, gpu_model, capacity_type) over window dates [since, until), from
+    the gpu_allocations views of migration 0017. Node pools only: inference-pool rows re-attribute node cost.
+
+    - utilization_pct: utilized / capacity GPU-seconds x 100 (2 places). Utilized = charged GPU-seconds, i.e.
+      max(requested, used), capped at the capacity: ALLOCATION utilization. Measured SM activity (used GPU-seconds,
+      DCGM utilization) is not stored in ClickHouse (it stays in the usage.gpu.v1 events), so it is not shown.
+      Capacity = the pool's GPUs x window seconds, derived from the stored shares (gpu_pool_windows); windows whose
+      capacity cannot be derived (workloads that charged nothing, no idle bucket) are counted in
+      unknown_capacity_windows and left out of both ratios (their cost is still in cost_usd).
+    - usd_per_gpu_hour: cost of the windows with known capacity x 3600 / their capacity GPU-seconds (12 places).
+    - spot savings (needs `catalog`, the GPU price table attribution uses): for spot windows with known capacity,
+      on_demand_equivalent_usd = capacity GPU-hours x the on-demand $/GPU-hour of the same model in effect at the
+      window's start (exact, rounded once per group, half-even, 12 places); spot_savings_usd = that - spot_cost_usd;
+      spot_savings_rate = savings / on-demand equivalent (6 places). Spot cost is what attribution charged (the price
+      table's spot price), not a market price paid. Spot windows of a model with no on-demand price are left out.
+    - interruptions and restart_s: a gap between two consecutive windows of one job (tenant, job or namespace, as
+      profiles_from_events) is an interruption, attributed to the group of the window before it; restart_s is the
+      mean gap in seconds (6 places): an upper bound of the restart time at window granularity (it includes queueing
+      and any pause), because checkpoint write and restart times are not stored.
+    - NOT SHOWN, for lack of data: the preemption loss rate. It needs the work lost per preemption (the time since
+      the last checkpoint) and the cause of each interruption (preempted vs finished or paused); gpu_allocations holds
+      neither, and collectors record no checkpoint times.
+    Rows also carry the sums the ratios are made of (known_cost_usd, capacity_gpu_seconds, utilized_gpu_seconds,
+    downtime_s) and spot_unpriced_windows (spot windows of a model with no on-demand price in effect).
+
+    Additive columns of the total are the exact sums of the rows; the total's ratios are computed from those sums."""
+    dimensions = list(dict.fromkeys(by))
+    unknown = [d for d in dimensions if d not in GPU_KPI_DIMENSIONS]
+    if not dimensions or unknown:
+        raise ValueError(f"--by {', '.join(unknown) or '(none)'}: use one or more of {', '.join(GPU_KPI_DIMENSIONS)}")
+    params = {"since": since, "until": until}
+    found = client.execute(
+        f"""
+        SELECT window_date, pool, cluster, gpu_model, capacity_type, windows, cost_usd, known_cost_usd,
+               unknown_capacity_windows, capacity_gpu_seconds, utilized_gpu_seconds
+        FROM {table_ref(database, "gpu_kpis_daily")}
+        WHERE window_date >= %(since)s AND window_date < %(until)s
+        ORDER BY window_date, pool, gpu_model, capacity_type
+        """,
+        params,
+    )
+    from fractions import Fraction
+
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def group_of(values: dict[str, Any]) -> dict[str, Any]:
+        key = tuple(values[d] for d in dimensions)
+        if key not in groups:
+            groups[key] = {**dict(zip(dimensions, key)),
+                           **{name: decimal.Decimal(0) if name.endswith("_usd") or name == "utilized_gpu_seconds"
+                              else 0 for name in _GPU_KPI_SUMS},
+                           "_spot": 0, "_on_demand": Fraction(0)}
+        return groups[key]
+
+    for (day, pool, cluster, gpu_model, capacity_type, windows, cost, known_cost, unknown_windows, capacity,
+         utilized) in found:
+        group = group_of({"pool": pool, "cluster": cluster, "gpu_model": gpu_model, "capacity_type": capacity_type})
+        group["windows"] += int(windows)
+        group["cost_usd"] += decimal.Decimal(cost).quantize(PER_UNIT_PLACES)
+        group["known_cost_usd"] += decimal.Decimal(known_cost).quantize(PER_UNIT_PLACES)
+        group["unknown_capacity_windows"] += int(unknown_windows)
+        group["capacity_gpu_seconds"] += int(capacity)
+        group["utilized_gpu_seconds"] += decimal.Decimal(utilized)
+        if capacity_type != "spot" or catalog is None or not int(capacity):
+            continue
+        group["_spot"] += 1
+        constant, rate = _on_demand_rate(catalog, gpu_model, day)
+        if constant:
+            priced = [(capacity, known_cost, rate)] if rate is not None else []
+            unpriced = 0 if rate is not None else int(windows) - int(unknown_windows)
+        else:  # the on-demand price changed during the day: price each window at its start
+            priced, unpriced = [], 0
+            for start, seconds, window_cost in client.execute(
+                f"""
+                SELECT window_start, capacity_gpu_seconds, window_cost_usd
+                FROM {table_ref(database, "gpu_pool_windows")}
+                WHERE window_date = %(day)s AND pool = %(pool)s AND gpu_model = %(gpu_model)s
+                      AND capacity_type = 'spot' AND gpus > 0
+                ORDER BY window_start
+                """,
+                {"day": day, "pool": pool, "gpu_model": gpu_model},
+            ):
+                start = start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+                price = catalog.price_at(gpu_model, "on_demand", start)
+                if price is None:
+                    unpriced += 1
+                else:
+                    priced.append((seconds, window_cost, price.usd_per_gpu_hour))
+        group["spot_unpriced_windows"] += unpriced
+        for seconds, spot_cost, hourly in priced:
+            group["_on_demand"] += Fraction(int(seconds)) * hourly / 3600
+            group["spot_cost_usd"] += decimal.Decimal(spot_cost).quantize(PER_UNIT_PLACES)
+
+    jobs = client.execute(
+        f"""
+        SELECT tenant, job_key, window_start, window_end, first_pool, first_cluster, first_gpu_model,
+               first_capacity_type
+        FROM {table_ref(database, "gpu_job_windows")}
+        WHERE window_date >= %(since)s AND window_date < %(until)s
+        ORDER BY tenant, job_key, window_start
+        """,
+        params,
+    )
+    previous: tuple[Any, ...] | None = None
+    for tenant, job, start, end, pool, cluster, gpu_model, capacity_type in jobs:
+        if previous is not None and previous[:2] == (tenant, job) and start > previous[3]:
+            group = group_of({"pool": previous[4], "cluster": previous[5], "gpu_model": previous[6],
+                              "capacity_type": previous[7]})
+            group["interruptions"] += 1
+            group["downtime_s"] += int((start - previous[3]).total_seconds())
+        if previous is None or previous[:2] != (tenant, job) or end > previous[3]:
+            previous = (tenant, job, start, end, pool, cluster, gpu_model, capacity_type)
+
+    def finish(row: dict[str, Any], spot: bool) -> dict[str, Any]:
+        capacity = row["capacity_gpu_seconds"]
+        row["gpu_hours"] = _ratio(capacity, 3600, RATE_PLACES) if capacity else decimal.Decimal("0.000000")
+        row["utilization_pct"] = _ratio(row["utilized_gpu_seconds"] * 100, capacity, decimal.Decimal("0.01"))
+        row["usd_per_gpu_hour"] = _ratio(row["known_cost_usd"] * 3600, capacity, PER_UNIT_PLACES)
+        if spot:
+            row["spot_savings_usd"] = row["on_demand_equivalent_usd"] - row["spot_cost_usd"]
+            row["spot_savings_rate"] = _ratio(row["spot_savings_usd"], row["on_demand_equivalent_usd"], RATE_PLACES)
+        else:
+            row.update(spot_cost_usd=None, on_demand_equivalent_usd=None, spot_savings_usd=None, spot_savings_rate=None)
+        row["restart_s"] = _ratio(row["downtime_s"], row["interruptions"], RATE_PLACES)
+        return row
+
+    rows = []
+    for group in groups.values():
+        spot = group.pop("_spot") > 0
+        exact = group.pop("_on_demand")
+        group["on_demand_equivalent_usd"] = (
+            decimal.Decimal(f"{round(exact * 10**12)}E-12") if spot else decimal.Decimal(0))
+        rows.append(finish(group, spot))
+    rows.sort(key=lambda row: (-row["cost_usd"], *(str(row[d]) for d in dimensions)))
+    total: dict[str, Any] = {d: "" for d in dimensions}
+    for name in (*_GPU_KPI_SUMS, "on_demand_equivalent_usd"):
+        zero = decimal.Decimal(0) if name.endswith("_usd") or name == "utilized_gpu_seconds" else 0
+        total[name] = sum((row[name] for row in rows if row[name] is not None), zero)
+    finish(total, any(row["spot_savings_usd"] is not None for row in rows))
+    return Report(f"GPU KPIs by {', '.join(dimensions)}, {_span(since, until)}",
+                  [*dimensions, *GPU_KPI_COLUMNS], rows, total)
+
+
+def inference_pool_costs(client: Any, database: str, *, since: dt.date | None = None,
+                         until: dt.date | None = None) -> Report:
+    """Self-hosted inference: each pool window's GPU cost split by tokens per tenant (gpu_allocations rows of kind
+    inference_tenant, written by agents/inference_agents.py), newest window first, with $ per million tokens.
+    These rows re-attribute cost the nodes' own rows carry: never add them to GPU totals."""
+    conditions, params = ["kind = 'inference_tenant'"], {}
+    if since is not None:
+        conditions.append("window_date >= %(since)s")
+        params["since"] = since
+    if until is not None:
+        conditions.append("window_date < %(until)s")
+        params["until"] = until
+    found = client.execute(
+        f"SELECT pool, window_start, tenant, tokens, cost_usd, usd_per_mtok, pool_cost_usd"
+        f" FROM {table_ref(database, 'gpu_allocations')} FINAL WHERE {' AND '.join(conditions)}"
+        f" ORDER BY window_start DESC, pool, tenant",
+        params,
+    )
+    rows = [{"pool": pool, "window_start": start, "tenant": tenant, "tokens": int(tokens),
+             "cost_usd": decimal.Decimal(cost), "usd_per_mtok": None if rate is None else decimal.Decimal(rate),
+             "pool_cost_usd": decimal.Decimal(pool_cost)}
+            for pool, start, tenant, tokens, cost, rate, pool_cost in found]
+    total = _sum_rows(rows, ["tokens", "cost_usd"])
+    total.update(pool="", window_start="", tenant="", pool_cost_usd="",
+                 usd_per_mtok=_ratio(total["cost_usd"] * 1_000_000, total["tokens"], PER_UNIT_PLACES))
+    span = _span(since, until) if since is not None and until is not None else "every window"
+    return Report(f"inference pools: GPU cost by tokens, {span}",
+                  ["pool", "window_start", "tenant", "tokens", "cost_usd", "usd_per_mtok", "pool_cost_usd"], rows, total)

@@ -55,10 +55,19 @@ DEAD_LETTERS = TopicSpec("prismops.dlq.v1", "dead_letter", "source topic", "reje
 BUDGET_TEAM_LINES = TopicSpec(
     "prismops.budget-team-lines.v1", "cost_line", "team", "cost lines repartitioned by team for team budgets",
 )
+INFERENCE_NODE_WINDOWS = TopicSpec(
+    "prismops.inference-node-windows.v1", "gpu_allocation", "inference pool",
+    "one allocation of each closed GPU node window of an inference pool's nodes, repartitioned by inference pool",
+)
+INFERENCE_LINES = TopicSpec(
+    "prismops.inference-lines.v1", "cost_line", "inference pool",
+    "LLM cost lines of self-hosted models, repartitioned by the inference pool that serves them",
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, GPU_ALLOCATIONS, MODEL_OBSERVATIONS, ROUTING_TABLES,
     BUDGET_EVENTS, BUDGET_STATE, ROUTING_DECISIONS, DEAD_LETTERS, BUDGET_TEAM_LINES, POLICY_AUDIT, ANOMALIES,
+    INFERENCE_NODE_WINDOWS, INFERENCE_LINES,
 )
 
 

@@ -64,6 +64,7 @@ class DemoReport:
     logs: Path
     notes: list[str] = field(default_factory=list)
     gpu_recommendation: dict[str, Any] | None = None
+    inference_costs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def produce_events_per_s(self) -> float:
@@ -72,6 +73,65 @@ class DemoReport:
     @property
     def end_to_end_events_per_s(self) -> float:
         return self.events / self.end_to_end_seconds
+
+
+DEMO_POOL = {"name": "demo-llama", "cluster": "demo-dc", "nodes": ["gpu-node-1", "gpu-node-2"],
+             "models": ["llama-3.1-8b"]}
+DEMO_WINDOW_S = 60
+
+
+def write_demo_pools(directory: Path) -> Path:
+    """The demo's inference pool file: two on-prem GPU nodes serving the self-hosted llama-3.1-8b."""
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "inference_pools.yaml"
+    path.write_text(yaml.safe_dump({"pools": [DEMO_POOL]}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def send_inference_traffic(producer: UsageProducer, now: dt.datetime) -> dt.datetime:
+    """A past minute of the demo pool: both nodes' GPU use and self-hosted calls of three tenants in it. The
+    minute is over, so its windows close as soon as the grace passes. Returns the window's start."""
+    from decimal import Decimal
+
+    from prismops.streams.producer import new_llm_usage_event
+
+    start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
+    for index, node in enumerate(DEMO_POOL["nodes"]):
+        producer.record_gpu_usage({
+            "event_id": str(uuid.uuid4()), "window_start": start, "window_end": start + dt.timedelta(seconds=DEMO_WINDOW_S),
+            "cluster": DEMO_POOL["cluster"], "node": node, "gpu_model": "H100-SXM-80GB", "gpu_index": 0,
+            "gpu_fraction": Decimal(1), "mig_profile": None, "capacity_type": "on_demand", "tenant": "platform",
+            "team": "ml-platform", "namespace": "serving", "job": "vllm-llama",
+            "requested_gpu_seconds": Decimal(DEMO_WINDOW_S), "used_gpu_seconds": Decimal(40 + 10 * index),
+            "source": "dcgm"})
+    for second, (tenant, input_tokens, output_tokens) in enumerate(
+            [("hooli", 1800, 600), ("initech", 900, 300), ("hooli", 2400, 800), ("globex", 300, 100)] * 5):
+        producer.record_llm_call(new_llm_usage_event(
+            tenant=tenant, service="code-assist", feature="complete", environment="prod", provider="local",
+            model="llama-3.1-8b", input_tokens=input_tokens, output_tokens=output_tokens, latency_ms=180,
+            status="ok", event_time=start + dt.timedelta(seconds=2 * second + 1)))
+    producer.flush()
+    return start
+
+
+def wait_for_inference_costs(settings: Settings, components: Components, timeout_s: float) -> list[dict[str, Any]]:
+    """The demo pool's split by tokens, once the worker has closed its window and the sink stored it."""
+    from prismops.sinks.reports import inference_pool_costs
+
+    client = clickhouse_client(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            components.check_alive()
+            rows = inference_pool_costs(client, settings.clickhouse.database).rows
+            if rows:
+                return rows
+            time.sleep(0.5)
+    finally:
+        client.disconnect()
+    raise TimeoutError(f"the inference pool's split by tokens did not reach ClickHouse within {timeout_s:.0f}s")
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -86,6 +146,7 @@ def demo_settings(settings: Settings) -> Settings:
         sink={"group_id": f"prismops-demo-sink-{run}"},
         worker={"app_id": f"prismops-demo-worker-{run}", "live_publish_interval_s": 0.5},
         budgets={"default_tenant_daily_tokens": 20_000_000},
+        gpu={"window_s": DEMO_WINDOW_S, "grace_s": 5, "inference_node_wait_s": 10},
     )
 
 
@@ -193,8 +254,8 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
     already_running = all(s.state != "stopped" for s in stack.status())
     progress("bringing the stack up (Kafka, ClickHouse)…")
     stack.up(progress)
-    settings = demo_settings(base)
     logs = Path(base.stack.home).resolve() / "logs" / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    settings = demo_settings(base).with_overrides(gpu={"inference_pools": write_demo_pools(logs)})
     try:
         ensure_topics(settings)
         client = clickhouse_client(settings, database="")
@@ -217,6 +278,8 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
                                 progress=lambda n: progress(f"  produced {n}/{events}") if n % 5000 == 0 else None)
             progress(f"produced {produced.events} events in {produced.seconds:.1f}s; waiting for ClickHouse…")
             finished = wait_for_rows(settings, events, components, timeout_s)
+            progress("a minute of the self-hosted inference pool: GPU use of its two nodes and 20 calls…")
+            send_inference_traffic(producer, dt.datetime.now(dt.timezone.utc))
             waited = wait_for_group_caught_up(settings, settings.worker_app_id, COST_LINES.name(settings), timeout_s)
             progress(f"budgets caught up {waited:.1f}s after the last row; asking the router…")
             time.sleep(2 * settings.worker.live_publish_interval_s + 1)
@@ -224,6 +287,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
             client = clickhouse_client(settings)
             spend = spend_by_tenant_and_model(client, settings.clickhouse.database)
             client.disconnect()
+            inference_costs = wait_for_inference_costs(settings, components, 120)
             progress("stopping worker, sink and gateway…")
         crashed = {name: lines for name in ("worker", "sink", "gateway") if (lines := components.crashes(name))}
         if crashed:
@@ -232,7 +296,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
         return DemoReport(
             events=events, produce_seconds=produced.seconds, end_to_end_seconds=finished - started,
             spend=spend, decisions=decisions, database=settings.clickhouse.database, logs=logs,
-            gpu_recommendation=demo_gpu_recommendation(),
+            gpu_recommendation=demo_gpu_recommendation(), inference_costs=inference_costs,
         )
     finally:
         try:

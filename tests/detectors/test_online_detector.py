@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from decimal import Decimal
 
 import pytest
 
 from prismops.detectors.online import (
-    MONEY_QUANTUM, DetectorBank, DetectorConfig, SeriesDetector, SeverityThresholds, dump_state,
+    MONEY_QUANTUM, DetectorBank, DetectorConfig, SeriesDetector, STATE_FORMAT_VERSION, SeverityThresholds, dump_state,
 )
 from prismops.detectors.synthetic import generate_series
 from prismops.errors import FieldRuleError
@@ -160,10 +161,32 @@ def test_bank_keeps_one_detector_per_metric_and_key_and_round_trips():
 
 @pytest.mark.parametrize("data, rule", [
     (b"not state at all", "header"),
-    (dump_state(SeriesDetector()).replace(b" 2 ", b" 99 ", 1), "format_version"),
+    (dump_state(SeriesDetector()).replace(b" %d " % STATE_FORMAT_VERSION, b" 99 ", 1), "format_version"),
+    (dump_state(SeriesDetector()).replace(b" %d " % STATE_FORMAT_VERSION, b" 2 ", 1), "format_version"),  # before day types
     (dump_state(DetectorBank()), "kind"),
 ])
 def test_foreign_or_future_state_is_refused_by_rule(data, rule):
     with pytest.raises(FieldRuleError) as error:
         SeriesDetector.from_bytes(data)
     assert (error.value.field, error.value.rule) == ("state", rule)
+
+
+def test_profile_centring_in_constant_time_keeps_every_visited_offset():
+    from prismops.detectors.online import _Profile
+
+    profile, naive = _Profile(86_400, 48, 7 * 86_400), [0.0] * 48
+    rng = random.Random(5)
+    visited = set()
+    for _ in range(500):
+        slot = rng.randrange(0, 30)
+        before = profile.get(slot)
+        profile.learn(slot, rng.gauss(3, 2), 600)
+        naive[slot] += profile.get(slot) - before
+        visited.add(slot)
+        if rng.random() < 0.3:
+            mean = profile.centre()
+            expected_mean = sum(naive[i] for i in visited) / len(visited)
+            assert abs(mean - expected_mean) < 1e-9
+            naive = [v - expected_mean if i in visited else 0.0 for i, v in enumerate(naive)]
+    assert all(abs(a - b) < 1e-9 for a, b in zip(profile.offsets, naive))
+    assert all(profile.get(i) == 0.0 for i in range(30, 48))  # never visited: offset 0

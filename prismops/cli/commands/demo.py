@@ -30,10 +30,14 @@ def command(settings: Settings, events: int, keep_stack: bool, fmt: str) -> None
     }
     if fmt == "json":
         emit_json({"throughput": throughput, "spend": report.spend, "decisions": report.decisions,
-                   "database": report.database, "logs": report.logs, "gpu_recommendation": report.gpu_recommendation})
+                   "database": report.database, "logs": report.logs, "gpu_recommendation": report.gpu_recommendation,
+                   "inference_costs": report.inference_costs})
         return
     emit_table(report.spend, title=f"Spend by tenant and model (ClickHouse {report.database}.cost_lines)")
     emit_table(report.decisions, title="Routing decisions (routing.v1.Router/Decide)")
     if report.gpu_recommendation:
         emit_table([report.gpu_recommendation], title="A GPU recommendation (simulated fleet; `prismops recommend gpu`)")
+    emit_table(report.inference_costs,
+               title="Self-hosted inference: the pool's GPU cost split by tokens, $ per million tokens "
+                     f"(ClickHouse {report.database}.gpu_allocations)")
     emit_table([throughput], title="Throughput: SDK produce, and SDK → worker → sink → ClickHouse")

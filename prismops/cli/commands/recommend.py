@@ -7,6 +7,10 @@ checkpoint_cost_s, restart_s), or --events FILE, JSON lines of usage.gpu.v1 even
 --output FILE` writes), profiled per (tenant, job). --save also writes the recommendations to ClickHouse
 (table gpu_recommendations, migration 0016).
 
+Profiles are not read from ClickHouse: no table there holds GPU usage windows with used GPU-seconds and memory
+(usage.gpu.v1 is not sunk; gpu_allocations keeps only charged = max(requested, used) and no memory), which the
+utilization percentiles and peak memory of a profile need. See docs/gpu_collectors.md.
+
 Exit codes: 0 done; 1 unreadable input, a profile that breaks a rule (line, field and rule on stderr), or a
 ClickHouse error with --save; 2 usage error.
 """

@@ -260,6 +260,31 @@ def cache(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, un
                 fmt)
 
 
+@command.command(name="gpu-kpis")
+@click.option("--by", "by", multiple=True, type=click.Choice(["pool", "cluster", "gpu_model", "capacity_type"]),
+              default=("pool",), show_default=True, help="dimension to group by (repeatable)")
+@period_options
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def gpu_kpis(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
+             month: str | None, fmt: str) -> None:
+    """GPU KPIs from gpu_allocations: allocation utilization %, $ per GPU-hour, spot savings vs on-demand (the
+    GPU price table), interruptions and mean restart gap. The preemption loss rate is not shown: the work lost per
+    preemption (time since the last checkpoint) is not stored (docs/gpu_collectors.md)."""
+    from prismops.finops.gpu_pricing import load_gpu_catalog
+    from prismops.sinks import reports
+
+    first, last = _period(since, until, month)
+    try:
+        catalog = load_gpu_catalog(settings.gpu.price_table)
+    except (OSError, ValueError) as error:
+        from rich.markup import escape
+
+        fail(escape(f"GPU price table: {error}"))
+    emit_report(run_report(settings, lambda client, db: reports.gpu_kpis(
+        client, db, by, since=first, until=last, catalog=catalog)), fmt)
+
+
 @command.command()
 @click.option("--month", required=True, help="UTC calendar month, YYYY-MM")
 @REPORT_FORMAT_OPTION
@@ -312,3 +337,17 @@ def cloud(settings: Settings, since: dt.datetime | None, until: dt.datetime | No
 
         fail(escape(str(error)))
     emit_report(report, fmt)
+
+
+@command.command(name="inference")
+@period_options
+@REPORT_FORMAT_OPTION
+@click.pass_obj
+def inference(settings: Settings, since: dt.datetime | None, until: dt.datetime | None, month: str | None,
+              fmt: str) -> None:
+    """Self-hosted inference pools: each window's GPU cost split by tenants' tokens, with $ per million tokens."""
+    from prismops.sinks import reports
+
+    first, last = _period(since, until, month)
+    emit_report(run_report(settings, lambda client, db: reports.inference_pool_costs(client, db, since=first, until=last)),
+                fmt)
