@@ -190,11 +190,15 @@ def profiles_from_events(events: Iterable[Mapping[str, Any]]) -> list[JobProfile
     A job is (tenant, job, or namespace when job is empty). Per GPU-window: utilization = used / requested;
     duration = the sum over the job's windows of the longest GPU hold in the window (requested / fraction);
     GPUs = the most distinct GPUs (node, index, slice) in one window; interruptions = gaps between the job's
-    windows (a window that starts after the previous one ended)."""
+    windows (a window that starts after the previous one ended). The events' order does not matter: each job's
+    events are taken in window, GPU and event-id order, so ties (the most common model, capacity type, MIG profile)
+    break the same way whether the events come from a file, a topic or ClickHouse."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for event in events:
         job = event.get("job") or event.get("namespace") or "unnamed"
         groups.setdefault((str(event["tenant"]), str(job)), []).append(event)
+    for items in groups.values():
+        items.sort(key=_event_order)
     profiles = []
     for (tenant, job), items in sorted(groups.items()):
         windows: dict[Any, list[Mapping[str, Any]]] = {}
@@ -232,6 +236,11 @@ def profiles_from_events(events: Iterable[Mapping[str, Any]]) -> list[JobProfile
 
 def _time(value: Any) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+
+
+def _event_order(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (_time(event["window_start"]), _time(event["window_end"]), str(event["node"]), int(event["gpu_index"]),
+            str(event.get("mig_profile") or ""), str(event.get("event_id") or ""))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """ClickHouse sinks: decoded records become rows of `cost_lines`, `routing_decisions`, `dead_letters`,
-`budget_events`, `gpu_allocations` and `policy_audit`.
+`budget_events`, `gpu_allocations`, `gpu_usage`, `policy_audit` and `anomalies`.
 
 Row mapping is plain functions (one per table) so it can be tested without a server. Each sink's `write`
 skips ids already stored or repeated in the batch and inserts the rest in one block, so replaying a batch
@@ -560,3 +560,96 @@ class AnomalySink(ClickHouseTableSink):
     id_column = "anomaly_id"
     prune_column = "window_date"
     to_row = staticmethod(anomaly_row)
+
+
+def gpu_usage_row(
+    value: Mapping[str, Any], *, kafka_partition: int, kafka_offset: int, ingested_at: dt.datetime,
+) -> Row:
+    """One usage.gpu.v1 event as a gpu_usage row: every schema field, the times split into the second (DateTime)
+    and the microseconds past it, the labels as parallel arrays. `gpu_usage_event` is its inverse."""
+    window_start = as_utc(value["window_start"])
+    window_end = as_utc(value["window_end"])
+    label_keys, label_values = map_to_arrays(value.get("labels") or {})
+    return {
+        "event_id": value["event_id"],
+        "window_start": window_start.replace(microsecond=0),
+        "window_start_us": window_start.microsecond,
+        "window_end": window_end.replace(microsecond=0),
+        "window_end_us": window_end.microsecond,
+        "window_date": window_start.date(),
+        "cluster": value["cluster"],
+        "node": value["node"],
+        "gpu_model": value["gpu_model"],
+        "gpu_index": value["gpu_index"],
+        "gpu_fraction": value["gpu_fraction"],
+        "mig_profile": value.get("mig_profile"),
+        "capacity_type": value["capacity_type"],
+        "tenant": value["tenant"],
+        "team": value.get("team"),
+        "namespace": value.get("namespace"),
+        "job": value.get("job"),
+        "requested_gpu_seconds": value["requested_gpu_seconds"],
+        "used_gpu_seconds": value["used_gpu_seconds"],
+        "memory_bytes": value.get("memory_bytes") or 0,
+        "source": value["source"],
+        "label_keys": label_keys,
+        "label_values": label_values,
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "ingested_at": as_utc(ingested_at),
+    }
+
+
+class GpuUsageSink(ClickHouseTableSink):
+    """usage.gpu.v1 → gpu_usage (the windows job profiles are built from); a replayed event (same event_id) is
+    skipped like any replay."""
+
+    table = "gpu_usage"
+    id_column = "event_id"
+    prune_column = "window_date"
+    to_row = staticmethod(gpu_usage_row)
+
+
+GPU_USAGE_EVENT_COLUMNS = (
+    "event_id", "window_start", "window_start_us", "window_end", "window_end_us", "cluster", "node", "gpu_model",
+    "gpu_index", "gpu_fraction", "mig_profile", "capacity_type", "tenant", "team", "namespace", "job",
+    "requested_gpu_seconds", "used_gpu_seconds", "memory_bytes", "source", "label_keys", "label_values",
+)
+
+
+def gpu_usage_event(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A gpu_usage row (columns GPU_USAGE_EVENT_COLUMNS) back as the usage.gpu.v1 event it was written from,
+    as the codec decodes it: aware UTC times with their microseconds, Decimals, labels as a dict."""
+    return {
+        "event_id": row["event_id"],
+        "window_start": as_utc(row["window_start"]).replace(microsecond=int(row["window_start_us"])),
+        "window_end": as_utc(row["window_end"]).replace(microsecond=int(row["window_end_us"])),
+        "cluster": row["cluster"],
+        "node": row["node"],
+        "gpu_model": row["gpu_model"],
+        "gpu_index": int(row["gpu_index"]),
+        "gpu_fraction": row["gpu_fraction"],
+        "mig_profile": row["mig_profile"],
+        "capacity_type": row["capacity_type"],
+        "tenant": row["tenant"],
+        "team": row["team"],
+        "namespace": row["namespace"],
+        "job": row["job"],
+        "requested_gpu_seconds": row["requested_gpu_seconds"],
+        "used_gpu_seconds": row["used_gpu_seconds"],
+        "memory_bytes": int(row["memory_bytes"]),
+        "source": row["source"],
+        "labels": dict(zip(row["label_keys"], row["label_values"])),
+    }
+
+
+def gpu_usage_events(client: Any, database: str, *, since: dt.date, until: dt.date) -> list[dict[str, Any]]:
+    """The usage.gpu.v1 events stored in gpu_usage whose window starts on a UTC day in [since, until), read with
+    FINAL (a row the safety net has not merged yet counts once), in a stable order."""
+    found = client.execute(
+        f"SELECT {', '.join(GPU_USAGE_EVENT_COLUMNS)} FROM {table_ref(database, 'gpu_usage')} FINAL"
+        " WHERE window_date >= %(since)s AND window_date < %(until)s"
+        " ORDER BY window_start, window_start_us, tenant, event_id",
+        {"since": since, "until": until},
+    )
+    return [gpu_usage_event(dict(zip(GPU_USAGE_EVENT_COLUMNS, values))) for values in found]

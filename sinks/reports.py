@@ -656,8 +656,8 @@ def gpu_kpis(
     the gpu_allocations views of migration 0017. Node pools only: inference-pool rows re-attribute node cost.
 
     - utilization_pct: utilized / capacity GPU-seconds x 100 (2 places). Utilized = charged GPU-seconds, i.e.
-      max(requested, used), capped at the capacity: ALLOCATION utilization. Measured SM activity (used GPU-seconds,
-      DCGM utilization) is not stored in ClickHouse (it stays in the usage.gpu.v1 events), so it is not shown.
+      max(requested, used), capped at the capacity: ALLOCATION utilization. Used GPU-seconds are in the gpu_usage
+      table (migration 0018), which `recommend gpu --from-clickhouse` profiles; this KPI stays the allocation one.
       Capacity = the pool's GPUs x window seconds, derived from the stored shares (gpu_pool_windows); windows whose
       capacity cannot be derived (workloads that charged nothing, no idle bucket) are counted in
       unknown_capacity_windows and left out of both ratios (their cost is still in cost_usd).

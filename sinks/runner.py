@@ -29,14 +29,15 @@ from prismops.streams.membership import leave_group
 from prismops.settings import Settings
 from prismops.sinks.base import Sink, SinkRecord
 from prismops.sinks.clickhouse import (
-    AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, PolicyAuditSink, RoutingDecisionSink,
-    clickhouse_client,
+    AnomalySink, BudgetEventSink, CostLineSink, DeadLetterSink, GpuAllocationSink, GpuUsageSink, PolicyAuditSink,
+    RoutingDecisionSink, clickhouse_client,
 )
 from prismops.streams.codecs import BATCH_SCHEMAS, CodecError, batch_codec_for, codec_for
 from prismops.streams.metrics import EVENTS_IN
 from prismops.streams.telemetry import context_from_headers, links_from
 from prismops.streams.topics import (
-    ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, POLICY_AUDIT, ROUTING_DECISIONS, TopicSpec,
+    ANOMALIES, BUDGET_EVENTS, COST_LINES, DEAD_LETTERS, GPU_ALLOCATIONS, GPU_USAGE, POLICY_AUDIT, ROUTING_DECISIONS,
+    TopicSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ def first_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
 
 
 def default_routes(settings: Settings, client: Client | None = None) -> list[Route]:
-    """Cost lines, routing decisions, dead letters, budget events, GPU allocations, policy changes and anomalies
-    into their tables, through one ClickHouse connection."""
+    """Cost lines, routing decisions, dead letters, budget events, GPU allocations, GPU usage windows, policy
+    changes and anomalies into their tables, through one ClickHouse connection."""
     client = client or clickhouse_client(settings)
     database = settings.clickhouse.database
     return [
@@ -134,6 +135,7 @@ def default_routes(settings: Settings, client: Client | None = None) -> list[Rou
         Route(DEAD_LETTERS, DeadLetterSink(client, database)),
         Route(BUDGET_EVENTS, BudgetEventSink(client, database)),
         Route(GPU_ALLOCATIONS, GpuAllocationSink(client, database)),
+        Route(GPU_USAGE, GpuUsageSink(client, database)),
         Route(POLICY_AUDIT, PolicyAuditSink(client, database)),
         Route(ANOMALIES, AnomalySink(client, database)),
     ]

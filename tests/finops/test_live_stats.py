@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prismops.finops.live_stats import LiveModelWindows, ModelWindow, cost_per_thousand, effective_span_s, nearest_rank
@@ -359,3 +359,47 @@ def test_live_windows_apply_the_sample_cap(max_samples):
         live.observe(_obs(latency_ms=latency), _at(0))
     [row] = live.due_snapshots(_at(1))
     assert row["sample_count"] == max_samples
+
+
+def recomputed_row(window: ModelWindow, now: dt.datetime) -> dict:
+    """The row computed from the window's samples in one pass (how rows were built before the running totals)."""
+    samples = list(window.samples)
+    latencies = sorted(s.latency_ms for s in samples)
+    ttfts = sorted(s.ttft_ms for s in samples if s.ttft_ms is not None)
+
+    def unit(pairs):
+        priced = [(c, t) for c, t in pairs if c is not None]
+        return cost_per_thousand(sum((c for c, _ in priced), Decimal(0)), sum(t for _, t in priced)) if priced else None
+
+    return {
+        "sample_count": len(samples), "error_count": sum(s.failed for s in samples),
+        "rate_limited_count": sum(s.rate_limited for s in samples), "tokens": sum(s.tokens for s in samples),
+        "cost_usd": sum((s.cost_usd for s in samples), Decimal(0)),
+        "p50_latency_ms": nearest_rank(latencies, 0.5), "p95_latency_ms": nearest_rank(latencies, 0.95),
+        "p99_latency_ms": nearest_rank(latencies, 0.99),
+        "p95_ttft_ms": nearest_rank(ttfts, 0.95) if ttfts else None,
+        "input_tokens": sum(s.input_tokens for s in samples), "output_tokens": sum(s.output_tokens for s in samples),
+        "cost_per_1k_input_usd": unit((s.input_cost_usd, s.input_tokens) for s in samples),
+        "cost_per_1k_output_usd": unit((s.output_cost_usd, s.output_tokens) for s in samples),
+    }
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(
+    st.integers(0, 20),  # seconds after the previous call
+    st.integers(1, 5000), st.sampled_from(["ok", "ok", "error", "rate_limited", "timeout"]),
+    st.integers(0, 10**12), st.one_of(st.none(), st.integers(0, 3000)), st.integers(0, 5000), st.integers(0, 2000),
+    st.booleans(), st.booleans()), min_size=1, max_size=120), st.integers(1, 40))
+def test_running_totals_equal_a_full_pass_over_the_samples(calls, max_samples):
+    window = ModelWindow("openai", "gpt-4o", window_s=60, max_samples=max_samples)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    for gap, latency, status, cost_units, ttft, input_tokens, output_tokens, priced_in, priced_out in calls:
+        now += dt.timedelta(seconds=gap)
+        cost = Decimal(cost_units).scaleb(-12)
+        window.observe({
+            "latency_ms": latency, "status": status, "tokens": input_tokens + output_tokens, "cost_usd": cost,
+            "ttft_ms": ttft, "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "input_cost_usd": cost / 2 if priced_in else None, "output_cost_usd": cost - cost / 2 if priced_out else None,
+        }, now)
+        row = window.snapshot(now)
+        assert {key: row[key] for key in recomputed_row(window, now)} == recomputed_row(window, now)

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from prismops.cli.output import FORMAT_OPTION, emit, fail, stderr_console
+from prismops.cli.output import FORMAT_OPTION, emit, emit_json, fail, stderr_console
 from prismops.settings import Settings
 
 
@@ -128,6 +128,39 @@ def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt
         row("echo (gRPC floor)", result.echo, result.echo, result.echo_server_ms),
     ], fmt, title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
                   f"(router chose {result.chosen_model}: {result.reason_code})")
+
+
+@command.command("sink")
+@click.option("--preload", default=10_000_000, show_default=True, type=click.IntRange(min=0),
+              help="rows of today stored in cost_lines before the second phase")
+@click.option("--lines", default=100_000, show_default=True, type=click.IntRange(min=1000),
+              help="cost lines sent through the sink in each phase")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1), help="lines per batch record")
+@FORMAT_OPTION
+@click.pass_obj
+def sink(settings: Settings, preload: int, lines: int, batch: int, fmt: str) -> None:
+    """The ClickHouse sink's rows/s on an empty cost_lines table and again with --preload rows of the same day
+    already stored, in one run (does the dedupe slow down as the table grows?)."""
+    from prismops.cli.demo import demo_settings
+    from prismops.testing.sink_bench import SinkBenchOptions, run_sink_bench
+
+    try:
+        result = run_sink_bench(settings, SinkBenchOptions(preload=preload, lines=lines, batch=batch),
+                                lambda line: stderr_console.print(line, highlight=False),
+                                scratch_settings=demo_settings)
+    except Exception as exc:
+        fail(f"benchmark failed: {exc}")
+    if fmt == "json":
+        emit_json(result)
+        return
+    timed = result["timed_rows_per_phase"]
+    emit([{"phase": "empty cost_lines", "rows": timed, "rows_per_s": result["empty_rows_per_s"], "vs_empty": 1.0,
+           "first_batch_s": result["empty_first_batch_seconds"]},
+          {"phase": f"{preload:,} rows of today already stored", "rows": timed,
+           "rows_per_s": result["preloaded_rows_per_s"], "vs_empty": result["preloaded_vs_empty"],
+           "first_batch_s": result["preloaded_first_batch_seconds"]}],
+         fmt, title=f"ClickHouse sink, batches of {batch} lines (preload took {result['preload_seconds']} s; "
+                    f"logs in {result['logs']})")
 
 
 @command.command("ingest")

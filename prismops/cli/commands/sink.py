@@ -1,4 +1,5 @@
-"""`prismops sink`: write cost lines, routing decisions and dead letters from Kafka into ClickHouse."""
+"""`prismops sink`: write the pipeline's records from Kafka into ClickHouse: cost lines, routing decisions, dead
+letters, budget events, GPU allocations and usage windows, policy audit records and anomalies."""
 
 from __future__ import annotations
 
