@@ -242,12 +242,18 @@ def classify_outcome(status: str | None = None, http_status: int | None = None) 
 
 
 class BreakerBoard:
-    """Every model's breaker behind one lock, created on first use with the board's config."""
+    """Every model's breaker behind one lock, created on first use with the board's config.
+
+    `state_version` grows whenever any breaker leaves or enters a state (or the config changes), and only
+    then: while it stays put, a breaker that was closed is still closed (a closed breaker has no timer), which
+    is what the gateway's decision memo checks instead of asking every breaker on every Decide. A counted
+    failure that does not open the breaker leaves it alone."""
 
     def __init__(self, config: BreakerConfig | None = None):
         self._lock = threading.Lock()
         self._config = config or BreakerConfig()
         self._breakers: dict[ModelKey, CircuitBreaker] = {}
+        self.state_version = 0
 
     @property
     def config(self) -> BreakerConfig:
@@ -263,7 +269,12 @@ class BreakerBoard:
 
     def acquire(self, key: ModelKey, now: dt.datetime) -> bool:
         with self._lock:
-            return self._breaker(key).acquire(now)
+            breaker = self._breaker(key)
+            before = breaker._state
+            try:
+                return breaker.acquire(now)
+            finally:
+                self._note(before, breaker)
 
     def retry_in_s(self, key: ModelKey, now: dt.datetime) -> float:
         with self._lock:
@@ -277,12 +288,16 @@ class BreakerBoard:
         outcome = classify_outcome(status)
         with self._lock:
             breaker = self._breaker(key)
-            if outcome == RATE_LIMITED and retry_after_s:
-                breaker.open_for(now, retry_after_s)
-            elif outcome == OK:
-                breaker.record_success(now)
-            elif outcome in FAILURE_OUTCOMES:
-                breaker.record_failure(now)
+            before = breaker._state
+            try:
+                if outcome == RATE_LIMITED and retry_after_s:
+                    breaker.open_for(now, retry_after_s)
+                elif outcome == OK:
+                    breaker.record_success(now)
+                elif outcome in FAILURE_OUTCOMES:
+                    breaker.record_failure(now)
+            finally:
+                self._note(before, breaker)
             return breaker.state(now)
 
     def observe_live(self, key: ModelKey, row: Mapping[str, Any] | None, now: dt.datetime) -> bool:
@@ -291,7 +306,12 @@ class BreakerBoard:
             return False
         _require_live_fields(row)
         with self._lock:
-            return self._breaker(key).observe_live(row["error_rate"], row["sample_count"], now)
+            breaker = self._breaker(key)
+            before = breaker._state
+            try:
+                return breaker.observe_live(row["error_rate"], row["sample_count"], now)
+            finally:
+                self._note(before, breaker)
 
     def live_state(self, key: ModelKey, row: Mapping[str, Any] | None, now: dt.datetime) -> tuple[BreakerState, bool]:
         """`observe_live(key, row)` (a None row feeds nothing), then `state` and `would_allow`, under one lock:
@@ -301,7 +321,11 @@ class BreakerBoard:
         with self._lock:
             breaker = self._breaker(key)
             if row is not None:
-                breaker.observe_live(row["error_rate"], row["sample_count"], now)
+                before = breaker._state
+                try:
+                    breaker.observe_live(row["error_rate"], row["sample_count"], now)
+                finally:
+                    self._note(before, breaker)
             state = breaker.state(now)
             return state, state is CLOSED or breaker.would_allow(now)
 
@@ -323,6 +347,12 @@ class BreakerBoard:
             self._config = config
             for breaker in self._breakers.values():
                 breaker.config = config
+            self.state_version += 1
+
+    def _note(self, before: BreakerState, breaker: CircuitBreaker) -> None:
+        """Under the lock: count a change of the breaker's stored state (see `state_version`)."""
+        if breaker._state is not before:
+            self.state_version += 1
 
     def _breaker(self, key: ModelKey) -> CircuitBreaker:
         breaker = self._breakers.get(key)

@@ -145,9 +145,19 @@ class LocalLimitStore:
         return window_wait(self._count(charge, now_s), charge.cost, charge.limit, now_s, charge.window_s)
 
     def peek(self, charges: Sequence[Charge], now_s: float) -> float:
-        """The longest wait any of the charges has now; 0 when all would pass. Changes nothing."""
+        """The longest wait any of the charges has now; 0 when all would pass. Changes nothing. A bucket
+        never charged is full, and a full bucket takes any cost (a cost above the limit passes when full), so
+        it is passed over without the arithmetic: the common case of a model nobody has called lately."""
+        worst = 0.0
         with self._lock:
-            return max((self._wait(c, now_s) for c in charges), default=0.0)
+            buckets = self._buckets
+            for charge in charges:
+                if charge.kind == BUCKET and charge.key not in buckets:
+                    continue
+                wait = self._wait(charge, now_s)
+                if wait > worst:
+                    worst = wait
+        return worst
 
     def take(self, charges: Sequence[Charge], now_s: float) -> tuple[float, Charge | None]:
         """All charges or none: (0, None) when taken, else (wait, the charge with the longest wait)."""

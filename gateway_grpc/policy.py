@@ -43,7 +43,7 @@ import datetime as dt
 import decimal
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prismops.gateway_grpc.breakers import BreakerBoard
@@ -192,6 +192,9 @@ class RoutingChoice:
     refusal_kind: str = ""
     retry_after_s: float = 0.0
     tenant_tier: str | None = None
+    # what this answer was computed from, when the same inputs are bound to give the same answer (see
+    # `MemoFacts`); None when the answer also hung on time, chance or state that the facts do not capture
+    memo_facts: "MemoFacts | None" = field(default=None, compare=False, repr=False)
 
     def decision_record(self, request: RoutingRequest, decision_id: str) -> dict[str, Any]:
         """The routing_decision Avro record (schemas/routing_decision.v2.avsc) for this answer."""
@@ -237,6 +240,55 @@ class RoutingChoice:
             "session_id": request.session_id or None,
             "live_table_age_ms": self.live_table_age_ms,
         }
+
+
+@dataclass(frozen=True)
+class MemoFacts:
+    """The live inputs one answer was computed from, for a caller that remembers answers (the gateway's
+    decision memo): the same request, on the same installed policy and budget standing, gets the same answer
+    as long as each candidate's live row is still this very row object (the live table replaces rows, it never
+    edits one) and still fresh, no breaker has changed state since (every candidate's was closed, and no row
+    could trip one), and none of `peeks` (the tenant's and every candidate's rate limits) is spent. Only
+    decided_at and live_table_age_ms move with the clock. Answers that also hang on a canary's state, a
+    shadow's per-decision sampling, an open or half-open breaker, a spent limit, a stale row or the price
+    catalog's date carry no facts."""
+
+    keys: tuple[ModelKey, ...]
+    rows: tuple[Mapping[str, Any], ...]
+    max_age_s: float
+    peeks: tuple[Sequence[Any], ...]
+
+
+def _memo_facts(work: "_Decision", candidates: list["_Candidate"], chosen: "_Candidate", tokens: int) -> MemoFacts | None:
+    route, state, request = work.route, work.state, work.request
+    if route.canary is not None or route.shadow is not None:
+        return None
+    config = state.breakers.config
+    for c in candidates:
+        row = c.row
+        if not c.fresh or row is None or c.breaker_state != "closed" or c.limit_problem is not None:
+            return None
+        if int(row["sample_count"]) >= config.error_rate_min_samples and \
+                float(row["error_rate"]) >= config.error_rate_trip:
+            return None  # observing this row again could trip the breaker once its re-arm time has passed
+        if estimate_cost(row, request.expected_input_tokens, request.expected_output_tokens) is None:
+            return None  # priced from the catalog, which depends on the date
+    if chosen.limit_problem is not None:
+        return None
+    peeks: list[Sequence[Any]] = []
+    limits = state.limits
+    if limits is not None:
+        tenant = limits.tenant_charges(work.policy, request.tenant, tokens)
+        if tenant:
+            peeks.append(tenant)
+        for c in candidates:
+            charges = limits.model_charges(work.policy, c.key, tokens)
+            if charges:
+                peeks.append(charges)
+    return MemoFacts(
+        keys=tuple(c.key for c in candidates), rows=tuple(c.row for c in candidates),  # type: ignore[misc]
+        max_age_s=float(work.policy.defaults.live.max_age_s), peeks=tuple(peeks),
+    )
 
 
 @dataclass
@@ -767,6 +819,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
     work.codes.insert(0, lead_code)
     verdicts = tuple(_verdict(c, chosen) for c in candidates)
     ages = [(now - c.row["updated_at"]).total_seconds() for c in candidates if c.row is not None]
+    facts = _memo_facts(work, candidates, chosen, tokens) if BREAKER_PROBE not in work.codes else None
     return RoutingChoice(
         provider=chosen.key[0], model=chosen.key[1], reason_code=lead_code, reason_codes=tuple(work.codes),
         reason=reason, estimated_cost_usd=chosen.cost, candidates=verdicts, decided_at=now, route=route.name,
@@ -774,6 +827,7 @@ def decide(request: RoutingRequest, state: RoutingState, decision_id: str, now: 
         experiment=work.experiment, arm=work.arm, budget=standing, budget_status=budget_status,
         downgraded=downgrade_tier is not None, downgrade_tier=downgrade_tier, static_fallback=static and any_rows,
         live_table_age_ms=int(min(ages) * 1000) if ages else None, latency_slo_ms=slo, tenant_tier=tier_name,
+        memo_facts=facts,
     )
 
 

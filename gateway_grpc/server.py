@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -52,11 +52,12 @@ from prismops.gateway_grpc.policy import (
     CONCURRENCY_LIMITED, PolicyInputError, RoutingChoice, RoutingRequest, RoutingState, decide, format_usd,
     validate_request,
 )
+from prismops.finops.text_rules import ID_MAX_CHARS, NAME_MAX_CHARS
 from prismops.gateway_grpc.policy_config import (
     BreakerPolicy, InstalledPolicy, PolicyChange, PolicyConfigError, PolicyStore, PolicyVersionConflict, RetryConfig, sha256_text,
 )
 from prismops.gateway_grpc.request_bounds import (
-    MAX_RESPONSE_BYTES, cap_detail, check_decide, check_report_outcome, check_set_policy,
+    MAX_HINTS, MAX_RESPONSE_BYTES, cap_detail, check_decide, check_report_outcome, check_set_policy,
 )
 from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
@@ -187,30 +188,40 @@ class KafkaRecordPublisher:
 
 
 class _DecisionIds:
-    """Random (version 4) UUID strings from os.urandom read 4 KiB at a time. `uuid.uuid4()` reads 16 bytes per
-    call, and os.urandom lets go of the GIL: under load the Decide that called it then queues for the GIL
-    behind the other threads, which alone put the server-side p99 near 1 ms. A forked child starts afresh,
-    so it never repeats its parent's ids."""
+    """Random (version 4) UUID strings from os.urandom read 4 KiB (256 ids) at a time. `uuid.uuid4()` reads 16
+    bytes per call, and os.urandom lets go of the GIL: under load the Decide that called it then queues for the
+    GIL behind the other threads, which alone put the server-side p99 near 1 ms. The version and variant bits
+    are set and the pool turned to hex once per refill, so an id is a slice and a format (what
+    `str(uuid.UUID(bytes=raw, version=4))` gives). A forked child starts afresh, so it never repeats its
+    parent's ids."""
 
     BATCH_BYTES = 4096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool = b""
+        self._pool = ""
         self._used = 0
         os.register_at_fork(after_in_child=self._forget)
 
     def new(self) -> str:
         with self._lock:
             if self._used == len(self._pool):
-                self._pool, self._used = os.urandom(self.BATCH_BYTES), 0
-            raw = self._pool[self._used:self._used + 16]
-            self._used += 16
-        return str(uuid.UUID(bytes=raw, version=4))
+                self._pool, self._used = self._refill(), 0
+            at = self._used
+            self._used = at + 32
+        h = self._pool
+        return f"{h[at:at + 8]}-{h[at + 8:at + 12]}-{h[at + 12:at + 16]}-{h[at + 16:at + 20]}-{h[at + 20:at + 32]}"
+
+    def _refill(self) -> str:
+        raw = bytearray(os.urandom(self.BATCH_BYTES))
+        for start in range(0, self.BATCH_BYTES, 16):
+            raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+            raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        return raw.hex()
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
-        self._pool, self._used = b"", 0
+        self._pool, self._used = "", 0
 
 
 _decision_ids = _DecisionIds()
@@ -503,18 +514,113 @@ def _spans_recorded() -> bool:
     return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
+_masked: dict[str, str] = {}
+
+
+def masked_customer(customer: str) -> str:
+    """`mask_personal_data` of a Decide's customer (as cost lines store it), remembered: the same few customers
+    come again and again, and the two regular expressions are a visible part of a remembered Decide. Bounded:
+    customers come from callers (each at most NAME_MAX_CHARS)."""
+    text = _masked.get(customer)
+    if text is None:
+        if len(_masked) >= 4096:
+            _masked.clear()
+        text = _masked[customer] = mask_personal_data(customer)
+    return text
+
+
+MemoKey = tuple[Any, ...]
+
+
+def memo_key(request: routing_pb2.DecideRequest, max_candidates: int) -> MemoKey | None:
+    """Every DecideRequest field an answer depends on (all but request_id and customer, which only go into
+    the decision record), read once from the message; None unless every bound of `check_decide` plainly
+    holds (the same fast test it makes first), so a None sends the request down the checked path."""
+    allowed, hints = request.allowed_models, request.hints
+    if len(allowed) > max_candidates or len(hints) > MAX_HINTS:
+        return None
+    models = tuple([(ref.provider, ref.model) for ref in allowed])
+    hint_names = tuple(hints)
+    tenant, service, feature = request.tenant, request.service, request.feature
+    task_type, region, customer = request.task_type, request.region, request.customer
+    request_id, session_id = request.request_id, request.session_id
+    names = [tenant, service, feature, task_type, region, customer, *hint_names]
+    for provider, model in models:
+        names += (provider, model)
+    if not (max(map(len, names)) <= NAME_MAX_CHARS and len(request_id) <= ID_MAX_CHARS
+            and len(session_id) <= ID_MAX_CHARS and "".join(names).isprintable()
+            and (request_id + session_id).isprintable()):
+        return None
+    return (tenant, service, feature, models, request.latency_slo_ms, request.expected_input_tokens,
+            request.expected_output_tokens, session_id, task_type, hint_names, request.prompt_chars,
+            request.requires_structured_output, request.requires_vision, region)
+
+
+@dataclass(frozen=True)
+class MemoEntry:
+    """One remembered answer and everything its reuse is checked against (see `policy.MemoFacts`)."""
+
+    request: RoutingRequest  # request_id and customer blanked: they are the caller's, per call
+    policy: Any
+    policy_version: int
+    standing: Any
+    breaker_version: int
+    limiter: Limiter | None
+    chosen: tuple[str, str]
+    keys: tuple[tuple[str, str], ...]
+    rows: tuple[Mapping[str, Any], ...]
+    max_age_s: float
+    peeks: tuple[Any, ...]
+    take: tuple[Charge, ...]
+    counted: tuple[Charge, ...]
+    reason_code: str
+    record: dict[str, Any]
+    response: routing_pb2.DecideResponse
+
+
+class DecisionMemo:
+    """Answers of the policy engine by request (`memo_key`), each reused only while `policy.MemoFacts` says
+    the engine would give it again: same installed policy and budget standing, the very same fresh live rows,
+    no breaker state change, no rate limit spent (peeked on every call, as the engine does). Only the
+    decision id, the clock and the live-table age change between two such answers, and those are filled in
+    per call; the limits are still spent per call. A repeated request shape then costs a few dictionary
+    reads instead of the whole engine. Bounded: keys come from callers."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._entries: dict[MemoKey, MemoEntry] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: MemoKey) -> MemoEntry | None:
+        return self._entries.get(key)
+
+    def put(self, key: MemoKey, entry: MemoEntry) -> None:
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {}
+        self._entries[key] = entry
+
+    def forget(self, key: MemoKey) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class RouterServicer(routing_pb2_grpc.RouterServicer):
     """`decide_ns`, when given, receives the nanoseconds each answered Decide spent in this handler (entry to
     response built): `prismops bench route` reads the server side from it, with no network in between."""
 
     def __init__(self, state: GatewayState, publisher: RecordPublisher, is_ready: Callable[[], bool] = lambda: True,
-                 decide_ns: list[int] | None = None):
+                 decide_ns: list[int] | None = None, memo: bool = True):
         self._state = state
         self._defaults = state.settings.gateway
         self._publisher = publisher
         self._is_ready = is_ready
         self._decide_ns = decide_ns
         self._decision_counters: dict[str, Any] = {}
+        self.memo = DecisionMemo() if memo else None
 
     @_bounded_errors
     def Decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
@@ -530,13 +636,24 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         return response
 
     def _decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
-        try:
-            # sizes and characters first: nothing below may build a message from an unbounded field
-            check_decide(request, self._defaults.max_candidates)
-        except FieldRuleError as error:
-            _invalid(context, error)
+        key = memo_key(request, self._defaults.max_candidates) if self.memo is not None else None
+        if key is None:
+            try:
+                # sizes and characters first: nothing below may build a message from an unbounded field
+                check_decide(request, self._defaults.max_candidates)
+            except FieldRuleError as error:
+                _invalid(context, error)
         if not self._is_ready():
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
+        if key is not None:
+            entry = self.memo.get(key)  # type: ignore[union-attr]
+            if entry is not None:
+                response = self._decide_remembered(entry, request, context)
+                if response is not None:
+                    self.memo.hits += 1  # type: ignore[union-attr]
+                    return response
+                self.memo.forget(key)  # type: ignore[union-attr]
+            self.memo.misses += 1  # type: ignore[union-attr]
         routing_request = request_from_proto(request)
         try:
             validate_request(routing_request)
@@ -548,8 +665,9 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         now = self._state.clock()
         decision_id = _decision_ids.new()
         lease_id = self._acquire_lease(routing_request, decision_id, now, context)
+        remember: list[MemoEntry] | None = [] if key is not None else None
         try:
-            choice = self._decide_and_charge(routing_request, decision_id, now)
+            choice = self._decide_and_charge(routing_request, decision_id, now, remember)
         except PolicyInputError as error:
             self._release_lease(lease_id, now)
             _invalid(context, error)
@@ -560,7 +678,7 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
             self._release_lease(lease_id, now)
         record = choice.decision_record(routing_request, decision_id)
         if record["customer"]:
-            record["customer"] = mask_personal_data(record["customer"])  # as cost lines store it
+            record["customer"] = masked_customer(record["customer"])  # as cost lines store it
         self._publisher.publish(routing_request.tenant, record)
         self._count_decision(choice.reason_code)
         if choice.refused:
@@ -574,16 +692,91 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
             response.lease_id = lease_id
         if choice.tenant_tier:
             response.tenant_tier = choice.tenant_tier
+        if remember:
+            self._remember(key, remember[0], choice, routing_request)  # type: ignore[arg-type]
+        return response
+
+    def _remember(self, key: MemoKey, entry: MemoEntry, choice: RoutingChoice, request: RoutingRequest) -> None:
+        """Store the answer with its per-call fields blank (filled in by `_decide_remembered`)."""
+        template = replace(request, request_id="", customer="")
+        record = choice.decision_record(template, "")
+        response = response_from_choice(choice, "")
+        if choice.tenant_tier:
+            response.tenant_tier = choice.tenant_tier
+        self.memo.put(key, replace(  # type: ignore[union-attr]
+            entry, request=template, reason_code=choice.reason_code, record=record, response=response,
+        ))
+
+    def _decide_remembered(self, entry: MemoEntry, request: routing_pb2.DecideRequest,
+                           context: grpc.ServicerContext) -> routing_pb2.DecideResponse | None:
+        """The remembered answer, when `MemoFacts` still hold (else None: the engine decides); limits, lease,
+        reservation, decision record and metrics exactly as after a decision of the engine."""
+        state = self._state
+        installed = state.installed_policy()
+        if installed.policy is not entry.policy or installed.version != entry.policy_version:
+            return None
+        if state.breakers.state_version != entry.breaker_version or state.limiter is not entry.limiter:
+            return None
+        now = state.clock()
+        standing = state.budget_gate.standing(entry.request, now) if state.budget_gate else None
+        if standing != entry.standing:
+            return None
+        table, max_age_s = state.table, entry.max_age_s
+        youngest = math.inf
+        for model_key, row in zip(entry.keys, entry.rows):
+            if table.peek_key(model_key) is not row:
+                return None
+            age_s = (now - row["updated_at"]).total_seconds()
+            if age_s > max_age_s:
+                return None
+            if age_s < youngest:
+                youngest = age_s
+        limiter = entry.limiter
+        now_s = now.timestamp()
+        if limiter is not None:
+            for charges in entry.peeks:
+                if limiter.blocked(charges, now_s) is not None:
+                    return None
+        decision_id = _decision_ids.new()
+        routing_request = entry.request
+        lease_id = self._acquire_lease(routing_request, decision_id, now, context)
+        if limiter is not None and entry.take and limiter.take(entry.take, now_s) is not None:
+            # spent by a concurrent call since the peek: the engine decides again, as it would have
+            self._release_lease(lease_id, now)
+            return None
+        if entry.counted:
+            tokens = routing_request.expected_input_tokens + routing_request.expected_output_tokens
+            state.reservations.add(decision_id, Reservation(entry.chosen, tokens, entry.counted, now_s + Reservations.TTL_S))
+        record = entry.record.copy()
+        age_ms = int(youngest * 1000)
+        record["decision_id"] = decision_id
+        record["decided_at"] = now
+        record["live_table_age_ms"] = age_ms
+        if request.request_id:
+            record["request_id"] = request.request_id
+        if request.customer:
+            record["customer"] = masked_customer(request.customer)  # as cost lines store it
+        self._publisher.publish(routing_request.tenant, record)
+        self._count_decision(entry.reason_code)
+        response = routing_pb2.DecideResponse()
+        response.CopyFrom(entry.response)
+        response.decision_id = decision_id
+        response.live_table_age_ms = age_ms
+        if lease_id:
+            response.lease_id = lease_id
         return response
 
     TAKE_ATTEMPTS = 3
 
-    def _decide_and_charge(self, request: RoutingRequest, decision_id: str, now: dt.datetime) -> RoutingChoice:
+    def _decide_and_charge(self, request: RoutingRequest, decision_id: str, now: dt.datetime,
+                           remember: list[MemoEntry] | None = None) -> RoutingChoice:
         """Decide (limits are peeked there), then spend the chosen model's and the tenant's limits at once.
-        Another Decide may have spent them in between: then decide again, when the peek sees it."""
+        Another Decide may have spent them in between: then decide again, when the peek sees it. With
+        `remember`, an answer the memo may reuse is appended to it (see `MemoEntry`)."""
         state, limiter = self._state, self._state.limiter
         now_s = now.timestamp()
         for _ in range(self.TAKE_ATTEMPTS):
+            breaker_version = state.breakers.state_version
             routing_state = state.routing_state(request, now)
             choice = decide(request, routing_state, decision_id, now)
             if choice.refused or limiter is None:
@@ -597,6 +790,15 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
                 counted = token_charges(charges)
                 if counted:
                     state.reservations.add(decision_id, Reservation(key, tokens, tuple(counted), now_s + Reservations.TTL_S))
+                facts = choice.memo_facts
+                if remember is not None and facts is not None and state.breakers.state_version == breaker_version:
+                    remember.append(MemoEntry(
+                        request=request, policy=policy, policy_version=routing_state.policy_version,
+                        standing=routing_state.budget, breaker_version=breaker_version, limiter=limiter,
+                        chosen=key, keys=facts.keys, rows=facts.rows, max_age_s=facts.max_age_s, peeks=facts.peeks,
+                        take=tuple(charges), counted=tuple(counted), reason_code=choice.reason_code,
+                        record={}, response=routing_pb2.DecideResponse(),
+                    ))
                 return choice
         assert blocked is not None
         return RoutingChoice(
