@@ -50,6 +50,8 @@ STATE_TABLE = "anomaly_watch"
 ANOMALIES_PUBLISHED = PromCounter("prismops_anomalies_total", "anomaly events published", ["metric", "severity"])
 LATE_LINES = PromCounter("prismops_anomaly_late_lines_total", "cost lines whose detector window had closed")
 STATE_SHED = PromCounter("prismops_anomaly_state_shed_total", "series states that shed detail to fit one record")
+SERIES_FOLDED = PromCounter("prismops_anomaly_series_folded_total",
+                            "LLM calls counted in an (other) series: their series was beyond detectors.max_series_per_partition")
 
 
 def state_value_limit(max_message_bytes: int) -> int:
@@ -77,7 +79,11 @@ def register(ctx: WorkerContext) -> None:
             prefix = f"{partition}|"
             records = {key[len(prefix):]: base64.b64decode(value) for key, value in table.data.items()
                        if isinstance(key, str) and key.startswith(prefix) and value}
-            watch = PartitionWatch.restore(new_watch(settings), partition, records)
+            watch = PartitionWatch.restore(new_watch(settings), partition, records, settings.max_series_per_partition)
+            if watch.relearning:
+                log.warning("anomaly watch %d: stored detector state of another format was dropped; its series "
+                            "learn again from the next line on", partition)
+                caught_up.add(partition)  # nothing to read back into: old lines would only come late
             watches[partition] = watch
         return watch
 
@@ -163,8 +169,10 @@ def register(ctx: WorkerContext) -> None:
                 caught_up.add(message.partition)
             if watch.is_replay(message.offset):
                 return
-            now = utcnow()
+            now, folded = utcnow(), watch.folded
             steps = [watch.observe(sample, message.offset, now) for sample in samples]
+            if watch.folded > folded:
+                SERIES_FOLDED.inc(watch.folded - folded)
             await publish(steps)
             if any(step.scored for step in steps) or watch.save_due(now, settings.save_interval_s):
                 save(message.partition, watch, now, in_stream=True)

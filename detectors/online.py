@@ -11,17 +11,29 @@ Model (issue 15: "anomaly detection that a FinOps team would leave switched on")
   only while its recent squared error beats the model without it (a small set chosen by recent error).
   Profiles are fitted hierarchically: the daily profile is the average day of its day type (weekdays, weekend: two
   profiles), the weekly one the deviation of an hour of the week from it; each slot is a bias-corrected exponential
-  mean shrunk by a small prior. The level is the weekdays' level: weekend windows teach the weekend profile, and
-  neither it nor what the weekly profile learns on a weekend is centred into the level (two quiet weekend days must
-  not drag Monday's forecast down).
+  mean shrunk by a small prior. The hour-of-week profile decays a cycle per cycle, not per window (its six 10-minute
+  windows an hour share one week's decay; per window it was a memory of two windows that tracked any shift or drift
+  within the hour), learns nothing in the series' first week (no hour of the week has a previous week yet) and is
+  centred into the level only once it has seen every hour of the week. The level is the weekdays' level: weekend
+  windows teach the weekend profile, and neither it nor what the weekly profile learns on a weekend is centred into
+  the level (two quiet weekend days must not drag Monday's forecast down; yet the sub-hour profile, first in the
+  hierarchy, meets the weekend's dip first and is centred into the level, so on a step schedule the level still
+  sinks over a weekend, 22.7 -> 12.8 on the first one, which costs a few alerts on Monday nights: a known gap, see
+  docs/anomalies.md).
 - Calibration: the conformal rank of the residual among recent residuals, with an exponential tail fitted to the
   top 2 % beyond them; spread floors (1 % of the forecast, half the series' quantization step, `min_change`) keep a
   flat or quantized series from alerting on rounding. Zero-inflated series need nothing special: their zeros and
   normal bursts are in the residual distribution, so a normal burst has a large p and a tenfold one a tiny p.
 - Debouncing: the first window of an excursion alerts; further windows of it do not (unless the severity rises),
   and are learnt clipped to the residual tail, so the level does not move and the return scores as normal.
-  `shift_confirm_windows` windows of one excursion (gaps up to `run_gap_windows`) confirm a level shift: level,
-  seasonal offsets and residual spread are rescaled to the new regime, once (level_shift=True, no new alert).
+- Persistence (change points): a one-sided CUSUM per direction of the calibrated surprise, S = max(0, S - ln p - k)
+  with k = `persist_k` (3: only windows with p < 0.05 add), alerts (warning, once per excursion) when S passes
+  -ln(warning threshold), the same line a single window must pass: a burst of 3-6 windows, or the first windows of a
+  shift, each only somewhat unlikely, is one alert. Its windows (p < 0.05, gaps up to `run_gap_windows`) form the
+  excursion's run; a confirmed run (CUSUM alert, or `shift_confirm_windows` windows beyond a severity) that lasts
+  `shift_confirm_windows` strong or twice as many windows in all is a level shift: level, seasonal offsets and
+  residual spread are rescaled to the run's median (the new data, not the spike), once (level_shift=True, no new
+  alert). Bursts shorter than that return and score as normal.
 - Slow drift: a two-sided CUSUM of clipped robust z; crossing `drift_h` raises a drift alert (drift=True,
   `drift_severity`) and re-baselines the level on the recent residual mean.
 - Warm-up: `warmup_windows` never alert; a slot not seen on a previous cycle needs `unseen_season_evidence` times
@@ -33,9 +45,9 @@ this one needs sorted residuals and step profiles, which are plain Python here.
 
 State
 -----
-`to_bytes()` / `from_bytes()` pickle the detector behind a header naming the format version (3, day types; older
-state is refused and relearnt). Pickle runs code on load: restore only bytes this worker wrote. About 20 KB per series.
-A round trip continues with bit-identical scores.
+`to_bytes()` / `from_bytes()` pickle the detector behind a header naming the format version (4: persistence CUSUM,
+per-cycle profile decay; 3 was day types; older state is refused and relearnt). Pickle runs code on load: restore
+only bytes this worker wrote. About 16 KB per series. A round trip continues with bit-identical scores.
 """
 
 from __future__ import annotations
@@ -63,7 +75,7 @@ _DAY_S = 86_400
 _WEEK_S = 7 * _DAY_S
 _MONDAY_OFFSET_S = 4 * _DAY_S  # 1970-01-01 was a Thursday; weekly slot 0 is Monday (UTC)
 _STATE_MAGIC = b"PRISMOPS-DETECTOR-STATE"
-STATE_FORMAT_VERSION = 3
+STATE_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -122,12 +134,13 @@ class DetectorConfig:
     drift_severity: Severity = "warning"
     drift_cooldown_s: float = 6 * 3600
     unseen_season_evidence: float = 10.0
+    persist_k: float = 3.0
 
     def __post_init__(self) -> None:
         if self.warmup_windows < 0:
             raise FieldRuleError("warmup_windows", "non_negative", "must be >= 0")
         for name in ("level_half_life_s", "daily_half_life_days", "weekly_half_life_weeks", "subhour_half_life_hours",
-                     "drift_k", "drift_h", "unseen_season_evidence"):
+                     "drift_k", "drift_h", "unseen_season_evidence", "persist_k"):
             if not getattr(self, name) > 0:
                 raise FieldRuleError(name, "positive", "must be > 0")
         if self.min_daily_slot_s < 60 or _DAY_S % self.min_daily_slot_s:
@@ -201,12 +214,15 @@ class _Profile:
     """Step-capable seasonal offsets: one bias-corrected exponential mean per slot, no interpolation between slots."""
 
     __slots__ = ("period_s", "origin_s", "raw", "bias", "visited_sum", "visited_count", "weights", "visits",
-                 "half_life_s", "days")
+                 "half_life_s", "days", "per_cycle")
 
     # A visited slot's offset is raw[slot] + bias and an unvisited one's is 0: centring (shifting every visited offset by
     # their mean) is then one change of `bias`, O(1) instead of O(slots) per window; visited_sum is the visited offsets' sum.
-    def __init__(self, period_s: float, slots: int, half_life_s: float, origin_s: float = 0.0, days: str | None = None):
+    def __init__(self, period_s: float, slots: int, half_life_s: float, origin_s: float = 0.0, days: str | None = None,
+                 interval_s: float | None = None):
         self.period_s, self.origin_s, self.half_life_s, self.days = period_s, origin_s, half_life_s, days
+        # windows that fall in one slot per cycle (an hour-of-week slot holds six 10-minute windows)
+        self.per_cycle = max(1.0, period_s / slots / interval_s) if interval_s else 1.0
         self.raw = [0.0] * slots
         self.bias = 0.0
         self.visited_sum = 0.0
@@ -216,11 +232,11 @@ class _Profile:
 
     def __getstate__(self):
         return (self.period_s, self.origin_s, self.raw, self.bias, self.visited_sum, self.visited_count, self.weights,
-                self.visits, self.half_life_s, self.days)
+                self.visits, self.half_life_s, self.days, self.per_cycle)
 
     def __setstate__(self, state):
         (self.period_s, self.origin_s, self.raw, self.bias, self.visited_sum, self.visited_count, self.weights,
-         self.visits, self.half_life_s, self.days) = state
+         self.visits, self.half_life_s, self.days, self.per_cycle) = state
 
     def get(self, slot: int) -> float:
         return self.raw[slot] + self.bias if self.visits[slot] else 0.0
@@ -240,13 +256,15 @@ class _Profile:
         return min(slots - 1, int(((epoch_s - self.origin_s) % self.period_s) / self.period_s * slots))
 
     def learn(self, slot: int, error: float, elapsed_s: float) -> None:
-        # decay by the time since the slot's last visit, approximated by one period (slots are visited once a cycle)
-        self.weights[slot] = 0.5 ** (self.period_s / self.half_life_s) * self.weights[slot] + 1.0
+        # decay by the time since the slot's last visit, approximated by one period shared among the windows that fall in
+        # the slot each cycle (decaying a whole period per window made an hour-of-week slot of six windows a memory of
+        # about two windows: it tracked a level shift or a drift within the hour)
+        self.weights[slot] = 0.5 ** (self.period_s / self.half_life_s / self.per_cycle) * self.weights[slot] + 1.0
         if not self.visits[slot]:
             self.raw[slot] = -self.bias  # offset 0 before this first visit
             self.visited_count += 1
-        # shrunk toward 0 by PRIOR_WEIGHT pseudo-visits: one noisy first visit must not become the profile
-        step = error / (self.weights[slot] + _PRIOR_WEIGHT)
+        # shrunk toward 0 by PRIOR_WEIGHT pseudo-cycles: one noisy first visit must not become the profile
+        step = error / (self.weights[slot] + _PRIOR_WEIGHT * self.per_cycle)
         self.raw[slot] += step
         self.visited_sum += step
         self.visits[slot] += 1
@@ -305,6 +323,10 @@ class SeriesDetector:
         self.last_alert_rank = -1
         self.since_alert = 0
         self.weekday_seen = False
+        self.persist_up = 0.0
+        self.persist_down = 0.0
+        self.run_confirmed = False
+        self.run_strong = 0
 
     # -- model space ---------------------------------------------------------------------------------------------
     def _to_model(self, value: float) -> float:
@@ -333,25 +355,30 @@ class SeriesDetector:
                                      days=days))
         weekly_slot_s = max(daily_slot_s, 3600)
         profiles.append(_Profile(_WEEK_S, max(1, int(_WEEK_S // weekly_slot_s)), config.weekly_half_life_weeks * _WEEK_S,
-                                 _MONDAY_OFFSET_S))
+                                 _MONDAY_OFFSET_S, interval_s=interval_s))
         return profiles
 
     def _seasonal(self, epoch_s: float) -> tuple[float, bool]:
         """Sum of the seasonal offsets and whether every slot used has been visited before."""
         return self._seasonal_seen(epoch_s)[:2]
 
-    def _seasonal_seen(self, epoch_s: float) -> tuple[float, bool, bool]:
-        """Seasonal offsets, whether all their slots were visited, whether all but the weekly one were."""
+    def _seasonal_seen(self, epoch_s: float) -> tuple[float, bool, bool, tuple[list[_Profile], list[int]] | None]:
+        """Seasonal offsets, whether all their slots were visited, whether all but the weekly one were, and the
+        profiles of this day type with their slots (for _learn, so slots are computed once a window)."""
         self._visited = bool(self.profiles)
         if not self.profiles:
-            return 0.0, False, False
+            return 0.0, False, False, None
         total, seen = 0.0, True
         short_seen = True
         weekend = _is_weekend(epoch_s)
+        used: list[_Profile] = []
+        slots: list[int] = []
         for profile in self.profiles:
             if profile.days is not None and (profile.days == "weekend") != weekend:
                 continue
             slot = profile.slot(epoch_s)
+            used.append(profile)
+            slots.append(slot)
             if profile.period_s == 3600 and not self.use_subhour:
                 continue
             total += profile.get(slot)
@@ -361,7 +388,7 @@ class SeriesDetector:
             seen = seen and visited
             if profile.period_s < _WEEK_S:
                 short_seen = short_seen and visited
-        return total, seen, short_seen
+        return total, seen, short_seen, (used, slots)
 
     def expected_at(self, window_start: dt.datetime) -> float | None:
         """The baseline forecast for a window in the series' own unit, or None before the first window."""
@@ -401,13 +428,18 @@ class SeriesDetector:
         return k / (n + 1) * math.exp(-(r - u) / beta)
 
     def _p_value(self, r: float, floor: float, scale: float) -> float:
+        return self._p_values(r, floor, scale)[0]
+
+    def _p_values(self, r: float, floor: float, scale: float) -> tuple[float, float, float]:
+        """(p of the direction(s) watched, upper tail P(R >= r), lower tail P(R <= r)); an unwatched side reads 1."""
         direction = self.config.direction
+        up = self._upper_tail(r, floor, scale) if direction != "down" else 1.0
+        down = _Negated(self.sorted_residuals).upper_tail(-r, floor, scale) if direction != "up" else 1.0
         if direction == "up":
-            return self._upper_tail(r, floor, scale)
-        negated = _Negated(self.sorted_residuals)
+            return up, up, 1.0
         if direction == "down":
-            return negated.upper_tail(-r, floor, scale)
-        return min(1.0, 2 * min(self._upper_tail(r, floor, scale), negated.upper_tail(-r, floor, scale)))
+            return down, 1.0, down
+        return min(1.0, 2 * min(up, down)), up, down
 
     def _remember(self, residual: float) -> None:
         ring, data = self.ring, self.sorted_residuals
@@ -443,7 +475,7 @@ class SeriesDetector:
             forecast, z, p_value = modelled, 0.0, 1.0
             self.level, self.level_weight = modelled, 1.0
         else:
-            seasonal, seen, short_seen = self._seasonal_seen(epoch_s)
+            seasonal, seen, short_seen, used = self._seasonal_seen(epoch_s)
             forecast = self.level + seasonal
             r_units = modelled - forecast
             # residuals are kept relative to the forecast's magnitude (noise grows with the level: a night-time burst
@@ -453,7 +485,10 @@ class SeriesDetector:
             floor = self._floor(forecast) / norm
             scale = max(self._scale(0.0), floor)
             z = r / scale
-            p_value = self._p_value(r, floor, scale) if abs(r_units) > config.min_change else 1.0
+            if abs(r_units) > config.min_change:
+                p_value, p_up, p_down = self._p_values(r, floor, scale)
+            else:
+                p_value = p_up = p_down = 1.0
             evidence = 1.0 if seen else config.unseen_season_evidence
             # a weekend (or first day) the profiles have never seen says nothing about what is normal there: learn it
             blind = not seen and _is_weekend(epoch_s) and epoch_s - self.first_epoch_s > _DAY_S
@@ -461,46 +496,81 @@ class SeriesDetector:
                 evidence *= config.unseen_season_evidence
             candidate = None if blind else config.thresholds.severity_of(p_value, evidence)
             sign = 1 if r > 0 else -1
-            if candidate is not None and not warming_up:
-                in_excursion = True
-                rank = SEVERITIES.index(candidate)
+            # persistence (a CUSUM of per-window surprise, -ln p of the side the residual is on): a burst or a shift of
+            # several windows, each only somewhat unlikely, is one alert; calibrated like the spike score
+            # (not before each day type's slots have been seen once: there the residuals measure an unlearnt profile)
+            watching = not warming_up and not blind and short_seen
+            surprise_up = -math.log(max(1e-300, min(1.0, p_up * evidence))) if watching else 0.0
+            surprise_down = -math.log(max(1e-300, min(1.0, p_down * evidence))) if watching else 0.0
+            k = config.persist_k
+            self.persist_up = max(0.0, self.persist_up + surprise_up - k) if watching else 0.0
+            self.persist_down = max(0.0, self.persist_down + surprise_down - k) if watching else 0.0
+            strong = candidate is not None and not warming_up
+            weak = watching and (surprise_up if sign > 0 else surprise_down) > k
+            if strong or weak:
                 if sign != self.run_sign:
                     self.run_sign, self.run_residuals, self.run_rank, self.run_forecasts = sign, [], -1, []
+                    self.run_confirmed, self.run_strong = False, 0
                 self.run_gap = 0
                 self.run_residuals.append(r_units)
+                self.run_forecasts.append(forecast)
+            if strong:
+                in_excursion = True
+                rank = SEVERITIES.index(candidate)  # type: ignore[arg-type]
                 if rank > self.run_rank:
                     self.run_rank = rank
                     repeat = sign == self.last_alert_sign and self.since_alert < config.alert_cooldown_windows
                     if not repeat or rank > self.last_alert_rank:
                         severity = candidate
                         self.last_alert_sign, self.last_alert_rank, self.since_alert = sign, rank, 0
-                self.run_forecasts.append(forecast)
-                if len(self.run_residuals) >= config.shift_confirm_windows:
-                    # persistence is evidence: several unlikely windows in a row are a shift worth one warning
-                    if self.run_rank < SEVERITIES.index("warning") and not (
-                            sign == self.last_alert_sign and self.since_alert < config.alert_cooldown_windows
-                            and self.last_alert_rank >= SEVERITIES.index("warning")):
+            if strong or weak:
+                persist = self.persist_up if sign > 0 else self.persist_down
+                if persist > -math.log(config.thresholds.warning):
+                    # several unlikely windows in a row: one warning for the excursion (unless it already alerted)
+                    self.run_confirmed = True
+                    self.persist_up, self.persist_down = (0.0, self.persist_down) if sign > 0 else (self.persist_up, 0.0)
+                    warning = SEVERITIES.index("warning")
+                    alerted = (sign == self.last_alert_sign and self.since_alert < config.alert_cooldown_windows
+                               and self.last_alert_rank >= warning)
+                    if not alerted and (severity is None or SEVERITIES.index(severity) < warning):
                         severity = "warning"
-                        self.last_alert_sign, self.last_alert_rank, self.since_alert = sign, SEVERITIES.index("warning"), 0
+                        self.last_alert_sign, self.last_alert_rank, self.since_alert = sign, warning, 0
+                    self.run_rank = max(self.run_rank, warning)
+                strong_count = self.run_strong = self.run_strong + strong
+                if strong_count >= config.shift_confirm_windows and not self.run_confirmed:
+                    # persistence is evidence: several unlikely windows in a row are a shift worth one warning
+                    warning = SEVERITIES.index("warning")
+                    if self.run_rank < warning and not (sign == self.last_alert_sign and self.last_alert_rank >= warning
+                                                        and self.since_alert < config.alert_cooldown_windows):
+                        severity = "warning"
+                        self.last_alert_sign, self.last_alert_rank, self.since_alert = sign, warning, 0
+                    self.run_confirmed = True
+                if self.run_confirmed and (strong_count >= config.shift_confirm_windows
+                                           or len(self.run_residuals) >= 2 * config.shift_confirm_windows):
+                    # a confirmed excursion that persists is a level shift: re-baseline on the run (the new data), once
                     self._shift(statistics.median(self.run_residuals), statistics.median(self.run_forecasts))
                     level_shift = True
                     self.run_sign, self.run_residuals, self.run_rank, self.run_forecasts = 0, [], -1, []
-                    self.cusum_up = self.cusum_down = 0.0
+                    self.run_confirmed, self.run_strong = False, 0
+                    self.cusum_up = self.cusum_down = self.persist_up = self.persist_down = 0.0
+            if strong:
                 learnt_r = self._clip(r)
             else:
-                self.run_gap += 1
-                if self.run_gap > config.run_gap_windows:
-                    self.run_sign, self.run_residuals, self.run_rank, self.run_forecasts = 0, [], -1, []
+                if not weak:
+                    self.run_gap += 1
+                    if self.run_gap > config.run_gap_windows:
+                        self.run_sign, self.run_residuals, self.run_rank, self.run_forecasts = 0, [], -1, []
+                        self.run_confirmed, self.run_strong = False, 0
                 learnt_r = r
                 drift = self._drift(epoch_s, r, scale, warming_up or not short_seen, 1.0 if seen else 2.0)
                 if blind:
                     self.cusum_up = self.cusum_down = 0.0
-                if drift:
+                if drift and not level_shift:
                     severity = severity or config.drift_severity
                     self.level += self.residual_ewma * norm  # re-baseline on the drifted data
                     self.residual_ewma = 0.0
             if not level_shift:
-                self._learn(epoch_s, forecast + learnt_r * norm, forecast, blind)
+                self._learn(epoch_s, forecast + learnt_r * norm, forecast, blind, used)
             if self._visited and not blind:  # residuals of a never-seen slot measure the unlearnt profile, not the noise
                 self._remember(learnt_r if not level_shift else 0.0)
             self.residual_ewma += 0.1 * (learnt_r - self.residual_ewma)
@@ -554,7 +624,8 @@ class SeriesDetector:
             self.drift_quiet_until = epoch_s + config.drift_cooldown_s
         return fired
 
-    def _learn(self, epoch_s: float, learnt: float, forecast: float, blind: bool = False) -> None:
+    def _learn(self, epoch_s: float, learnt: float, forecast: float, blind: bool = False,
+               used: tuple[list[_Profile], list[int]] | None = None) -> None:
         """Backfit level and each seasonal profile in turn, each a bias-corrected exponential mean.
 
         blind (a weekend never seen before): the level does not learn (the weekend profiles do), so the first Monday
@@ -562,8 +633,11 @@ class SeriesDetector:
         config = self.config
         elapsed = epoch_s - self.last_epoch_s  # type: ignore[operator]
         weekend = _is_weekend(epoch_s)
-        profiles = [p for p in self.profiles or [] if p.days is None or (p.days == "weekend") == weekend]
-        slots = [p.slot(epoch_s) for p in profiles]
+        if used is not None:
+            profiles, slots = used
+        else:
+            profiles = [p for p in self.profiles or [] if p.days is None or (p.days == "weekend") == weekend]
+            slots = [p.slot(epoch_s) for p in profiles]
         seasonal = sum(p.get(s) for p, s in zip(profiles, slots))
         if profiles and profiles[0].period_s == 3600:
             # sub-hour phase: used only while it forecasts better than the model without it (chosen by recent error)
@@ -583,13 +657,21 @@ class SeriesDetector:
         # daily profile is the average day (of its day type) and the weekly one only the deviation of this hour of the
         # week from it
         explained = self.level
+        first_week = epoch_s - self.first_epoch_s < _WEEK_S
         for profile, slot in zip(profiles, slots):
+            if first_week and profile.period_s >= _WEEK_S:
+                # no hour of the week has a previous week yet: learning it now only tracks the current hour, which
+                # absorbed a level shift within the hour (and the evidence of every slow change with it)
+                continue
             profile.learn(slot, learnt - explained - profile.get(slot), elapsed)  # type: ignore[operator]
             explained += profile.get(slot)  # type: ignore[operator]
         for profile in profiles:
             # the weekend day type is an offset from the weekdays' level, and so is what the hour-of-week profile learns
             # on a weekend: neither is centred into the level
-            if profile.days != "weekend" and not (weekend and profile.period_s >= _WEEK_S):
+            # (nor is the hour-of-week profile before it has visited every hour of the week: centring a part of the week
+            # would move the level by the visited hours' mean while the unvisited hours still read 0)
+            if profile.days != "weekend" and not (weekend and profile.period_s >= _WEEK_S) and not (
+                    profile.period_s >= _WEEK_S and profile.visited_count < len(profile.raw)):
                 self.level += profile.centre()  # type: ignore[operator]
 
     def to_bytes(self) -> bytes:

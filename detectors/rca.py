@@ -26,6 +26,10 @@ ABSENT = "(none)"
 SHARE_QUANTUM = Decimal("0.0001")
 AMOUNT_QUANTUM = Decimal("0.000000000001")
 # Upper bounds in characters; roughly 4 characters a token, so 1k, 4k, 16k, 64k tokens and beyond.
+# A child value belongs to one parent value (a version to one model, a deployment to one provider).
+DIMENSION_PARENTS = {"model_version": "model", "deployment_id": "provider"}
+# explain() stops listing causes once those listed explain this share of the change together.
+EXPLAINED_SHARE = Decimal("0.85")
 PROMPT_LENGTH_BUCKETS = ((4_000, "<1k tok"), (16_000, "1k-4k tok"), (64_000, "4k-16k tok"), (256_000, "16k-64k tok"))
 
 
@@ -99,9 +103,53 @@ def _js_term(p: float, q: float) -> float:
     return 0.5 * sum(x * math.log(x / middle) for x in (p, q) if x > 0)
 
 
+def _log_ratio(actual: Decimal, expected: Decimal) -> float:
+    """ln(actual / expected): 0 for no change (0 -> 0), +inf for something new, -inf for something gone."""
+    if expected <= 0:
+        return 0.0 if actual <= 0 else math.inf
+    if actual <= 0:
+        return -math.inf
+    return math.log(actual / expected)
+
+
+def _parent_of(child: Contribution, parents: list[Contribution]) -> Contribution | None:
+    """The candidate of the parent dimension that can contain `child` (no more cost than it, in the window and in the
+    baseline) and whose change is closest to the child's; None when none can."""
+    feasible = [p for p in parents if child.actual <= p.actual and child.baseline <= p.baseline]
+    return min(feasible, key=lambda p: (abs(p.delta - child.delta), p.value), default=None)
+
+
+def _prune_hierarchy(candidates: list[Contribution]) -> list[Contribution]:
+    """Keep one of a parent and its child (model and model_version, provider and deployment_id), by the ripple effect
+    (Squeeze's generalised ripple effect): when the parent is the cause, its other children (the siblings) change by
+    about the same ratio as the child; when the child is the cause, the siblings hardly change (or go the other way,
+    as when a new version takes traffic from the old ones). Compared on ln(actual / expected)."""
+    dropped: set[tuple[str, str]] = set()
+    for child_dimension, parent_dimension in DIMENSION_PARENTS.items():
+        parents = [c for c in candidates if c.dimension == parent_dimension]
+        for child in (c for c in candidates if c.dimension == child_dimension):
+            parent = _parent_of(child, parents)
+            if parent is None:
+                continue
+            child_ratio = _log_ratio(child.actual, child.baseline)
+            sibling_ratio = _log_ratio(parent.actual - child.actual, parent.baseline - child.baseline)
+            child_explains = (
+                sibling_ratio == 0 or child_ratio * sibling_ratio < 0 or abs(sibling_ratio) <= abs(child_ratio) / 2
+            ) and not (math.isinf(child_ratio) and sibling_ratio == child_ratio)
+            dropped.add((parent.dimension, parent.value) if child_explains else (child.dimension, child.value))
+    return [c for c in candidates if (c.dimension, c.value) not in dropped]
+
+
 def explain(window: DimensionTotals, baseline: DimensionTotals, baseline_scale: Decimal = Decimal(1),
-            top: int = 3, min_share: Decimal = Decimal("0.1")) -> list[Contribution]:
-    """The `top` dimension values that best explain window.total - baseline.total·baseline_scale; [] when no change."""
+            top: int = 3, min_share: Decimal = Decimal("0.1"), explained: Decimal | None = EXPLAINED_SHARE,
+            prune: bool = True) -> list[Contribution]:
+    """At most `top` dimension values that explain window.total - baseline.total·baseline_scale; [] when no change.
+
+    Candidates explain at least `min_share` of the delta in its direction, ranked by surprise then share. With
+    `prune`, a parent and its child (DIMENSION_PARENTS) that tell the same story are listed once (see
+    _prune_hierarchy). With `explained`, the list stops as soon as the causes listed explain that share of the
+    delta together: a single cause that explains the change is listed alone, not padded with values that only
+    carry part of it in other dimensions. explained=None and prune=False list every candidate (up to `top`)."""
     if baseline_scale < 0:
         raise FieldRuleError("baseline_scale", "non_negative", "must be >= 0")
     baseline_total = baseline.total * baseline_scale
@@ -124,7 +172,20 @@ def explain(window: DimensionTotals, baseline: DimensionTotals, baseline_scale: 
             new_value=expected == 0 and actual != 0,
         ))
     candidates.sort(key=lambda c: (-round(c.surprise, 12), -c.share, c.dimension, c.value))
-    return candidates[:top]
+    if prune:
+        candidates = _prune_hierarchy(candidates)
+    if explained is None:
+        return candidates[:top]
+    chosen: list[Contribution] = []
+    covered = Decimal(0)
+    for candidate in candidates:
+        if len(chosen) == top:
+            break
+        if covered >= explained and not candidate.new_value:
+            continue
+        chosen.append(candidate)
+        covered += candidate.share
+    return chosen
 
 
 def explain_rows(window_rows: Iterable[tuple[Mapping[str, str], Decimal | int]],

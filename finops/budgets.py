@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,19 @@ class BudgetBook:
 
     budgets: tuple[Budget, ...]
 
+    @cached_property
+    def _by_scope_id(self) -> dict[tuple[str, str], list[Budget]]:
+        """Budgets by (scope, scope id), in file order: a lookup per line must not scan 10,000 budgets."""
+        index: dict[tuple[str, str], list[Budget]] = {}
+        for budget in self.budgets:
+            index.setdefault((budget.scope, budget.scope_id), []).append(budget)
+        return index
+
     def for_scope(self, scope: str, scope_id: str) -> list[Budget]:
         """The scope id's own budgets, plus the "*" budgets of a (period, unit) it has no own budget for."""
-        own = [b for b in self.budgets if b.scope == scope and b.scope_id == scope_id]
+        own = list(self._by_scope_id.get((scope, scope_id), ()))
         covered = {(b.period, b.unit) for b in own}
-        everyone = [
-            b for b in self.budgets
-            if b.scope == scope and b.scope_id == WILDCARD and (b.period, b.unit) not in covered
-        ]
+        everyone = [b for b in self._by_scope_id.get((scope, WILDCARD), ()) if (b.period, b.unit) not in covered]
         return own + everyone
 
     def has_scope(self, scope: str) -> bool:

@@ -159,6 +159,9 @@ class DetectorSettings(BaseModel):
     idle_close_s: float = Field(
         default=30.0, description="after this long without events, event time is assumed to move with the clock")
     save_interval_s: float = Field(default=2.0, description="how often open-window state is saved to the changelog")
+    max_series_per_partition: int = Field(
+        default=5000, ge=1, description="series of one grouping (e.g. tenant x model) a cost-line partition watches on "
+                                        "their own; traffic of later series is watched as one '(other)' series")
 
 
 class TelemetrySettings(BaseModel):

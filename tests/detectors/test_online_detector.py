@@ -54,7 +54,9 @@ def test_the_daily_profile_is_learnt_so_a_normal_night_peak_is_no_anomaly():
     last_day = results[-144:]
     assert max(abs(r.z) for r in last_day) < 3.5
     errors = [abs(float(r.actual) - float(r.expected)) for r in last_day]
-    assert sum(errors) / len(errors) < 0.1 and max(errors) < 0.5  # the profile swings by 4 a day
+    # the profile swings by 4 a day; a slot learns a little slower since a slot's several windows a day share one
+    # cycle's decay (mean error 0.12 on day 5, was 0.09 when each window decayed a whole day)
+    assert sum(errors) / len(errors) < 0.15 and max(errors) < 0.5
 
 
 def test_float_series_report_floats():
@@ -163,6 +165,7 @@ def test_bank_keeps_one_detector_per_metric_and_key_and_round_trips():
     (b"not state at all", "header"),
     (dump_state(SeriesDetector()).replace(b" %d " % STATE_FORMAT_VERSION, b" 99 ", 1), "format_version"),
     (dump_state(SeriesDetector()).replace(b" %d " % STATE_FORMAT_VERSION, b" 2 ", 1), "format_version"),  # before day types
+    (dump_state(SeriesDetector()).replace(b" %d " % STATE_FORMAT_VERSION, b" 3 ", 1), "format_version"),  # before persistence
     (dump_state(DetectorBank()), "kind"),
 ])
 def test_foreign_or_future_state_is_refused_by_rule(data, rule):

@@ -58,6 +58,34 @@ def test_a_level_shift_alerts_once_then_rebaselines_and_stays_quiet():
     assert any(r.level_shift for r in shifted[:DetectorConfig().shift_confirm_windows + 1])
 
 
+def test_a_burst_of_moderately_unlikely_windows_is_one_warning_by_persistence_and_no_level_shift():
+    """+20 % for four windows at 3 % noise: no window alone reaches the warning line; together they do (once)."""
+    rng = random.Random(5)
+    detector = SeriesDetector()
+    history = run(detector, [smooth(rng, i) for i in range(9 * DAY + 20)])
+    burst_at = 9 * DAY + 20
+    burst = run(detector, [1.2 * smooth(rng, i) for i in range(burst_at, burst_at + 4)], burst_at)
+    after = run(detector, [smooth(rng, i) for i in range(burst_at + 4, burst_at + 4 + DAY)], burst_at + 4)
+    assert not any(r.at_least("warning") for r in history[2 * DAY:])
+    assert all(r.p_value > DetectorConfig().thresholds.warning for r in burst)  # no single window is a warning...
+    assert sum(r.at_least("warning") for r in burst) == 1  # ...but the run is, once
+    assert not any(r.level_shift for r in burst + after) and not any(r.is_anomaly for r in after)
+
+
+def test_a_moderate_level_shift_alerts_once_then_rebaselines_by_change_point_and_stays_quiet():
+    """-15 % from one window on (5 noise-sigmas): one warning, a level shift once the run persists, then quiet."""
+    rng = random.Random(5)
+    detector = SeriesDetector()
+    run(detector, [smooth(rng, i) for i in range(9 * DAY + 20)])
+    shift_at = 9 * DAY + 20
+    shifted = run(detector, [0.85 * smooth(rng, i) for i in range(shift_at, shift_at + 2 * DAY)], shift_at)
+    assert sum(r.at_least("warning") for r in shifted) == 1 and shifted[1].at_least("warning")
+    shifts = [i for i, r in enumerate(shifted) if r.level_shift]
+    assert len(shifts) == 1 and shifts[0] <= 2 * DetectorConfig().shift_confirm_windows
+    assert not any(r.is_anomaly for r in shifted[shifts[0]:])
+    assert abs(float(shifted[-1].expected) / float(shifted[-1].actual) - 1) < 0.15  # the new level is the forecast
+
+
 def steps(rng: random.Random, i: int, noise: float, weekends: bool = False) -> float:
     ts = at(i)
     high = 9 <= ts.hour < 18 and not (weekends and ts.weekday() >= 5)
@@ -84,7 +112,10 @@ def test_a_weekday_step_schedule_with_quiet_weekends_alerts_rarely_and_never_in_
     # Monday after the first weekend is forecast at weekday level (before: 2 alerts per series on that Monday)
     assert not any(r.at_least("warning") for r in results[7 * DAY:8 * DAY])
     assert all(abs(float(r.expected) - r.actual) < 0.2 * r.actual for r in results[7 * DAY + 9 * 6:7 * DAY + 18 * 6])
-    assert sum(r.at_least("warning") for r in results[2 * DAY:]) <= 2  # measured 1 (a drift alert, week 3 Monday)
+    # measured 3 (a drift alert on week 3's Monday night, a persistence warning on week 2's Saturday night, a drift
+    # alert on week 3's Sunday): the sub-hour profile's centring sinks the level over a weekend (docs/anomalies.md);
+    # before the persistence CUSUM and the per-cycle weekly profile: 1
+    assert sum(r.at_least("warning") for r in results[2 * DAY:]) <= 3
 
 
 def test_a_sparse_quantized_series_ignores_its_normal_bursts_and_alerts_on_a_tenfold_one():

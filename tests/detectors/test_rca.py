@@ -74,12 +74,70 @@ def test_each_dimensions_deltas_add_up_to_the_total_delta(window_rows, baseline_
     window = DimensionTotals.of_rows(({"one": a, "two": b}, v) for a, b, v in window_rows)
     baseline = DimensionTotals.of_rows(({"one": a, "two": b}, v) for a, b, v in baseline_rows)
     total_delta = window.total - baseline.total
-    every = explain(window, baseline, top=100, min_share=Decimal("-Infinity"))
+    every = explain(window, baseline, top=100, min_share=Decimal("-Infinity"), explained=None, prune=False)
     if total_delta == 0:
         assert every == []
         return
     for dimension in ("one", "two"):
         assert sum(c.delta for c in every if c.dimension == dimension) == total_delta
+
+
+def cube_row(model, version, provider, deployment, feature):
+    return {"model": model, "model_version": version, "provider": provider, "deployment_id": deployment, "feature": feature}
+
+
+def cube(factor_of=lambda row: 1):
+    """Two models of two versions each, two providers of two deployments each, three features; $1 a cell."""
+    rows = []
+    for m in ("m0", "m1"):
+        for v in ("v0", "v1"):
+            for p in ("p0", "p1"):
+                for d in ("d0", "d1"):
+                    for f in ("chat", "search", "code"):
+                        row = cube_row(m, f"{m}@{v}", p, f"{p}/{d}", f)
+                        rows.append((row, Decimal(factor_of(row))))
+    return DimensionTotals.of_rows(rows)
+
+
+def test_a_single_cause_is_listed_alone_not_padded_with_its_parent_or_its_spread():
+    baseline = cube()
+    window = cube(lambda row: 3 if row["model_version"] == "m1@v0" else 1)
+    assert [(c.dimension, c.value) for c in explain(window, baseline)] == [("model_version", "m1@v0")]
+    every = explain(window, baseline, explained=None, prune=False, top=10)
+    assert ("model", "m1") in {(c.dimension, c.value) for c in every}  # the parent tells the same story
+
+
+def test_when_the_parent_is_the_cause_its_children_are_not_listed():
+    baseline = cube()
+    window = cube(lambda row: 0 if row["provider"] == "p1" else 1)  # every deployment of p1 fell
+    assert [(c.dimension, c.value) for c in explain(window, baseline)] == [("provider", "p1")]
+
+
+def test_a_new_version_is_blamed_not_the_model_whose_traffic_it_took_and_two_new_values_are_both_listed():
+    baseline = cube()
+    rows = []
+    for row, amount in ((r, Decimal(1)) for r in _rows_of_cube()):
+        if row["model"] == "m0" and row["model_version"] == "m0@v0":
+            rows.append((dict(row, model_version="m0@new"), Decimal(3)))  # all of v0's traffic, at 3x the cost
+        elif row["provider"] == "p0" and row["deployment_id"] == "p0/d0" and row["feature"] == "chat":
+            rows.append((dict(row, deployment_id="p0/new"), Decimal(4)))
+        else:
+            rows.append((row, amount))
+    top = explain(DimensionTotals.of_rows(rows), baseline)
+    assert {(c.dimension, c.value) for c in top} == {("model_version", "m0@new"), ("deployment_id", "p0/new")}
+    assert all(c.new_value for c in top)
+
+
+def _rows_of_cube():
+    return [cube_row(m, f"{m}@{v}", p, f"{p}/{d}", f) for m in ("m0", "m1") for v in ("v0", "v1") for p in ("p0", "p1")
+            for d in ("d0", "d1") for f in ("chat", "search", "code")]
+
+
+def test_two_causes_in_different_dimensions_are_both_listed():
+    baseline = cube()
+    window = cube(lambda row: (4 if row["deployment_id"] == "p1/d0" else 1) * (4 if row["feature"] == "code" else 1))
+    assert {(c.dimension, c.value) for c in explain(window, baseline)} == {("deployment_id", "p1/d0"),
+                                                                          ("feature", "code")}
 
 
 @pytest.mark.parametrize("chars, bucket", [(None, ABSENT), (0, "<1k tok"), (3_999, "<1k tok"), (4_000, "1k-4k tok"),

@@ -12,8 +12,9 @@ from prismops.detectors.rca_eval import (CAUSE_KINDS, generate_case, generate_ca
                                          prismops_explainer, score_rca)
 from prismops.settings import Settings
 
-# measured on seed 15, 300 cases: prismops F1 61 % (recall 98 %), largest_delta 47 %; the floor guards regressions
-F1_FLOOR = 0.5
+# measured on seed 15, 300 cases: prismops F1 93 % (precision 94 %, recall 92 %; before the hierarchy pruning and
+# the explained-share cut: 61 %), largest_delta 46 %; measured here on 60 cases, the floor guards regressions
+F1_FLOOR = 0.85
 
 
 def test_cases_are_seeded_labelled_and_money_stays_decimal():
@@ -30,7 +31,7 @@ def test_cases_are_seeded_labelled_and_money_stays_decimal():
 def test_the_shipped_rca_finds_injected_causes_in_its_top_three():
     score = score_rca(generate_cases(15, 60), prismops_explainer(3))
     assert score.f1 is not None and score.f1 > F1_FLOOR
-    assert score.recall > 0.9 and score.hit_rate > 0.9
+    assert score.precision > 0.85 and score.recall > 0.85 and score.hit_rate > 0.9
     assert all(len(c.predicted) <= 3 for c in score.cases)
 
 

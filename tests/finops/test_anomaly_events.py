@@ -184,3 +184,54 @@ def test_per_dimension_totals_go_last_and_a_series_that_never_fits_is_reset_not_
     records = watch.changed_records(START, 300)
     assert all(len(v) <= 600 for _, v in records[:-1]) and len(watch.shed) >= 2 and "reset" in watch.shed[0]
     assert not watch.watch.windows.open and not watch.watch.detectors.detectors
+
+
+def test_series_beyond_the_partitions_cap_are_watched_as_one_other_series_and_the_cap_survives_a_restore():
+    rng = random.Random(11)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=3, max_series=3)
+    for offset, tenant in enumerate(["a", "b", "c", "d", "e", "a", "d"], start=1):
+        watch.observe(usage_sample(line(START, rng) | {"tenant": tenant}), offset, START)
+    tenants = {key.values[0] for key, _ in watch.watch.windows.open if key.grouping == "tenant_model"}
+    assert tenants == {"a", "b", "c", "(other)"}
+    services = {key for key, _ in watch.watch.windows.open if key.grouping == "service_feature"}
+    assert services == {SeriesKey("service_feature", ("support-bot", "answer"))}, "the other grouping is untouched"
+    assert watch.folded == 3  # d, e and d again
+    (other,) = [agg for (key, _), agg in watch.watch.windows.open.items() if key.values[0] == "(other)"]
+    assert other.requests == 3
+
+    records = dict(watch.changed_records(START, 10**7))
+    restored = PartitionWatch.restore(new_watch(SETTINGS), 3, records, max_series=3)
+    restored.observe(usage_sample(line(START, rng) | {"tenant": "f"}), 8, START)
+    restored.observe(usage_sample(line(START, rng) | {"tenant": "b"}), 9, START)
+    assert restored.folded == 1, "f folds after the restore; b is still watched on its own"
+
+
+def test_without_a_cap_every_series_is_its_own():
+    rng = random.Random(12)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0)
+    for offset, tenant in enumerate("abcdefgh", start=1):
+        watch.observe(usage_sample(line(START, rng) | {"tenant": tenant}), offset, START)
+    assert len({key for key, _ in watch.watch.windows.open if key.grouping == "tenant_model"}) == 8
+    assert watch.folded == 0
+
+
+def test_state_of_an_older_detector_format_is_dropped_and_relearnt_instead_of_failing_the_start():
+    from prismops.detectors.online import STATE_FORMAT_VERSION
+
+    rng = random.Random(13)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0)
+    feed(watch, 3, rng)
+    records = dict(watch.changed_records(START, 10**7))
+    older = {name: value.replace(b" %d " % STATE_FORMAT_VERSION, b" %d " % (STATE_FORMAT_VERSION - 1), 1)
+             for name, value in records.items()}
+    restored = PartitionWatch.restore(new_watch(SETTINGS), 0, older)
+    assert restored.relearning and restored.watch.windows.open == {} and restored.last_offset == -1
+    restored.observe(usage_sample(line(START + dt.timedelta(hours=1), rng)), 1000, START)
+    assert restored.watch.windows.open, "it learns again from the next line"
+    current = PartitionWatch.restore(new_watch(SETTINGS), 0, records)
+    assert not current.relearning and current.watch.windows.open
+
+
+def test_a_record_that_is_not_detector_state_still_fails_loudly():
+    with pytest.raises(Exception, match="not PrismOps detector state"):
+        PartitionWatch.restore(new_watch(SETTINGS), 0, {"meta": b"garbage\n"})

@@ -163,6 +163,36 @@ def sink(settings: Settings, preload: int, lines: int, batch: int, fmt: str) -> 
                     f"logs in {result['logs']})")
 
 
+@command.command("state")
+@click.option("--tenants", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="tenants, each with a daily USD budget")
+@click.option("--models", default=10, show_default=True, type=click.IntRange(min=1, max=10),
+              help="models each tenant calls: tenants x models (tenant, model) keys")
+@click.option("--after", default=30_000, show_default=True, type=click.IntRange(min=100),
+              help="events of the recovery phase (the worker is killed half-way)")
+@click.option("--rate", default=3_000, show_default=True, type=click.IntRange(min=1),
+              help="events per second of the recovery phase")
+@FORMAT_OPTION
+@click.pass_obj
+def state(settings: Settings, tenants: int, models: int, after: int, rate: int, fmt: str) -> None:
+    """The worker with a large state: peak RSS with tenants x models keys and tenant budgets, and how long a
+    worker killed with -9 takes to catch up after its restart (lag 0 on usage and cost lines, every row stored)."""
+    from prismops.cli.demo import demo_settings
+    from prismops.testing.state_bench import StateBenchOptions, run_state_bench
+
+    try:
+        result = run_state_bench(settings, StateBenchOptions(tenants=tenants, models=models, after=after, rate=rate),
+                                 lambda line: stderr_console.print(line, highlight=False),
+                                 scratch_settings=demo_settings)
+    except Exception as exc:
+        fail(f"benchmark failed: {exc}")
+    if fmt == "json":
+        emit_json(result)
+        return
+    emit([{k: v for k, v in result.items() if k != "logs"}], fmt,
+         title=f"worker state: {result['keys']:,} keys, {result['tenants_with_budgets']:,} tenant budgets (logs in {result['logs']})")
+
+
 @command.command("ingest")
 @click.option("--events", default=20_000, show_default=True, type=click.IntRange(min=100), help="events sent over HTTP")
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="events per request")
