@@ -19,13 +19,15 @@ from prismops.finops.labels import CACHE_SAVED_USD_LABEL
 from prismops.sinks.clickhouse import table_ref
 
 
-def _date_filter(since: dt.date | None, until: dt.date | None) -> tuple[str, dict[str, Any]]:
-    conditions, params = [], {}
+def _date_filter(since: dt.date | None, until: dt.date | None, column: str = "event_date",
+                 conditions: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """A WHERE clause of `conditions` and [since, until) on a date column, and its parameters."""
+    conditions, params = list(conditions), {}
     if since is not None:
-        conditions.append("event_date >= %(since)s")
+        conditions.append(f"{column} >= %(since)s")
         params["since"] = since
     if until is not None:
-        conditions.append("event_date < %(until)s")
+        conditions.append(f"{column} < %(until)s")
         params["until"] = until
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
@@ -239,8 +241,7 @@ def cache_savings(client: Any, database: str, by: Sequence[str], *, since: dt.da
     """Per group: LLM calls, cache hits, hit rate, what the calls cost, what the hits saved (the label each hit
     carries, exact decimal) and the saved share of what the calls would have cost without the cache."""
     dimensions = _check_dimensions(by)
-    where, params = _date_filter(since, until)
-    where = f"{where} AND source = 'llm'" if where else " WHERE source = 'llm'"
+    where, params = _date_filter(since, until, conditions=["source = 'llm'"])
     saved = (f"toDecimal64(if(has(label_keys, '{CACHE_SAVED_USD_LABEL}'), "
              f"label_values[indexOf(label_keys, '{CACHE_SAVED_USD_LABEL}')], '0'), 12)")
     listed = ", ".join(dimensions)
@@ -800,16 +801,10 @@ def inference_pool_costs(client: Any, database: str, *, since: dt.date | None = 
     """Self-hosted inference: each pool window's GPU cost split by tokens per tenant (gpu_allocations rows of kind
     inference_tenant, written by agents/inference_agents.py), newest window first, with $ per million tokens.
     These rows re-attribute cost the nodes' own rows carry: never add them to GPU totals."""
-    conditions, params = ["kind = 'inference_tenant'"], {}
-    if since is not None:
-        conditions.append("window_date >= %(since)s")
-        params["since"] = since
-    if until is not None:
-        conditions.append("window_date < %(until)s")
-        params["until"] = until
+    where, params = _date_filter(since, until, "window_date", ["kind = 'inference_tenant'"])
     found = client.execute(
         f"SELECT pool, window_start, tenant, tokens, cost_usd, usd_per_mtok, pool_cost_usd"
-        f" FROM {table_ref(database, 'gpu_allocations')} FINAL WHERE {' AND '.join(conditions)}"
+        f" FROM {table_ref(database, 'gpu_allocations')} FINAL{where}"
         f" ORDER BY window_start DESC, pool, tenant",
         params,
     )

@@ -42,15 +42,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from prismops.gateway_grpc.client import RouterClient
 from prismops.infra.components import Components
-from prismops.infra.stack import LocalStack
 from prismops.settings import Settings
-from prismops.sinks.clickhouse import clickhouse_client, quote_identifier, table_ref
+from prismops.sinks.clickhouse import clickhouse_client, table_ref
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.codecs import codec_for
 from prismops.streams.producer import AVRO_SINGLE_OBJECT, CONTENT_TYPE_HEADER, UsageProducer, safe_producer_config
 from prismops.streams.simulation import TrafficGenerator, simulate
 from prismops.streams.topics import LLM_USAGE, TopicPlan, ensure_topic_plans, ensure_topics
-from prismops.testing import delete_topics_with_prefix, free_port
+from prismops.testing import free_port
+from prismops.testing.bench_scratch import bench_stack, remove_scratch
 
 Progress = Callable[[str], None]
 WaitForRows = Callable[[Settings, int, Components, float], float]
@@ -673,19 +673,21 @@ def _run_steady(settings: Settings, options: PipelineBenchOptions, target: str, 
 def run_pipeline_bench(base: Settings, options: PipelineBenchOptions, progress: Progress, *,
                        scratch_settings: Callable[[Settings], Settings], wait_for_rows: WaitForRows,
                        keep_stack: bool = False) -> dict[str, Any]:
-    """Stack up (stopped again at the end if this started it), scratch topics and database, the pass-through
-    floor, worker + sink + gateway, warm-up, burst, steady run; everything scratch is removed at the end.
-    `scratch_settings` is the demo's `demo_settings`, `wait_for_rows` the demo's."""
-    stack = LocalStack(base)
-    already_running = all(s.state != "stopped" for s in stack.status())
-    progress("bringing the stack up (Kafka, ClickHouse)…")
-    stack.up(progress)
+    with bench_stack(base, progress, keep_stack=keep_stack):
+        return _measure_pipeline(base, options, progress, scratch_settings=scratch_settings,
+                                 wait_for_rows=wait_for_rows)
+
+
+def _measure_pipeline(base: Settings, options: PipelineBenchOptions, progress: Progress, *,
+                      scratch_settings: Callable[[Settings], Settings], wait_for_rows: WaitForRows) -> dict[str, Any]:
+    """Scratch topics and database, the pass-through floor, worker + sink + gateway, warm-up, burst, steady run;
+    everything scratch is removed at the end. `scratch_settings` is the demo's `demo_settings`, `wait_for_rows`
+    the demo's."""
     logs = Path(base.stack.home).resolve() / "logs" / f"bench-pipeline-{dt.datetime.now():%Y%m%d-%H%M%S}"
     logs.mkdir(parents=True, exist_ok=True)
     budgets_file = logs / "budgets.yaml"
     budgets_file.write_text(yaml.safe_dump(budgets_document(options.budget_tenants), sort_keys=False))
     settings = bench_settings(base, scratch_settings(base), budgets_file)
-    database = settings.clickhouse.database
     try:
         ensure_topics(settings)
         apply_migrations(settings)
@@ -724,13 +726,4 @@ def run_pipeline_bench(base: Settings, options: PipelineBenchOptions, progress: 
             raise RuntimeError(f"the run finished, but components crashed on the way: {details}; logs in {logs}")
         return assemble_result(passthrough, burst, steady, rss)
     finally:
-        try:
-            delete_topics_with_prefix(settings, (settings.kafka.topic_namespace,))
-            client = clickhouse_client(settings, database="")
-            client.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database)}")
-            client.disconnect()
-        except Exception as exc:  # cleanup must not hide the real outcome
-            progress(f"could not remove the scratch topics or database: {exc}")
-        if not already_running and not keep_stack:
-            progress("stopping the stack (it was started by the bench)…")
-            stack.down()
+        remove_scratch(settings, progress)

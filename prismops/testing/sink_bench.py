@@ -26,14 +26,14 @@ from confluent_kafka import Producer
 
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usage_record
 from prismops.infra.components import Components
-from prismops.infra.stack import LocalStack
 from prismops.settings import Settings
-from prismops.sinks.clickhouse import clickhouse_client, quote_identifier
+from prismops.sinks.clickhouse import clickhouse_client
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.codecs import batch_codec_for
 from prismops.streams.simulation import TrafficGenerator
 from prismops.streams.topics import COST_LINES, ensure_topics
-from prismops.testing import delete_topics_with_prefix, free_port
+from prismops.testing import free_port
+from prismops.testing.bench_scratch import bench_stack, remove_scratch
 
 Progress = Callable[[str], None]
 
@@ -150,13 +150,15 @@ def preload_today(settings: Settings, rows: int) -> float:
 
 def run_sink_bench(base: Settings, options: SinkBenchOptions, progress: Progress, *,
                    scratch_settings: Callable[[Settings], Settings]) -> dict[str, Any]:
-    stack = LocalStack(base)
-    already_running = all(s.state != "stopped" for s in stack.status())
-    stack.up(progress)
+    with bench_stack(base, progress):
+        return _measure_sink(base, options, progress, scratch_settings=scratch_settings)
+
+
+def _measure_sink(base: Settings, options: SinkBenchOptions, progress: Progress, *,
+                  scratch_settings: Callable[[Settings], Settings]) -> dict[str, Any]:
     logs = Path(base.stack.home).resolve() / "logs" / f"bench-sink-{dt.datetime.now():%Y%m%d-%H%M%S}"
     settings = scratch_settings(base).with_overrides(
         clickhouse={"database": f"prismops_bench_sink_{uuid.uuid4().hex[:8]}"}, sink={"metrics_port": free_port()})
-    database = settings.clickhouse.database
     try:
         ensure_topics(settings, (COST_LINES,))
         apply_migrations(settings)
@@ -180,13 +182,4 @@ def run_sink_bench(base: Settings, options: SinkBenchOptions, progress: Progress
             "logs": str(logs),
         }
     finally:
-        try:
-            delete_topics_with_prefix(settings, (settings.kafka.topic_namespace,))
-            client = clickhouse_client(settings, database="")
-            client.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database)}")
-            client.disconnect()
-        except Exception as exc:  # cleanup must not hide the real outcome
-            progress(f"could not remove the scratch topics or database: {exc}")
-        if not already_running:
-            progress("stopping the stack (it was started by the bench)…")
-            stack.down()
+        remove_scratch(settings, progress)

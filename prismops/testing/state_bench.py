@@ -24,15 +24,15 @@ from typing import Any
 import yaml
 
 from prismops.infra.components import Components
-from prismops.infra.stack import LocalStack
 from prismops.settings import Settings
-from prismops.sinks.clickhouse import clickhouse_client, quote_identifier
+from prismops.sinks.clickhouse import clickhouse_client
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.producer import UsageProducer
 from prismops.streams.replay import group_lag
 from prismops.streams.simulation import TrafficGenerator, simulate
 from prismops.streams.topics import COST_LINES, LLM_USAGE, ensure_topics
-from prismops.testing import delete_topics_with_prefix, free_port
+from prismops.testing import free_port
+from prismops.testing.bench_scratch import bench_stack, remove_scratch
 from prismops.testing.pipeline_bench import peak_rss_kib
 
 Progress = Callable[[str], None]
@@ -94,9 +94,12 @@ def wait_caught_up(settings: Settings, components: Components, rows: int, timeou
 
 def run_state_bench(base: Settings, options: StateBenchOptions, progress: Progress, *,
                     scratch_settings: Callable[[Settings], Settings]) -> dict[str, Any]:
-    stack = LocalStack(base)
-    already_running = all(s.state != "stopped" for s in stack.status())
-    stack.up(progress)
+    with bench_stack(base, progress):
+        return _measure_state(base, options, progress, scratch_settings=scratch_settings)
+
+
+def _measure_state(base: Settings, options: StateBenchOptions, progress: Progress, *,
+                   scratch_settings: Callable[[Settings], Settings]) -> dict[str, Any]:
     logs = Path(base.stack.home).resolve() / "logs" / f"bench-state-{dt.datetime.now():%Y%m%d-%H%M%S}"
     logs.mkdir(parents=True, exist_ok=True)
     budgets = logs / "budgets.yaml"
@@ -105,7 +108,6 @@ def run_state_bench(base: Settings, options: StateBenchOptions, progress: Progre
         clickhouse={"database": f"prismops_bench_state_{uuid.uuid4().hex[:8]}"},
         worker={"web_port": free_port()}, sink={"metrics_port": free_port()},
         budgets={"definitions": str(budgets), "default_tenant_daily_usd": "0", "default_tenant_daily_tokens": 0})
-    database = settings.clickhouse.database
     keys = options.tenants * options.models
     try:
         ensure_topics(settings)
@@ -142,14 +144,4 @@ def run_state_bench(base: Settings, options: StateBenchOptions, progress: Progre
             "sending_after_restart_s": round(sending_ended, 1), "logs": str(logs),
         }
     finally:
-        try:
-            delete_topics_with_prefix(settings, (settings.kafka.topic_namespace,))
-            delete_topics_with_prefix(settings, (f"{settings.worker_app_id}-",))
-            client = clickhouse_client(settings, database="")
-            client.execute(f"DROP DATABASE IF EXISTS {quote_identifier(database)}")
-            client.disconnect()
-        except Exception as exc:  # cleanup must not hide the real outcome
-            progress(f"could not remove the scratch topics or database: {exc}")
-        if not already_running:
-            progress("stopping the stack (it was started by the bench)…")
-            stack.down()
+        remove_scratch(settings, progress)
