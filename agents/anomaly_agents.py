@@ -30,6 +30,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import zlib
 from collections.abc import Sequence
 
 import faust
@@ -54,8 +55,26 @@ SERIES_FOLDED = PromCounter("prismops_anomaly_series_folded_total",
                             "LLM calls counted in an (other) series: their series was beyond detectors.max_series_per_partition")
 
 
+COMPRESSED = "z:"
+"""Prefix of a state value stored zlib-compressed (a series' detectors shrink about 7x: 46.7 KB to 6.3 KB), so a
+restarted worker reads back a seventh of the changelog. Values without it are older, uncompressed ones."""
+
+
+def state_text(value: bytes) -> str:
+    """A state record as the table stores it: compressed, base64 text (Faust tables serialize values as JSON)."""
+    return COMPRESSED + base64.b64encode(zlib.compress(value, 1)).decode("ascii")
+
+
+def state_bytes(text: str) -> bytes:
+    """The state record of a table value, compressed or written before compression."""
+    if text.startswith(COMPRESSED):
+        return zlib.decompress(base64.b64decode(text[len(COMPRESSED):]))
+    return base64.b64decode(text)
+
+
 def state_value_limit(max_message_bytes: int) -> int:
-    """Largest pickled state value whose base64 JSON text, with its key, fits in one record."""
+    """Largest pickled state value whose base64 JSON text, with its key, fits in one record (uncompressed: the
+    bound holds whatever the compression achieves)."""
     return (max_message_bytes - 4096) * 3 // 4
 
 
@@ -67,7 +86,7 @@ def register(ctx: WorkerContext) -> None:
     lines_topic_name = COST_LINES.name(ctx.settings)
     line_codec, anomaly_codec = batch_codec_for(COST_LINES.schema), codec_for(ANOMALIES.schema)
     # Faust tables serialize values as JSON: pickled state travels as base64 text, a third larger.
-    table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per series and partition (base64 pickle)")
+    table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per series and partition (zlib + base64 pickle)")
     max_state_bytes = state_value_limit(ctx.settings.kafka.max_message_bytes)
     watches: dict[int, PartitionWatch] = {}
     caught_up: set[int] = set()  # partitions whose unsaved gap has been read back since they were assigned
@@ -77,7 +96,7 @@ def register(ctx: WorkerContext) -> None:
         watch = watches.get(partition)
         if watch is None:
             prefix = f"{partition}|"
-            records = {key[len(prefix):]: base64.b64decode(value) for key, value in table.data.items()
+            records = {key[len(prefix):]: state_bytes(value) for key, value in table.data.items()
                        if isinstance(key, str) and key.startswith(prefix) and value}
             watch = PartitionWatch.restore(new_watch(settings), partition, records, settings.max_series_per_partition)
             if watch.relearning:
@@ -89,7 +108,7 @@ def register(ctx: WorkerContext) -> None:
 
     def save(partition: int, watch: PartitionWatch, now: dt.datetime, *, in_stream: bool) -> None:
         for name, value in watch.changed_records(now, max_state_bytes):
-            key, text = f"{partition}|{name}", base64.b64encode(value).decode("ascii")
+            key, text = f"{partition}|{name}", state_text(value)
             if in_stream:
                 table[key] = text
             else:  # outside stream iteration Faust cannot pick the changelog partition itself: it is this one

@@ -65,8 +65,19 @@ class AnomalyWatch:
         for window in closed:
             history = self.baselines.setdefault(window.key, deque(maxlen=self.baseline_windows))
             values = window.aggregate.metrics()
-            results = {metric: self.detectors.update(metric, str(window.key), window.start, values[metric])
-                       for metric in METRICS if metric in self.detectors.configs}
+            results = {}
+            for metric in METRICS:
+                if metric not in self.detectors.configs:
+                    continue
+                try:
+                    results[metric] = self.detectors.update(metric, str(window.key), window.start, values[metric])
+                except FieldRuleError as refusal:
+                    if refusal.rule != "increasing":
+                        raise
+                    # Scored before a restart (the detectors were saved after this window closed, its open-window
+                    # record before): its anomaly, if any, went out then with the same id. Not learnt twice.
+            if not results:
+                continue
             for metric, result in results.items():
                 causes = self._explain(metric, window.aggregate, history) if result.is_anomaly else []
                 scored.append(ScoredWindow(metric, window.key, window.start, window.end, result, causes))

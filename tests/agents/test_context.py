@@ -98,3 +98,15 @@ def test_a_timer_error_is_logged_not_raised(context, caplog):
 
     assert asyncio.run(tick()) == "next tick"
     assert "worker.tick failed" in caplog.text
+
+
+def test_anomaly_state_is_stored_compressed_and_older_uncompressed_values_still_read():
+    import base64
+
+    from prismops.agents.anomaly_agents import state_bytes, state_text
+
+    record = b"PRISMOPS-STATE 4 SeriesState\n" + bytes(range(256)) * 40
+    text = state_text(record)
+    assert text.startswith("z:") and len(text) < len(base64.b64encode(record)) / 4
+    assert state_bytes(text) == record
+    assert state_bytes(base64.b64encode(record).decode("ascii")) == record

@@ -50,3 +50,17 @@ def test_state_round_trip_resumes_windows_detectors_and_baselines():
     run(one, range(0, 90))
     two = AnomalyWatch.from_bytes(one.to_bytes())
     assert run(two, range(90, 121), new_version_calls=6) == run(one, range(90, 121), new_version_calls=6)
+
+
+def test_a_window_its_detectors_already_scored_before_a_restart_is_skipped_not_refused():
+    watch = AnomalyWatch(window_s=60, grace_s=5, configs=CONFIGS, groupings={"tenant_model": ("tenant", "model")})
+    run(watch, range(0, 10))
+    saved_detectors = AnomalyWatch.from_bytes(watch.to_bytes()).detectors  # saved after minute 9 closed
+    replay = AnomalyWatch(window_s=60, grace_s=5, configs=CONFIGS, groupings={"tenant_model": ("tenant", "model")})
+    replay.detectors = saved_detectors  # the open-window record was older: minutes 8-9 come again
+    history_before = sum(len(h) for h in replay.baselines.values())
+    again = run(replay, range(8, 10))
+    assert [s.window_start for s in again] == [], "8 and 9 were scored before the restart"
+    assert sum(len(h) for h in replay.baselines.values()) == history_before, "not learnt into the baseline twice"
+    later = run(replay, range(10, 11))
+    assert {s.window_start for s in later} == {T0 + dt.timedelta(minutes=10)}
