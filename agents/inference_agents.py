@@ -64,9 +64,11 @@ def register(ctx: WorkerContext) -> None:
     state_lock = asyncio.Lock()
 
     def windows_of(pool: InferencePool, partition: int) -> InferenceWindows:
+        """The pool's state to change: a copy, so a change refused by `store` leaves the table as it was."""
         stored = table.get(pool.name)
         if stored:
-            return InferenceWindows(pool, stored, gpu.window_s, gpu.grace_s, gpu.inference_node_wait_s)
+            return InferenceWindows(pool, json.loads(json.dumps(stored)), gpu.window_s, gpu.grace_s,
+                                    gpu.inference_node_wait_s)
         return InferenceWindows.new(pool, partition, window_s=gpu.window_s, grace_s=gpu.grace_s,
                                     node_wait_s=gpu.inference_node_wait_s)
 
@@ -152,7 +154,8 @@ def register(ctx: WorkerContext) -> None:
                     pool = pools.get(name)
                     if pool is None or not stored or stored.get("partition") not in assigned:
                         continue
-                    windows = InferenceWindows(pool, stored, gpu.window_s, gpu.grace_s, gpu.inference_node_wait_s)
+                    windows = InferenceWindows(pool, json.loads(json.dumps(stored)), gpu.window_s, gpu.grace_s,
+                                               gpu.inference_node_wait_s)
                     closed = windows.close_due(utcnow())
                     if not closed:
                         continue
