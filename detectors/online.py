@@ -16,10 +16,10 @@ Model (issue 15: "anomaly detection that a FinOps team would leave switched on")
   within the hour), learns nothing in the series' first week (no hour of the week has a previous week yet) and is
   centred into the level only once it has seen every hour of the week. The level is the weekdays' level: weekend
   windows teach the weekend profile, and neither it nor what the weekly profile learns on a weekend is centred into
-  the level (two quiet weekend days must not drag Monday's forecast down; yet the sub-hour profile, first in the
-  hierarchy, meets the weekend's dip first and is centred into the level, so on a step schedule the level still
-  sinks over a weekend, 22.7 -> 12.8 on the first one, which costs a few alerts on Monday nights: a known gap, see
-  docs/anomalies.md).
+  the level (two quiet weekend days must not drag Monday's forecast down). The sub-hour profile, first in the
+  hierarchy on weekdays, learns last on a weekend (the residual the day type and the week leave, nothing on a
+  never-seen weekend): first, it met the weekend's dip before the weekend profile and its centring sank a step
+  schedule's level over the weekend (22.7 -> 12.8), which cost alerts on Monday nights.
 - Calibration: the conformal rank of the residual among recent residuals, with an exponential tail fitted to the
   top 2 % beyond them; spread floors (1 % of the forecast, half the series' quantization step, `min_change`) keep a
   flat or quantized series from alerting on rounding. Zero-inflated series need nothing special: their zeros and
@@ -85,7 +85,8 @@ class SeverityThresholds:
     p is the per-series probability of a residual at least this extreme (see `SeriesDetector`), so one set of
     thresholds means the same on a smooth CPU-like cost series and on a sparse, quantized count series.
     Measured on the anomaly-free files of the synthetic corpus (seed 15, 13 files per category; `prismops detectors
-    eval`, docs/anomalies.md): 0.54 warning+ alerts per 10,000 points after debouncing (1.26 before day types).
+    eval`, docs/anomalies.md): 0 warning+ alerts per 10,000 points after debouncing (0.18 on seed 7; 1.26 before day
+    types, 0.54 before the sub-hour profile learnt last on weekends).
     """
 
     info: float = 1e-3
@@ -650,7 +651,8 @@ class SeriesDetector:
         # learns its level there until it has seen a weekday)
         if not weekend:
             self.weekday_seen = True
-        if not blind and (not weekend or not self.weekday_seen):
+        level_learns = not blind and (not weekend or not self.weekday_seen)
+        if level_learns:
             self.level_weight = 0.5 ** (elapsed / config.level_half_life_s) * self.level_weight + 1.0
             self.level += (learnt - seasonal - self.level) / self.level_weight  # type: ignore[operator]
         # hierarchical: each profile learns what the level and the profiles before it (shorter periods) leave, so the
@@ -663,8 +665,19 @@ class SeriesDetector:
                 # no hour of the week has a previous week yet: learning it now only tracks the current hour, which
                 # absorbed a level shift within the hour (and the evidence of every slow change with it)
                 continue
+            if profile.period_s < _DAY_S and not level_learns:
+                # first in the hierarchy, the sub-hour phase would meet the weekend's dip before the weekend profile
+                # does, and its centring would carry the dip into the weekdays' level (a step schedule's level sank
+                # 22.7 -> 12.8 over its first weekend and Monday nights were forecast low): when the level does not
+                # learn, the sub-hour phase learns last (below), only what the day type and the week leave
+                explained += profile.get(slot)  # type: ignore[operator]
+                continue
             profile.learn(slot, learnt - explained - profile.get(slot), elapsed)  # type: ignore[operator]
             explained += profile.get(slot)  # type: ignore[operator]
+        if profiles and profiles[0].period_s < _DAY_S and not level_learns and not blind:
+            # weekend (not a never-seen one): the whole model's residual, so a real change of level over a weekend
+            # (a drift) still reaches the level through the centring, the weekend's dip does not
+            profiles[0].learn(slots[0], learnt - explained, elapsed)  # type: ignore[operator]
         for profile in profiles:
             # the weekend day type is an offset from the weekdays' level, and so is what the hour-of-week profile learns
             # on a weekend: neither is centred into the level

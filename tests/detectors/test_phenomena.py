@@ -112,10 +112,14 @@ def test_a_weekday_step_schedule_with_quiet_weekends_alerts_rarely_and_never_in_
     # Monday after the first weekend is forecast at weekday level (before: 2 alerts per series on that Monday)
     assert not any(r.at_least("warning") for r in results[7 * DAY:8 * DAY])
     assert all(abs(float(r.expected) - r.actual) < 0.2 * r.actual for r in results[7 * DAY + 9 * 6:7 * DAY + 18 * 6])
-    # measured 3 (a drift alert on week 3's Monday night, a persistence warning on week 2's Saturday night, a drift
-    # alert on week 3's Sunday): the sub-hour profile's centring sinks the level over a weekend (docs/anomalies.md);
-    # before the persistence CUSUM and the per-cycle weekly profile: 1
-    assert sum(r.at_least("warning") for r in results[2 * DAY:]) <= 3
+    # issue 15: a step schedule without anomalies -> no alert. The sub-hour profile learns last on a weekend (what the
+    # day type and the week leave), so its centring no longer carries the weekend's dip into the weekdays' level
+    # (before: the level sank 22.7 -> 12.8 over the first weekend and 3 alerts followed on Monday nights and weekends)
+    assert [r.window_start for r in results[2 * DAY:] if r.at_least("warning")] == []
+    # and the weekdays' level survives the weekends: the Monday nights after them are forecast at the low step
+    # (12; before: 3.4-7.1 after the first weekend, 7.5-8.6 after the second)
+    for monday in (7, 14):
+        assert all(abs(float(r.expected) - 12.0) < 0.15 * 12.0 for r in results[monday * DAY:monday * DAY + 8 * 6])
 
 
 def test_a_sparse_quantized_series_ignores_its_normal_bursts_and_alerts_on_a_tenfold_one():
