@@ -300,6 +300,17 @@ class AllModelsFailed(Exception):
         self.last_error = last_error
 
 
+def wait_for_router(target: str, check_alive: Callable[[], None], timeout_s: float = 60.0,
+                    token: str | None = None) -> str:
+    """`target` once the router there says SERVING; when it does not in time, `check_alive` first says whether its
+    process died (Components.check_alive raises with the log's tail), else TimeoutError."""
+    with RouterClient(target, token=token) as router:
+        if not router.wait_ready(timeout_s):
+            check_alive()
+            raise TimeoutError(f"the gateway at {target} did not report SERVING within {timeout_s:.0f} s")
+    return target
+
+
 @dataclass
 class CallResult:
     """The answer, the model that gave it, and every attempt on the way (the caller's cost and latency story)."""

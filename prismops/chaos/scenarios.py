@@ -25,7 +25,7 @@ from prismops.chaos.harness import (
 )
 from prismops.chaos.verdict import Expectation, Observation, ScenarioResult
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, process_llm_usage
-from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.kafka_cluster import KafkaCluster
 from prismops.streams.codecs import codec_for
 from prismops.streams.producer import AVRO_SINGLE_OBJECT
@@ -128,10 +128,7 @@ def kill_gateway(chaos: ChaosStack, logs: Path, options: ChaosOptions, progress:
     load = DecideLoad(target)
     try:
         run.components.start("worker", "sink", "gateway")
-        with RouterClient(target) as router:
-            if not router.wait_ready(60):
-                run.check_alive()
-                raise TimeoutError(f"{name}: the gateway did not report SERVING within 60 s")
+        wait_for_router(target, run.check_alive)
         load.start()
         producer = PacedProducer(run.settings, LLM_USAGE.name(run.settings), avro_records(traffic), options.send_seconds)
         producer.start()

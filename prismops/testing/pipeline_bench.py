@@ -40,7 +40,7 @@ import grpc
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import clickhouse_client, table_ref
@@ -699,12 +699,8 @@ def _measure_pipeline(base: Settings, options: PipelineBenchOptions, progress: P
         with Components(settings, logs) as components:
             progress(f"starting worker, sink and gateway (logs in {logs})…")
             components.start("worker", "sink", "gateway")
-            target = f"{settings.gateway.host}:{settings.gateway.port}"
             try:
-                with RouterClient(target) as router:
-                    if not router.wait_ready(60):
-                        components.check_alive()
-                        raise TimeoutError(f"the gateway at {target} did not report SERVING within 60 s")
+                target = wait_for_router(f"{settings.gateway.host}:{settings.gateway.port}", components.check_alive)
                 progress("warm-up: one event until it is a row in ClickHouse…")
                 # one producer for the whole run: its connections are up before anything is timed
                 producer = UsageProducer(settings)

@@ -74,8 +74,13 @@ def cost_line_records(lines: int, batch: int, seed: int) -> list[bytes]:
     return records
 
 
-def produce(settings: Settings, records: Sequence[bytes]) -> int:
-    """Every record to cost.lines.v1 (spread over its partitions); returns how many lines they carry."""
+def lines_in(records: Sequence[bytes]) -> int:
+    codec = batch_codec_for(COST_LINES.schema)
+    return sum(len(codec.decode(record).items) for record in records)
+
+
+def produce(settings: Settings, records: Sequence[bytes]) -> None:
+    """Every record to cost.lines.v1 (spread over its partitions), delivered."""
     producer = Producer(settings.kafka_client_config() | {"linger.ms": 20, "compression.type": "lz4"})
     topic = COST_LINES.name(settings)
     for record in records:
@@ -88,8 +93,6 @@ def produce(settings: Settings, records: Sequence[bytes]) -> int:
         producer.poll(0)
     if producer.flush(60) != 0:
         raise RuntimeError("the bench's cost-line records were not all delivered within 60 s")
-    codec = batch_codec_for(COST_LINES.schema)
-    return sum(len(codec.decode(record).items) for record in records)
 
 
 def stored_rows(settings: Settings) -> int:
@@ -115,14 +118,16 @@ def wait_rows(settings: Settings, components: Components, target: int, timeout_s
 def sink_phase(settings: Settings, components: Components, warmup: bytes, records: Sequence[bytes],
                timeout_s: float) -> tuple[float, SinkPhase]:
     """Start the sink, send one batch and wait for it (start-up and the first batch, which a starting sink checks
-    line id by line id), then time `records` from the first send to the last row stored."""
+    line id by line id), then time `records` from the first send to the last row stored. The lines are counted
+    before the clock starts."""
+    sent = lines_in(records)
     started = time.monotonic()
     components.start("sink")
-    stored = stored_rows(settings)
-    stored += produce(settings, [warmup])
+    stored = stored_rows(settings) + lines_in([warmup])
+    produce(settings, [warmup])
     warm = wait_rows(settings, components, stored, timeout_s) - started
     began = time.monotonic()
-    sent = produce(settings, records)
+    produce(settings, records)
     done = wait_rows(settings, components, stored + sent, timeout_s)
     components.terminate("sink")
     return warm, SinkPhase(sent, done - began)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from prismops.gateway_grpc.client import RouterClient
 from prismops.infra.components import Components
 from prismops.settings import Settings, load_settings
+from prismops.gateway_grpc.client import wait_for_router
 from prismops.testing import isolated
 from prismops.sinks.migrations import apply_migrations
 
@@ -52,10 +52,7 @@ def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
         apply_migrations(settings)
         with Components(settings, tmp_path_factory.mktemp("component-logs")) as components:
             components.start("worker", "sink", "gateway")
-            with RouterClient(f"{settings.gateway.host}:{settings.gateway.port}") as router:
-                if not router.wait_ready(60):
-                    components.check_alive()
-                    raise TimeoutError("the gateway did not report SERVING within 60 s")
+            wait_for_router(f"{settings.gateway.host}:{settings.gateway.port}", components.check_alive)
             yield settings, components
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.testing import isolated
@@ -63,10 +63,7 @@ def gateway(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
         settings = base.with_overrides(gateway={"policy_file": str(config / "policy.yaml")})
         with Components(settings, tmp_path_factory.mktemp("retry-after-logs")) as components:
             components.start("gateway")
-            with RouterClient(target(settings)) as router:
-                if not router.wait_ready(60):
-                    components.check_alive()
-                    raise TimeoutError("the gateway did not report SERVING within 60 s")
+            wait_for_router(target(settings), components.check_alive)
             yield settings, components
 
 

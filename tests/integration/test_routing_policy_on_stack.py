@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from prismops.gateway_grpc.auth import token_digest
-from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.tools import ensure_grpcurl
 from prismops.infra.components import Components
 from prismops.settings import Settings
@@ -76,10 +76,7 @@ def gateway(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
         apply_migrations(settings)
         with Components(settings, tmp_path_factory.mktemp("routing-logs")) as components:
             components.start("sink", "gateway")
-            with RouterClient(target(settings), token=SERVICE_TOKEN) as router:
-                if not router.wait_ready(60):
-                    components.check_alive()
-                    raise TimeoutError("the gateway did not report SERVING within 60 s")
+            wait_for_router(target(settings), components.check_alive, token=SERVICE_TOKEN)
             yield settings, components
 
 
