@@ -118,7 +118,7 @@ def register(ctx: WorkerContext) -> None:
                 lines = [item.value for item in decoded.items if item.value is not None]
                 async with state_lock:
                     windows = windows_of(pool, event.message.partition)
-                    windows.add_lines(lines, f"{decoded.origin}@{decoded.position}")
+                    windows.add_lines(lines, f"{decoded.origin}@{decoded.position}", arrived_at=utcnow())
                     if windows.late_lines:
                         LATE_INPUT.labels("lines").inc(windows.late_lines)
                         log.warning("inference pool %s: %d line(s) came after their window was split",
@@ -135,7 +135,7 @@ def register(ctx: WorkerContext) -> None:
                 allocation = allocation_codec.decode(event.value)
                 async with state_lock:
                     windows = windows_of(pool, event.message.partition)
-                    windows.add_node_window(allocation)
+                    windows.add_node_window(allocation, arrived_at=utcnow())
                     if windows.late_node_windows:
                         LATE_INPUT.labels("node_windows").inc(windows.late_node_windows)
                         log.warning("inference pool %s: node window %s/%s %s came after the split", pool.name,

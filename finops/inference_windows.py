@@ -4,11 +4,14 @@ The worker joins two streams keyed by inference pool (agents/inference_agents.py
 closed GPU node windows of the pool's nodes, and the LLM cost lines of the models the pool serves. Both land in
 one plain-JSON state per pool (a Faust table value, so its changelog restores it), built here without I/O:
 
-- `add_node_window(allocation)`: a node's pool-window cost for one window (the same record again is a no-op).
-- `add_lines(lines, batch_id)`: tokens per tenant of the lines' windows; a batch id seen before in a window is
-  not counted again (a replay after a crash, or a partition read again).
+- `add_node_window(allocation, arrived_at=)`: a node's pool-window cost for one window (the same record again
+  is a no-op).
+- `add_lines(lines, batch_id, arrived_at=)`: tokens per tenant of the lines' windows; a batch id seen before in a
+  window is not counted again (a replay after a crash, or a partition read again).
 - `close_due(now)`: windows whose nodes have all reported and whose end is `grace_s` behind the clock; a window
-  whose nodes never all report closes `node_wait_s` later with the nodes it has. What closes is split by
+  whose nodes never all report closes `node_wait_s` after the later of that and its first input's arrival. The
+  wait counts from the arrival because a node's window comes only once the GPU agent closed it: for a window
+  long past (a backfill, a replay), an event-time wait would split it before its nodes could report. What closes is split by
   `gpu_allocation.inference_allocations` (exact, largest remainder) and remembered for a day, so a line or
   node window that comes after is counted as late instead of opening the window again.
 
@@ -58,23 +61,23 @@ class InferenceWindows:
             node_wait_s: int) -> "InferenceWindows":
         return cls(pool, {"partition": partition, "windows": {}, "closed": {}}, window_s, grace_s, node_wait_s)
 
-    def _window(self, start_us: int) -> dict[str, Any] | None:
+    def _window(self, start_us: int, arrived_at: dt.datetime) -> dict[str, Any] | None:
         """The open window starting at `start_us` (opened now if new); None if it closed already."""
         key = str(start_us)
         if key in self.state["closed"]:
             return None
         return self.state["windows"].setdefault(key, {
-            "start_us": start_us, "end_us": start_us + self.window_s * MICROS, "nodes": {}, "tokens": {},
-            "batches": [],
+            "start_us": start_us, "end_us": start_us + self.window_s * MICROS, "opened_us": to_micros(arrived_at),
+            "nodes": {}, "tokens": {}, "batches": [],
         })
 
-    def add_node_window(self, allocation: Mapping[str, Any]) -> bool:
+    def add_node_window(self, allocation: Mapping[str, Any], *, arrived_at: dt.datetime) -> bool:
         """A node pool-window's allocation record (any one of its window: they share the pool cost); False if
         the node is not in this pool or its window closed already."""
         if not self.pool.has_node(allocation["cluster"], allocation["node"]):
             return False
         start_us = to_micros(allocation["window_start"])
-        window = self._window(start_us)
+        window = self._window(start_us, arrived_at)
         if window is None:
             self.late_node_windows += 1
             return False
@@ -83,7 +86,7 @@ class InferenceWindows:
         window["nodes"].setdefault(f"{allocation['cluster']}/{allocation['node']}", node)
         return True
 
-    def add_lines(self, lines: Iterable[Mapping[str, Any]], batch_id: str) -> int:
+    def add_lines(self, lines: Iterable[Mapping[str, Any]], batch_id: str, *, arrived_at: dt.datetime) -> int:
         """Count the tokens of the lines the pool serves; returns how many lines counted (0 for a batch id a
         window has seen)."""
         by_window: dict[int, list[Mapping[str, Any]]] = {}
@@ -94,7 +97,7 @@ class InferenceWindows:
             by_window.setdefault(start_us, []).append(line)
         counted = 0
         for start_us, group in sorted(by_window.items()):
-            window = self._window(start_us)
+            window = self._window(start_us, arrived_at)
             if window is None:
                 self.late_lines += len(group)
                 continue
@@ -113,8 +116,9 @@ class InferenceWindows:
         now_us = to_micros(now)
         closed = []
         for key, window in sorted(self.state["windows"].items(), key=lambda item: item[1]["start_us"]):
-            settled = now_us >= window["end_us"] + self.grace_s * MICROS
-            waited = now_us >= window["end_us"] + (self.grace_s + self.node_wait_s) * MICROS
+            settled_us = window["end_us"] + self.grace_s * MICROS
+            settled = now_us >= settled_us
+            waited = now_us >= max(settled_us, window.get("opened_us", 0)) + self.node_wait_s * MICROS
             complete = len(window["nodes"]) >= len(self.pool.nodes)
             if not (settled and (complete or waited)):
                 continue

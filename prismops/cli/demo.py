@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from prismops.gateway_grpc.client import RouterClient
+from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.stack import LocalStack
 from prismops.infra.components import Components
 from prismops.settings import Settings
@@ -27,7 +27,7 @@ from prismops.sinks.reports import count_cost_lines, spend_by_tenant_and_model
 from prismops.streams.producer import UsageProducer
 from prismops.streams.replay import group_lag
 from prismops.streams.simulation import TrafficGenerator, simulate
-from prismops.streams.topics import COST_LINES, delete_topics, ensure_topics
+from prismops.streams.topics import COST_LINES, INFERENCE_LINES, LLM_USAGE, delete_topics, ensure_topics
 
 Progress = Callable[[str], None]
 
@@ -90,14 +90,24 @@ def write_demo_pools(directory: Path) -> Path:
     return path
 
 
-def send_inference_traffic(producer: UsageProducer, now: dt.datetime) -> dt.datetime:
-    """A past minute of the demo pool: both nodes' GPU use and self-hosted calls of three tenants in it. The
-    minute is over, so its windows close as soon as the grace passes. Returns the window's start."""
+def send_inference_traffic(settings: Settings, producer: UsageProducer, now: dt.datetime, timeout_s: float) -> None:
+    """A past minute of the demo pool: self-hosted calls of three tenants, counted by the worker, then both nodes'
+    GPU use. In that order the pool's window holds every call's tokens when its nodes complete it; the minute is
+    over, so the split follows as soon as the GPU agent closes the nodes' windows."""
     from decimal import Decimal
 
     from prismops.streams.producer import new_llm_usage_event
 
     start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=2)
+    for second, (tenant, input_tokens, output_tokens) in enumerate(
+            [("hooli", 1800, 600), ("initech", 900, 300), ("hooli", 2400, 800), ("globex", 300, 100)] * 5):
+        producer.record_llm_call(new_llm_usage_event(
+            tenant=tenant, service="code-assist", feature="complete", environment="prod", provider="local",
+            model="llama-3.1-8b", input_tokens=input_tokens, output_tokens=output_tokens, latency_ms=180,
+            status="ok", event_time=start + dt.timedelta(seconds=2 * second + 1)))
+    producer.flush()
+    for topic in (LLM_USAGE, COST_LINES, INFERENCE_LINES):
+        wait_for_group_caught_up(settings, settings.worker_app_id, topic.name(settings), timeout_s)
     for index, node in enumerate(DEMO_POOL["nodes"]):
         producer.record_gpu_usage({
             "event_id": str(uuid.uuid4()), "window_start": start, "window_end": start + dt.timedelta(seconds=DEMO_WINDOW_S),
@@ -106,14 +116,7 @@ def send_inference_traffic(producer: UsageProducer, now: dt.datetime) -> dt.date
             "team": "ml-platform", "namespace": "serving", "job": "vllm-llama",
             "requested_gpu_seconds": Decimal(DEMO_WINDOW_S), "used_gpu_seconds": Decimal(40 + 10 * index),
             "source": "dcgm"})
-    for second, (tenant, input_tokens, output_tokens) in enumerate(
-            [("hooli", 1800, 600), ("initech", 900, 300), ("hooli", 2400, 800), ("globex", 300, 100)] * 5):
-        producer.record_llm_call(new_llm_usage_event(
-            tenant=tenant, service="code-assist", feature="complete", environment="prod", provider="local",
-            model="llama-3.1-8b", input_tokens=input_tokens, output_tokens=output_tokens, latency_ms=180,
-            status="ok", event_time=start + dt.timedelta(seconds=2 * second + 1)))
     producer.flush()
-    return start
 
 
 def wait_for_inference_costs(settings: Settings, components: Components, timeout_s: float) -> list[dict[str, Any]]:
@@ -146,7 +149,7 @@ def demo_settings(settings: Settings) -> Settings:
         sink={"group_id": f"prismops-demo-sink-{run}"},
         worker={"app_id": f"prismops-demo-worker-{run}", "live_publish_interval_s": 0.5},
         budgets={"default_tenant_daily_tokens": 20_000_000},
-        gpu={"window_s": DEMO_WINDOW_S, "grace_s": 5, "inference_node_wait_s": 10},
+        gpu={"window_s": DEMO_WINDOW_S, "grace_s": 5, "inference_node_wait_s": 120},
     )
 
 
@@ -265,11 +268,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
         with Components(settings, logs) as components:
             progress(f"starting worker, sink and gateway (logs in {logs})…")
             components.start("worker", "sink", "gateway")
-            target = f"{settings.gateway.host}:{settings.gateway.port}"
-            with RouterClient(target) as router:
-                if not router.wait_ready(60):
-                    components.check_alive()
-                    raise TimeoutError(f"the gateway at {target} did not report SERVING within 60 s")
+            target = wait_for_router(f"{settings.gateway.host}:{settings.gateway.port}", components.check_alive)
             progress(f"simulating {events} LLM calls from 5 tenants through the SDK…")
             producer = UsageProducer(settings)
             generator = TrafficGenerator(seed=int(time.time()))
@@ -279,7 +278,7 @@ def run_demo(base: Settings, events: int, progress: Progress, keep_stack: bool =
             progress(f"produced {produced.events} events in {produced.seconds:.1f}s; waiting for ClickHouse…")
             finished = wait_for_rows(settings, events, components, timeout_s)
             progress("a minute of the self-hosted inference pool: GPU use of its two nodes and 20 calls…")
-            send_inference_traffic(producer, dt.datetime.now(dt.timezone.utc))
+            send_inference_traffic(settings, producer, dt.datetime.now(dt.timezone.utc), timeout_s)
             waited = wait_for_group_caught_up(settings, settings.worker_app_id, COST_LINES.name(settings), timeout_s)
             progress(f"budgets caught up {waited:.1f}s after the last row; asking the router…")
             time.sleep(2 * settings.worker.live_publish_interval_s + 1)

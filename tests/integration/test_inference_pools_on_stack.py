@@ -3,7 +3,9 @@ from two tenants, through the Faust worker (node windows and lines repartitioned
 changelog-backed table) and the sink: gpu_allocations holds one `inference_tenant` row per tenant whose costs
 sum exactly to the two nodes' pool-window costs, with the tenant's tokens and $ per million tokens.
 
-Windows are 60 s with 3 s of grace, events three hours in the past: every window closes by processing time.
+Windows are 60 s with 3 s of grace, events three hours in the past: every window closes by processing time. The
+calls are sent first and counted by the worker before the GPU usage is sent, so the pool's window holds every
+token when its nodes complete it; a node that never came would be waited for 600 s.
 The expected split is computed here by hand from tokens and the nodes' stored pool costs."""
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from prismops.infra.components import Components
 from prismops.settings import Settings, settings_as_env
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
+from prismops.streams.replay import group_lag
+from prismops.streams.topics import COST_LINES, INFERENCE_LINES, LLM_USAGE
 from prismops.testing import clickhouse, isolated, wait_for
 
 WINDOW_S = 60
@@ -46,7 +50,7 @@ def inference_pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPa
     pools.write_text(POOLS_YAML)
     with isolated(stack_settings) as isolated_settings:
         settings = isolated_settings.with_overrides(gpu={
-            "window_s": WINDOW_S, "grace_s": 3, "inference_pools": pools, "inference_node_wait_s": 5})
+            "window_s": WINDOW_S, "grace_s": 3, "inference_pools": pools, "inference_node_wait_s": 600})
         apply_migrations(settings)
         try:
             with Components(settings, home / "logs") as components:
@@ -82,9 +86,15 @@ def test_an_inference_pools_gpu_cost_is_split_by_tokens_exactly(inference_pipeli
     with UsageProducer(settings) as producer:
         for event in calls:
             producer.record_llm_call(event)
+    # the calls' tokens are in the pool's window before its nodes report, so the split cannot come first
+    client = clickhouse(settings)
+    wait_for(lambda: client.execute("SELECT count() FROM cost_lines WHERE provider = 'local'")[0][0] == 4
+             and all(group_lag(settings, settings.worker_app_id, spec.name(settings)) == 0
+                     for spec in (LLM_USAGE, COST_LINES, INFERENCE_LINES)),
+             120, components, "the calls counted by the worker")
+    with UsageProducer(settings) as producer:
         producer.record_gpu_usage(gpu_event("gpu-a", "acme", "45"))
         producer.record_gpu_usage(gpu_event("gpu-b", "globex", "30"))
-    client = clickhouse(settings)
     rows = wait_for(
         lambda: client.execute(
             "SELECT tenant, tokens, cost_usd, usd_per_mtok, pool_cost_usd, share FROM gpu_allocations FINAL"
