@@ -52,7 +52,8 @@ ANOMALIES_PUBLISHED = PromCounter("prismops_anomalies_total", "anomaly events pu
 LATE_LINES = PromCounter("prismops_anomaly_late_lines_total", "cost lines whose detector window had closed")
 STATE_SHED = PromCounter("prismops_anomaly_state_shed_total", "series states that shed detail to fit one record")
 SERIES_FOLDED = PromCounter("prismops_anomaly_series_folded_total",
-                            "LLM calls counted in an (other) series: their series was beyond detectors.max_series_per_partition")
+                            "LLM calls counted in an (other) series: their series was not watched on its own yet "
+                            "(detectors.promote_after_windows) or beyond detectors.max_series_per_partition")
 
 
 COMPRESSED = "z:"
@@ -86,7 +87,7 @@ def register(ctx: WorkerContext) -> None:
     lines_topic_name = COST_LINES.name(ctx.settings)
     line_codec, anomaly_codec = batch_codec_for(COST_LINES.schema), codec_for(ANOMALIES.schema)
     # Faust tables serialize values as JSON: pickled state travels as base64 text, a third larger.
-    table = ctx.app.Table(STATE_TABLE, default=None, help="anomaly detector state per series and partition (zlib + base64 pickle)")
+    table = ctx.table(STATE_TABLE, help="anomaly detector state per series and partition (zlib + base64 pickle)")
     max_state_bytes = state_value_limit(ctx.settings.kafka.max_message_bytes)
     watches: dict[int, PartitionWatch] = {}
     caught_up: set[int] = set()  # partitions whose unsaved gap has been read back since they were assigned
@@ -98,7 +99,8 @@ def register(ctx: WorkerContext) -> None:
             prefix = f"{partition}|"
             records = {key[len(prefix):]: state_bytes(value) for key, value in table.data.items()
                        if isinstance(key, str) and key.startswith(prefix) and value}
-            watch = PartitionWatch.restore(new_watch(settings), partition, records, settings.max_series_per_partition)
+            watch = PartitionWatch.restore(new_watch(settings), partition, records, settings.max_series_per_partition,
+                                           settings.promote_after_windows)
             if watch.relearning:
                 log.warning("anomaly watch %d: stored detector state of another format was dropped; its series "
                             "learn again from the next line on", partition)

@@ -27,7 +27,7 @@ from typing import Any
 import faust
 
 from prismops.agents.context import WorkerContext, utcnow
-from prismops.finops.budgets import BudgetLedger, LedgerOutcome
+from prismops.finops.budgets import BudgetLedger, LedgerOutcome, load_budget_book
 from prismops.streams.codecs import CodecError, DecodedBatch, batch_codec_for, codec_for
 from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE, BUDGET_TEAM_LINES, COST_LINES
@@ -38,10 +38,11 @@ ROLLOVER_CHECK_S = 1.0
 
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
-    tenant_table = ctx.app.Table("budget-ledger-tenant", default=None, help="tenant budget spend and applied batches")
-    team_table = ctx.app.Table("budget-ledger-team", default=None, help="team budget spend and applied batches")
-    tenant_ledger = BudgetLedger.from_settings(settings.budgets, tenant_table, scopes=("tenant",))
-    team_ledger = BudgetLedger.from_settings(settings.budgets, team_table, scopes=("team",))
+    tenant_table = ctx.table("budget-ledger-tenant", help="tenant budget spend and applied batches")
+    team_table = ctx.table("budget-ledger-team", help="team budget spend and applied batches")
+    book = load_budget_book(settings.budgets)
+    tenant_ledger = BudgetLedger.from_settings(settings.budgets, tenant_table, scopes=("tenant",), book=book)
+    team_ledger = BudgetLedger.from_settings(settings.budgets, team_table, scopes=("team",), book=book)
     cost_topic, team_lines_topic = ctx.topic(COST_LINES), ctx.topic(BUDGET_TEAM_LINES)
     events_topic, state_topic = ctx.topic(BUDGET_EVENTS), ctx.topic(BUDGET_STATE)
     lines_codec = batch_codec_for(COST_LINES.schema)
@@ -91,7 +92,7 @@ def register(ctx: WorkerContext) -> None:
                 event, events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
             )
         for row in outcome.states:
-            await ctx.send(event, state_topic, key=state_key(row), value=state_codec.encode(row))
+            await ctx.send(event, state_topic, key=state_key(row), value=state_codec.encode_trusted(row))
 
     def state_key(row: dict[str, Any]) -> bytes:
         return f"{row['scope']}/{row['scope_id']}".encode()

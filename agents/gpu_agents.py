@@ -66,7 +66,7 @@ def register(ctx: WorkerContext) -> None:
     usage_codec, allocation_codec, cost_codec = (
         codec_for(GPU_USAGE.schema), codec_for(GPU_ALLOCATIONS.schema), codec_for(COST_LINES.schema),
     )
-    pools = ctx.app.Table(POOL_TABLE, default=None, help="open GPU attribution windows and watermark per pool (JSON)")
+    pools = ctx.table(POOL_TABLE, help="open GPU attribution windows and watermark per pool (JSON)")
     state_lock = asyncio.Lock()
 
     def pool_windows(state: dict) -> PoolWindows:

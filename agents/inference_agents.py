@@ -60,7 +60,7 @@ def register(ctx: WorkerContext) -> None:
     lines_topic_name = INFERENCE_LINES.name(settings)
     lines_codec, allocation_codec = batch_codec_for(COST_LINES.schema), codec_for(GPU_ALLOCATIONS.schema)
     pool_partition = KeyPartitioner(INFERENCE_LINES.partitions or settings.kafka.default_partitions)
-    table = ctx.app.Table(STATE_TABLE, default=None, help="inference pool windows: node costs and tokens (JSON)")
+    table = ctx.table(STATE_TABLE, help="inference pool windows: node costs and tokens (JSON)")
     state_lock = asyncio.Lock()
 
     def windows_of(pool: InferencePool, partition: int) -> InferenceWindows:

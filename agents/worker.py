@@ -49,6 +49,7 @@ def internal_topic_plans(app: faust.App) -> list[TopicPlan]:
         config = {"cleanup.policy": cleanup} if cleanup else {}
         if topic.retention:
             config["retention.ms"] = str(int(topic.retention * 1000))
+        config.update({name: str(value) for name, value in (topic.config or {}).items()})  # the table's own
         plans.append(TopicPlan(topic.get_topic_name(), topic.partitions or app.conf.topic_partitions, config))
     plans.append(TopicPlan(f"{app.conf.id}-__assignor-__leader", 1))
     return plans

@@ -56,6 +56,7 @@ import datetime as dt
 import math
 import pickle
 import statistics
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -75,7 +76,8 @@ _DAY_S = 86_400
 _WEEK_S = 7 * _DAY_S
 _MONDAY_OFFSET_S = 4 * _DAY_S  # 1970-01-01 was a Thursday; weekly slot 0 is Monday (UTC)
 _STATE_MAGIC = b"PRISMOPS-DETECTOR-STATE"
-STATE_FORMAT_VERSION = 4
+STATE_FORMAT_VERSION = 5
+"""5: profiles and residuals are stored as packed arrays (a series' record pickled ~10x faster than lists of floats)."""
 
 
 @dataclass(frozen=True)
@@ -224,12 +226,12 @@ class _Profile:
         self.period_s, self.origin_s, self.half_life_s, self.days = period_s, origin_s, half_life_s, days
         # windows that fall in one slot per cycle (an hour-of-week slot holds six 10-minute windows)
         self.per_cycle = max(1.0, period_s / slots / interval_s) if interval_s else 1.0
-        self.raw = [0.0] * slots
+        self.raw = array("d", bytes(8 * slots))  # arrays, not lists: a series' state pickles as bytes
         self.bias = 0.0
         self.visited_sum = 0.0
         self.visited_count = 0
-        self.weights = [0.0] * slots
-        self.visits = [0] * slots
+        self.weights = array("d", bytes(8 * slots))
+        self.visits = array("q", bytes(8 * slots))
 
     def __getstate__(self):
         return (self.period_s, self.origin_s, self.raw, self.bias, self.visited_sum, self.visited_count, self.weights,
@@ -248,7 +250,7 @@ class _Profile:
 
     @offsets.setter
     def offsets(self, values: list[float]) -> None:
-        self.raw = [v if n else 0.0 for v, n in zip(values, self.visits)]
+        self.raw = array("d", [v if n else 0.0 for v, n in zip(values, self.visits)])
         self.bias = 0.0
         self.visited_sum = sum(self.raw)
 
@@ -328,6 +330,21 @@ class SeriesDetector:
         self.persist_down = 0.0
         self.run_confirmed = False
         self.run_strong = 0
+
+    _PACKED = ("sorted_residuals", "run_residuals", "run_forecasts")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["ring"] = array("d", self.ring)
+        for name in self._PACKED:
+            state[name] = array("d", state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.ring = deque(state["ring"].tolist())
+        for name in self._PACKED:
+            setattr(self, name, state[name].tolist())
 
     # -- model space ---------------------------------------------------------------------------------------------
     def _to_model(self, value: float) -> float:

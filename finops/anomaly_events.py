@@ -46,6 +46,8 @@ def usage_sample(line: Mapping[str, Any]) -> UsageSample | None:
 
 
 OTHER_SERIES = "(other)"
+CANDIDATE_WINDOWS = 1440
+"""Windows (a day at one minute) a series not watched yet is remembered after its last traffic."""
 """The key value of a grouping's series that holds the traffic of series beyond `max_series_per_partition`."""
 STATE_META = "meta"
 """The state table key suffix of a partition's own record (offsets, clocks); series records use the series key."""
@@ -90,11 +92,16 @@ class PartitionWatch:
     can score one window twice on replay: the anomaly repeats its deterministic id and the sink keeps one row.
     """
 
-    def __init__(self, watch: AnomalyWatch, partition: int, max_series: int | None = None):
+    def __init__(self, watch: AnomalyWatch, partition: int, max_series: int | None = None,
+                 promote_after_windows: int = 1):
         self.watch = watch
         self.partition = partition
         self.max_series = max_series
+        self.promote_after_windows = promote_after_windows
         self.series: dict[str, set[SeriesKey]] = {}  # per grouping: the series watched on their own
+        # series not watched yet: (windows with traffic, the last of them); forgotten CANDIDATE_WINDOWS after it
+        self.candidates: dict[SeriesKey, tuple[int, int]] = {}
+        self._candidates_pruned_at = 0
         self.folded = 0  # samples counted in a grouping's (other) series since start
         self.relearning = False  # some stored state was of another format and was dropped
         self.last_offset = -1
@@ -125,18 +132,25 @@ class PartitionWatch:
             return None
 
     def admit(self, sample: UsageSample) -> UsageSample:
-        """The sample as the watch counts it: a series beyond `max_series` of its grouping in this partition is
-        folded into the grouping's `(other)` series, so memory, state and CPU stay bounded however many tenants
-        and models come (100,000 tenant x model series took 1.4 GiB and two thirds of the worker's time)."""
-        if self.max_series is None:
+        """The sample as the watch counts it. A series is watched on its own once it had traffic in
+        `promote_after_windows` windows (a series seen once a day cannot be learnt, and 100,000 such series, each
+        with four detectors and two records per window, were most of a restarted worker's catch-up), and while
+        its grouping has fewer than `max_series` in this partition (100,000 tenant x model series took 1.4 GiB
+        and two thirds of the worker's time); until then its traffic counts in the grouping's `(other)` series,
+        so memory, state and CPU stay bounded however many tenants and models come."""
+        if self.max_series is None and self.promote_after_windows <= 1:
             return sample
         fields = None
+        window = int(sample.event_time.timestamp() // self.watch.windows.window_s)
+        self._forget_candidates(window)
         for key in self.watch.windows.keys_of(sample):
             known = self.series.setdefault(key.grouping, set())
             if key in known:
                 continue
-            if len(known) < self.max_series or all(value == OTHER_SERIES for value in key.values):
+            if all(value == OTHER_SERIES for value in key.values) or (
+                    (self.max_series is None or len(known) < self.max_series) and self._recurring(key, window)):
                 known.add(key)
+                self.candidates.pop(key, None)
                 continue
             fields = dict(sample.fields) if fields is None else fields
             fields.update({name: OTHER_SERIES for name in self.watch.windows.groupings[key.grouping]})
@@ -144,6 +158,25 @@ class PartitionWatch:
             return sample
         self.folded += 1
         return replace(sample, fields=fields)
+
+    def _recurring(self, key: SeriesKey, window: int) -> bool:
+        """Count the window for a series not watched yet; whether it has had traffic in enough windows."""
+        if self.promote_after_windows <= 1:
+            return True
+        seen, last = self.candidates.get(key, (0, None))
+        if last != window:
+            seen += 1
+            self.candidates[key] = (seen, window)
+        return seen >= self.promote_after_windows
+
+    def _forget_candidates(self, window: int) -> None:
+        """Once per window of event time, drop candidates quiet for CANDIDATE_WINDOWS (memory stays bounded)."""
+        if window <= self._candidates_pruned_at:
+            return
+        self._candidates_pruned_at = window
+        horizon = window - CANDIDATE_WINDOWS
+        if self.candidates:
+            self.candidates = {key: seen for key, seen in self.candidates.items() if seen[1] >= horizon}
 
     def observe(self, sample: UsageSample, offset: int, arrived_at: dt.datetime) -> WatchStep:
         sample = self.admit(sample)
@@ -220,9 +253,10 @@ class PartitionWatch:
 
     @classmethod
     def restore(cls, watch: AnomalyWatch, partition: int, records: Mapping[str, bytes],
-                max_series: int | None = None) -> "PartitionWatch":
-        """A watch from the records `changed_records` wrote (the newest value per key)."""
-        restored = cls(watch, partition, max_series)
+                max_series: int | None = None, promote_after_windows: int = 1) -> "PartitionWatch":
+        """A watch from the records `changed_records` wrote (the newest value per key). Candidates are not stored:
+        after a restart a series not watched yet counts its windows from zero again."""
+        restored = cls(watch, partition, max_series, promote_after_windows)
         meta_bytes = records.get(STATE_META)
         meta = restored._load(meta_bytes, WatchMeta) if meta_bytes else None
         for name, value in records.items():

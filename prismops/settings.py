@@ -58,6 +58,9 @@ class KafkaSettings(BaseModel):
     default_partitions: int = 4
     replication_factor: int = 1
     admin_timeout_s: float = Field(default=10.0, description="how long admin calls wait for the broker")
+    changelog_segment_ms: int = Field(
+        default=60_000, ge=1000, description="segment.ms of the worker's state changelogs (created by Faust): a rolled "
+        "segment can be compacted, so a restarted worker reads about one record per key instead of every write")
     max_message_bytes: int = Field(
         default=1_000_000, description="largest record PrismOps produces (key + value + headers); at most the "
         "broker's message.max.bytes. State values and output records are checked against it before sending")
@@ -91,6 +94,9 @@ class WorkerSettings(BaseModel):
     live_window_max_samples: int = 5000
     live_publish_interval_s: float = 1.0
     metrics_top_tenants: int = Field(default=20, description="tenants with their own metric label; the rest: other")
+    producer_batch_bytes: int = Field(
+        default=512 * 1024, ge=16384, description="bytes per partition in one produce request (Faust's default of 16 KiB "
+        "holds ~16 changelog records: with one request in flight per broker, the worker's own output was its ceiling)")
 
 
 class PricingSettings(BaseModel):
@@ -159,6 +165,9 @@ class DetectorSettings(BaseModel):
     idle_close_s: float = Field(
         default=30.0, description="after this long without events, event time is assumed to move with the clock")
     save_interval_s: float = Field(default=2.0, description="how often open-window state is saved to the changelog")
+    promote_after_windows: int = Field(
+        default=3, ge=1, description="windows with traffic a series needs before it is watched on its own; until "
+                                     "then it counts in its grouping's '(other)' series (1: at first sight)")
     max_series_per_partition: int = Field(
         default=5000, ge=1, description="series of one grouping (e.g. tenant x model) a cost-line partition watches on "
                                         "their own; traffic of later series is watched as one '(other)' series")

@@ -237,17 +237,20 @@ def unit_economics(client: Any, database: str, by: Sequence[str], *, since: dt.d
                   {d: "" for d in dimensions} | total)
 
 
-def cache_savings(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date) -> Report:
+def cache_savings(client: Any, database: str, by: Sequence[str], *, since: dt.date, until: dt.date,
+                  tenant: str | None = None) -> Report:
     """Per group: LLM calls, cache hits, hit rate, what the calls cost, what the hits saved (the label each hit
-    carries, exact decimal) and the saved share of what the calls would have cost without the cache."""
+    carries, exact decimal) and the saved share of what the calls would have cost without the cache. `tenant`
+    narrows to one tenant (a bound parameter), as the dashboard's tenant filter does."""
     dimensions = _check_dimensions(by)
     where, params = _date_filter(since, until, conditions=["source = 'llm'"])
+    where += _tenant_filter(tenant, params)
     saved = (f"toDecimal64(if(has(label_keys, '{CACHE_SAVED_USD_LABEL}'), "
              f"label_values[indexOf(label_keys, '{CACHE_SAVED_USD_LABEL}')], '0'), 12)")
     listed = ", ".join(dimensions)
     found = client.execute(
         f"SELECT {listed}, count(), countIf(cache_hit = 1), sum(cost_usd), sumIf({saved}, cache_hit = 1)"
-        f" FROM {database}.cost_lines FINAL{where}"
+        f" FROM {table_ref(database, 'cost_lines')} FINAL{where}"
         f" GROUP BY {listed} ORDER BY {listed}",
         params,
     )
@@ -265,7 +268,8 @@ def cache_savings(client: Any, database: str, by: Sequence[str], *, since: dt.da
         row["saved_pct"] = _ratio(row["saved_usd"] * 100, row["llm_cost_usd"] + row["saved_usd"],
                                   decimal.Decimal("0.01"))
     columns = [*dimensions, "llm_requests", "cache_hits", "hit_rate", "llm_cost_usd", "saved_usd", "saved_pct"]
-    return Report(f"response cache savings by {', '.join(dimensions)}, {_span(since, until)}", columns, rows,
+    scope = f", tenant {tenant}" if tenant is not None else ""
+    return Report(f"response cache savings by {', '.join(dimensions)}, {_span(since, until)}{scope}", columns, rows,
                   {d: "" for d in dimensions} | total)
 
 

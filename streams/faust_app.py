@@ -123,6 +123,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_s / 4),
         producer_max_request_size=settings.kafka.max_message_bytes + 16384,  # record overhead above our own check
+        producer_max_batch_size=settings.worker.producer_batch_bytes,
         topic_partitions=settings.kafka.default_partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=True,

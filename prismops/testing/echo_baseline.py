@@ -7,6 +7,10 @@ channel) against any unary call, and `compare_router_with_echo` drives the real 
 so both are timed the same way and the difference is what routing costs. Both servers also time their own
 handler (entry to response built) into an in-process list, so the server side is known apart from the
 client's view, which also holds gRPC, the network stack and the GIL shared with the clients.
+
+The Router is timed under several `RouterScenario`s, one server each: the plain policy, rate limits and tier
+quotas (in process, and on Redis when one answers) set too high to refuse, and a concurrency cap whose lease
+each call gives back with ReportOutcome, so each row shows what that part of the policy adds to Decide.
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import socket
+import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import grpc
+import yaml
 
 ECHO_SERVICE = "prismops.bench.v1.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+ECHO_SCENARIO = "echo (gRPC floor)"
 
 
 class EchoServer:
@@ -255,16 +261,212 @@ def bench_decide_request() -> Any:
     )
 
 
+BENCH_CEILING = 10**8  # calls a minute or a day that the limited scenario lets through: never reached in a run
+BENCH_LEASE_CAP = "bench-chat"
+
+
+@dataclass(frozen=True)
+class RouterScenario:
+    """A policy the router is timed under. `policy_sections` replace those top-level sections of the base policy
+    (the settings' policy file, else the bundled one); `limits_store` is gateway.limits_store for the run; with
+    `releases_lease` each call is Decide then the ReportOutcome that gives its lease back, timed as one."""
+
+    name: str
+    policy_sections: Mapping[str, Any] = field(default_factory=dict)
+    limits_store: str = "local"
+    releases_lease: bool = False
+
+
+PLAIN_SCENARIO = RouterScenario("plain policy")
+
+
+def rate_limits_scenario(ceiling: int = BENCH_CEILING, limits_store: str = "local") -> RouterScenario:
+    """rpm/tpm on every bench model, and the bench tenant in a tier with daily request/token quotas and its own
+    rpm/tpm. Each limit lets `ceiling` calls through, so with the default none refuses and what is timed is the
+    accounting: every Decide peeks at the buckets and spends the chosen model's and the tier's."""
+    request = bench_decide_request()
+    tokens = ceiling * (request.expected_input_tokens + request.expected_output_tokens)
+    rates = {"rpm": ceiling, "tpm": tokens}
+    return RouterScenario(
+        f"rate limits + tier quotas ({limits_store})",
+        {
+            "limits": {"models": {f"{provider}/{model}": rates for provider, model, *_ in BENCH_MODELS}},
+            "tenant_tiers": {
+                "tiers": {"bench": {"daily_requests": ceiling, "daily_tokens": tokens, **rates}},
+                "tenants": {request.tenant: "bench"},
+            },
+        },
+        limits_store=limits_store,
+    )
+
+
+def lease_scenario(max_in_flight: int) -> RouterScenario:
+    """A concurrency cap on the bench request's service: Decide takes a lease, the call's ReportOutcome returns
+    it. A cap of at least the client threads never refuses, as each thread holds at most one lease at a time."""
+    return RouterScenario(
+        "lease: Decide + ReportOutcome release",
+        {"limits": {"concurrency": [
+            {"name": BENCH_LEASE_CAP, "match": {"service": bench_decide_request().service},
+             "max_in_flight": max_in_flight},
+        ]}},
+        releases_lease=True,
+    )
+
+
+def bench_scenarios(concurrency: int) -> tuple[RouterScenario, ...]:
+    """What `prismops bench route` times, the plain policy first (its row is the one the P3 goal is about)."""
+    return (
+        PLAIN_SCENARIO, rate_limits_scenario(), rate_limits_scenario(limits_store="redis"),
+        lease_scenario(max_in_flight=concurrency),
+    )
+
+
+def bench_live_table() -> Any:
+    """One live table for every scenario, so the rows differ only in policy."""
+    from prismops.gateway_grpc.live_table import LiveModelTable
+
+    table = LiveModelTable()
+    for row in bench_live_rows(dt.datetime.now(dt.timezone.utc)):
+        table.upsert(row)
+    return table
+
+
+def scenario_state(settings: Any, scenario: RouterScenario, table: Any) -> Any:
+    """The gateway state of one scenario, on a free loopback port: the base policy with the scenario's sections,
+    validated by the policy's own parser, and the scenario's limit store. Redis counters go under a key prefix
+    of their own, so a run never spends a real tenant's quota (its keys expire as the store's always do)."""
+    from prismops.finops.pricing import load_catalog
+    from prismops.gateway_grpc.policy_config import BUNDLED_POLICY, PolicyStore, load_policy_file, parse_policy
+    from prismops.gateway_grpc.server import GatewayState
+    from prismops.testing import free_port
+
+    policy, text = load_policy_file(settings.gateway.policy_file or BUNDLED_POLICY)
+    if scenario.policy_sections:
+        text = yaml.safe_dump({**yaml.safe_load(text), **scenario.policy_sections}, sort_keys=False)
+        policy = parse_policy(text)
+    run_settings = settings.with_overrides(
+        gateway={"host": "127.0.0.1", "port": free_port(), "limits_store": scenario.limits_store},
+        redis={"key_prefix": f"{settings.redis.key_prefix}bench-{secrets.token_hex(4)}:"},
+    )
+    return GatewayState(run_settings, table, PolicyStore(policy, text),
+                        catalog=load_catalog(settings.pricing.catalog, settings.pricing.tenant_overrides))
+
+
+def limit_store_problem(state: Any) -> str:
+    """Why the state's shared limit store cannot be used ("" when it answers, or is in process): a row on a
+    Redis that does not answer would time the gateway failing open, not shared limits."""
+    ping = getattr(state.limiter.store, "ping", None)
+    if ping is None:
+        return ""
+    redis_settings = state.settings.redis
+    try:
+        ping()
+    except Exception as error:  # redis.RedisError and OSError alike: the row is skipped with the reason
+        return f"no Redis answered at {redis_settings.host}:{redis_settings.port} ({_describe(error)})"
+    return ""
+
+
+def leases_held(state: Any) -> int:
+    """Leases still held under any of the running policy's concurrency caps."""
+    now_s = state.clock().timestamp()
+    caps = state.installed_policy().policy.limits.concurrency
+    return sum(state.limiter.store.leases_held(cap.name, now_s) for cap in caps)
+
+
+def routed_call(client: Any, request: Any, releases_lease: bool) -> Callable[[], Any]:
+    """One client call as a service makes it: Decide alone, or Decide and then the ReportOutcome that gives
+    its lease back."""
+    if not releases_lease:
+        return lambda: client.decide_message(request, timeout=10.0)
+
+    def decide_and_release() -> Any:
+        decision = client.decide_message(request, timeout=10.0)
+        client.report_outcome(decision.model, "ok", decision_id=decision.decision_id, lease_id=decision.lease_id,
+                              timeout=10.0)
+        return decision
+
+    return decide_and_release
+
+
+@dataclass(frozen=True)
+class RouterRun:
+    """One scenario: client-side load, the Decide handler times (ms) of its timed calls, its first answer, and
+    the leases still held after the run (0 when every lease was given back)."""
+
+    scenario: RouterScenario
+    load: LoadResult
+    server_ms: tuple[float, ...]
+    first: Any
+    leases_held_after: int
+
+
+def time_router(
+    state: Any,
+    scenario: RouterScenario,
+    *,
+    requests: int,
+    concurrency: int,
+    warmup: int,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> RouterRun:
+    """The real Router serving `state` in process, driven by `drive_unary` with the bench request."""
+    from prismops.gateway_grpc.client import RouterClient
+    from prismops.gateway_grpc.server import DiscardingPublisher, build_server
+
+    decide_ns: list[int] = []
+    server = build_server(state.settings, state.table, publisher=DiscardingPublisher(), budgets=None, state=state,
+                          decide_ns=decide_ns)
+    server.start()
+    request = bench_decide_request()
+    target = f"127.0.0.1:{state.settings.gateway.port}"
+    try:
+
+        def open_router() -> tuple[Callable[[], Any], Callable[[], None]]:
+            client = RouterClient(target)
+            if not client.wait_ready(10.0):
+                client.close()
+                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
+            return routed_call(client, request, scenario.releases_lease), client.close
+
+        first_call, close_first = open_router()
+        try:
+            first = first_call()
+        finally:
+            close_first()
+        timed_from: list[int] = []
+        load = drive_unary(open_router, requests=requests, concurrency=concurrency, warmup=warmup,
+                           on_progress=on_progress, on_start=lambda: timed_from.append(len(decide_ns)))
+    finally:
+        server.stop(0).wait()
+    return RouterRun(scenario, load, milliseconds(decide_ns[timed_from[0]:]), first, leases_held(state))
+
+
 @dataclass(frozen=True)
 class RouteBenchResult:
-    """Client-side load results, and each server's handler times (ms) for the timed calls only."""
+    """Each router scenario that ran (the first is the plain policy's in `prismops bench route`), the echo's
+    load and handler times (ms, timed calls only), and why each scenario that did not run was skipped."""
 
-    router: LoadResult
+    runs: tuple[RouterRun, ...]
     echo: LoadResult
-    chosen_model: str
-    reason_code: str
-    router_server_ms: tuple[float, ...] = ()
     echo_server_ms: tuple[float, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def router(self) -> LoadResult:
+        return self.runs[0].load
+
+    @property
+    def router_server_ms(self) -> tuple[float, ...]:
+        return self.runs[0].server_ms
+
+    @property
+    def chosen_model(self) -> str:
+        model = self.runs[0].first.model
+        return f"{model.provider}/{model.model}"
+
+    @property
+    def reason_code(self) -> str:
+        return self.runs[0].first.reason_code
 
 
 def compare_router_with_echo(
@@ -273,48 +475,33 @@ def compare_router_with_echo(
     requests: int,
     concurrency: int,
     warmup: int,
-    on_router_progress: Callable[[int], None] = lambda done: None,
-    on_echo_progress: Callable[[int], None] = lambda done: None,
+    scenarios: Sequence[RouterScenario] | None = None,
+    on_progress: Callable[[str, int], None] = lambda name, done: None,
 ) -> RouteBenchResult:
-    """The real Router (in process, on a free loopback port, live table filled in memory) and the echo, driven
-    one after the other with the same load; the echo gets the Decide request's bytes so payloads match."""
-    from prismops.gateway_grpc.client import RouterClient
-    from prismops.gateway_grpc.live_table import LiveModelTable
-    from prismops.gateway_grpc.server import DiscardingPublisher, build_server
+    """Each scenario's Router (in process, live table filled in memory) and then the echo, one after the other
+    with the same load; the echo gets the Decide request's bytes so payloads match. `on_progress` gets the
+    scenario's name (ECHO_SCENARIO for the echo) and the calls just done. A scenario whose limit store does
+    not answer is skipped with a note."""
+    from prismops.gateway_grpc.server import ServeError
 
-    table = LiveModelTable()
-    for row in bench_live_rows(dt.datetime.now(dt.timezone.utc)):
-        table.upsert(row)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    router_settings = settings.with_overrides(gateway={"host": "127.0.0.1", "port": port})
-    decide_ns: list[int] = []
-    router = build_server(router_settings, table, publisher=DiscardingPublisher(), budgets=None, decide_ns=decide_ns)
-    router.start()
-    request = bench_decide_request()
-    target = f"127.0.0.1:{port}"
-    try:
-        with RouterClient(target) as probe_client:
-            if not probe_client.wait_ready(10.0):
-                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
-            first = probe_client.decide_message(request, timeout=10.0)
+    table = bench_live_table()
+    runs: list[RouterRun] = []
+    skipped: list[str] = []
+    for scenario in scenarios if scenarios is not None else bench_scenarios(concurrency):
+        try:
+            state = scenario_state(settings, scenario, table)
+            problem = limit_store_problem(state)
+        except ServeError as error:
+            problem = str(error)
+        if problem:
+            skipped.append(f"{scenario.name}: skipped, {problem}")
+            continue
+        runs.append(time_router(state, scenario, requests=requests, concurrency=concurrency, warmup=warmup,
+                                on_progress=lambda done, name=scenario.name: on_progress(name, done)))
+    if not runs:
+        raise RuntimeError("no router scenario could run: " + "; ".join(skipped))
 
-        def open_router() -> tuple[Callable[[], Any], Callable[[], None]]:
-            client = RouterClient(target)
-            if not client.wait_ready(10.0):
-                client.close()
-                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
-            return (lambda: client.decide_message(request, timeout=10.0)), client.close
-
-        router_timed_from: list[int] = []
-        router_result = drive_unary(open_router, requests=requests, concurrency=concurrency, warmup=warmup,
-                                    on_progress=on_router_progress,
-                                    on_start=lambda: router_timed_from.append(len(decide_ns)))
-    finally:
-        router.stop(0).wait()
-
-    payload = request.SerializeToString()
+    payload = bench_decide_request().SerializeToString()
     with EchoServer() as echo:
 
         def open_echo() -> tuple[Callable[[], Any], Callable[[], None]]:
@@ -325,10 +512,7 @@ def compare_router_with_echo(
 
         echo_timed_from: list[int] = []
         echo_result = drive_unary(open_echo, requests=requests, concurrency=concurrency, warmup=warmup,
-                                  on_progress=on_echo_progress,
+                                  on_progress=lambda done: on_progress(ECHO_SCENARIO, done),
                                   on_start=lambda: echo_timed_from.append(len(echo.handler_ns)))
-    return RouteBenchResult(
-        router_result, echo_result, f"{first.model.provider}/{first.model.model}", first.reason_code,
-        router_server_ms=milliseconds(decide_ns[router_timed_from[0]:]),
-        echo_server_ms=milliseconds(echo.handler_ns[echo_timed_from[0]:]),
-    )
+    return RouteBenchResult(tuple(runs), echo_result, milliseconds(echo.handler_ns[echo_timed_from[0]:]),
+                            tuple(skipped))

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from prismops.finops.anomaly_events import (
-    LATENCY_SAMPLES_KEPT, STATE_META, PartitionWatch, SeriesState, StateTooLarge, anomaly_id, anomaly_record,
+    CANDIDATE_WINDOWS, LATENCY_SAMPLES_KEPT, STATE_META, PartitionWatch, SeriesState, StateTooLarge, anomaly_id, anomaly_record,
     fit_series_state, new_watch, reportable, usage_sample,
 )
 from prismops.detectors.series import SeriesKey, WindowAggregate
@@ -235,3 +235,45 @@ def test_state_of_an_older_detector_format_is_dropped_and_relearnt_instead_of_fa
 def test_a_record_that_is_not_detector_state_still_fails_loudly():
     with pytest.raises(Exception, match="not PrismOps detector state"):
         PartitionWatch.restore(new_watch(SETTINGS), 0, {"meta": b"garbage\n"})
+
+
+def test_a_series_is_watched_on_its_own_once_it_had_traffic_in_enough_windows():
+    rng = random.Random(13)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0, promote_after_windows=3)
+    minute = dt.timedelta(seconds=60)
+
+    def tenant_series() -> set[str]:
+        return {key.values[0] for key, _ in watch.watch.windows.open if key.grouping == "tenant_model"}
+
+    offset = 0
+    for window in range(3):
+        for tenant in ["steady", "steady", "once"] if window == 0 else ["steady"]:
+            offset += 1
+            watch.observe(usage_sample(line(START + window * minute, rng) | {"tenant": tenant}), offset, START)
+        if window < 2:
+            assert "steady" not in tenant_series(), f"window {window}: still counted in (other)"
+    assert "steady" in tenant_series() and "once" not in tenant_series()
+    assert watch.folded == 4  # steady twice and once in window 0, steady in window 1
+    assert "once" in {key.values[0] for key in watch.candidates}
+
+    # a candidate quiet for CANDIDATE_WINDOWS is forgotten; a watched series stays watched after a restore
+    later = START + (CANDIDATE_WINDOWS + 1) * minute
+    watch.observe(usage_sample(line(later, rng) | {"tenant": "steady"}), offset + 1, later)
+    assert not {key.values[0] for key in watch.candidates} & {"once"}
+    records = dict(watch.changed_records(later, 10**7))
+    restored = PartitionWatch.restore(new_watch(SETTINGS), 0, records, promote_after_windows=3)
+    restored.observe(usage_sample(line(later, rng) | {"tenant": "steady"}), offset + 2, later)
+    assert restored.folded == 0
+
+
+def test_promotion_still_respects_the_partitions_cap():
+    rng = random.Random(14)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0, max_series=2, promote_after_windows=2)
+    offset = 0
+    for window in range(2):
+        for tenant in "abc":
+            offset += 1
+            moment = START + dt.timedelta(seconds=60 * window)
+            watch.observe(usage_sample(line(moment, rng) | {"tenant": tenant}), offset, moment)
+    assert {key.values[0] for key in watch.series["tenant_model"]} == {"a", "b"}
+    assert watch.folded == 4  # a, b and c in the first window, c again in the second: the cap is full

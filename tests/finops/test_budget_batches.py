@@ -335,3 +335,23 @@ def test_a_crash_at_any_write_then_a_replay_publishes_every_crossing_and_counts_
     assert set(by_event_id(decided)) <= set(by_event_id(expected_crossings))
     assert published == set(by_event_id(expected_crossings))
     assert spend_by_scope(restarted) == spend_by_scope(expected_ledger)
+
+
+def test_state_rows_encode_the_same_through_the_compiled_writer_as_through_fastavro():
+    """The worker writes budget state rows with `encode_trusted`: every shape a row takes (under, warned, blocked,
+    tokens and USD budgets, several per scope) must be the bytes the checked encoder writes."""
+    from prismops.streams.codecs import codec_for
+    from prismops.streams.topics import BUDGET_STATE
+
+    book = BudgetBook((Budget("spend", "tenant", "*", "daily", "usd", Decimal("1")),
+                       Budget("tokens", "tenant", "acme", "monthly", "tokens", Decimal("1000"))))
+    ledger = BudgetLedger(book, {}, scopes=("tenant",))
+    codec = codec_for(BUDGET_STATE.schema)
+    rows = []
+    for position, cost in enumerate(["0.5", "0.35", "0.2", "0"], start=1):
+        outcome = ledger.apply_batch([line(f"l{position}", cost=cost, input_tokens=300)], NOW, shard=0,
+                                     origin=ORIGIN, position=position)
+        rows.extend(outcome.states)
+    assert {row["blocked"] for row in rows} == {False, True}
+    for row in rows:
+        assert codec.encode_trusted(row) == codec.encode(row)

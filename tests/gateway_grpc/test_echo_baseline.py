@@ -1,17 +1,25 @@
-"""The echo baseline and the load driver `prismops bench route` rests on."""
+"""The echo baseline, the load driver and the router scenarios `prismops bench route` rests on."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prismops.cli.app import main
+from prismops.gateway_grpc.client import RouterClient, refusal_hints
+from prismops.gateway_grpc.server import DiscardingPublisher, build_server
 from prismops.settings import Settings
+from prismops.testing import free_port
 from prismops.testing.echo_baseline import (
-    EchoServer, LoadResult, compare_router_with_echo, drive_unary, echo_call, nearest_rank,
+    BENCH_LEASE_CAP, ECHO_SCENARIO, PLAIN_SCENARIO, EchoServer, LoadResult, bench_decide_request, bench_live_table,
+    compare_router_with_echo, drive_unary, echo_call, lease_scenario, nearest_rank,
+    rate_limits_scenario, scenario_state, time_router,
 )
 
 
@@ -117,10 +125,112 @@ def test_the_echo_times_its_handler_once_per_call():
 def test_compare_keeps_the_server_times_of_the_timed_calls_only():
     result = compare_router_with_echo(Settings(), requests=30, concurrency=2, warmup=10)
 
+    assert result.runs[0].scenario == PLAIN_SCENARIO
     assert (result.router.errors, result.echo.errors) == (0, 0)
     assert (len(result.router_server_ms), len(result.echo_server_ms)) == (30, 30)
-    assert all(ms > 0 for ms in result.router_server_ms)
+    for run in result.runs:
+        assert run.load.errors == 0 and len(run.server_ms) == 30 and all(ms > 0 for ms in run.server_ms)
     assert all(ms >= 0 for ms in result.echo_server_ms)
+
+
+def without_redis() -> Settings:
+    """Settings whose Redis is a loopback port nobody listens on."""
+    return Settings().with_overrides(redis={"port": free_port()})
+
+
+class Serving:
+    """The Router serving a scenario's state, with one client (for checks outside the timed run)."""
+
+    def __init__(self, state):
+        self.server = build_server(state.settings, state.table, publisher=DiscardingPublisher(), state=state)
+        self.client = RouterClient(f"127.0.0.1:{state.settings.gateway.port}")
+
+    def __enter__(self) -> RouterClient:
+        self.server.start()
+        assert self.client.wait_ready(5.0)
+        return self.client
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        self.server.stop(0).wait()
+
+
+def test_every_call_of_the_limits_scenario_is_charged_to_the_tier_quota():
+    # a daily quota of exactly the run's calls (1 first call + 4 warm-up + 20 timed): all pass, the next is refused
+    state = scenario_state(Settings(), rate_limits_scenario(ceiling=25), bench_live_table())
+
+    run = time_router(state, rate_limits_scenario(ceiling=25), requests=20, concurrency=2, warmup=4)
+
+    assert run.load.errors == 0 and run.first.tenant_tier == "bench"
+    with Serving(state) as client, pytest.raises(grpc.RpcError) as refused:
+        client.decide_message(bench_decide_request(), timeout=5.0)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refusal_hints(refused.value)[1] == "tier_daily_limit"
+
+
+def test_the_limits_scenario_limits_every_bench_model_and_never_trips_in_a_bench_run():
+    policy = scenario_state(Settings(), rate_limits_scenario(), bench_live_table()).installed_policy().policy
+
+    assert set(policy.limits.models) == {"openai/gpt-4o", "openai/gpt-4o-mini", "google/gemini-2.0-flash"}
+    assert all(limit.rpm >= 10**8 and limit.tpm for limit in policy.limits.models.values())
+    tier = policy.tenant_tiers.tiers["bench"]
+    assert policy.tenant_tiers.tenants[bench_decide_request().tenant] == "bench"
+    assert tier.daily_requests >= 10**8 and tier.daily_tokens and tier.rpm and tier.tpm
+
+
+def test_the_lease_scenario_gives_every_lease_back_and_its_cap_is_enforced():
+    state = scenario_state(Settings(), lease_scenario(max_in_flight=2), bench_live_table())
+
+    run = time_router(state, lease_scenario(max_in_flight=2), requests=40, concurrency=2, warmup=6)
+
+    assert run.load.errors == 0
+    assert run.first.lease_id.startswith(f"{BENCH_LEASE_CAP}/")
+    assert run.leases_held_after == 0
+    with Serving(state) as client:
+        held = [client.decide_message(bench_decide_request(), timeout=5.0) for _ in range(2)]
+        with pytest.raises(grpc.RpcError) as refused:
+            client.decide_message(bench_decide_request(), timeout=5.0)
+    assert all(decision.lease_id for decision in held)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refusal_hints(refused.value)[1] == "concurrency_limited"
+
+
+def test_the_plain_scenario_takes_no_lease():
+    state = scenario_state(Settings(), PLAIN_SCENARIO, bench_live_table())
+
+    run = time_router(state, PLAIN_SCENARIO, requests=10, concurrency=1, warmup=0)
+
+    assert (run.load.errors, run.first.lease_id, run.leases_held_after) == (0, "", 0)
+
+
+def test_shared_limits_without_a_redis_are_skipped_with_a_note_not_timed():
+    settings = without_redis()
+
+    result = compare_router_with_echo(settings, requests=10, concurrency=1, warmup=0,
+                                      scenarios=[PLAIN_SCENARIO, rate_limits_scenario(limits_store="redis")])
+
+    assert [run.scenario for run in result.runs] == [PLAIN_SCENARIO]
+    [note] = result.skipped
+    assert note.startswith("rate limits + tier quotas (redis): skipped, no Redis answered at ")
+    assert f":{settings.redis.port} " in note
+
+
+def test_bench_route_json_has_one_object_per_scenario_with_the_same_keys():
+    result = CliRunner().invoke(
+        main, ["bench", "route", "--requests", "40", "--concurrency", "2", "--warmup", "4", "--format", "json"],
+        obj=without_redis(),
+    )
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["scenario"] for row in rows] == [
+        "plain policy", "rate limits + tier quotas (local)", "lease: Decide + ReportOutcome release", ECHO_SCENARIO,
+    ]
+    keys = {"scenario", "target", "requests", "concurrency", "errors", "qps", "p50_ms", "p99_ms", "max_ms",
+            "qps_vs_echo", "p50_vs_echo", "server_p50_ms", "server_p99_ms"}
+    assert all(set(row) == keys for row in rows)
+    assert all(row["errors"] == 0 and row["qps"] > 0 for row in rows)
+    assert "rate limits + tier quotas (redis): skipped, no Redis answered" in result.stderr
 
 
 def test_a_client_that_cannot_connect_fails_the_run_with_its_reason():

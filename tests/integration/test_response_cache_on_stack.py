@@ -77,3 +77,6 @@ def test_a_repeated_call_is_served_from_the_cache_and_clickhouse_shows_the_savin
                                                                                                    Decimal("0.5"))
     assert Decimal(a["saved_pct"]) == (saved * 100 / (Decimal(a["llm_cost_usd"]) + saved)).quantize(Decimal("0.01"))
     assert (b["cache_hits"], Decimal(b["saved_usd"])) == (0, 0)
+    only_a = run_cli(settings, "report", "cache", "--by", "tenant", "--tenant", tenant_a, "--format", "json")
+    assert only_a.returncode == 0, only_a.stderr
+    assert [row["tenant"] for row in json.loads(only_a.stdout)["rows"]] == [tenant_a]

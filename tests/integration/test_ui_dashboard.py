@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROGRAM = [sys.executable, "-m", "prismops"]
 CHARTS = ("chart-tps", "chart-latency", "chart-cost", "chart-spend-tenant", "chart-spend-team", "chart-spend-model",
           "chart-spend-feature", "chart-by-day", "chart-budgets", "chart-routing", "chart-shadow", "chart-gpu",
-          "chart-models")
+          "chart-models", "chart-cache")
 ROW_FUNCTIONS = {"cost_lines": cost_line_row, "gpu_allocations": allocation_row,
                  "routing_decisions": routing_decision_row, "anomalies": anomaly_row}
 
@@ -199,4 +199,6 @@ def test_the_page_renders_every_chart_with_the_stack_data(ui_server: str, tmp_pa
     assert errors == [], errors
     rows = re.search(r'<table id="anomaly-table" data-rows="(\d+)"', dom)
     assert rows and int(rows.group(1)) > 0
+    cache_rows = re.search(r'<table id="cache-table" data-rows="(\d+)"', dom)
+    assert cache_rows and int(cache_rows.group(1)) > 0, "today's calls per tenant, service and feature"
     print(f"dashboard DOM: {tmp_path / 'page.html'}")

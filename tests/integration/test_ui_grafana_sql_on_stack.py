@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from decimal import Decimal
 
+from prismops.finops.labels import CACHE_SAVED_USD_LABEL
 from prismops.infra.config import INFRA_DIR
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import cost_line_row
@@ -28,7 +29,8 @@ def test_the_clickhouse_panels_run_on_the_stack(isolated_settings: Settings) -> 
     database = isolated_settings.clickhouse.database
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     month = synthetic_month(now.date().replace(day=1), llm_calls_per_day=10)
-    lines = [l for l in month.cost_lines if l["event_time"] <= now]
+    lines = [{**l, "labels": {CACHE_SAVED_USD_LABEL: f"0.{i:04d}{i % 7}"}} if l["cache_hit"] else l
+             for i, l in enumerate(month.cost_lines) if l["event_time"] <= now]
     expected = sum(l["cost_usd"] for l in lines if l["tenant"] in TENANTS)
     dashboard = json.loads((INFRA_DIR / "grafana" / "finops.json").read_text())
     queries = {panel["title"]: target["query"] for panel in dashboard["panels"] for target in panel["targets"]
@@ -41,8 +43,15 @@ def test_the_clickhouse_panels_run_on_the_stack(isolated_settings: Settings) -> 
         results = {title: client.execute(fill(query, database, start, now)) for title, query in queries.items()}
     finally:
         client.disconnect()
-    assert len(results) == 4
+    assert len(results) == 5
+    today = [l for l in lines if l["source"] == "llm" and l["tenant"] in TENANTS and l["event_time"].date() == now.date()]
     for title, found in results.items():
+        if "Response cache" in title:  # today's calls, hits and the saved USD of the hits' labels
+            hits = [l for l in today if l["cache_hit"]]
+            assert (sum(r[3] for r in found), sum(r[4] for r in found)) == (len(today), len(hits)), title
+            saved = sum(Decimal(l["labels"][CACHE_SAVED_USD_LABEL]) for l in hits)
+            assert abs(Decimal(str(sum(r[7] for r in found))) - saved) < Decimal("1e-6"), title
+            continue
         if "per UTC day" in title:
             total = sum(v for _, series in found for _, v in series)
         elif "forecast" in title:

@@ -1,5 +1,6 @@
 """sinks/reports.cache_savings on a current ClickHouse engine (chdb): hits, hit rate and the saved dollars of
-the hits' labels, exact to the last decimal place, per tenant; lines of other days and other sources left out."""
+the hits' labels, exact to the last decimal place, per tenant and for one tenant alone; lines of other days and
+other sources left out."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_the_cache_report_counts_hits_and_sums_the_saved_dollars_exactly(tmp_pat
     try:
         client.execute(f"INSERT INTO {DATABASE}.cost_lines ({', '.join(rows[0])}) VALUES", rows)
         report = reports.cache_savings(client, DATABASE, ["tenant"], since=DAY, until=DAY + dt.timedelta(days=1))
+        initech = reports.cache_savings(client, DATABASE, ["tenant", "feature"], since=DAY,
+                                        until=DAY + dt.timedelta(days=1), tenant="initech")
     finally:
         client.disconnect()
 
@@ -54,6 +57,9 @@ def test_the_cache_report_counts_hits_and_sums_the_saved_dollars_exactly(tmp_pat
     first = report.rows[0]
     assert first["saved_usd"] == max(g["saved_usd"] for g in expected.values()), "most saved first"
     assert first["hit_rate"] == (Decimal(first["cache_hits"]) / first["llm_requests"]).quantize(Decimal("1e-6"))
+    assert {row["tenant"] for row in initech.rows} == {"initech"}, "the tenant filter leaves the others out"
+    assert {k: initech.total[k] for k in expected["initech"]} == expected["initech"]
+    assert initech.title.endswith(", tenant initech")
 
 
 def test_an_unknown_dimension_is_refused_by_name() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from prismops.finops.labels import CACHE_SAVED_USD_LABEL
 from prismops.settings import load_settings
 from prismops.sinks import reports
 from prismops.sinks.chdb_client import ChdbClient
@@ -28,7 +30,13 @@ ROWS = {"cost_lines": cost_line_row, "gpu_allocations": allocation_row, "routing
 
 @pytest.fixture(scope="module")
 def month() -> SyntheticMonth:
-    return synthetic_month(MONTH, llm_calls_per_day=30)
+    """The synthetic month with what the gateway stores on a cache hit: the avoided call's price as a label."""
+    data = synthetic_month(MONTH, llm_calls_per_day=30)
+    rng = random.Random(17)
+    for line in data.cost_lines:
+        if line["source"] == "llm" and line["cache_hit"]:
+            line["labels"] = {CACHE_SAVED_USD_LABEL: f"{rng.randint(1, 10**9)}e-{rng.randint(3, 12)}"}
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +95,44 @@ def test_routing_shadow_and_gpu_queries(engine: ChdbClient, month: SyntheticMont
     assert reports.tenant_names(engine, DATABASE, since=MONTH) == ["acme", "globex", "initech", "unallocated"]
 
 
+def expected_cache(lines: list[dict[str, Any]], day: dt.date) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Calls, hits and saved USD per (tenant, service, feature) of one day's LLM lines, from the records."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for line in lines:
+        if line["source"] != "llm" or not on(day, line):
+            continue
+        group = groups.setdefault((line["tenant"], line["service"], line["feature"]),
+                                  {"llm_requests": 0, "cache_hits": 0, "saved_usd": Decimal(0), "llm_cost_usd": Decimal(0)})
+        group["llm_requests"] += 1
+        group["llm_cost_usd"] += line["cost_usd"]
+        if line["cache_hit"]:
+            group["cache_hits"] += 1
+            group["saved_usd"] += Decimal(line["labels"][CACHE_SAVED_USD_LABEL])
+    return groups
+
+
+def test_cache_savings_per_tenant_service_and_feature_are_exact(engine: ChdbClient, month: SyntheticMonth) -> None:
+    day = NOW.date()
+    expected = expected_cache(month.cost_lines, day)
+    assert sum(g["cache_hits"] for g in expected.values()) > 0 and len({k[0] for k in expected}) > 1
+    report = reports.cache_savings(engine, DATABASE, ["tenant", "service", "feature"], since=day,
+                                   until=day + dt.timedelta(days=1))
+    got = {(r["tenant"], r["service"], r["feature"]): {k: r[k] for k in ("llm_requests", "cache_hits", "saved_usd",
+                                                                          "llm_cost_usd")} for r in report.rows}
+    assert got == expected
+    assert report.total["saved_usd"] == sum(g["saved_usd"] for g in expected.values())
+    assert report.total["cache_hits"] == sum(1 for l in month.cost_lines
+                                             if l["source"] == "llm" and on(day, l) and l["cache_hit"])
+
+    acme = reports.cache_savings(engine, DATABASE, ["tenant", "service", "feature"], since=day,
+                                 until=day + dt.timedelta(days=1), tenant="acme")
+    assert acme.rows and {r["tenant"] for r in acme.rows} == {"acme"}
+    assert acme.total["saved_usd"] == sum(g["saved_usd"] for k, g in expected.items() if k[0] == "acme")
+    assert acme.total["cache_hits"] == sum(g["cache_hits"] for k, g in expected.items() if k[0] == "acme")
+    assert reports.cache_savings(engine, DATABASE, ["tenant"], since=day, until=day + dt.timedelta(days=1),
+                                 tenant="acme' OR 1 = 1 OR tenant = '").rows == [], "the tenant is bound, not spliced"
+
+
 class _Shared:
     """The module's chdb client for the dashboard, which disconnects after each request."""
 
@@ -135,7 +181,37 @@ def test_endpoints_answer_json_with_exact_decimal_strings(server: DashboardServe
     budgets = fetch(server, "/api/budgets")[1]["rows"]
     assert {r["scope_id"] for r in budgets} == {"acme", "globex", "initech"}
     assert fetch(server, "/api/live?minutes=abc")[0] == 400
+    assert fetch(server, "/api/cache?days=0")[0] == 400
     assert fetch(server, "/api/spend?by=nope")[0] == 400
     assert fetch(server, "/nope")[0] == 404
     assert fetch(server, "/api/gateway") == (200, {"available": False, "models": [], "budgets": [],
                                                    "reason": "not following Kafka (prismops ui --no-kafka)"})
+
+
+CACHE_KEYS = {"tenant", "service", "feature", "llm_requests", "cache_hits", "hit_rate", "llm_cost_usd", "saved_usd",
+              "saved_pct"}
+
+
+def test_the_cache_endpoint_answers_today_per_tenant_service_and_feature(server: DashboardServer,
+                                                                         month: SyntheticMonth) -> None:
+    expected = expected_cache(month.cost_lines, NOW.date())
+    status, cache = fetch(server, "/api/cache")
+    assert status == 200, cache
+    assert cache["since"] == NOW.date().isoformat() and cache["rows"]
+    assert all(set(row) == CACHE_KEYS for row in cache["rows"])
+    assert {(r["tenant"], r["service"], r["feature"]): (r["llm_requests"], r["cache_hits"], Decimal(r["saved_usd"]))
+            for r in cache["rows"]} == {k: (g["llm_requests"], g["cache_hits"], g["saved_usd"]) for k, g in expected.items()}
+    total = cache["total"]
+    assert isinstance(total["saved_usd"], str) and isinstance(total["hit_rate"], str)
+    assert Decimal(total["saved_usd"]) == sum(g["saved_usd"] for g in expected.values())
+    assert total["cache_hits"] == sum(g["cache_hits"] for g in expected.values())
+    hits, calls = total["cache_hits"], total["llm_requests"]
+    assert Decimal(total["hit_rate"]) == (Decimal(hits) / calls).quantize(Decimal("1e-6"))
+
+    status, globex = fetch(server, "/api/cache?tenant=globex&days=15")
+    assert status == 200 and globex["rows"] and {r["tenant"] for r in globex["rows"]} == {"globex"}
+    fortnight = [l for l in month.cost_lines if l["tenant"] == "globex" and l["source"] == "llm"
+                 and MONTH <= l["event_time"].date() <= NOW.date()]
+    assert globex["total"]["cache_hits"] == sum(1 for l in fortnight if l["cache_hit"])
+    assert Decimal(globex["total"]["saved_usd"]) == sum(Decimal(l["labels"][CACHE_SAVED_USD_LABEL])
+                                                        for l in fortnight if l["cache_hit"])

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
+from prismops.finops.labels import CACHE_SAVED_USD_LABEL
 from prismops.infra.config import INFRA_DIR
 from prismops.sinks.chdb_client import ChdbClient
 from prismops.sinks.clickhouse import cost_line_row
@@ -35,8 +37,17 @@ def fill(query: str, database: str, start: dt.datetime, end: dt.datetime) -> str
 
 @pytest.fixture(scope="module")
 def month() -> SyntheticMonth:
-    # this month, so the month-to-date panels (which read now()) see it
-    return synthetic_month(NOW.date().replace(day=1), llm_calls_per_day=10)
+    """This month, so the month-to-date panels (which read now()) see it, with calls at today's midnight for the
+    cache panel (today only) whatever the hour; cache hits carry their saved price as the gateway stores it."""
+    data = synthetic_month(NOW.date().replace(day=1), llm_calls_per_day=10)
+    midnight = dt.datetime.combine(NOW.date(), dt.time(), dt.timezone.utc)
+    data.cost_lines.extend({**line, "line_id": line["line_id"] + "/today", "event_time": midnight}
+                           for line in [l for l in data.cost_lines if l["source"] == "llm"][:40])
+    rng = random.Random(19)
+    for line in data.cost_lines:
+        if line["source"] == "llm" and line["cache_hit"]:
+            line["labels"] = {CACHE_SAVED_USD_LABEL: f"{rng.randint(1, 10**9)}e-{rng.randint(3, 12)}"}
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +62,16 @@ def engine(tmp_path_factory: pytest.TempPathFactory, month: SyntheticMonth) -> I
 
 def test_every_clickhouse_panel_runs_and_adds_up(engine: ChdbClient, month: SyntheticMonth) -> None:
     queries = clickhouse_queries()
-    assert len(queries) == 4
+    assert len(queries) == 5
     now = NOW
     start, end = month.month, now
     expected = sum(l["cost_usd"] for l in month.cost_lines
                    if l["tenant"] in TENANTS and l["event_time"] <= now)
     for title, query in queries.items():
         rows = engine.execute(fill(query, DATABASE, dt.datetime.combine(start, dt.time(), dt.timezone.utc), end))
-        if "by team" in title and "per UTC day" not in title or "by model" in title:
+        if "Response cache" in title:
+            check_cache_panel(rows, month)
+        elif "by team" in title and "per UTC day" not in title or "by model" in title:
             assert abs(Decimal(str(sum(r[1] for r in rows))) - expected) < Decimal("1e-6"), title
         elif "per UTC day" in title:
             assert abs(Decimal(str(sum(v for _, series in rows for _, v in series))) - expected) < Decimal("1e-6")
@@ -66,3 +79,26 @@ def test_every_clickhouse_panel_runs_and_adds_up(engine: ChdbClient, month: Synt
         else:
             ((mtd, forecast),) = rows
             assert abs(Decimal(str(mtd)) - expected) < Decimal("1e-6") and forecast >= mtd
+
+
+def check_cache_panel(rows: list[tuple], month: SyntheticMonth) -> None:
+    """Today's calls and hits per (tenant, service, feature) of the selected tenants, as the records count them,
+    and the saved dollars of the hits' labels (Float64 in the panel: to 1e-6)."""
+    expected: dict[tuple[str, str, str], list] = {}
+    for line in month.cost_lines:
+        if (line["source"] == "llm" and line["tenant"] in TENANTS and line["event_time"].date() == NOW.date()
+                and line["event_time"] <= NOW):
+            group = expected.setdefault((line["tenant"], line["service"], line["feature"]), [0, 0, Decimal(0)])
+            group[0] += 1
+            if line["cache_hit"]:
+                group[1] += 1
+                group[2] += Decimal(line["labels"][CACHE_SAVED_USD_LABEL])
+    assert sum(hits for _, hits, _ in expected.values()) > 0
+    got = {tuple(row[:3]): row[3:] for row in rows}
+    assert {key: (calls, hits) for key, (calls, hits, *_) in got.items()} == {
+        key: (calls, hits) for key, (calls, hits, _) in expected.items()}
+    for key, (calls, hits, hit_rate, cost, saved, saved_pct) in got.items():
+        assert abs(Decimal(str(saved)) - expected[key][2]) < Decimal("1e-6"), key
+        assert abs(hit_rate - hits / calls) <= 0.00005, key  # rounded to 4 places
+        assert abs(saved_pct - (saved * 100 / (cost + saved) if cost + saved > 0 else 0)) <= 0.005, key
+    assert [row[7] for row in rows] == sorted((row[7] for row in rows), reverse=True), "most saved first"

@@ -87,47 +87,68 @@ def pipeline(settings: Settings, events: int, rate: int, steady_seconds: float, 
 @FORMAT_OPTION
 @click.pass_obj
 def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt: str) -> None:
-    """Router Decide against a do-nothing gRPC echo, same process and load: what routing adds to a call."""
+    """Router Decide against a do-nothing gRPC echo, same process and load: what routing adds to a call, with
+    the plain policy, with rate limits and tier quotas (local; on Redis when one answers) and with a
+    concurrency lease given back by ReportOutcome. JSON: one object per row, `scenario` naming it."""
     from rich.progress import Progress
 
-    from prismops.testing.echo_baseline import LoadResult, compare_router_with_echo, nearest_rank
+    from prismops.testing.echo_baseline import (
+        ECHO_SCENARIO, LoadResult, bench_scenarios, compare_router_with_echo, nearest_rank,
+    )
 
+    scenarios = bench_scenarios(concurrency)
     with Progress(console=stderr_console, transient=True) as progress:
-        router_task = progress.add_task("router Decide", total=requests_)
-        echo_task = progress.add_task("echo baseline", total=requests_)
+        tasks = {name: progress.add_task(name, total=requests_)
+                 for name in [scenario.name for scenario in scenarios] + [ECHO_SCENARIO]}
         try:
             result = compare_router_with_echo(
-                settings, requests=requests_, concurrency=concurrency, warmup=warmup,
-                on_router_progress=lambda n: progress.advance(router_task, n),
-                on_echo_progress=lambda n: progress.advance(echo_task, n),
+                settings, requests=requests_, concurrency=concurrency, warmup=warmup, scenarios=scenarios,
+                on_progress=lambda name, done: progress.advance(tasks[name], done),
             )
         except Exception as exc:
             fail(f"benchmark failed: {exc}")
 
-    def row(target: str, measured: LoadResult, baseline: LoadResult, server_ms: tuple[float, ...]) -> dict:
+    def row(scenario: str, target: str, measured: LoadResult, baseline: LoadResult,
+            server_ms: tuple[float, ...]) -> dict:
         p50, baseline_p50 = measured.percentile_ms(0.50), baseline.percentile_ms(0.50)
         return {
-            "target": target, "requests": measured.requests, "concurrency": measured.concurrency,
-            "errors": measured.errors, "qps": round(measured.qps, 1), "p50_ms": round(p50, 3),
-            "p99_ms": round(measured.percentile_ms(0.99), 3), "max_ms": round(measured.max_ms, 3),
+            "scenario": scenario, "target": target, "requests": measured.requests,
+            "concurrency": measured.concurrency, "errors": measured.errors, "qps": round(measured.qps, 1),
+            "p50_ms": round(p50, 3), "p99_ms": round(measured.percentile_ms(0.99), 3),
+            "max_ms": round(measured.max_ms, 3),
             "qps_vs_echo": round(measured.qps / baseline.qps, 2) if baseline.qps else None,
             "p50_vs_echo": round(p50 / baseline_p50, 2) if baseline_p50 else None,
-            # inside the handler only (entry to response built), read in process after the run; four places,
-            # as the echo's handler takes well under a microsecond
+            # inside the Decide (or echo) handler only, entry to response built, read in process after the run;
+            # four places, as the echo's handler takes well under a microsecond
             "server_p50_ms": round(nearest_rank(server_ms, 0.50), 4),
             "server_p99_ms": round(nearest_rank(server_ms, 0.99), 4),
         }
 
-    for name, measured in (("router", result.router), ("echo", result.echo)):
+    # the table leaves out what the title says (requests, concurrency) and max_ms, so it fits a terminal
+    table_columns = ("scenario", "target", "errors", "qps", "p50_ms", "p99_ms", "qps_vs_echo", "p50_vs_echo",
+                     "server_p50_ms", "server_p99_ms")
+    measured_runs = [(run.scenario.name, run.load) for run in result.runs] + [(ECHO_SCENARIO, result.echo)]
+    for name, measured in measured_runs:
         if measured.errors == measured.requests:
             fail(f"every {name} call failed: {measured.first_error}")
         if measured.errors:
             stderr_console.print(f"{measured.errors} {name} call(s) failed, e.g. {measured.first_error}", highlight=False)
-    emit([
-        row("routing.v1.Router/Decide", result.router, result.echo, result.router_server_ms),
-        row("echo (gRPC floor)", result.echo, result.echo, result.echo_server_ms),
-    ], fmt, title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
-                  f"(router chose {result.chosen_model}: {result.reason_code})")
+    for run in result.runs:
+        if run.leases_held_after:
+            stderr_console.print(f"{run.scenario.name}: {run.leases_held_after} lease(s) still held after the run",
+                                 highlight=False)
+    for note in result.skipped:
+        stderr_console.print(note, highlight=False)
+    rows = [
+        *(row(run.scenario.name, "routing.v1.Router/Decide + ReportOutcome" if run.scenario.releases_lease
+              else "routing.v1.Router/Decide", run.load, result.echo, run.server_ms)
+          for run in result.runs),
+        row(ECHO_SCENARIO, "echo (gRPC floor)", result.echo, result.echo, result.echo_server_ms),
+    ]
+    emit(rows, fmt, columns=None if fmt == "json" else table_columns,
+         title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
+               f"(router chose {result.chosen_model}: {result.reason_code}); lease row: Decide + ReportOutcome "
+               "per call, server columns the Decide handler alone")
 
 
 @command.command("sink")

@@ -247,17 +247,18 @@ def unit_economics(settings: Settings, by: tuple[str, ...], since: dt.datetime |
 @command.command(name="cache")
 @click.option("--by", "by", multiple=True, type=BY_CHOICE, default=("tenant", "service", "feature"), show_default=True,
               help="dimension to group by (repeatable)")
+@click.option("--tenant", default=None, help="only this tenant")
 @period_options
 @REPORT_FORMAT_OPTION
 @click.pass_obj
-def cache(settings: Settings, by: tuple[str, ...], since: dt.datetime | None, until: dt.datetime | None,
-          month: str | None, fmt: str) -> None:
+def cache(settings: Settings, by: tuple[str, ...], tenant: str | None, since: dt.datetime | None,
+          until: dt.datetime | None, month: str | None, fmt: str) -> None:
     """Response cache: hits, hit rate and the dollars the hits saved, per group (most saved first)."""
     from prismops.sinks import reports
 
     first, last = _period(since, until, month)
-    emit_report(run_report(settings, lambda client, db: reports.cache_savings(client, db, by, since=first, until=last)),
-                fmt)
+    emit_report(run_report(settings, lambda client, db: reports.cache_savings(client, db, by, since=first, until=last,
+                                                                              tenant=tenant)), fmt)
 
 
 @command.command(name="gpu-kpis")
