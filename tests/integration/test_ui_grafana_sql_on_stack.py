@@ -31,6 +31,10 @@ def test_the_clickhouse_panels_run_on_the_stack(isolated_settings: Settings) -> 
     month = synthetic_month(now.date().replace(day=1), llm_calls_per_day=10)
     lines = [{**l, "labels": {CACHE_SAVED_USD_LABEL: f"0.{i:04d}{i % 7}"}} if l["cache_hit"] else l
              for i, l in enumerate(month.cost_lines) if l["event_time"] <= now]
+    # three cache hits at this very second, so the today-only cache panel has hits to check at any hour
+    calls = [l for l in lines if l["source"] == "llm" and l["tenant"] == "acme"][:3]
+    lines += [{**l, "line_id": f"{l['line_id']}-cached-now", "event_time": now, "cache_hit": True,
+               "labels": {CACHE_SAVED_USD_LABEL: f"0.00{n + 1}"}} for n, l in enumerate(calls)]
     expected = sum(l["cost_usd"] for l in lines if l["tenant"] in TENANTS)
     dashboard = json.loads((INFRA_DIR / "grafana" / "finops.json").read_text())
     queries = {panel["title"]: target["query"] for panel in dashboard["panels"] for target in panel["targets"]
@@ -48,6 +52,7 @@ def test_the_clickhouse_panels_run_on_the_stack(isolated_settings: Settings) -> 
     for title, found in results.items():
         if "Response cache" in title:  # today's calls, hits and the saved USD of the hits' labels
             hits = [l for l in today if l["cache_hit"]]
+            assert len(hits) >= 3
             assert (sum(r[3] for r in found), sum(r[4] for r in found)) == (len(today), len(hits)), title
             saved = sum(Decimal(l["labels"][CACHE_SAVED_USD_LABEL]) for l in hits)
             assert abs(Decimal(str(sum(r[7] for r in found))) - saved) < Decimal("1e-6"), title
