@@ -4,9 +4,10 @@
 It needs no .proto: a generic handler with identity (bytes) serializers, so the only work on either side is
 gRPC's own. `drive_unary` runs the same closed-loop load (N calls from C threads, each with its own
 channel) against any unary call, and `compare_router_with_echo` drives the real Router and the echo with it,
-so both are timed the same way and the difference is what routing costs. Both servers also time their own
-handler (entry to response built) into an in-process list, so the server side is known apart from the
-client's view, which also holds gRPC, the network stack and the GIL shared with the clients.
+so both are timed the same way and the difference is what routing costs. The client threads run in a process of
+their own (`drive_unary_in_process_of_its_own`), as a calling service would, so they do not share the server's
+interpreter lock. Both servers also time their own handler (entry to response built) into an in-process list, so
+the server side is known apart from the client's view, which also holds gRPC and the network stack.
 
 The Router is timed under several `RouterScenario`s, one server each: the plain policy, rate limits and tier
 quotas (in process, and on Redis when one answers) set too high to refuse, and a concurrency cap whose lease
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import multiprocessing
+import queue
 import secrets
 import threading
 import time
@@ -220,6 +223,110 @@ def drive_unary(
     )
 
 
+CLIENT_KINDS = ("router", "router+release", "echo")
+
+
+def _client_caller(kind: str, target: str) -> OpenCaller:
+    """How a client process opens its connection: the Router's client (Decide, or Decide and the ReportOutcome
+    that gives the lease back) or a raw channel to the echo with the Decide request's bytes."""
+    request = bench_decide_request()
+    if kind == "echo":
+        payload = request.SerializeToString()
+
+        def open_echo() -> tuple[Callable[[], Any], Callable[[], None]]:
+            channel = grpc.insecure_channel(target)
+            grpc.channel_ready_future(channel).result(timeout=10.0)
+            call = echo_call(channel)
+            return (lambda: call(payload, timeout=10.0)), channel.close
+
+        return open_echo
+    from prismops.gateway_grpc.client import RouterClient
+
+    def open_router() -> tuple[Callable[[], Any], Callable[[], None]]:
+        client = RouterClient(target)
+        if not client.wait_ready(10.0):
+            client.close()
+            raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
+        return routed_call(client, request, kind == "router+release"), client.close
+
+    return open_router
+
+
+def _client_process(kind: str, target: str, requests: int, concurrency: int, warmup: int, progress: Any,
+                    warmed: Any, go: Any, results: Any) -> None:
+    """Entry point of the load process: `drive_unary` against `target`; warm-up done is signalled on `warmed`,
+    timing starts when `go` is set; the LoadResult (or the failure) goes back on `results`."""
+    try:
+        def on_start() -> None:
+            warmed.set()
+            go.wait()
+
+        result = drive_unary(_client_caller(kind, target), requests=requests, concurrency=concurrency,
+                             warmup=warmup, on_progress=progress.put, on_start=on_start)
+        results.send(("ok", result))
+    except BaseException as exc:  # handed to the parent, which raises it with the bench's message
+        results.send(("failed", _describe(exc)))
+    finally:
+        results.close()
+
+
+def drive_unary_in_process_of_its_own(
+    kind: str,
+    target: str,
+    *,
+    requests: int,
+    concurrency: int,
+    warmup: int = 0,
+    on_progress: Callable[[int], None] = lambda done: None,
+    on_start: Callable[[], None] = lambda: None,
+    timeout_s: float = 600.0,
+) -> LoadResult:
+    """`drive_unary` with the client threads in a process of their own (spawned), so the server under test
+    does not share its interpreter lock with the load: a service calls the router from its own process, and
+    in one process every microsecond of the clients' Python was taken from the server (the heavier handler lost
+    more). `kind` is one of CLIENT_KINDS; `on_start` runs in this process between warm-up and timing."""
+    if kind not in CLIENT_KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {CLIENT_KINDS}")
+    context = multiprocessing.get_context("spawn")
+    progress, warmed, go = context.Queue(), context.Event(), context.Event()
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=_client_process, name=f"bench-clients-{kind}", daemon=True,
+                             args=(kind, target, requests, concurrency, warmup, progress, warmed, go, send))
+    worker.start()
+    send.close()
+    deadline = time.monotonic() + timeout_s
+    started = False
+    try:
+        while True:
+            try:
+                on_progress(progress.get(timeout=0.1))
+            except queue.Empty:
+                pass
+            if not started and warmed.is_set():
+                on_start()
+                go.set()
+                started = True
+            if receive.poll():
+                break
+            if not worker.is_alive() and not receive.poll(0.5):
+                raise RuntimeError(f"the benchmark client process exited with code {worker.exitcode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the benchmark clients did not finish within {timeout_s:.0f} s")
+        status, value = receive.recv()
+        while True:
+            try:
+                on_progress(progress.get_nowait())
+            except queue.Empty:
+                break
+    finally:
+        worker.join(10.0)
+        if worker.is_alive():
+            worker.kill()
+    if status != "ok":
+        raise RuntimeError(f"a benchmark client failed: {value}")
+    return value
+
+
 def _describe(error: BaseException) -> str:
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         return f"{error.code().name}: {error.details()}"
@@ -409,33 +516,26 @@ def time_router(
     warmup: int,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> RouterRun:
-    """The real Router serving `state` in process, driven by `drive_unary` with the bench request."""
-    from prismops.gateway_grpc.client import RouterClient
+    """The real Router serving `state` in this process, driven from a client process with the bench request."""
     from prismops.gateway_grpc.server import DiscardingPublisher, build_server
 
     decide_ns: list[int] = []
     server = build_server(state.settings, state.table, publisher=DiscardingPublisher(), budgets=None, state=state,
                           decide_ns=decide_ns)
     server.start()
-    request = bench_decide_request()
     target = f"127.0.0.1:{state.settings.gateway.port}"
+    kind = "router+release" if scenario.releases_lease else "router"
     try:
-
-        def open_router() -> tuple[Callable[[], Any], Callable[[], None]]:
-            client = RouterClient(target)
-            if not client.wait_ready(10.0):
-                client.close()
-                raise RuntimeError(f"the router on {target} did not report SERVING within 10 s")
-            return routed_call(client, request, scenario.releases_lease), client.close
-
-        first_call, close_first = open_router()
+        first_call, close_first = _client_caller(kind, target)()
         try:
             first = first_call()
         finally:
             close_first()
         timed_from: list[int] = []
-        load = drive_unary(open_router, requests=requests, concurrency=concurrency, warmup=warmup,
-                           on_progress=on_progress, on_start=lambda: timed_from.append(len(decide_ns)))
+        load = drive_unary_in_process_of_its_own(
+            kind, target, requests=requests,
+            concurrency=concurrency, warmup=warmup, on_progress=on_progress,
+            on_start=lambda: timed_from.append(len(decide_ns)))
     finally:
         server.stop(0).wait()
     return RouterRun(scenario, load, milliseconds(decide_ns[timed_from[0]:]), first, leases_held(state))
@@ -501,18 +601,11 @@ def compare_router_with_echo(
     if not runs:
         raise RuntimeError("no router scenario could run: " + "; ".join(skipped))
 
-    payload = bench_decide_request().SerializeToString()
     with EchoServer() as echo:
-
-        def open_echo() -> tuple[Callable[[], Any], Callable[[], None]]:
-            channel = grpc.insecure_channel(echo.target)
-            grpc.channel_ready_future(channel).result(timeout=10.0)
-            call = echo_call(channel)
-            return (lambda: call(payload, timeout=10.0)), channel.close
-
         echo_timed_from: list[int] = []
-        echo_result = drive_unary(open_echo, requests=requests, concurrency=concurrency, warmup=warmup,
-                                  on_progress=lambda done: on_progress(ECHO_SCENARIO, done),
-                                  on_start=lambda: echo_timed_from.append(len(echo.handler_ns)))
+        echo_result = drive_unary_in_process_of_its_own(
+            "echo", echo.target, requests=requests, concurrency=concurrency, warmup=warmup,
+            on_progress=lambda done: on_progress(ECHO_SCENARIO, done),
+            on_start=lambda: echo_timed_from.append(len(echo.handler_ns)))
     return RouteBenchResult(tuple(runs), echo_result, milliseconds(echo.handler_ns[echo_timed_from[0]:]),
                             tuple(skipped))

@@ -256,3 +256,20 @@ def test_percentiles_are_nearest_rank():
 def test_p50_never_exceeds_p99_nor_p99_the_max(latencies):
     result = LoadResult(requests=len(latencies), concurrency=1, errors=0, seconds=1.0, latencies_ms=tuple(latencies))
     assert min(latencies) <= result.percentile_ms(0.5) <= result.percentile_ms(0.99) <= result.max_ms == max(latencies)
+
+
+def test_clients_in_a_process_of_their_own_warm_up_before_on_start_and_time_the_rest():
+    from prismops.testing.echo_baseline import EchoServer, drive_unary_in_process_of_its_own
+
+    seen_at_start: list[int] = []
+    progress: list[int] = []
+    with EchoServer() as echo:
+        result = drive_unary_in_process_of_its_own(
+            "echo", echo.target, requests=60, concurrency=3, warmup=9, on_progress=progress.append,
+            on_start=lambda: seen_at_start.append(len(echo.handler_ns)))
+        answered = len(echo.handler_ns)
+    assert seen_at_start == [9], "on_start runs after every warm-up call returned and before any timed one"
+    assert (result.requests, result.errors, len(result.latencies_ms), answered) == (60, 0, 60, 69)
+    assert sum(progress) == 60
+    with pytest.raises(ValueError):
+        drive_unary_in_process_of_its_own("nothing", "127.0.0.1:1", requests=1, concurrency=1)
