@@ -61,13 +61,14 @@ _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[
 # A phone number: at least 7 digits, written as +country then groups (+1 415 555 0100, +44 7911 123456),
 # an area code in parentheses then groups ((415) 555-0100), or three or more groups separated by spaces,
 # dots or dashes (415.555.0100). Plain digit runs without a '+' (order ids, timestamps) and dates
-# (2026-11-21, 21.11.2026) are left alone.
+# (2026-11-21, 21.11.2026) are left alone, and so are digit groups inside a longer hyphen or dot joined token: the
+# middle of a UUID (739a3198-7089-4906-9891-eef34eed4f52) or a version string is not a phone number.
 _DATE = r"(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4})(?!\d)"
 _PHONE = re.compile(
-    r"(?<![\w+])(?!" + _DATE + r")"
+    r"(?<![\w+])(?<!\w[-.])(?!" + _DATE + r")"
     r"(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,6}(?:[\s.-]\d{1,6}){1,5}"
     r"|\(\d{1,4}\)[\s.-]?\d{2,4}(?:[\s.-]\d{2,4}){1,3}"
-    r"|\d{2,4}(?:[\s.-]\d{2,4}){2,4})(?!\w)"
+    r"|\d{2,4}(?:[\s.-]\d{2,4}){2,4})(?![-.]?\w)"
     r"|\+\d{7,15}(?!\w)"
 )
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")

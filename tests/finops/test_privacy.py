@@ -78,6 +78,20 @@ def test_ordinary_numbers_and_ids_are_not_masked(text):
     assert mask_personal_data(text) == text
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.uuids(), st.uuids())
+def test_event_ids_are_not_phone_numbers(first, second):
+    """A random UUID's digit groups once read as a phone (739a3198-7089-4906-9891-eef34eed4f52 became
+    739a3198-[phone]-eef34eed4f52 in a dead letter, and the replayed event could not be matched to its id)."""
+    text = f"event {first} then {second}, key {first.hex}"
+    assert mask_personal_data(text) == text
+
+
+def test_the_uuid_that_was_masked_is_left_alone_and_a_phone_beside_it_is_not():
+    event_id = "739a3198-7089-4906-9891-eef34eed4f52"
+    assert mask_personal_data(f"{event_id} call 415-555-0100") == f"{event_id} call {PHONE_MASK}"
+
+
 def test_several_findings_in_one_text():
     text = "from jane@example.com (415) 555-0100 re order-12345 on 2026-11-21"
     assert mask_personal_data(text) == f"from {EMAIL_MASK} {PHONE_MASK} re order-12345 on 2026-11-21"
