@@ -1,3 +1,4 @@
 from prismops.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned child process (bench route's clients) imports this module again
+    main()
