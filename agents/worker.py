@@ -13,11 +13,9 @@ Agents send output with `event.send(...)`, so Faust publishes it before committi
 
 from __future__ import annotations
 
-import time
-
 import faust
 import faust.web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, inference_agents, llm_agents
 from prismops.agents.context import WorkerContext
@@ -28,21 +26,8 @@ from prismops.streams.telemetry import configure_tracing
 from prismops.streams.topics import TopicPlan, ensure_topic_plans, ensure_topics
 
 
-STARTED_AT = Gauge("prismops_worker_started_timestamp_seconds", "when this worker process started (unix time)")
-STATE_RESTORED_AT = Gauge("prismops_worker_state_restored_timestamp_seconds",
-                          "when this worker process first had its tables restored from their changelogs (unix time)")
-
-
 def build_worker_app(settings: Settings) -> faust.App:
     context = WorkerContext(settings, create_app(settings))
-    STARTED_AT.set(time.time())
-
-    @context.app.task
-    async def note_state_restored() -> None:
-        """How long a restarted worker spends reading its changelogs back, apart from catching up on its input
-        (`prismops bench state` prints both)."""
-        await context.app.tables.recovery.completed.wait()
-        STATE_RESTORED_AT.set(time.time())
 
     @context.app.page("/metrics")
     async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:

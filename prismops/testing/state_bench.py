@@ -7,17 +7,14 @@ One run on the local stack, scratch namespace and database, the real worker and 
    The worker's peak RSS (VmHWM) is the P5 figure.
 2. Recovery: `after` more events paced at `rate`/s; half-way the worker is killed with SIGKILL and started again at
    once. The P7 figure is the time from the restart until the worker's group has no lag on the usage and
-   cost-line topics again and every event is a row in ClickHouse (budgets current); it is split at the moment the
-   worker says its tables were restored (`prismops_worker_state_restored_timestamp_seconds`).
+   cost-line topics again and every event is a row in ClickHouse (budgets current).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,21 +76,6 @@ def stored_rows(settings: Settings) -> int:
         client.disconnect()
 
 
-_RESTORED = re.compile(r"^prismops_worker_state_restored_timestamp_seconds ([0-9.e+]+)$", re.MULTILINE)
-
-
-def state_restored_at(settings: Settings, timeout_s: float = 2.0) -> float | None:
-    """When the worker on `settings.worker.web_port` had its tables restored (unix time), from its /metrics;
-    None before that (the gauge is 0) or when the page does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.worker.web_port}/metrics", timeout=timeout_s) as page:
-            found = _RESTORED.search(page.read().decode())
-    except OSError:
-        return None
-    value = float(found.group(1)) if found else 0.0
-    return value or None
-
-
 def caught_up(settings: Settings, rows: int) -> bool:
     group = settings.worker_app_id
     return (group_lag(settings, group, LLM_USAGE.name(settings)) == 0
@@ -147,13 +129,10 @@ def _measure_state(base: Settings, options: StateBenchOptions, progress: Progres
             sender.start()
             time.sleep(options.after / options.rate / 2)
             components.kill("worker")
-            restarted_wall = time.time()
             components.restart("worker")
             restarted = time.monotonic()
             sender.join(options.timeout_s)
             recovered = wait_caught_up(settings, components, keys + options.after, options.timeout_s)
-            recovered_wall = time.time()
-            restored_wall = state_restored_at(settings)
             sending_ended = options.after / options.rate / 2
             rss_after = peak_rss_kib(components.processes["worker"].pid)
             producer.close()
@@ -162,9 +141,6 @@ def _measure_state(base: Settings, options: StateBenchOptions, progress: Progres
             "worker_peak_rss_mib": round((rss_loaded or 0) / 1024, 1),
             "restarted_worker_peak_rss_mib": round((rss_after or 0) / 1024, 1),
             "caught_up_after_restart_s": round(recovered - restarted, 1),
-            # of which: the process starting and reading its changelogs back, then processing what it had not done
-            "state_restored_after_restart_s": round(restored_wall - restarted_wall, 1) if restored_wall else None,
-            "caught_up_after_state_restored_s": round(recovered_wall - restored_wall, 1) if restored_wall else None,
             "sending_after_restart_s": round(sending_ended, 1), "logs": str(logs),
         }
     finally:

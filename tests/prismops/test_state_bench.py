@@ -32,38 +32,3 @@ def test_each_tenant_gets_one_daily_budget():
     budgets = parse_budgets(document)  # the file the worker reads
     assert len({b.scope_id for b in budgets}) == 20
     assert {(b.scope, b.period, b.unit) for b in budgets} == {("tenant", "daily", "usd")}
-
-
-def test_the_restore_time_is_read_from_the_workers_metrics_page():
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from prismops.settings import Settings
-    from prismops.testing.state_bench import state_restored_at
-
-    pages = ["# TYPE prismops_worker_state_restored_timestamp_seconds gauge\n"
-             "prismops_worker_state_restored_timestamp_seconds 0.0\n",
-             "prismops_worker_started_timestamp_seconds 1.7650008e+09\n"
-             "prismops_worker_state_restored_timestamp_seconds 1.7650009125e+09\n"]
-
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body = pages[0].encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    settings = Settings().with_overrides(worker={"web_port": server.server_address[1]})
-    try:
-        assert state_restored_at(settings) is None, "0 means not restored yet"
-        pages.pop(0)
-        assert state_restored_at(settings) == 1765000912.5
-    finally:
-        server.shutdown()
-    assert state_restored_at(settings, timeout_s=0.5) is None, "no page: not known"
