@@ -35,7 +35,8 @@ def test_bench_logic_prints_a_rate_for_every_step():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [r["step"] for r in rows][-1] == "worker logic in total"
-    assert all(r["events_per_s"] > 0 for r in rows)
+    assert all(r["events_per_s"] > 0 and r["us_per_event"] > 0 for r in rows)
+    assert rows[-1]["vs_decoding_floor"] > 0
 
 
 def test_simulate_against_an_unreachable_broker_fails_on_stderr_with_a_non_zero_exit():

@@ -20,31 +20,16 @@ def command() -> None:
 @click.option("--events", default=50_000, show_default=True, type=click.IntRange(min=1000))
 @FORMAT_OPTION
 def logic(events: int, fmt: str) -> None:
-    """In-process rates of each step an event takes in the worker: encode, decode + price + tag, encode out."""
-    from prismops.finops.llm_usage import LlmPricingContext, process_llm_usage
-    from prismops.settings import Settings
-    from prismops.streams.codecs import codec_for
-    from prismops.streams.simulation import TrafficGenerator
+    """The worker's Python per event on batch records, in process on one core: each stage's microseconds per
+    event, the whole path's events/s, and fastavro's reads of the same batches as the floor."""
+    from rich.progress import Progress
 
-    usage, lines, observations = codec_for("llm_usage_event"), codec_for("cost_line"), codec_for("model_observation")
-    generated = list(TrafficGenerator(seed=1).events(events))
-    pricing, now = LlmPricingContext.from_settings(Settings()), dt.datetime.now(dt.timezone.utc)
+    from prismops.testing.logic_bench import run_logic_bench
 
-    def timed(step):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        result = step()
-        return result, time.perf_counter() - started
-
-    encoded, encode_s = timed(lambda: [usage.encode(e) for e in generated])
-    priced, process_s = timed(lambda: [process_llm_usage(b, pricing, now) for b in encoded])
-    _, out_s = timed(lambda: [(lines.encode(p.cost_line), observations.encode(p.observation)) for p in priced])
-    rows = [
-        {"step": "SDK encode (Avro single-object)", "events_per_s": round(events / encode_s)},
-        {"step": "decode + validate + price + tag", "events_per_s": round(events / process_s)},
-        {"step": "encode cost line + observation", "events_per_s": round(events / out_s)},
-        {"step": "worker logic in total", "events_per_s": round(events / (process_s + out_s))},
-    ]
-    emit(rows, fmt, title=f"per-event logic, {events} simulated events, one core")
+    with Progress(console=stderr_console, transient=True) as progress:
+        task = progress.add_task("worker logic", total=events)
+        result = run_logic_bench(events, on_progress=lambda done: progress.update(task, completed=done))
+    emit(result.rows(), fmt, title=f"worker logic per event, {events} simulated events in 500-event batches, one core")
 
 
 @command.command("pipeline")
