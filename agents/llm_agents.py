@@ -73,6 +73,16 @@ def cost_line_batches(codec: BatchCodec, lines: list[dict[str, Any]], partition_
             for index, (partition, array) in enumerate(arrays)]
 
 
+def observation_batches(codec: BatchCodec, observations: list[dict[str, Any]], partition_of: Callable[[str], int],
+                        max_bytes: int) -> list[tuple[int, bytes]]:
+    """The observation batch records of one usage record: per partition of the observations' provider/model,
+    split to fit `max_bytes`."""
+    return [(partition, codec.frame_array(array))
+            for partition, group in by_partition(
+                observations, lambda obs: partition_of(f"{obs['provider']}/{obs['model']}")).items()
+            for array in encode_chunks(codec.encode_array, group, max_bytes)]
+
+
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
     pricing = LlmPricingContext.from_settings(settings)
@@ -105,12 +115,8 @@ def register(ctx: WorkerContext) -> None:
         origin = f"{message.topic}/{message.partition}"
         lines = [p.cost_line for p in accepted]
         line_batches = cost_line_batches(lines_codec, lines, line_partition, origin, message.offset, max_bytes)
-        observation_batches = [
-            (partition, observations_codec.frame_array(array))
-            for partition, group in by_partition(
-                [p.observation for p in accepted], lambda obs: model_partition(f"{obs['provider']}/{obs['model']}")).items()
-            for array in encode_chunks(observations_codec.encode_array, group, max_bytes)
-        ]
+        observation_records = observation_batches(
+            observations_codec, [p.observation for p in accepted], model_partition, max_bytes)
         for outcome in priced.outcomes:
             if isinstance(outcome, Rejection):
                 await ctx.dead_letter(event, PRICE_STAGE, outcome.field, outcome.rule, outcome.message, value=outcome.value)
@@ -123,7 +129,7 @@ def register(ctx: WorkerContext) -> None:
         for partition, value in line_batches:
             await ctx.send(event, cost_topic, key=None, value=value, headers=headers, partition=partition)
         EVENTS_OUT.labels(cost_name).inc(len(lines))
-        for partition, chunk in observation_batches:
+        for partition, chunk in observation_records:
             await ctx.send(event, observations_topic, key=None, value=chunk, partition=partition)
 
     @ctx.app.agent(observations_topic)

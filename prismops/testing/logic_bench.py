@@ -44,7 +44,7 @@ class StageClock:
 class LogicBenchResult:
     events: int
     stages: dict[str, float]  # seconds per stage
-    serialization_s: float  # the fastavro floor over the same batches
+    decoding_floor_s: float  # fastavro's reads of the same batches
 
     @property
     def total_s(self) -> float:
@@ -58,10 +58,10 @@ class LogicBenchResult:
                     "share": round(seconds / self.total_s, 3) if self.total_s > 0 else 0.0}
 
         rows = [row(stage, seconds) for stage, seconds in self.stages.items()]
-        rows.append({**row("decoding floor (fastavro reads alone)", self.serialization_s), "share": None})
+        rows.append({**row("decoding floor (fastavro reads alone)", self.decoding_floor_s), "share": None})
         rows.append({**row("worker logic in total", self.total_s), "share": 1.0,
-                     "vs_decoding_floor": round(self.total_s / self.serialization_s, 2)
-                     if self.serialization_s > 0 else None})
+                     "vs_decoding_floor": round(self.total_s / self.decoding_floor_s, 2)
+                     if self.decoding_floor_s > 0 else None})
         return rows
 
 
@@ -79,7 +79,7 @@ def bench_usage_batches(events: int, now: dt.datetime) -> list[bytes]:
 
 
 def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda done: None) -> LogicBenchResult:
-    from prismops.agents.llm_agents import by_partition, cost_line_batches, encode_chunks
+    from prismops.agents.llm_agents import cost_line_batches, observation_batches
     from prismops.finops.anomaly_events import PartitionWatch, new_watch, usage_sample
     from prismops.finops.budgets import BudgetLedger
     from prismops.finops.live_stats import LiveModelWindows
@@ -121,11 +121,8 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
         lines = [p.cost_line for p in accepted]
         line_batches = clock.run("encode cost-line batches", lambda: cost_line_batches(
             lines_codec, lines, partition_of, "usage/0", offset, max_bytes))
-        observation_batches = clock.run("encode observation batches", lambda: [
-            (partition, observations_codec.frame_array(array))
-            for partition, group in by_partition([p.observation for p in accepted],
-                                                 lambda o: partition_of(f"{o['provider']}/{o['model']}")).items()
-            for array in encode_chunks(observations_codec.encode_array, group, max_bytes)])
+        observation_records = clock.run("encode observation batches", lambda: observation_batches(
+            observations_codec, [p.observation for p in accepted], partition_of, max_bytes))
         for partition, value in line_batches:
             encoded_lines.append(value)
             decoded = clock.run("decode cost-line batches", lambda: lines_codec.decode(value))
@@ -133,16 +130,16 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
             clock.run("budget ledger", lambda: ledger.apply_batch(
                 batch, now, shard=partition, origin=decoded.origin, position=decoded.position or 0))
             clock.run("anomaly watch", lambda: observe_samples(watch_for(partition), batch, offset))
-        for _partition, value in observation_batches:
+        for _partition, value in observation_records:
             encoded_observations.append(value)
             decoded = clock.run("decode observation batches", lambda: observations_codec.decode(value))
             clock.run("live model table", lambda: [live.observe(item.value, now) for item in decoded.items
                                                    if item.value is not None])
         on_progress(min(events, (offset + 1) * USAGE_BATCH_EVENTS))
-    return LogicBenchResult(events, clock.seconds, serialization_floor(batches, encoded_lines, encoded_observations))
+    return LogicBenchResult(events, clock.seconds, decoding_floor(batches, encoded_lines, encoded_observations))
 
 
-def serialization_floor(usage: list[bytes], lines: list[bytes], observations: list[bytes]) -> float:
+def decoding_floor(usage: list[bytes], lines: list[bytes], observations: list[bytes]) -> float:
     """Seconds fastavro alone takes to read the usage batches, the cost-line batches and the observation
     batches the logic read: the decoding every consumer of these records does, with nothing done to them."""
     from prismops.streams.codecs import batch_codec_for

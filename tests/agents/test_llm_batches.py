@@ -8,7 +8,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from prismops.agents.context import OutputTooLarge
-from prismops.agents.llm_agents import CHUNKS_PER_RECORD, cost_line_batches, encode_chunks
+from prismops.agents.llm_agents import CHUNKS_PER_RECORD, cost_line_batches, encode_chunks, observation_batches
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usage_record
 from prismops.settings import Settings
 from prismops.streams.codecs import batch_codec_for
@@ -18,12 +18,31 @@ from prismops.streams.simulation import TrafficGenerator
 LINES = batch_codec_for("cost_line")
 
 
-def _lines(count: int) -> list[dict]:
+def _priced(count: int) -> list[PricedUsage]:
     usage = batch_codec_for("llm_usage_event")
     events = list(TrafficGenerator(seed=9).events(count))
     priced = price_usage_record(usage.frame([usage.items.encode_body(e) for e in events]),
                                 LlmPricingContext.from_settings(Settings()), dt.datetime.now(dt.timezone.utc))
-    return [o.cost_line for o in priced.outcomes if isinstance(o, PricedUsage)]
+    return [o for o in priced.outcomes if isinstance(o, PricedUsage)]
+
+
+def _lines(count: int) -> list[dict]:
+    return [p.cost_line for p in _priced(count)]
+
+
+def test_each_observation_goes_to_its_models_partition_in_batches_that_fit():
+    observations, partition_of = [p.observation for p in _priced(300)], KeyPartitioner(4)
+    codec = batch_codec_for("model_observation")
+    batches = observation_batches(codec, observations, partition_of, max_bytes=5_000)
+    decoded = [(partition, codec.decode(value)) for partition, value in batches]
+    assert len(batches) > len({partition for partition, _ in batches}), "a partition's group is split to fit"
+    assert all(partition_of(f"{i.value['provider']}/{i.value['model']}") == partition
+               for partition, d in decoded for i in d.items)
+    def identity(obs: dict) -> tuple:
+        return obs["provider"], obs["model"], obs["event_time"], obs["latency_ms"]
+
+    assert sorted(identity(i.value) for _, d in decoded for i in d.items) == sorted(map(identity, observations))
+    assert all(len(value) <= 5_000 + 64 for _, value in batches)
 
 
 def test_every_batch_of_a_record_has_a_position_of_its_own_and_each_line_its_tenants_partition():

@@ -26,12 +26,12 @@ def test_every_stage_runs_and_the_progress_reaches_every_event():
     result = run_logic_bench(1000, on_progress=seen.append)
     assert list(result.stages) == STAGES
     assert all(seconds > 0 for seconds in result.stages.values())
-    assert result.serialization_s > 0
+    assert result.decoding_floor_s > 0
     assert seen[-1] == 1000
 
 
 def test_rows_put_each_stage_then_the_floor_then_the_total_with_shares_that_add_up():
-    result = LogicBenchResult(events=1000, stages={"a": 0.3, "b": 0.1}, serialization_s=0.2)
+    result = LogicBenchResult(events=1000, stages={"a": 0.3, "b": 0.1}, decoding_floor_s=0.2)
     rows = result.rows()
     assert [row["step"] for row in rows] == ["a", "b", "decoding floor (fastavro reads alone)", "worker logic in total"]
     assert rows[0] == {"step": "a", "us_per_event": 300.0, "events_per_s": 3333, "share": 0.75}
