@@ -144,7 +144,7 @@ def register(ctx: WorkerContext) -> None:
             except (CodecError, FieldRuleError):
                 continue  # dead-lettered when it was first seen
             if samples:
-                await publish([watch.observe(sample, offset, utcnow()) for sample in samples])
+                await publish(watch.observe_batch(samples, offset, utcnow()))
                 applied += len(samples)
         if applied:
             log.info("anomaly watch %d: applied %d unsaved lines (offsets %d..%d) read back from %s",
@@ -191,7 +191,7 @@ def register(ctx: WorkerContext) -> None:
             if watch.is_replay(message.offset):
                 return
             now, folded = utcnow(), watch.folded
-            steps = [watch.observe(sample, message.offset, now) for sample in samples]
+            steps = watch.observe_batch(samples, message.offset, now)
             if watch.folded > folded:
                 SERIES_FOLDED.inc(watch.folded - folded)
             await publish(steps)

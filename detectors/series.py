@@ -25,7 +25,10 @@ from prismops.errors import FieldRuleError
 # How series are keyed: grouping name -> the event fields that make the key.
 GROUPINGS: dict[str, tuple[str, ...]] = {"tenant_model": ("tenant", "model"), "service_feature": ("service", "feature")}
 METRICS = ("cost", "tokens_per_request", "latency_p95_ms", "error_rate")
+KEY_FIELDS = tuple(sorted({name for fields in GROUPINGS.values() for name in fields}))
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+KEYS_REMEMBERED = 200_000
+"""SeriesKey objects kept for reuse per TumblingWindows (a bound, not a limit: past it the memo starts over)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -58,14 +61,13 @@ class UsageSample:
         event_time = event.get("event_time")
         if not isinstance(event_time, dt.datetime):
             raise FieldRuleError("event_time", "datetime", "must be a datetime")
-        key_fields = {name for fields in GROUPINGS.values() for name in fields}
         return cls(
             event_time=event_time, cost=cost,
             input_tokens=int(event.get("input_tokens") or 0),  # type: ignore[call-overload]
             output_tokens=int(event.get("output_tokens") or 0),  # type: ignore[call-overload]
             latency_ms=float(event.get("latency_ms") or 0),  # type: ignore[arg-type]
             error=event.get("status", "ok") != "ok",
-            fields={name: str(event.get(name) or "(none)") for name in key_fields},
+            fields={name: str(event.get(name) or "(none)") for name in KEY_FIELDS},
             dimensions=rca_dimensions(event),
         )
 
@@ -91,6 +93,37 @@ class WindowAggregate:
         self.cost_by_dimension.add(sample.dimensions, sample.cost)
         self.errors_by_dimension.add(sample.dimensions, int(sample.error))
         self.tokens_by_dimension.add(sample.dimensions, tokens)
+
+    def add_many(self, samples: list[UsageSample]) -> None:
+        """`add` for each sample in order, in one pass: the three per-dimension totals share a loop over each
+        sample's dimensions (a batch of cost lines is mostly one window per series)."""
+        zero = Decimal(0)
+        cost_by, errors_by, tokens_by = (self.cost_by_dimension.by_value, self.errors_by_dimension.by_value,
+                                         self.tokens_by_dimension.by_value)
+        cost, errors, tokens_total = self.cost, self.errors, self.tokens
+        cost_total, errors_total, tokens_dim_total = (self.cost_by_dimension.total, self.errors_by_dimension.total,
+                                                      self.tokens_by_dimension.total)
+        latencies = self.latencies_ms
+        for sample in samples:
+            tokens = sample.input_tokens + sample.output_tokens
+            error = 1 if sample.error else 0
+            amount = sample.cost
+            cost += amount
+            errors += error
+            tokens_total += tokens
+            latencies.append(sample.latency_ms)
+            cost_total += amount
+            errors_total += error
+            tokens_dim_total += tokens
+            for pair in sample.dimensions.items():
+                cost_by[pair] = cost_by.get(pair, zero) + amount
+                errors_by[pair] = errors_by.get(pair, zero) + error
+                tokens_by[pair] = tokens_by.get(pair, zero) + tokens
+        self.cost, self.errors, self.tokens = cost, errors, tokens_total
+        self.requests += len(samples)
+        self.cost_by_dimension.total = cost_total
+        self.errors_by_dimension.total = errors_total
+        self.tokens_by_dimension.total = tokens_dim_total
 
     def latency_p95_ms(self) -> float:
         """Nearest-rank 95th percentile: an actual sample, exact for any count."""
@@ -163,8 +196,17 @@ class TumblingWindows:
         return self.watermark is not None and start + dt.timedelta(seconds=self.window_s + self.grace_s) <= self.watermark
 
     def keys_of(self, sample: UsageSample) -> list[SeriesKey]:
-        return [SeriesKey(grouping, tuple(sample.fields.get(name, "(none)") for name in names))
-                for grouping, names in self.groupings.items()]
+        keys = []
+        known = self.__dict__.setdefault("_keys", {})  # one SeriesKey per series: building a frozen dataclass costs
+        for grouping, names in self.groupings.items():
+            values = tuple([sample.fields.get(name, "(none)") for name in names])
+            key = known.get((grouping, values))
+            if key is None:
+                if len(known) >= KEYS_REMEMBERED:
+                    known.clear()
+                key = known[(grouping, values)] = SeriesKey(grouping, values)
+            keys.append(key)
+        return keys
 
     def add(self, sample: UsageSample, skip: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> WindowAdvance:
         """Count the sample in each of its series' window, except the series in `skip` (their restored state
@@ -181,6 +223,48 @@ class TumblingWindows:
             self.open.setdefault((key, start), WindowAggregate()).add(sample)
         self.late_count += len(late)
         return WindowAdvance(self.advance(event_time), late)
+
+    def add_batch(self, samples: list[tuple[UsageSample, list[SeriesKey]]]) -> list[WindowAdvance]:
+        """`add` for each (sample, the keys to count it in) in order, with the same result: a sample's window
+        closes only when the watermark crosses a window boundary, so between crossings the samples of one
+        (key, window) are added together; returns one WindowAdvance per crossing (and one for the rest)."""
+        advances: list[WindowAdvance] = []
+        pending: dict[tuple[SeriesKey, dt.datetime], list[UsageSample]] = {}
+        late: list[LateEvent] = []
+        grace = dt.timedelta(seconds=self.window_s + self.grace_s)
+        for sample, keys in samples:
+            event_time = _utc(sample.event_time, "event_time")
+            start = self.window_start(event_time)
+            if self.watermark is not None and start + grace <= self.watermark:
+                late.extend(LateEvent(key, event_time, start, self.watermark) for key in keys)
+            else:
+                for key in keys:
+                    group = pending.get((key, start))
+                    if group is None:
+                        pending[(key, start)] = [sample]
+                    else:
+                        group.append(sample)
+            if self.watermark is None or event_time > self.watermark:
+                self.watermark = event_time
+            if self.window_start(self.watermark - grace) == self.__dict__.get("_scanned_through"):
+                continue
+            self._add_pending(pending)
+            self.late_count += len(late)
+            advances.append(WindowAdvance(self.advance(event_time), late))
+            late = []
+        self._add_pending(pending)
+        self.late_count += len(late)
+        if late or not advances:
+            advances.append(WindowAdvance([], late))
+        return advances
+
+    def _add_pending(self, pending: dict[tuple[SeriesKey, dt.datetime], list[UsageSample]]) -> None:
+        for window, group in pending.items():
+            aggregate = self.open.get(window)
+            if aggregate is None:
+                aggregate = self.open[window] = WindowAggregate()
+            aggregate.add_many(group)
+        pending.clear()
 
     def advance(self, watermark: dt.datetime) -> list[ClosedWindow]:
         """Move the watermark forward (never back), e.g. on a wall-clock tick when traffic is idle; return closed windows.
@@ -208,6 +292,9 @@ class TumblingWindows:
         ready = sorted(((start, key) for key, start in self.open if closes(start)), key=lambda pair: (pair[0], str(pair[1])))
         width = dt.timedelta(seconds=self.window_s)
         return [ClosedWindow(key, start, start + width, self.open.pop((key, start))) for start, key in ready]
+
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "_keys"}  # a memo, not state
 
     def to_bytes(self) -> bytes:
         return dump_state(self)

@@ -57,6 +57,11 @@ class AnomalyWatch:
         advance = self.windows.add(sample, skip)
         return WatchStep(self._score(advance.closed), advance.late)
 
+    def observe_batch(self, samples: list[tuple[UsageSample, list[SeriesKey]]]) -> list[WatchStep]:
+        """`observe` for each (sample, the series to count it in) in order, with the same windows, scores and
+        late events; the samples of one series window are added together (see `TumblingWindows.add_batch`)."""
+        return [WatchStep(self._score(advance.closed), advance.late) for advance in self.windows.add_batch(samples)]
+
     def tick(self, now: dt.datetime) -> WatchStep:
         return WatchStep(self._score(self.windows.advance(now)))
 

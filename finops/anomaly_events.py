@@ -193,6 +193,32 @@ class PartitionWatch:
             self.series_applied.clear()
         return step
 
+    def observe_batch(self, samples: list[UsageSample], offset: int, arrived_at: dt.datetime) -> list[WatchStep]:
+        """`observe` for each sample of one record (they share its offset), in order, with the same result: the
+        samples of a series window are counted together, one update per window instead of one per sample."""
+        windows, applied = self.watch.windows, self.series_applied
+        counted: list[tuple[UsageSample, list[SeriesKey]]] = []
+        newest = self.max_event_time
+        for sample in samples:
+            sample = self.admit(sample)
+            keys = windows.keys_of(sample)
+            if applied:
+                keys = [key for key in keys if applied.get(key, -1) < offset]
+            self.dirty_keys.update(keys)
+            if newest is None or sample.event_time > newest:
+                newest = sample.event_time
+            counted.append((sample, keys))
+        steps = self.watch.observe_batch(counted)
+        for step in steps:
+            self._closed(step)
+        if counted:
+            self.last_offset = offset
+            self.last_arrival = arrived_at
+            self.max_event_time = newest
+            if applied and offset > max(applied.values()):
+                applied.clear()
+        return steps
+
     def idle_tick(self, now: dt.datetime, idle_close_s: float) -> WatchStep:
         """Advance event time by the processing time the partition has been quiet, once it is quiet long enough."""
         if self.last_arrival is None or self.max_event_time is None:

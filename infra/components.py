@@ -20,7 +20,7 @@ from prismops.settings import Settings, settings_as_env
 CRASH_MARKERS = re.compile(r"Crashed reason=|Traceback \(most recent call last\)|PartitionsMismatch")
 
 COMPONENT_COMMANDS: dict[str, list[str]] = {
-    "worker": ["worker", "--loglevel", "WARNING"],
+    "worker": ["worker", "--loglevel", "INFO"],
     "sink": ["sink"],
     "gateway": ["gateway", "serve"],
     "alerts": ["alerts"],

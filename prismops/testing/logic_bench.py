@@ -110,10 +110,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
         return watches[partition]
 
     def observe_samples(watch: PartitionWatch, lines: list[dict[str, Any]], offset: int) -> None:
-        for line in lines:
-            sample = usage_sample(line)
-            if sample is not None:
-                watch.observe(sample, offset, now)
+        watch.observe_batch([sample for line in lines if (sample := usage_sample(line)) is not None], offset, now)
 
     for offset, record in enumerate(batches):
         priced = clock.run("decode usage + validate + price + tag", lambda: price_usage_record(record, pricing, now))
