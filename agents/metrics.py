@@ -117,13 +117,14 @@ class LlmCallMetrics:
         self.record_batch([line], now)
 
     def record_batch(self, lines: Sequence[Mapping[str, object]], now: dt.datetime) -> None:
-        """Aggregate a batch per label set first, so each metric child is touched once per batch (latency
-        observations excepted: a histogram takes them one by one)."""
+        """Aggregate a batch per label set first, so each metric child is looked up once per batch (a histogram
+        still takes its latency observations one by one)."""
         calls: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0])  # label set -> [calls, failed]
         statuses: Counter[tuple[str, ...]] = Counter()
         tokens: Counter[tuple[str, ...]] = Counter()
         fallbacks: Counter[tuple[str, str, str]] = Counter()
         spend: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+        latencies: dict[tuple[str, ...], list[float]] = defaultdict(list)
         for line in lines:
             labels = (str(line["service"]), str(line["feature"]), str(line["provider"]), str(line["model"]))
             counts = calls[labels]
@@ -131,13 +132,17 @@ class LlmCallMetrics:
             counts[1] += line["status"] != "ok"
             statuses[(*labels, str(line["status"]))] += 1
             if line.get("latency_ms") is not None:
-                LLM_DURATION.labels(*labels).observe(int(line["latency_ms"]) / 1000)  # type: ignore[call-overload]
+                latencies[labels].append(int(line["latency_ms"]) / 1000)  # type: ignore[call-overload]
             for direction, field in _TOKEN_FIELDS:
                 if line.get(field):
                     tokens[(*labels, direction)] += int(line[field])  # type: ignore[call-overload]
             if line.get("fallback"):
                 fallbacks[(labels[0], labels[2], labels[3])] += 1
             spend[(labels[0], str(line["tenant"]))] += line["cost_usd"]  # type: ignore[operator]
+        for labels, seconds in latencies.items():
+            histogram = LLM_DURATION.labels(*labels)  # a histogram takes observations one by one; its child once
+            for value in seconds:
+                histogram.observe(value)
         for key, count in statuses.items():
             LLM_REQUESTS.labels(*key).inc(count)
         for key, count in tokens.items():

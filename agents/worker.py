@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import faust
 import faust.web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_agents, inference_agents, llm_agents
 from prismops.agents.context import WorkerContext
@@ -31,8 +31,12 @@ def build_worker_app(settings: Settings) -> faust.App:
 
     @context.app.page("/metrics")
     async def metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        # `?name[]=...` renders only those series, as prometheus_client's own exporters do: a full page with
+        # per-tenant series costs the worker real CPU, and a poller that wants one counter should not pay it.
+        names = request.query.getall("name[]", []) if hasattr(request.query, "getall") else []
+        registry = REGISTRY.restricted_registry(names) if names else REGISTRY
         # aiohttp refuses a charset inside content_type; the exposition format's full header goes as a header
-        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     for domain in (llm_agents, gpu_agents, billing_agents, budget_agents, anomaly_agents, inference_agents):
         domain.register(context)

@@ -11,27 +11,35 @@ others go on.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from prismops.finops.pricing import MONEY_QUANTUM, CostBreakdown, PriceCatalog, load_catalog, price_llm_call
 from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
-from prismops.finops.tagging import ServiceRegistry, load_service_registry, resolve_dimensions
+from prismops.finops.tagging import DimensionResolver, ServiceRegistry, load_service_registry
 from prismops.finops.validation import DEFAULT_MAX_TOKENS_PER_CALL, service_tier_of, validate_llm_usage
 from prismops.settings import Settings
 from prismops.streams.codecs import BatchItem, CodecError, batch_codec_for, codec_for
 from prismops.errors import FieldRuleError
 
 COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
+_NAMESPACE_BYTES = COST_LINE_NAMESPACE.bytes
 INPUT_COMPONENTS = ("input", "cache_read", "cache_write")
 """Priced components billed for prompt tokens; everything else (output, reasoning) is billed for completion tokens."""
 
 
 def cost_line_id(source: str, source_event_id: str) -> str:
-    """Deterministic, so reprocessing the same event yields the same line id and the sink can dedupe."""
-    return str(uuid.uuid5(COST_LINE_NAMESPACE, f"{source}:{source_event_id}"))
+    """Deterministic, so reprocessing the same event yields the same line id and the sink can dedupe: the text of
+    uuid.uuid5(COST_LINE_NAMESPACE, "<source>:<id>"), formatted without building a UUID object (a third of the cost)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{source}:{source_event_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def cost_by_direction(priced: CostBreakdown) -> tuple[Decimal | None, Decimal | None]:
@@ -82,6 +90,10 @@ class LlmPricingContext:
             settings.pricing.max_tokens_per_call,
         )
 
+    @cached_property
+    def dimensions_of(self) -> DimensionResolver:
+        return DimensionResolver(self.registry, self.catalog.infer_provider)
+
     def validate(self, event: dict[str, Any], now: dt.datetime) -> None:
         """Every rule an event must meet before it is priced (InvalidEvent names the field and the rule)."""
         validate_llm_usage(event, now, self.max_tokens_per_call)
@@ -89,7 +101,7 @@ class LlmPricingContext:
 
 
 def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
-    dims, tag_source = resolve_dimensions(event, pricing.registry, pricing.catalog.infer_provider)
+    dims, tag_source = pricing.dimensions_of(event)
     priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"],
                              "service_tier": service_tier_of(event)}, pricing.catalog)
     tokens = event["input_tokens"] + event["output_tokens"]

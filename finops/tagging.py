@@ -108,3 +108,30 @@ def resolve_dimensions(
     customer = (event.get("customer") or "").strip()
     dims["customer"], source["customer"] = (customer, "explicit") if customer else (None, "default")
     return dims, source
+
+
+MEMO_ENTRIES = 100_000
+"""Distinct tag combinations a DimensionResolver remembers (past it, the memo starts over)."""
+
+
+class DimensionResolver:
+    """`resolve_dimensions` with a memo of what it gave each combination of the values it reads: a stream
+    repeats few combinations of tenant, service, model and labels, and tagging one event normalizes eight names."""
+
+    def __init__(self, registry: ServiceRegistry, infer_provider: Callable[[str], str | None] = lambda model: None):
+        self.registry = registry
+        self.infer_provider = infer_provider
+        self._memo: dict[tuple, tuple[dict[str, Any], dict[str, str]]] = {}
+
+    def __call__(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        labels = event.get("labels") or {}
+        key = (event.get("tenant"), event.get("service"), event.get("model"), event.get("provider"),
+               event.get("feature"), event.get("environment"), event.get("customer"),
+               tuple(sorted(labels.items())) if labels else ())
+        known = self._memo.get(key)
+        if known is None:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            known = self._memo[key] = resolve_dimensions(event, self.registry, self.infer_provider)
+        return dict(known[0]), dict(known[1])
+

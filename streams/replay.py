@@ -66,13 +66,18 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[
     return records
 
 
-def group_lag(settings: Settings, group: str, topic: str) -> int:
-    """Records of `topic` that consumer group `group` has not committed yet (a partition without a commit
-    counts whole)."""
+def group_positions(settings: Settings, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
+    """Per partition of `topic`: (the offset consumer group `group` committed, None without a commit; the end)."""
     ends = end_offsets(settings, topic)
     consumer = Consumer(settings.kafka_client_config() | {"group.id": group, "enable.auto.commit": False})
     try:
         committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=settings.kafka.admin_timeout_s)
     finally:
         consumer.close()
-    return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)
+    return {tp.partition: (tp.offset if tp.offset >= 0 else None, ends[tp.partition]) for tp in committed}
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int:
+    """Records of `topic` that consumer group `group` has not committed yet (a partition without a commit
+    counts whole)."""
+    return sum(max(0, end - (committed or 0)) for committed, end in group_positions(settings, group, topic).values())

@@ -37,7 +37,7 @@ from prismops.sinks.clickhouse import clickhouse_client
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.producer import AVRO_SINGLE_OBJECT, CONTENT_TYPE_HEADER, safe_producer_config
-from prismops.streams.replay import group_lag, read_topic
+from prismops.streams.replay import group_lag, group_positions, read_topic
 from prismops.streams.simulation import TrafficGenerator
 from prismops.streams.topics import BUDGET_STATE, COST_LINES, DEAD_LETTERS, LLM_USAGE, ensure_topics
 
@@ -308,7 +308,18 @@ class ScenarioRun:
             time.sleep(0.5)
         raise TimeoutError(f"{self.name}: {len(found)}/{expected.rows} expected rows, "
                            f"{self.dead_letter_count()}/{expected_dlq} dead letters, budget lag "
-                           f"{self.budgets_lag()} after {timeout_s:.0f}s; logs in {self.logs}")
+                           f"{self.budgets_lag()} after {timeout_s:.0f}s; logs in {self.logs}\n{self.stall_report()}")
+
+    def stall_report(self) -> str:
+        """Where the worker's group stands on its input topics, partition by partition, and the components' last log
+        lines: what a run that did not settle in CI must print, since its logs go with the machine."""
+        lines = []
+        for spec in (LLM_USAGE, COST_LINES):
+            topic = spec.name(self.settings)
+            positions = group_positions(self.settings, self.settings.worker_app_id, topic)
+            lines.append(f"{topic}: " + ", ".join(f"[{partition}] committed {committed} of {end}"
+                                                  for partition, (committed, end) in sorted(positions.items())))
+        return "\n".join([*lines, self.components.log_tails(60)])
 
     def wait_rows(self, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -137,7 +137,7 @@ def cost_lines_in_metrics(page: str) -> int:
 
 def worker_lines_out(settings: Settings, timeout_s: float = 2.0) -> int:
     """Cost lines produced so far by the worker serving `settings.worker.web_port`."""
-    url = f"http://127.0.0.1:{settings.worker.web_port}/metrics"
+    url = f"http://127.0.0.1:{settings.worker.web_port}/metrics?name[]=prismops_cost_lines_total"  # not the whole page
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return cost_lines_in_metrics(response.read().decode())
 

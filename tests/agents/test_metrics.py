@@ -110,3 +110,19 @@ def test_daily_cost_gauges_keep_the_top_tenants_and_fold_the_rest_into_other():
                            "status": "ok", "cost_usd": Decimal("0.5"), "latency_ms": None}], start + dt.timedelta(days=1))
     assert sample("llm_cost_daily_usd", service=service, tenant="t0") == 0.5
     assert REGISTRY.get_sample_value("llm_cost_daily_usd", {"service": service, "tenant": OTHER_TENANTS}) is None
+
+
+def test_a_batch_observes_every_latency_in_its_label_sets_histogram():
+    import datetime as dt
+    from decimal import Decimal
+
+    from prismops.agents.metrics import LlmCallMetrics
+
+    labels = {"service": "histogram-test", "node": "f", "provider": "openai", "model": "m"}  # node: the seeds' name of feature
+    before = (sample("llm_request_duration_seconds_count", **labels), sample("llm_request_duration_seconds_sum", **labels))
+    lines = [{"service": "histogram-test", "feature": "f", "provider": "openai", "model": "m", "tenant": "t",
+              "status": "ok", "latency_ms": latency, "cost_usd": Decimal("0.001")} for latency in (100, 250, 4000)]
+    LlmCallMetrics().record_batch(lines, dt.datetime(2026, 12, 6, tzinfo=dt.timezone.utc))
+    assert sample("llm_request_duration_seconds_count", **labels) == before[0] + 3
+    assert sample("llm_request_duration_seconds_sum", **labels) == pytest.approx(before[1] + 4.35)
+    assert sample("llm_request_duration_seconds_bucket", **labels, le="0.25") == 2

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
+from prismops.finops.llm_usage import COST_LINE_NAMESPACE, LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
 from prismops.finops.pricing import load_catalog, parse_tenant_overrides
 from prismops.finops.tagging import load_service_registry
 from prismops.settings import Settings
@@ -551,3 +552,9 @@ def test_context_from_settings_with_litellm_prices_and_a_key(clean_env, make_eve
     assert line["cost_usd"] == (600 * raw["input_cost_per_token"] + 400 * raw["cache_read_input_token_cost"]
                                 + 100 * raw["output_cost_per_token"])
     assert line["price_version"].startswith("litellm-")
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["llm", "gpu", "cloud"]), st.text(max_size=80))
+def test_a_line_id_is_the_text_of_the_uuid5_of_source_and_event_id(source, event_id):
+    assert cost_line_id(source, event_id) == str(uuid.uuid5(COST_LINE_NAMESPACE, f"{source}:{event_id}"))

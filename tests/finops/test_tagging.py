@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from prismops.finops.pricing import load_catalog
 from prismops.finops.tagging import (
     DIMENSIONS,
+    DimensionResolver,
     UNALLOCATED,
     UNSPECIFIED,
     ServiceOwner,
@@ -282,3 +284,21 @@ def test_empty_registry_file_means_everything_is_unallocated(tmp_path: Path, mak
     dims, source = resolve(make_event(service="search", feature=""), registry)
     assert dims["team"] == UNALLOCATED
     assert (dims["feature"], source["feature"]) == (UNSPECIFIED, "default")
+
+
+_names = st.sampled_from(["", " Acme ", "acme", "support-bot", "SUPPORT  bot", "gpt-4o", "GPT-4o ", "openai", "x"])
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "tenant": _names, "service": _names, "model": _names, "provider": _names, "feature": _names,
+    "environment": st.sampled_from(["prod", "dev"]), "customer": st.sampled_from([None, "", " c-1 "]),
+    "labels": st.dictionaries(st.sampled_from(["team", "product", "tenant", "feature", "service"]), _names, max_size=3),
+}), min_size=1, max_size=30))
+def test_the_memoized_resolver_gives_what_resolve_dimensions_gives_event_by_event(events):
+    resolver = DimensionResolver(REGISTRY, CATALOG.infer_provider)
+    for event in events + events:  # the second pass is answered from the memo
+        dims, source = resolver(event)
+        assert (dims, source) == resolve(event)
+        dims["tenant"] = "changed by the caller"  # a caller's copy: the memo is not touched
+        assert resolver(event) == resolve(event)

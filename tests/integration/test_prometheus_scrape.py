@@ -85,6 +85,11 @@ def test_prometheus_sees_the_pipeline_counters_move_during_a_simulation(pipeline
         wait_for(lambda: (instant(server, sink_in) or 0.0) >= sink_baseline + EVENTS, 60, components,
                  "the sink's consumed records moving in Prometheus")
         assert (instant(server, 'sum(llm_request_total{job="prismops-worker"})') or 0) >= EVENTS
+        only = f"http://127.0.0.1:{settings.worker.web_port}/metrics?name[]=prismops_cost_lines_total"
+        with urllib.request.urlopen(only, timeout=5) as response:
+            page = response.read().decode()
+        names = {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line and not line.startswith("#")}
+        assert names == {"prismops_cost_lines_total"}, page[:500]  # one family, not the whole page
         alert_groups = {group["name"] for group in api(server, "/api/v1/rules")["groups"]}
         assert alert_groups == {"prismops-llm", "prismops-finops", "prismops-pipeline"}
     finally:
