@@ -1,12 +1,12 @@
 """Faust agents for LLM usage: thin shells around `prismops.finops.llm_usage` and `prismops.finops.live_stats`.
 
-price_llm_usage:     usage.llm.v1 (single events or batches) → cost.lines.v1 + model observations | DLQ per event
-track_model_health:  model observations → sliding windows per model
+price_llm_usage:     usage.llm.v1 (single events or batches) → cost.lines.v1 + model call summaries | DLQ per event
+track_model_health:  model call summaries → sliding windows per model
 publish_live_table:  every interval, changed rows → routing.tables.v1 (compacted, keyed provider/model)
 
 Batches all the way: one usage record (a batch from the SDK, or a single event) gives at most one cost-line
 batch per partition of cost.lines.v1 (each line on the partition its tenant hashes to, as a single record keyed
-by tenant would be) and one observation batch per partition of the observations topic. Faust's per-record cost
+by tenant would be) and one record of model call summaries (one per model) per partition of the summaries topic. Faust's per-record cost
 is paid per batch, not per event. Each cost-line batch names its origin (usage topic/partition) and position
 (the usage offset, times CHUNKS_PER_RECORD, plus the batch's number among that record's batches), so a replay after a crash produces the same
 batches with the same identity, which the budget ledger and the sink recognize.
@@ -23,14 +23,14 @@ from opentelemetry import trace
 
 from prismops.agents.context import OutputTooLarge, WorkerContext, utcnow
 from prismops.agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, record_cost_lines
-from prismops.finops.live_stats import LiveModelWindows
+from prismops.finops.live_stats import LiveModelWindows, summarize_calls
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, Rejection, price_usage_record
 from prismops.finops.privacy import CONTENT_FIELDS
 from prismops.streams.codecs import BatchCodec, batch_codec_for, codec_for
 from prismops.streams.metrics import EVENTS_IN, EVENTS_OUT
 from prismops.streams.partitioning import KeyPartitioner
 from prismops.streams.telemetry import context_from_headers, trace_headers
-from prismops.streams.topics import COST_LINES, LLM_USAGE, MODEL_OBSERVATIONS, ROUTING_TABLES
+from prismops.streams.topics import COST_LINES, LLM_USAGE, MODEL_SUMMARIES, ROUTING_TABLES
 
 _tracer = trace.get_tracer("prismops.agents.llm")
 PRICE_STAGE = "worker.price_llm_usage"
@@ -73,13 +73,16 @@ def cost_line_batches(codec: BatchCodec, lines: list[dict[str, Any]], partition_
             for index, (partition, array) in enumerate(arrays)]
 
 
-def observation_batches(codec: BatchCodec, observations: list[dict[str, Any]], partition_of: Callable[[str], int],
-                        max_bytes: int) -> list[tuple[int, bytes]]:
-    """The observation batch records of one usage record: per partition of the observations' provider/model,
-    split to fit `max_bytes`."""
+def call_summary_batches(codec: BatchCodec, observations: list[dict[str, Any]], partition_of: Callable[[str], int],
+                         max_bytes: int) -> list[tuple[int, bytes]]:
+    """The model call summary records of one usage record: its observations summed per (provider, model)
+    (`summarize_calls`), grouped by the partition of provider/model, split to fit `max_bytes`. The live table
+    then reads one summary per model per usage record instead of one observation per call."""
+    def model_partition(summary: Mapping[str, Any]) -> int:
+        return partition_of(f"{summary['provider']}/{summary['model']}")
+
     return [(partition, codec.frame_array(array))
-            for partition, group in by_partition(
-                observations, lambda obs: partition_of(f"{obs['provider']}/{obs['model']}")).items()
+            for partition, group in by_partition(summarize_calls(observations), model_partition).items()
             for array in encode_chunks(codec.encode_array, group, max_bytes)]
 
 
@@ -88,13 +91,13 @@ def register(ctx: WorkerContext) -> None:
     pricing = LlmPricingContext.from_settings(settings)
     windows = LiveModelWindows(settings.worker.live_window_s, settings.worker.live_window_max_samples)
     usage_topic, cost_topic = ctx.topic(LLM_USAGE), ctx.topic(COST_LINES)
-    observations_topic, tables_topic = ctx.topic(MODEL_OBSERVATIONS), ctx.topic(ROUTING_TABLES)
-    lines_codec, observations_codec = batch_codec_for(COST_LINES.schema), batch_codec_for(MODEL_OBSERVATIONS.schema)
+    summaries_topic, tables_topic = ctx.topic(MODEL_SUMMARIES), ctx.topic(ROUTING_TABLES)
+    lines_codec, summaries_codec = batch_codec_for(COST_LINES.schema), batch_codec_for(MODEL_SUMMARIES.schema)
     stats_codec = codec_for(ROUTING_TABLES.schema)
     llm_metrics = LlmCallMetrics(settings.worker.metrics_top_tenants)
     usage_name, cost_name = LLM_USAGE.name(settings), COST_LINES.name(settings)
     line_partition = KeyPartitioner(COST_LINES.partitions or settings.kafka.default_partitions)
-    model_partition = KeyPartitioner(MODEL_OBSERVATIONS.partitions or settings.kafka.default_partitions)
+    model_partition = KeyPartitioner(MODEL_SUMMARIES.partitions or settings.kafka.default_partitions)
     max_bytes = settings.kafka.max_message_bytes - BATCH_HEADROOM_BYTES
 
     @ctx.app.agent(usage_topic)
@@ -115,8 +118,8 @@ def register(ctx: WorkerContext) -> None:
         origin = f"{message.topic}/{message.partition}"
         lines = [p.cost_line for p in accepted]
         line_batches = cost_line_batches(lines_codec, lines, line_partition, origin, message.offset, max_bytes)
-        observation_records = observation_batches(
-            observations_codec, [p.observation for p in accepted], model_partition, max_bytes)
+        summary_records = call_summary_batches(
+            summaries_codec, [p.observation for p in accepted], model_partition, max_bytes)
         for outcome in priced.outcomes:
             if isinstance(outcome, Rejection):
                 await ctx.dead_letter(event, PRICE_STAGE, outcome.field, outcome.rule, outcome.message, value=outcome.value)
@@ -129,17 +132,17 @@ def register(ctx: WorkerContext) -> None:
         for partition, value in line_batches:
             await ctx.send(event, cost_topic, key=None, value=value, headers=headers, partition=partition)
         EVENTS_OUT.labels(cost_name).inc(len(lines))
-        for partition, chunk in observation_records:
-            await ctx.send(event, observations_topic, key=None, value=chunk, partition=partition)
+        for partition, chunk in summary_records:
+            await ctx.send(event, summaries_topic, key=None, value=chunk, partition=partition)
 
-    @ctx.app.agent(observations_topic)
+    @ctx.app.agent(summaries_topic)
     async def track_model_health(stream: faust.StreamT) -> None:
         async for event in stream.events():
             async with ctx.guard(event, "worker.track_model_health"):
                 now = utcnow()
-                for item in observations_codec.decode(event.value).items:
+                for item in summaries_codec.decode(event.value).items:
                     if item.value is not None:
-                        windows.observe(item.value, now)
+                        windows.observe_summary(item.value, now)
 
     @ctx.app.timer(interval=settings.worker.live_publish_interval_s)
     async def publish_live_table() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -47,18 +47,36 @@ def effective_span_s(window_s: float, oldest: dt.datetime, now: dt.datetime) -> 
 
 
 @dataclass
-class _Sample:
+class _Calls:
+    """Calls counted together in a window and leaving it together: one observation, or one model's summary of
+    the calls of a usage record (model_call_summary). Latencies stay one per call, so percentiles stay exact."""
+
     at: dt.datetime
-    latency_ms: int
-    failed: bool
-    rate_limited: bool
+    count: int
+    failed: int
+    rate_limited: int
     tokens: int
     cost_usd: Decimal
-    ttft_ms: int | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    input_cost_usd: Decimal | None = None
-    output_cost_usd: Decimal | None = None
+    input_tokens: int
+    output_tokens: int
+    priced_inputs: int
+    priced_input_cost: Decimal
+    priced_input_tokens: int
+    priced_outputs: int
+    priced_output_cost: Decimal
+    priced_output_tokens: int
+    latencies: list[int]
+    ttfts: list[int]
+
+    @classmethod
+    def of_summary(cls, summary: Mapping[str, Any], at: dt.datetime) -> "_Calls":
+        return cls(
+            at, summary["calls"], summary["failed"], summary["rate_limited"], summary["tokens"], summary["cost_usd"],
+            summary["input_tokens"], summary["output_tokens"], summary["priced_inputs"],
+            summary["priced_input_cost_usd"], summary["priced_input_tokens"], summary["priced_outputs"],
+            summary["priced_output_cost_usd"], summary["priced_output_tokens"], list(summary["latencies_ms"]),
+            list(summary["ttfts_ms"]),
+        )
 
 
 def nearest_rank(values: Sequence[float] | SortedList, q: float) -> float:
@@ -66,6 +84,48 @@ def nearest_rank(values: Sequence[float] | SortedList, q: float) -> float:
     if not values:
         return 0.0
     return float(values[max(1, math.ceil(q * len(values))) - 1])
+
+
+def summarize_calls(observations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The model_call_summary records of a usage record's observations: one per (provider, model), in the order
+    each model first appears, with every sum exact, latencies in call order and the prices of the last priced
+    call. A window fed the summaries holds what it would hold fed the observations one by one."""
+    summaries: dict[tuple[str, str], dict[str, Any]] = {}
+    for obs in observations:
+        key = (obs["provider"], obs["model"])
+        summary = summaries.get(key)
+        if summary is None:
+            summary = summaries[key] = {
+                "provider": key[0], "model": key[1], "calls": 0, "failed": 0, "rate_limited": 0, "tokens": 0,
+                "input_tokens": 0, "output_tokens": 0, "cost_usd": Decimal(0), "priced_inputs": 0,
+                "priced_input_cost_usd": Decimal(0), "priced_input_tokens": 0, "priced_outputs": 0,
+                "priced_output_cost_usd": Decimal(0), "priced_output_tokens": 0, "input_price_per_mtok": None,
+                "output_price_per_mtok": None, "latencies_ms": [], "ttfts_ms": [],
+            }
+        status = obs["status"]
+        input_tokens, output_tokens = obs.get("input_tokens") or 0, obs.get("output_tokens") or 0
+        summary["calls"] += 1
+        summary["failed"] += status in FAILED_STATUSES
+        summary["rate_limited"] += status == RATE_LIMITED_STATUS
+        summary["tokens"] += obs["tokens"]
+        summary["input_tokens"] += input_tokens
+        summary["output_tokens"] += output_tokens
+        summary["cost_usd"] += obs["cost_usd"]
+        if obs.get("input_cost_usd") is not None:
+            summary["priced_inputs"] += 1
+            summary["priced_input_cost_usd"] += obs["input_cost_usd"]
+            summary["priced_input_tokens"] += input_tokens
+        if obs.get("output_cost_usd") is not None:
+            summary["priced_outputs"] += 1
+            summary["priced_output_cost_usd"] += obs["output_cost_usd"]
+            summary["priced_output_tokens"] += output_tokens
+        if obs.get("input_price_per_mtok") is not None:
+            summary["input_price_per_mtok"] = obs["input_price_per_mtok"]
+            summary["output_price_per_mtok"] = obs["output_price_per_mtok"]
+        summary["latencies_ms"].append(obs["latency_ms"])
+        if obs.get("ttft_ms") is not None:
+            summary["ttfts_ms"].append(obs["ttft_ms"])
+    return list(summaries.values())
 
 
 @dataclass
@@ -89,30 +149,31 @@ class _Totals:
     latencies: SortedList = field(default_factory=SortedList)
     ttfts: SortedList = field(default_factory=SortedList)
 
-    def change(self, sample: "_Sample", sign: int) -> None:
-        self.count += sign
-        self.errors += sign * sample.failed
-        self.rate_limited += sign * sample.rate_limited
-        self.tokens += sign * sample.tokens
-        self.cost_usd += sample.cost_usd if sign > 0 else -sample.cost_usd
-        self.input_tokens += sign * sample.input_tokens
-        self.output_tokens += sign * sample.output_tokens
-        if sample.input_cost_usd is not None:
-            self.priced_inputs += sign
-            self.priced_input_cost += sample.input_cost_usd if sign > 0 else -sample.input_cost_usd
-            self.priced_input_tokens += sign * sample.input_tokens
-        if sample.output_cost_usd is not None:
-            self.priced_outputs += sign
-            self.priced_output_cost += sample.output_cost_usd if sign > 0 else -sample.output_cost_usd
-            self.priced_output_tokens += sign * sample.output_tokens
+    def change(self, calls: _Calls, sign: int) -> None:
+        self.count += sign * calls.count
+        self.errors += sign * calls.failed
+        self.rate_limited += sign * calls.rate_limited
+        self.tokens += sign * calls.tokens
+        self.input_tokens += sign * calls.input_tokens
+        self.output_tokens += sign * calls.output_tokens
+        self.priced_inputs += sign * calls.priced_inputs
+        self.priced_input_tokens += sign * calls.priced_input_tokens
+        self.priced_outputs += sign * calls.priced_outputs
+        self.priced_output_tokens += sign * calls.priced_output_tokens
         if sign > 0:
-            self.latencies.add(sample.latency_ms)
-            if sample.ttft_ms is not None:
-                self.ttfts.add(sample.ttft_ms)
+            self.cost_usd += calls.cost_usd
+            self.priced_input_cost += calls.priced_input_cost
+            self.priced_output_cost += calls.priced_output_cost
+            self.latencies.update(calls.latencies)
+            self.ttfts.update(calls.ttfts)
         else:
-            self.latencies.remove(sample.latency_ms)
-            if sample.ttft_ms is not None:
-                self.ttfts.remove(sample.ttft_ms)
+            self.cost_usd -= calls.cost_usd
+            self.priced_input_cost -= calls.priced_input_cost
+            self.priced_output_cost -= calls.priced_output_cost
+            for latency in calls.latencies:
+                self.latencies.remove(latency)
+            for ttft in calls.ttfts:
+                self.ttfts.remove(ttft)
 
 
 @dataclass
@@ -121,26 +182,27 @@ class ModelWindow:
     model: str
     window_s: float
     max_samples: int
-    samples: deque[_Sample] = field(default_factory=deque)
+    samples: deque[_Calls] = field(default_factory=deque)
     input_price_per_mtok: Decimal | None = None
     output_price_per_mtok: Decimal | None = None
     totals: _Totals = field(default_factory=_Totals)
 
     def observe(self, observation: dict[str, Any], received_at: dt.datetime) -> None:
-        """Observations written with model_observation v1 (or built without the v2 fields) count as calls
-        without a TTFT, direction split or cost split."""
-        sample = _Sample(
-            received_at, observation["latency_ms"], observation["status"] in FAILED_STATUSES,
-            observation["status"] == RATE_LIMITED_STATUS, observation["tokens"], observation["cost_usd"],
-            observation.get("ttft_ms"), observation.get("input_tokens") or 0, observation.get("output_tokens") or 0,
-            observation.get("input_cost_usd"), observation.get("output_cost_usd"),
-        )
-        self.samples.append(sample)
-        self.totals.change(sample, +1)
-        if observation.get("input_price_per_mtok") is not None:
-            self.input_price_per_mtok = observation["input_price_per_mtok"]
-            self.output_price_per_mtok = observation["output_price_per_mtok"]
-        while len(self.samples) > self.max_samples:
+        """One call. Observations written with model_observation v1 (or built without the v2 fields) count as
+        calls without a TTFT, direction split or cost split."""
+        self.observe_summary(summarize_calls([{**observation, "provider": self.provider, "model": self.model}])[0],
+                             received_at)
+
+    def observe_summary(self, summary: Mapping[str, Any], received_at: dt.datetime) -> None:
+        """The calls of one model_call_summary, received together. At most `max_samples` calls stay: the oldest
+        summaries leave first, whole (the newest always stays)."""
+        calls = _Calls.of_summary(summary, received_at)
+        self.samples.append(calls)
+        self.totals.change(calls, +1)
+        if summary.get("input_price_per_mtok") is not None:
+            self.input_price_per_mtok = summary["input_price_per_mtok"]
+            self.output_price_per_mtok = summary["output_price_per_mtok"]
+        while self.totals.count > self.max_samples and len(self.samples) > 1:
             self.totals.change(self.samples.popleft(), -1)
 
     def expire(self, now: dt.datetime) -> None:
@@ -202,6 +264,14 @@ class LiveModelWindows:
         if window is None:
             window = self.windows[key] = ModelWindow(key[0], key[1], self.window_s, self.max_samples)
         window.observe(observation, received_at)
+        self._dirty.add(key)
+
+    def observe_summary(self, summary: Mapping[str, Any], received_at: dt.datetime) -> None:
+        key = (summary["provider"], summary["model"])
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = ModelWindow(key[0], key[1], self.window_s, self.max_samples)
+        window.observe_summary(summary, received_at)
         self._dirty.add(key)
 
     def due_snapshots(self, now: dt.datetime) -> list[dict[str, Any]]:

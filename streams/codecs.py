@@ -520,7 +520,7 @@ def batch_codec_for(item_schema: str) -> BatchCodec:
 
 
 BATCH_SCHEMAS = {"llm_usage_event": "llm_usage_batch", "cost_line": "cost_line_batch",
-                 "model_observation": "model_observation_batch"}
+                 "model_call_summary": "model_call_summary_batch"}
 """Item schema → the schema of its batch record."""
 
 

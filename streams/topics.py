@@ -28,9 +28,10 @@ LLM_USAGE = TopicSpec("usage.llm.v1", "llm_usage_event", "tenant", "one LLM call
 GPU_USAGE = TopicSpec("usage.gpu.v1", "gpu_usage_event", "cluster/node", "GPU use per workload per window")
 CLOUD_BILLING = TopicSpec("billing.cloud.v1", "cloud_cost_line", "BillingAccountId", "FOCUS cost-and-usage rows")
 COST_LINES = TopicSpec("cost.lines.v1", "cost_line", "tenant", "priced, tagged cost lines from every source")
-MODEL_OBSERVATIONS = TopicSpec(
-    "prismops.model-observations.v1", "model_observation", "provider/model",
-    "validated LLM calls repartitioned by model for the live table",
+MODEL_SUMMARIES = TopicSpec(
+    "prismops.model-call-summaries.v1", "model_call_summary", "provider/model",
+    "per usage record, each model's validated LLM calls summed (latencies kept), repartitioned by model for the "
+    "live table",
 )
 ROUTING_TABLES = TopicSpec(
     "routing.tables.v1", "model_live_stats", "provider/model", "live per-model latency/error/cost rows",
@@ -65,7 +66,7 @@ INFERENCE_LINES = TopicSpec(
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, GPU_ALLOCATIONS, MODEL_OBSERVATIONS, ROUTING_TABLES,
+    LLM_USAGE, GPU_USAGE, CLOUD_BILLING, COST_LINES, GPU_ALLOCATIONS, MODEL_SUMMARIES, ROUTING_TABLES,
     BUDGET_EVENTS, BUDGET_STATE, ROUTING_DECISIONS, DEAD_LETTERS, BUDGET_TEAM_LINES, POLICY_AUDIT, ANOMALIES,
     INFERENCE_NODE_WINDOWS, INFERENCE_LINES,
 )

@@ -1,13 +1,13 @@
 """`prismops bench logic`: the worker's Python per event, in process, on one core, with no Kafka in between.
 
 It runs the code the worker's agents run on batch records (`agents.llm_agents`, `agents.budget_agents`,
-`agents.anomaly_agents`): SDK usage batches are priced, cut into cost-line and observation batches per partition,
+`agents.anomaly_agents`): SDK usage batches are priced, cut into cost-line batches and model call summaries per partition,
 decoded again as the stateful agents decode them, applied to a budget ledger, watched for anomalies and counted in
 the live model table. What it prints is each stage's microseconds per event and the whole path's events/s: the
 ceiling of one worker process before any broker work (issue 13's P1 asks 50,000 events/s of one worker end to end).
 
 The baseline measured in the same run is the decoding alone: fastavro reading the same batches the logic read
-(usage, cost lines, observations), the part of the path no amount of Python tuning removes while the contracts are
+(usage, cost lines, call summaries), the part of the path no amount of Python tuning removes while the contracts are
 Avro records of this shape. `vs_decoding_floor` is the logic's time over that floor.
 """
 
@@ -79,7 +79,7 @@ def bench_usage_batches(events: int, now: dt.datetime) -> list[bytes]:
 
 
 def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda done: None) -> LogicBenchResult:
-    from prismops.agents.llm_agents import cost_line_batches, observation_batches
+    from prismops.agents.llm_agents import call_summary_batches, cost_line_batches
     from prismops.finops.anomaly_events import PartitionWatch, new_watch, usage_sample
     from prismops.finops.budgets import BudgetLedger
     from prismops.finops.live_stats import LiveModelWindows
@@ -91,7 +91,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     settings = Settings()
     now = dt.datetime.now(dt.timezone.utc)
     batches = bench_usage_batches(events, now)
-    lines_codec, observations_codec = batch_codec_for("cost_line"), batch_codec_for("model_observation")
+    lines_codec, summaries_codec = batch_codec_for("cost_line"), batch_codec_for("model_call_summary")
     pricing = LlmPricingContext.from_settings(settings)
     partition_of = KeyPartitioner(PARTITIONS)
     max_bytes = settings.kafka.max_message_bytes
@@ -101,7 +101,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     live = LiveModelWindows(settings.worker.live_window_s, settings.worker.live_window_max_samples)
     clock = StageClock()
     encoded_lines: list[bytes] = []
-    encoded_observations: list[bytes] = []
+    encoded_summaries: list[bytes] = []
 
     def watch_for(partition: int) -> PartitionWatch:
         if partition not in watches:
@@ -118,8 +118,8 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
         lines = [p.cost_line for p in accepted]
         line_batches = clock.run("encode cost-line batches", lambda: cost_line_batches(
             lines_codec, lines, partition_of, "usage/0", offset, max_bytes))
-        observation_records = clock.run("encode observation batches", lambda: observation_batches(
-            observations_codec, [p.observation for p in accepted], partition_of, max_bytes))
+        summary_records = clock.run("sum and encode model call summaries", lambda: call_summary_batches(
+            summaries_codec, [p.observation for p in accepted], partition_of, max_bytes))
         for partition, value in line_batches:
             encoded_lines.append(value)
             decoded = clock.run("decode cost-line batches", lambda: lines_codec.decode(value))
@@ -127,22 +127,22 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
             clock.run("budget ledger", lambda: ledger.apply_batch(
                 batch, now, shard=partition, origin=decoded.origin, position=decoded.position or 0))
             clock.run("anomaly watch", lambda: observe_samples(watch_for(partition), batch, offset))
-        for _partition, value in observation_records:
-            encoded_observations.append(value)
-            decoded = clock.run("decode observation batches", lambda: observations_codec.decode(value))
-            clock.run("live model table", lambda: [live.observe(item.value, now) for item in decoded.items
+        for _partition, value in summary_records:
+            encoded_summaries.append(value)
+            decoded = clock.run("decode model call summaries", lambda: summaries_codec.decode(value))
+            clock.run("live model table", lambda: [live.observe_summary(item.value, now) for item in decoded.items
                                                    if item.value is not None])
         on_progress(min(events, (offset + 1) * USAGE_BATCH_EVENTS))
-    return LogicBenchResult(events, clock.seconds, decoding_floor(batches, encoded_lines, encoded_observations))
+    return LogicBenchResult(events, clock.seconds, decoding_floor(batches, encoded_lines, encoded_summaries))
 
 
-def decoding_floor(usage: list[bytes], lines: list[bytes], observations: list[bytes]) -> float:
-    """Seconds fastavro alone takes to read the usage batches, the cost-line batches and the observation
-    batches the logic read: the decoding every consumer of these records does, with nothing done to them."""
+def decoding_floor(usage: list[bytes], lines: list[bytes], summaries: list[bytes]) -> float:
+    """Seconds fastavro alone takes to read the usage batches, the cost-line batches and the model call
+    summaries the logic read: the decoding every consumer of these records does, with nothing done to them."""
     from prismops.streams.codecs import batch_codec_for
 
     seconds = 0.0
-    for item_schema, records in (("llm_usage_event", usage), ("cost_line", lines), ("model_observation", observations)):
+    for item_schema, records in (("llm_usage_event", usage), ("cost_line", lines), ("model_call_summary", summaries)):
         codec = batch_codec_for(item_schema).batch
         parsed, header = codec.reader.parsed, len(codec.header())
         started = time.perf_counter()

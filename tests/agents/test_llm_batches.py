@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from prismops.agents.context import OutputTooLarge
-from prismops.agents.llm_agents import CHUNKS_PER_RECORD, cost_line_batches, encode_chunks, observation_batches
+from prismops.agents.llm_agents import CHUNKS_PER_RECORD, call_summary_batches, cost_line_batches, encode_chunks
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usage_record
 from prismops.settings import Settings
 from prismops.streams.codecs import batch_codec_for
@@ -30,18 +31,19 @@ def _lines(count: int) -> list[dict]:
     return [p.cost_line for p in _priced(count)]
 
 
-def test_each_observation_goes_to_its_models_partition_in_batches_that_fit():
+def test_each_models_call_summary_goes_to_its_models_partition_and_sums_its_calls():
     observations, partition_of = [p.observation for p in _priced(300)], KeyPartitioner(4)
-    codec = batch_codec_for("model_observation")
-    batches = observation_batches(codec, observations, partition_of, max_bytes=5_000)
-    decoded = [(partition, codec.decode(value)) for partition, value in batches]
-    assert len(batches) > len({partition for partition, _ in batches}), "a partition's group is split to fit"
-    assert all(partition_of(f"{i.value['provider']}/{i.value['model']}") == partition
-               for partition, d in decoded for i in d.items)
-    def identity(obs: dict) -> tuple:
-        return obs["provider"], obs["model"], obs["event_time"], obs["latency_ms"]
-
-    assert sorted(identity(i.value) for _, d in decoded for i in d.items) == sorted(map(identity, observations))
+    codec = batch_codec_for("model_call_summary")
+    batches = call_summary_batches(codec, observations, partition_of, max_bytes=5_000)
+    summaries = [(partition, item.value) for partition, value in batches for item in codec.decode(value).items]
+    assert all(partition_of(f"{s['provider']}/{s['model']}") == partition for partition, s in summaries)
+    models = {(o["provider"], o["model"]) for o in observations}
+    assert sorted((s["provider"], s["model"]) for _, s in summaries) == sorted(models), "one summary per model"
+    for _, summary in summaries:
+        calls = [o for o in observations if (o["provider"], o["model"]) == (summary["provider"], summary["model"])]
+        assert summary["calls"] == len(calls)
+        assert summary["latencies_ms"] == [o["latency_ms"] for o in calls]
+        assert summary["cost_usd"] == sum((o["cost_usd"] for o in calls), Decimal(0))
     assert all(len(value) <= 5_000 + 64 for _, value in batches)
 
 

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prismops.finops.live_stats import LiveModelWindows, ModelWindow, cost_per_thousand, effective_span_s, nearest_rank
+from prismops.finops.live_stats import (
+    LiveModelWindows, ModelWindow, cost_per_thousand, effective_span_s, nearest_rank, summarize_calls,
+)
 from prismops.streams.codecs import codec_for
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -115,7 +117,7 @@ def test_max_samples_keeps_the_newest():
         window.observe(_obs(latency), _at(latency))
     snap = window.snapshot(_at(6))
     assert snap["sample_count"] == 3
-    assert [s.latency_ms for s in window.samples] == [3, 4, 5]
+    assert [latency for calls in window.samples for latency in calls.latencies] == [3, 4, 5]
     assert snap["p50_latency_ms"] == 4.0
 
 
@@ -362,25 +364,28 @@ def test_live_windows_apply_the_sample_cap(max_samples):
 
 
 def recomputed_row(window: ModelWindow, now: dt.datetime) -> dict:
-    """The row computed from the window's samples in one pass (how rows were built before the running totals)."""
+    """The row computed from the window's calls in one pass (how rows were built before the running totals)."""
     samples = list(window.samples)
-    latencies = sorted(s.latency_ms for s in samples)
-    ttfts = sorted(s.ttft_ms for s in samples if s.ttft_ms is not None)
+    latencies = sorted(latency for calls in samples for latency in calls.latencies)
+    ttfts = sorted(ttft for calls in samples for ttft in calls.ttfts)
 
-    def unit(pairs):
-        priced = [(c, t) for c, t in pairs if c is not None]
-        return cost_per_thousand(sum((c for c, _ in priced), Decimal(0)), sum(t for _, t in priced)) if priced else None
+    def unit(priced: int, cost: Decimal, tokens: int):
+        return cost_per_thousand(cost, tokens) if priced else None
 
     return {
-        "sample_count": len(samples), "error_count": sum(s.failed for s in samples),
+        "sample_count": sum(s.count for s in samples), "error_count": sum(s.failed for s in samples),
         "rate_limited_count": sum(s.rate_limited for s in samples), "tokens": sum(s.tokens for s in samples),
         "cost_usd": sum((s.cost_usd for s in samples), Decimal(0)),
         "p50_latency_ms": nearest_rank(latencies, 0.5), "p95_latency_ms": nearest_rank(latencies, 0.95),
         "p99_latency_ms": nearest_rank(latencies, 0.99),
         "p95_ttft_ms": nearest_rank(ttfts, 0.95) if ttfts else None,
         "input_tokens": sum(s.input_tokens for s in samples), "output_tokens": sum(s.output_tokens for s in samples),
-        "cost_per_1k_input_usd": unit((s.input_cost_usd, s.input_tokens) for s in samples),
-        "cost_per_1k_output_usd": unit((s.output_cost_usd, s.output_tokens) for s in samples),
+        "cost_per_1k_input_usd": unit(sum(s.priced_inputs for s in samples),
+                                      sum((s.priced_input_cost for s in samples), Decimal(0)),
+                                      sum(s.priced_input_tokens for s in samples)),
+        "cost_per_1k_output_usd": unit(sum(s.priced_outputs for s in samples),
+                                       sum((s.priced_output_cost for s in samples), Decimal(0)),
+                                       sum(s.priced_output_tokens for s in samples)),
     }
 
 
@@ -403,3 +408,43 @@ def test_running_totals_equal_a_full_pass_over_the_samples(calls, max_samples):
         }, now)
         row = window.snapshot(now)
         assert {key: row[key] for key in recomputed_row(window, now)} == recomputed_row(window, now)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["gpt-4o", "gpt-4o-mini", "claude"]), st.integers(1, 5000),
+    st.sampled_from(["ok", "ok", "error", "rate_limited", "timeout"]), st.integers(0, 10**9),
+    st.one_of(st.none(), st.integers(0, 3000)), st.integers(0, 5000), st.integers(0, 2000), st.booleans(),
+    st.one_of(st.none(), st.sampled_from([("2.50", "10.00"), ("0.15", "0.60")]))), min_size=1, max_size=150),
+    st.lists(st.integers(1, 40), min_size=1, max_size=10))
+def test_a_window_fed_summaries_of_records_holds_what_it_holds_fed_each_call(calls, cuts):
+    observations = [_obs(latency, status, input_tokens + output_tokens, str(Decimal(cost).scaleb(-12)), model=model,
+                         prices=prices, ttft_ms=ttft, split=(input_tokens, output_tokens),
+                         split_cost=(str(Decimal(cost).scaleb(-13)), str(Decimal(cost).scaleb(-13))) if priced else None)
+                    for model, latency, status, cost, ttft, input_tokens, output_tokens, priced, prices in calls]
+    one_by_one, summed = LiveModelWindows(window_s=60, max_samples=10**6), LiveModelWindows(window_s=60, max_samples=10**6)
+    at, sizes = 0, cuts * len(observations)
+    for size in sizes:
+        if at >= len(observations):
+            break
+        record = observations[at:at + size]
+        for observation in record:
+            one_by_one.observe(observation, _at(at))
+        for summary in summarize_calls(record):
+            summed.observe_summary(summary, _at(at))
+        at += size
+    for now in (_at(at), _at(at + 45)):  # and after the oldest records left the window
+        assert {(r["provider"], r["model"]): r for r in summed.due_snapshots(now)} == {
+            (r["provider"], r["model"]): r for r in one_by_one.due_snapshots(now)}
+
+
+def test_call_summaries_travel_as_model_call_summary_batches():
+    from prismops.streams.codecs import batch_codec_for
+
+    summaries = summarize_calls([_obs(120, ttft_ms=40, split=(7, 3), split_cost=("0.000001", "0.000002")),
+                                 _obs(340, "timeout", prices=None), _obs(90, model="gpt-4o-mini")])
+    codec = batch_codec_for("model_call_summary")
+    assert [item.value for item in codec.decode(codec.encode(summaries)).items] == summaries
+    gpt4o = summaries[0]
+    assert (gpt4o["calls"], gpt4o["failed"], gpt4o["latencies_ms"], gpt4o["ttfts_ms"]) == (2, 1, [120, 340], [40])
+    assert gpt4o["input_price_per_mtok"] == Decimal("2.50")  # the last priced call's prices

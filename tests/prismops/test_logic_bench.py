@@ -6,8 +6,8 @@ from prismops.streams.codecs import batch_codec_for
 from prismops.testing.logic_bench import USAGE_BATCH_EVENTS, LogicBenchResult, bench_usage_batches, run_logic_bench
 
 STAGES = [
-    "decode usage + validate + price + tag", "encode cost-line batches", "encode observation batches",
-    "decode cost-line batches", "budget ledger", "anomaly watch", "decode observation batches", "live model table",
+    "decode usage + validate + price + tag", "encode cost-line batches", "sum and encode model call summaries",
+    "decode cost-line batches", "budget ledger", "anomaly watch", "decode model call summaries", "live model table",
 ]
 
 
