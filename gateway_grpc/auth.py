@@ -131,12 +131,20 @@ class BearerAuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, grants: TokenGrants):
         self.grants = grants
+        # Without tokens every caller is ANONYMOUS: the methods it may call pass straight to their handler,
+        # as the checks below would let them (ANONYMOUS needs no `current_principal` wrapper).
+        self._anonymous_methods = frozenset() if grants.enabled else frozenset(
+            method for method, role in METHOD_ROLES.items()
+            if method.split("/")[1] not in OPEN_SERVICES and ANONYMOUS.may(role)
+        )
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
+        if method in self._anonymous_methods:
+            return continuation(handler_call_details)
         service = method.split("/")[1] if method.count("/") >= 2 else ""
         if service in OPEN_SERVICES:
             return continuation(handler_call_details)

@@ -81,6 +81,16 @@ class LiveTable(abc.ABC, Generic[K]):
         with self._lock:
             return self._rows.get(key)
 
+    def holds(self, keys: Iterable[K], rows: Iterable[Mapping[str, Any]]) -> bool:
+        """Whether each key still maps to that very row object (`peek_key`'s), read under one lock: a
+        remembered decision checks its candidates' rows with one lock round instead of one per row."""
+        with self._lock:
+            get = self._rows.get
+            for key, row in zip(keys, rows):
+                if get(key) is not row:
+                    return False
+        return True
+
     def rows_for(self, keys: Iterable[K]) -> dict[K, dict[str, Any]]:
         """Copies of some rows, read under one lock so they come from one moment."""
         with self._lock:

@@ -36,6 +36,7 @@ from confluent_kafka import KafkaException, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from prometheus_client import REGISTRY
 
 from prismops.finops.pricing import PriceCatalog, load_catalog
@@ -508,10 +509,22 @@ def _bounded_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
+_NO_SPAN_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_API_GET_TRACER_PROVIDER = trace.get_tracer_provider
+# The API loads a provider named by this variable on its first `get_tracer_provider()`; read once, at import.
+_PROVIDER_FROM_ENV = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
 def _spans_recorded() -> bool:
     """Whether an SDK tracer provider is installed. Without one the Decide span is a no-op that would still
-    cost a metadata scan, a context extraction and a context switch on every call."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    cost a metadata scan, a context extraction and a context switch on every call. Until a provider is
+    installed the API's `get_tracer_provider()` looks the environment up on every call (a few microseconds a
+    Decide with the cold caches of a loaded server), so its global is read first: None there, with no provider
+    named in the environment and the API's own function in place, is the API's proxy for sure."""
+    if getattr(trace, "_TRACER_PROVIDER", _NO_SPAN_PROVIDERS) is None and not _PROVIDER_FROM_ENV \
+            and trace.get_tracer_provider is _API_GET_TRACER_PROVIDER:
+        return False
+    return not isinstance(trace.get_tracer_provider(), _NO_SPAN_PROVIDERS)
 
 
 _masked: dict[str, str] = {}
@@ -556,6 +569,26 @@ def memo_key(request: routing_pb2.DecideRequest, max_candidates: int) -> MemoKey
             request.requires_structured_output, request.requires_vision, region)
 
 
+def memo_shape(request: routing_pb2.DecideRequest) -> bytes:
+    """The request's wire form without request_id and customer: what the memo is looked up by. Equal bytes
+    are equal fields, so an entry found this way was stored for a request that differs at most in those two
+    per-call fields, and passed every bound of `memo_key` (only the per-call fields are left to test, see
+    `per_call_fields_plain`). Four calls into the protobuf runtime instead of reading every field into Python
+    objects (`memo_key`, about 4x the time, and much more with the cold caches of a loaded server). Unknown
+    fields are part of the bytes: a request carrying some is stored under a key of its own, with the same answer."""
+    shape = routing_pb2.DecideRequest()
+    shape.CopyFrom(request)
+    shape.ClearField("request_id")
+    shape.ClearField("customer")
+    return shape.SerializeToString()
+
+
+def per_call_fields_plain(request: routing_pb2.DecideRequest) -> bool:
+    """The fast test of `memo_key` on the two fields `memo_shape` leaves out."""
+    request_id, customer = request.request_id, request.customer
+    return len(request_id) <= ID_MAX_CHARS and len(customer) <= NAME_MAX_CHARS and (request_id + customer).isprintable()
+
+
 @dataclass(frozen=True)
 class MemoEntry:
     """One remembered answer and everything its reuse is checked against (see `policy.MemoFacts`)."""
@@ -579,7 +612,7 @@ class MemoEntry:
 
 
 class DecisionMemo:
-    """Answers of the policy engine by request (`memo_key`), each reused only while `policy.MemoFacts` says
+    """Answers of the policy engine by request shape (`memo_shape`), each reused only while `policy.MemoFacts` says
     the engine would give it again: same installed policy and budget standing, the very same fresh live rows,
     no breaker state change, no rate limit spent (peeked on every call, as the engine does). Only the
     decision id, the clock and the live-table age change between two such answers, and those are filled in
@@ -589,19 +622,19 @@ class DecisionMemo:
     MAX_ENTRIES = 4096
 
     def __init__(self) -> None:
-        self._entries: dict[MemoKey, MemoEntry] = {}
+        self._entries: dict[bytes, MemoEntry] = {}
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: MemoKey) -> MemoEntry | None:
+    def get(self, key: bytes) -> MemoEntry | None:
         return self._entries.get(key)
 
-    def put(self, key: MemoKey, entry: MemoEntry) -> None:
+    def put(self, key: bytes, entry: MemoEntry) -> None:
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries = {}
         self._entries[key] = entry
 
-    def forget(self, key: MemoKey) -> None:
+    def forget(self, key: bytes) -> None:
         self._entries.pop(key, None)
 
     def __len__(self) -> int:
@@ -636,7 +669,16 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         return response
 
     def _decide(self, request: routing_pb2.DecideRequest, context: grpc.ServicerContext) -> routing_pb2.DecideResponse:
-        key = memo_key(request, self._defaults.max_candidates) if self.memo is not None else None
+        memo = self.memo
+        key: bytes | None = None
+        entry: MemoEntry | None = None
+        if memo is not None:
+            key = memo_shape(request)
+            entry = memo.get(key)
+            if entry is not None and not per_call_fields_plain(request):
+                entry = key = None  # as memo_key would: the checked path names the field, nothing is remembered
+            elif entry is None and memo_key(request, self._defaults.max_candidates) is None:
+                key = None  # not every bound plainly holds: checked below, and not remembered
         if key is None:
             try:
                 # sizes and characters first: nothing below may build a message from an unbounded field
@@ -646,14 +688,13 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         if not self._is_ready():
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the live model and budget tables are still loading; retry shortly")
         if key is not None:
-            entry = self.memo.get(key)  # type: ignore[union-attr]
             if entry is not None:
                 response = self._decide_remembered(entry, request, context)
                 if response is not None:
-                    self.memo.hits += 1  # type: ignore[union-attr]
+                    memo.hits += 1  # type: ignore[union-attr]
                     return response
-                self.memo.forget(key)  # type: ignore[union-attr]
-            self.memo.misses += 1  # type: ignore[union-attr]
+                memo.forget(key)  # type: ignore[union-attr]
+            memo.misses += 1  # type: ignore[union-attr]
         routing_request = request_from_proto(request)
         try:
             validate_request(routing_request)
@@ -696,7 +737,7 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
             self._remember(key, remember[0], choice, routing_request)  # type: ignore[arg-type]
         return response
 
-    def _remember(self, key: MemoKey, entry: MemoEntry, choice: RoutingChoice, request: RoutingRequest) -> None:
+    def _remember(self, key: bytes, entry: MemoEntry, choice: RoutingChoice, request: RoutingRequest) -> None:
         """Store the answer with its per-call fields blank (filled in by `_decide_remembered`)."""
         template = replace(request, request_id="", customer="")
         record = choice.decision_record(template, "")
@@ -721,11 +762,11 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         standing = state.budget_gate.standing(entry.request, now) if state.budget_gate else None
         if standing != entry.standing:
             return None
-        table, max_age_s = state.table, entry.max_age_s
+        if not state.table.holds(entry.keys, entry.rows):
+            return None
+        max_age_s = entry.max_age_s
         youngest = math.inf
-        for model_key, row in zip(entry.keys, entry.rows):
-            if table.peek_key(model_key) is not row:
-                return None
+        for row in entry.rows:
             age_s = (now - row["updated_at"]).total_seconds()
             if age_s > max_age_s:
                 return None
@@ -735,11 +776,13 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
         now_s = now.timestamp()
         if limiter is not None:
             for charges in entry.peeks:
-                if limiter.blocked(charges, now_s) is not None:
+                if charges and limiter.blocked(charges, now_s) is not None:
                     return None
         decision_id = _decision_ids.new()
         routing_request = entry.request
-        lease_id = self._acquire_lease(routing_request, decision_id, now, context)
+        # no concurrency cap in the (checked, unchanged) policy: no lease, as `_acquire_lease` would find
+        lease_id = self._acquire_lease(routing_request, decision_id, now, context) \
+            if installed.policy.limits.concurrency else ""
         if limiter is not None and entry.take and limiter.take(entry.take, now_s) is not None:
             # spent by a concurrent call since the peek: the engine decides again, as it would have
             self._release_lease(lease_id, now)

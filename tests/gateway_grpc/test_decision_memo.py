@@ -24,7 +24,9 @@ from prismops.gateway_grpc import server as server_module  # noqa: E402
 from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
 from prismops.gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
 from prismops.gateway_grpc.routing.v1 import routing_pb2  # noqa: E402
-from prismops.gateway_grpc.server import GatewayState, RouterServicer, memo_key, open_policy_store  # noqa: E402
+from prismops.gateway_grpc.server import (  # noqa: E402
+    GatewayState, RouterServicer, memo_key, memo_shape, open_policy_store,
+)
 from prismops.settings import Settings  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
@@ -260,6 +262,30 @@ def test_the_memo_key_names_every_field_but_the_per_call_ones():
         assert memo_key(changed, 64) != memo_key(base, 64)
     assert memo_key(chat(tenant="a\u200bb"), 64) is None  # left to check_decide, which names the field
     assert memo_key(chat(), 2) is None  # too many models: check_decide refuses
+
+
+def test_the_memo_shape_is_the_request_without_its_per_call_fields():
+    base = chat(request_id="a", customer="x")
+    assert memo_shape(base) == memo_shape(chat(request_id="b", customer="y")) == memo_shape(chat())
+    for changed in (chat(tenant="other"), chat(models=(GPT4O, SONNET)), chat(input_tokens=1001),
+                    chat(session_id="s"), chat(hints=["simple"]), chat(prompt_chars=10), chat(task_type="code"),
+                    chat(requires_structured_output=True), chat(requires_vision=True), chat(region="eu")):
+        assert memo_shape(changed) != memo_shape(base)
+    assert base.request_id == "a" and base.customer == "x"  # the request itself is left as it came
+
+
+def test_a_remembered_shape_still_checks_its_per_call_fields(one):
+    assert one.decide(pair())[0] == "ok"
+    for bad in ({"customer": "jane\x07"}, {"request_id": "r\u200b1"}, {"customer": "x" * 1000}):
+        status = one.decide(chat(models=(MINI, FLASH), **bad))
+        assert status[0] == "aborted" and status[1][0] == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert next(iter(bad)) in status[1][1]
+    assert one.servicer.memo.hits == 0
+    # allowed by the text rules but not by the fast test (a no-break space): the engine answers, as before
+    assert one.decide(chat(models=(MINI, FLASH), customer="Jane\u00a0Doe"))[0] == "ok"
+    assert one.servicer.memo.hits == 0
+    assert one.decide(chat(models=(MINI, FLASH), request_id="fine", customer="jane"))[0] == "ok"
+    assert one.servicer.memo.hits == 1
 
 
 def budget_state(tenant: str, spent: str, status: str) -> dict[str, Any]:
