@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.streams.codecs import BATCH_SCHEMAS, batch_codec_for, codec_for
+from prismops.streams.replay import group_lag
 from prismops.streams.topics import TopicSpec, delete_topics, ensure_topics
 
 
@@ -88,6 +89,18 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, components: Compone
     raise AssertionError(
         f"timed out after {timeout_s}s waiting for {what} (last: {last!r})\n{components.log_tails()}"
     )
+
+
+def wait_drained(settings: Settings, components: Components, consumed: dict[str, tuple[TopicSpec, ...]],
+                 timeout_s: float = 120.0) -> None:
+    """Until each consumer group in `consumed` ({group id: its topics}) has committed every record of its topics.
+    The worker commits a record after what it produced from it was delivered, the sink after its write was
+    confirmed: once both are drained, nothing of what was sent is still on its way, so a test that checks for
+    something that must NOT appear (a duplicate row, a second alert) checks after this, not after a sleep."""
+    def drained() -> bool:
+        return all(group_lag(settings, group, spec.name(settings)) == 0
+                   for group, specs in consumed.items() for spec in specs)
+    wait_for(drained, timeout_s, components, f"{', '.join(consumed)} to commit every record of their topics")
 
 
 def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:

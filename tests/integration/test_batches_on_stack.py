@@ -5,7 +5,6 @@ cost lines and budget spend. (kill -9 of the worker mid-batch: tests/integration
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from decimal import Decimal
 
@@ -15,7 +14,7 @@ from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usag
 from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
 from prismops.streams.topics import BUDGET_STATE, COST_LINES, DEAD_LETTERS, LLM_USAGE
-from prismops.testing import clickhouse, read_topic_to_end, wait_for
+from prismops.testing import clickhouse, read_topic_to_end, wait_drained, wait_for
 
 USAGE = batch_codec_for("llm_usage_event")
 
@@ -86,7 +85,7 @@ def test_a_cost_line_batch_sent_again_is_stored_and_counted_once(pipeline):
     with UsageProducer(settings) as producer:
         producer.record_llm_call(marker)
     wait_for(lambda: _rows(client, tenant + "-after") >= 1, 120, components, "a later event")
-    time.sleep(3)
+    wait_drained(settings, components, {settings.sink_group_id: (COST_LINES,)})  # the batch sent again was read
     assert _rows(client, tenant) == 20, "raw rows, no FINAL: the batch sent again wrote nothing"
     expected = sum((line["cost_usd"] for line in lines), Decimal(0))
     assert wait_for(lambda: _budget_spent(settings, tenant) == expected, 60, components, "the tenant's budget row")

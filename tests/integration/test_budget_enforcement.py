@@ -29,7 +29,7 @@ from prismops.settings import Settings
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
 from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE
-from prismops.testing import RecordingWebhook, isolated, read_topic_to_end
+from prismops.testing import RecordingWebhook, isolated, read_topic_to_end, wait_drained
 
 TENANT = "budget-tenant"
 OTHER = "thrifty-tenant"
@@ -242,7 +242,8 @@ def test_a_tenant_past_80_and_100_percent_gets_one_warn_one_block_and_is_refused
 
         # the webhook: the first post failed with 500 and was retried; exactly two alerts accepted, once each
         wait_for("two delivered alerts", lambda: len(webhook.accepted()) >= 2)
-        time.sleep(3)
+        # drained: `prismops alerts` commits an alert only after its post succeeded, so no post is still to come
+        wait_drained(settings, components, {settings.alerts_group_id: (BUDGET_EVENTS,)})
         accepted = webhook.accepted()
         assert sorted(r["alert_id"] for r in accepted) == sorted([warn["event_id"], block["event_id"]])
         assert webhook.requests[0]["status"] == 500 and webhook.requests[1]["alert_id"] == webhook.requests[0]["alert_id"]

@@ -26,8 +26,9 @@ from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.codecs import codec_for
+from prismops.streams.topics import GPU_ALLOCATIONS, GPU_USAGE
 from prismops.streams.producer import UsageProducer
-from prismops.testing import isolated, wait_for
+from prismops.testing import isolated, wait_drained, wait_for
 
 WINDOW_S, GRACE_S = 60, 3
 UTC = dt.timezone.utc
@@ -180,7 +181,6 @@ def allocation_messages(settings: Settings) -> list[dict]:
     """Every record on cost.allocations.v1, read from the start."""
     from confluent_kafka import Consumer
 
-    from prismops.streams.topics import GPU_ALLOCATIONS
 
     consumer = Consumer(settings.kafka_client_config() | {"group.id": f"check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
     consumer.subscribe([GPU_ALLOCATIONS.name(settings)])
@@ -339,7 +339,6 @@ def committed_gpu_offsets(settings: Settings) -> int:
     """How many usage.gpu.v1 messages the worker's consumer group has committed (Faust's group id is the app id)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from prismops.streams.topics import GPU_USAGE
 
     topic = GPU_USAGE.name(settings)
     consumer = Consumer(settings.kafka_client_config() | {"group.id": settings.worker_app_id, "enable.auto.commit": False})
@@ -374,7 +373,7 @@ def test_a_worker_restart_keeps_the_open_window_and_its_usage(gpu_restart_pipeli
     wait_for(lambda: client.execute(
         "SELECT count() FROM gpu_allocations WHERE toUnixTimestamp(window_start) = %(w)s", {"w": w1})[0][0] >= 3,
         180, components, "window 1 closed after the restart")
-    time.sleep(2)
+    wait_drained(settings, components, {settings.worker_app_id: (GPU_USAGE,), settings.sink_group_id: (GPU_ALLOCATIONS,)})
     window = expected_windows(before + after)[("it-aws/p5-a", w1)]
     rows = client.execute(
         "SELECT tenant, charged_gpu_seconds, cost_usd, pool_cost_usd FROM gpu_allocations"

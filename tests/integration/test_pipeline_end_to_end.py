@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 
 from prismops.cli.app import main
-from prismops.testing import clickhouse, wait_for
+from prismops.testing import clickhouse, wait_drained, wait_for
 from prismops.streams.codecs import codec_for
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
 from prismops.streams.simulation import TrafficGenerator
-from prismops.streams.topics import DEAD_LETTERS, LLM_USAGE
+from prismops.streams.topics import COST_LINES, DEAD_LETTERS, LLM_USAGE
 
 EVENTS = 10_000
 
@@ -63,7 +63,8 @@ def test_ten_thousand_sdk_events_land_in_clickhouse_exactly_once_with_exact_cost
     client = clickhouse(settings)
     count_sql = "SELECT count() FROM cost_lines WHERE source = 'llm'"
     wait_for(lambda: client.execute(count_sql)[0][0] >= EVENTS, 300, components, f"{EVENTS} cost lines")
-    time.sleep(3)  # anything extra (a duplicate) would arrive now
+    # drained: every usage record priced and every cost line stored, so a duplicate would be a row already
+    wait_drained(settings, components, {settings.worker_app_id: (LLM_USAGE,), settings.sink_group_id: (COST_LINES,)})
 
     (rows, distinct_events, cost), = client.execute(
         "SELECT count(), uniqExact(source_event_id), sum(cost_usd) FROM cost_lines WHERE source = 'llm'"
