@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import faust
 
-from prismops.agents.metrics import AGENT_ERRORS, DEAD_LETTERED
+from prismops.agents.metrics import AGENT_ERRORS, BATCHES_READ, DEAD_LETTERED
 from prismops.errors import FieldRuleError
 from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
 from prismops.streams.codecs import DecodedBatch, batch_codec_for, codec_for
+from prismops.streams.produced import RecentlyProduced
 from prismops.streams.topics import DEAD_LETTERS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,22 @@ class WorkerContext:
         self._topics: dict[str, faust.TopicT] = {}
         self._dlq = self.topic(DEAD_LETTERS)
         self._decoded: OrderedDict[tuple[str, int, int], DecodedBatch] = OrderedDict()
+        self.produced = RecentlyProduced(self.settings.worker.produced_kept_items)
 
     def decode_batch(self, event: faust.types.EventT, item_schema: str) -> DecodedBatch:
         """The record's items, decoded once per process: several agents read each cost-line batch (budgets,
-        anomalies), and decoding is the larger part of what they spend on it. Raises CodecError like the codec."""
+        anomalies), and decoding is the larger part of what they spend on it; a record this process wrote is not
+        decoded at all (`streams.produced`). Raises CodecError like the codec."""
         message = event.message
         position = (message.topic, message.partition, message.offset)
         decoded = self._decoded.get(position)
         if decoded is None:
-            decoded = batch_codec_for(item_schema).decode(message.value)
+            decoded = self.produced.take(message.value) if message.value else None
+            if decoded is None:
+                decoded = batch_codec_for(item_schema).decode(message.value)
+                BATCHES_READ.labels("decoded").inc()
+            else:
+                BATCHES_READ.labels("kept").inc()
             self._decoded[position] = decoded
             if len(self._decoded) > DECODED_KEPT:
                 self._decoded.popitem(last=False)

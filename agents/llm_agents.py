@@ -26,9 +26,10 @@ from prismops.agents.metrics import CONTENT_FIELDS_DROPPED, LlmCallMetrics, reco
 from prismops.finops.live_stats import LiveModelWindows, summarize_calls
 from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, Rejection, price_usage_record
 from prismops.finops.privacy import CONTENT_FIELDS
-from prismops.streams.codecs import BatchCodec, batch_codec_for, codec_for
+from prismops.streams.codecs import BatchCodec, BatchItem, DecodedBatch, batch_codec_for, codec_for
 from prismops.streams.metrics import EVENTS_IN, EVENTS_OUT
 from prismops.streams.partitioning import KeyPartitioner
+from prismops.streams.produced import RecentlyProduced
 from prismops.streams.telemetry import context_from_headers, trace_headers
 from prismops.streams.topics import COST_LINES, LLM_USAGE, MODEL_SUMMARIES, ROUTING_TABLES
 
@@ -40,12 +41,13 @@ must be split to fit the broker's message limit) are numbered within it, so each
 BATCH_HEADROOM_BYTES = 4096
 
 
-def encode_chunks(encode: Callable[[list[Any]], bytes], items: list[Any], max_bytes: int) -> list[bytes]:
+def encode_chunks(encode: Callable[[list[Any]], bytes], items: list[Any], max_bytes: int) -> list[tuple[bytes, list[Any]]]:
     """`items` as few batch records as fit `max_bytes` each, split in halves until they do (deterministic, so a
-    replay gives the same records); a single item that does not fit raises OutputTooLarge."""
+    replay gives the same records), each with the items it holds; a single item that does not fit raises
+    OutputTooLarge."""
     value = encode(items)
     if len(value) <= max_bytes:
-        return [value]
+        return [(value, items)]
     if len(items) == 1:
         raise OutputTooLarge(None, "output_max_bytes", f"one item encodes to {len(value)} bytes, over {max_bytes}")
     middle = len(items) // 2
@@ -61,16 +63,23 @@ def by_partition(items: Sequence[Mapping[str, Any]], partition_of: Callable[[Map
 
 
 def cost_line_batches(codec: BatchCodec, lines: list[dict[str, Any]], partition_of: Callable[[str], int], origin: str,
-                      offset: int, max_bytes: int) -> list[tuple[int, bytes]]:
+                      offset: int, max_bytes: int, produced: RecentlyProduced | None = None) -> list[tuple[int, bytes]]:
     """The cost-line batch records of one usage record: per partition of the lines' tenants, split to fit
-    `max_bytes`, numbered across partitions so (origin, position) names one batch wherever it goes."""
-    arrays = [(partition, array)
+    `max_bytes`, numbered across partitions so (origin, position) names one batch wherever it goes. Each record's
+    lines are remembered in `produced`, for this process's own consumers of the record."""
+    arrays = [(partition, array, group_lines)
               for partition, group in by_partition(lines, lambda line: partition_of(line["tenant"])).items()
-              for array in encode_chunks(codec.encode_array, group, max_bytes)]
+              for array, group_lines in encode_chunks(codec.encode_array, group, max_bytes)]
     if len(arrays) > CHUNKS_PER_RECORD:
         raise OutputTooLarge(None, "output_max_records", f"{len(arrays)} cost-line batches from one record")
-    return [(partition, codec.frame_array(array, origin=origin, position=offset * CHUNKS_PER_RECORD + index))
-            for index, (partition, array) in enumerate(arrays)]
+    records = []
+    for index, (partition, array, group_lines) in enumerate(arrays):
+        position = offset * CHUNKS_PER_RECORD + index
+        value = codec.frame_array(array, origin=origin, position=position)
+        if produced is not None:
+            produced.remember(value, DecodedBatch([BatchItem(line) for line in group_lines], origin, position))
+        records.append((partition, value))
+    return records
 
 
 def call_summary_batches(codec: BatchCodec, observations: list[dict[str, Any]], partition_of: Callable[[str], int],
@@ -83,7 +92,7 @@ def call_summary_batches(codec: BatchCodec, observations: list[dict[str, Any]], 
 
     return [(partition, codec.frame_array(array))
             for partition, group in by_partition(summarize_calls(observations), model_partition).items()
-            for array in encode_chunks(codec.encode_array, group, max_bytes)]
+            for array, _ in encode_chunks(codec.encode_array, group, max_bytes)]
 
 
 def register(ctx: WorkerContext) -> None:
@@ -117,7 +126,8 @@ def register(ctx: WorkerContext) -> None:
         message = event.message
         origin = f"{message.topic}/{message.partition}"
         lines = [p.cost_line for p in accepted]
-        line_batches = cost_line_batches(lines_codec, lines, line_partition, origin, message.offset, max_bytes)
+        line_batches = cost_line_batches(lines_codec, lines, line_partition, origin, message.offset, max_bytes,
+                                         ctx.produced)
         summary_records = call_summary_batches(
             summaries_codec, [p.observation for p in accepted], model_partition, max_bytes)
         for outcome in priced.outcomes:

@@ -40,6 +40,9 @@ CONTENT_FIELDS_DROPPED = PromCounter(
     "prismops_content_fields_dropped_total", "prompt/completion fields removed from incoming events", ["field"]
 )
 DEAD_LETTERED = PromCounter("prismops_dead_letters_total", "messages sent to the DLQ", ["stage", "rule"])
+BATCHES_READ = PromCounter("prismops_worker_batches_read_total",
+                           "batch records read by the worker's agents: kept (this worker wrote it: not decoded) or decoded",
+                           ["how"])
 AGENT_ERRORS = PromCounter("prismops_agent_errors_total", "unexpected errors of an agent or timer, caught so the "
                            "worker goes on (the event is dead-lettered)", ["stage"])
 

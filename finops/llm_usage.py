@@ -121,7 +121,7 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "cached_input_tokens": event["cached_input_tokens"],
         "cache_write_tokens": event.get("cache_write_tokens") or 0,
         "reasoning_tokens": event.get("reasoning_tokens") or 0,
-        "usage_quantity": Decimal(tokens),
+        "usage_quantity": Decimal(tokens).quantize(MONEY_QUANTUM),  # as the cost line's decimal(38, 12) reads back
         "usage_unit": "token",
         "cost_usd": priced.cost_usd,
         "billed_cost_usd": None,

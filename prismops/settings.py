@@ -97,6 +97,9 @@ class WorkerSettings(BaseModel):
     producer_batch_bytes: int = Field(
         default=512 * 1024, ge=16384, description="bytes per partition in one produce request (Faust's default of 16 KiB "
         "holds ~16 changelog records: with one request in flight per broker, the worker's own output was its ceiling)")
+    produced_kept_items: int = Field(
+        default=20_000, ge=0, description="cost lines of the cost-line batches this worker wrote, kept for its own "
+        "budget and anomaly agents to read without decoding (streams.produced); 0: always decode")
 
 
 class PricingSettings(BaseModel):

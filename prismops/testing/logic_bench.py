@@ -87,6 +87,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     from prismops.settings import Settings
     from prismops.streams.codecs import batch_codec_for
     from prismops.streams.partitioning import KeyPartitioner
+    from prismops.streams.produced import RecentlyProduced
 
     settings = Settings()
     now = dt.datetime.now(dt.timezone.utc)
@@ -101,6 +102,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     live = LiveModelWindows(settings.worker.live_window_s, settings.worker.live_window_max_samples)
     clock = StageClock()
     encoded_lines: list[bytes] = []
+    produced = RecentlyProduced(settings.worker.produced_kept_items)  # as the worker's WorkerContext keeps them
     encoded_summaries: list[bytes] = []
 
     def watch_for(partition: int) -> PartitionWatch:
@@ -117,12 +119,13 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
         accepted = [outcome for outcome in priced.outcomes if isinstance(outcome, PricedUsage)]
         lines = [p.cost_line for p in accepted]
         line_batches = clock.run("encode cost-line batches", lambda: cost_line_batches(
-            lines_codec, lines, partition_of, "usage/0", offset, max_bytes))
+            lines_codec, lines, partition_of, "usage/0", offset, max_bytes, produced))
         summary_records = clock.run("sum and encode model call summaries", lambda: call_summary_batches(
             summaries_codec, [p.observation for p in accepted], partition_of, max_bytes))
         for partition, value in line_batches:
             encoded_lines.append(value)
-            decoded = clock.run("decode cost-line batches", lambda: lines_codec.decode(value))
+            decoded = clock.run("read cost-line batches (own: not decoded)",
+                                lambda: produced.take(value) or lines_codec.decode(value))
             batch = [item.value for item in decoded.items if item.value is not None]
             clock.run("budget ledger", lambda: ledger.apply_batch(
                 batch, now, shard=partition, origin=decoded.origin, position=decoded.position or 0))

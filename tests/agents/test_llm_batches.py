@@ -14,6 +14,7 @@ from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usag
 from prismops.settings import Settings
 from prismops.streams.codecs import batch_codec_for
 from prismops.streams.partitioning import KeyPartitioner
+from prismops.streams.produced import RecentlyProduced
 from prismops.streams.simulation import TrafficGenerator
 
 LINES = batch_codec_for("cost_line")
@@ -75,3 +76,19 @@ def test_the_partitioner_agrees_with_the_producers_murmur2():
     ours, theirs = KeyPartitioner(6), DefaultPartitioner()
     assert all(ours(key) == theirs(key.encode(), list(range(6)), list(range(6)))
                for key in ("acme", "globex", "initech", "t" * 100, "ünï"))
+
+
+def test_the_lines_a_worker_keeps_for_its_own_consumers_are_what_decoding_its_records_gives():
+    """The budget ledger and anomaly watch of the worker that wrote a record use the lines as pricing built them
+    (streams.produced) instead of decoding it: they must be the decoded lines, field for field, type for type."""
+    lines, produced = _lines(600), RecentlyProduced(max_items=10_000)
+    batches = cost_line_batches(LINES, lines, KeyPartitioner(4), "usage/1", offset=3, max_bytes=30_000,
+                                produced=produced)
+    for _, value in batches:
+        kept, decoded = produced.take(value), LINES.decode(value)
+        assert (kept.origin, kept.position) == (decoded.origin, decoded.position)
+        assert len(kept.items) == len(decoded.items)
+        for mine, read in zip(kept.items, decoded.items):
+            assert mine.value == read.value
+            assert {k: (type(v), repr(v)) for k, v in mine.value.items()} == \
+                   {k: (type(v), repr(v)) for k, v in read.value.items()}

@@ -7,7 +7,7 @@ from prismops.testing.logic_bench import USAGE_BATCH_EVENTS, LogicBenchResult, b
 
 STAGES = [
     "decode usage + validate + price + tag", "encode cost-line batches", "sum and encode model call summaries",
-    "decode cost-line batches", "budget ledger", "anomaly watch", "decode model call summaries", "live model table",
+    "read cost-line batches (own: not decoded)", "budget ledger", "anomaly watch", "decode model call summaries", "live model table",
 ]
 
 
