@@ -97,6 +97,9 @@ class WorkerSettings(BaseModel):
     producer_batch_bytes: int = Field(
         default=512 * 1024, ge=16384, description="bytes per partition in one produce request (Faust's default of 16 KiB "
         "holds ~16 changelog records: with one request in flight per broker, the worker's own output was its ceiling)")
+    commit_interval_s: float = Field(
+        default=0.25, gt=0, description="how often the worker commits what it processed; its output is published "
+        "at the commit (publish on commit), so this is the worker's share of a row's and a budget's delay")
     produced_kept_items: int = Field(
         default=20_000, ge=0, description="cost lines of the cost-line batches this worker wrote, kept for its own "
         "budget and anomaly agents to read without decoding (streams.produced); 0: always decode")
@@ -188,8 +191,10 @@ class SinkSettings(BaseModel):
     group_id: str = Field(default="prismops-sink-clickhouse", description="consumer group; the topic namespace prefixes it")
     instance_id: str = Field(default="", description="static group member id; default <group>-<host>-<metrics port>")
     metrics_port: int = Field(default=16067, description="HTTP /metrics of `prismops sink`; 0: off")
-    batch_max_rows: int = 5000
-    batch_max_wait_s: float = 1.0
+    batch_max_rows: int = Field(default=5000, description="records (a batch record counts once) per poll, at most")
+    batch_max_wait_s: float = Field(
+        default=0.25, gt=0, description="longest a poll waits for batch_max_rows records before writing what it has: "
+        "the sink's share of a row's delay at moderate rates (batch records rarely fill a poll)")
 
 
 class SdkSettings(BaseModel):

@@ -115,7 +115,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         stream_publish_on_commit=True,
         broker_commit_every=5000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.worker.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         # A restarted worker takes its partitions back at once (static member); a crashed one that does not
         # come back holds them for the session timeout only.
