@@ -259,20 +259,19 @@ class LiveModelWindows:
         self._published_at: dict[tuple[str, str], dt.datetime] = {}
 
     def observe(self, observation: dict[str, Any], received_at: dt.datetime) -> None:
-        key = (observation["provider"], observation["model"])
-        window = self.windows.get(key)
-        if window is None:
-            window = self.windows[key] = ModelWindow(key[0], key[1], self.window_s, self.max_samples)
-        window.observe(observation, received_at)
-        self._dirty.add(key)
+        self._window_of(observation).observe(observation, received_at)
 
     def observe_summary(self, summary: Mapping[str, Any], received_at: dt.datetime) -> None:
-        key = (summary["provider"], summary["model"])
+        self._window_of(summary).observe_summary(summary, received_at)
+
+    def _window_of(self, record: Mapping[str, Any]) -> ModelWindow:
+        """The window of the record's (provider, model), created on first sight, marked changed."""
+        key = (record["provider"], record["model"])
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = ModelWindow(key[0], key[1], self.window_s, self.max_samples)
-        window.observe_summary(summary, received_at)
         self._dirty.add(key)
+        return window
 
     def due_snapshots(self, now: dt.datetime) -> list[dict[str, Any]]:
         """Rows for models that changed, or whose last row is older than refresh_s (so old samples age out)."""
