@@ -27,7 +27,7 @@ GROUPINGS: dict[str, tuple[str, ...]] = {"tenant_model": ("tenant", "model"), "s
 METRICS = ("cost", "tokens_per_request", "latency_p95_ms", "error_rate")
 KEY_FIELDS = tuple(sorted({name for fields in GROUPINGS.values() for name in fields}))
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-KEYS_REMEMBERED = 200_000
+KEYS_REMEMBERED = 50_000
 """SeriesKey objects kept for reuse per TumblingWindows (a bound, not a limit: past it the memo starts over)."""
 
 

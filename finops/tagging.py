@@ -110,8 +110,8 @@ def resolve_dimensions(
     return dims, source
 
 
-MEMO_ENTRIES = 100_000
-"""Distinct tag combinations a DimensionResolver remembers (past it, the memo starts over)."""
+MEMO_ENTRIES = 10_000
+"""Distinct tag combinations a DimensionResolver remembers (past it, the memo starts over): about 1 KB each."""
 
 
 class DimensionResolver:
