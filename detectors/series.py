@@ -84,15 +84,7 @@ class WindowAggregate:
     tokens_by_dimension: DimensionTotals = field(default_factory=DimensionTotals)
 
     def add(self, sample: UsageSample) -> None:
-        tokens = sample.input_tokens + sample.output_tokens
-        self.cost += sample.cost
-        self.requests += 1
-        self.errors += int(sample.error)
-        self.tokens += tokens
-        self.latencies_ms.append(sample.latency_ms)
-        self.cost_by_dimension.add(sample.dimensions, sample.cost)
-        self.errors_by_dimension.add(sample.dimensions, int(sample.error))
-        self.tokens_by_dimension.add(sample.dimensions, tokens)
+        self.add_many([sample])
 
     def add_many(self, samples: list[UsageSample]) -> None:
         """`add` for each sample in order, in one pass: the three per-dimension totals share a loop over each
@@ -231,22 +223,17 @@ class TumblingWindows:
         advances: list[WindowAdvance] = []
         pending: dict[tuple[SeriesKey, dt.datetime], list[UsageSample]] = {}
         late: list[LateEvent] = []
-        grace = dt.timedelta(seconds=self.window_s + self.grace_s)
         for sample, keys in samples:
             event_time = _utc(sample.event_time, "event_time")
             start = self.window_start(event_time)
-            if self.watermark is not None and start + grace <= self.watermark:
-                late.extend(LateEvent(key, event_time, start, self.watermark) for key in keys)
+            if self._is_closed(start):
+                late.extend(LateEvent(key, event_time, start, self.watermark) for key in keys)  # type: ignore[arg-type]
             else:
                 for key in keys:
-                    group = pending.get((key, start))
-                    if group is None:
-                        pending[(key, start)] = [sample]
-                    else:
-                        group.append(sample)
+                    pending.setdefault((key, start), []).append(sample)
             if self.watermark is None or event_time > self.watermark:
                 self.watermark = event_time
-            if self.window_start(self.watermark - grace) == self.__dict__.get("_scanned_through"):
+            if self._closing() == self.__dict__.get("_scanned_through"):
                 continue
             self._add_pending(pending)
             self.late_count += len(late)
@@ -275,11 +262,15 @@ class TumblingWindows:
         watermark = _utc(watermark, "watermark")
         if self.watermark is None or watermark > self.watermark:
             self.watermark = watermark
-        closing = self.window_start(self.watermark - dt.timedelta(seconds=self.window_s + self.grace_s))
+        closing = self._closing()
         if closing == self.__dict__.get("_scanned_through"):
             return []
         self._scanned_through = closing
         return self._close(lambda start: self._is_closed(start))
+
+    def _closing(self) -> dt.datetime:
+        """The newest window start the watermark closes: windows close only when this moves."""
+        return self.window_start(self.watermark - dt.timedelta(seconds=self.window_s + self.grace_s))  # type: ignore[operator]
 
     def flush(self) -> list[ClosedWindow]:
         """Close every open window now (shutdown); the watermark moves past them, so later events for them are late."""
