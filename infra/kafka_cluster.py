@@ -43,6 +43,9 @@ CLUSTER_TEMPLATE = INFRA_DIR / "kafka" / "cluster-server.properties"
 NODE_HEAP = "384m"
 DEFAULT_TIMEOUT_S = 90.0
 KILL_WAIT_S = 5.0
+# A rejoined node counts as in sync once every node reports no under-replicated partition this many polls in a
+# row (0.5 s apart): one answer can come from a node whose metadata still lags.
+IN_SYNC_POLLS = 3
 CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$", re.MULTILINE)
 
 
@@ -308,6 +311,14 @@ class KafkaCluster:
             )
         return max(counts)
 
+    def _under_replicated_all_answering(self, timeout_s: float) -> int:
+        """Like `under_replicated`, but -1 unless every node answers: a silent node may be the one that still
+        shows a shrunk ISR."""
+        metadata = [self._metadata(node_id, timeout_s) for node_id in self.node_ids]
+        if any(answer is None for answer in metadata):
+            return -1
+        return max(self._count_under_replicated(answer) for answer in metadata)
+
     @staticmethod
     def _count_under_replicated(metadata: Any) -> int:
         count = 0
@@ -400,6 +411,7 @@ class KafkaCluster:
         deadline = time.monotonic() + self.timeout_s
         last_seen: dict[int, set[int]] = {}
         under = -1
+        in_sync_polls = 0
         while True:
             self._check_processes(what)
             remaining = deadline - time.monotonic()
@@ -410,11 +422,9 @@ class KafkaCluster:
             if all(seen == expected for seen in last_seen.values()):
                 if not in_sync:
                     return
-                try:
-                    under = self.under_replicated(timeout_s=per_call)
-                except StackError:
-                    under = -1
-                if under == 0:
+                under = self._under_replicated_all_answering(per_call)
+                in_sync_polls = in_sync_polls + 1 if under == 0 else 0
+                if in_sync_polls >= IN_SYNC_POLLS:
                     return
             time.sleep(0.5)
         seen = "; ".join(f"node {n} sees brokers {sorted(s) or 'none (no answer)'}" for n, s in last_seen.items())

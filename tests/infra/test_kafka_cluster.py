@@ -104,6 +104,43 @@ def test_kill_and_restart_refuse_what_makes_no_sense(tmp_path):
         KafkaCluster(Settings(), tmp_path / "x", base_port=65532)
 
 
+class FakeMetadata:
+    """What `list_topics` returns, reduced to what the in-sync count reads: one topic, ISR per partition."""
+
+    def __init__(self, brokers: set[int], isrs: list[list[int]]):
+        from types import SimpleNamespace
+
+        self.brokers = dict.fromkeys(brokers)
+        partitions = {i: SimpleNamespace(error=None, leader=1, replicas=[1, 2, 3], isrs=isr)
+                      for i, isr in enumerate(isrs)}
+        self.topics = {"t": SimpleNamespace(partitions=partitions)}
+
+
+def test_restart_waits_until_every_node_reports_in_sync_several_polls_in_a_row(tmp_path, monkeypatch):
+    """A node that does not answer, or one answer that looks healed, is not enough: the wait needs every node
+    to report nothing under-replicated IN_SYNC_POLLS times in a row."""
+    from prismops.infra import kafka_cluster as module
+
+    cluster = KafkaCluster(Settings(stack=StackSettings(home=tmp_path)), tmp_path / "cluster", timeout_s=60)
+    healed, shrunk = FakeMetadata({1, 2, 3}, [[1, 2, 3]] * 2), FakeMetadata({1, 2, 3}, [[1, 3], [1, 2, 3]])
+    # per poll: one answer per node for brokers_seen, then one per node for the in-sync count
+    script = {1: [healed] * 20, 2: [healed] * 20,
+              3: [healed, None, healed, shrunk, healed, healed, healed, healed, healed, healed]}
+    asked: list[int] = []
+
+    def metadata(via, timeout_s):
+        asked.append(via)
+        return script[via].pop(0)
+
+    monkeypatch.setattr(cluster, "_metadata", metadata)
+    monkeypatch.setattr(cluster, "_check_processes", lambda what: None)
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)
+    cluster._wait("restarting Kafka node 3", [3], in_sync=True)
+    # polls: (3 sees all, node 3 silent) -> (3 sees all, 3 shrunk) -> three healed polls in a row
+    assert asked.count(3) == 2 * 5
+    assert script[3] == []
+
+
 # ------------------------------------------------------------------------------------------------- real cluster
 
 
