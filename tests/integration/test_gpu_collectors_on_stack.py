@@ -4,7 +4,6 @@ usage.gpu.v1 exactly once, with the schema's encoding and the pool key the worke
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from prismops.collectors.runner import parse_sacct
 from prismops.collectors.slurm import slurm_events
 from prismops.collectors.common import closed_windows
 from prismops.settings import Settings
-from prismops.streams.codecs import codec_for
 from prismops.streams.topics import GPU_USAGE
+from prismops.testing import read_topic_to_end
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -24,17 +23,9 @@ SACCT = FIXTURES / "slurm" / "sacct.json"
 
 
 def topic_records(settings: Settings) -> list[tuple[bytes, dict]]:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([GPU_USAGE.name(settings)])
-    records, idle_polls = [], 0
-    while idle_polls < 5:
-        batch = [m for m in consumer.consume(500, 1.0) if not m.error()]
-        idle_polls = 0 if batch else idle_polls + 1
-        records += [(m.key(), codec_for(GPU_USAGE.schema).decode(m.value())) for m in batch]
-    consumer.close()
-    return records
+    """Every record on the GPU usage topic up to its end now: the collector's producer has flushed, so the end
+    is known and nothing depends on how long a consumer group takes to join."""
+    return read_topic_to_end(settings, GPU_USAGE)
 
 
 def test_collect_slurm_to_kafka_across_a_restart(isolated_settings: Settings, tmp_path: Path):
