@@ -86,7 +86,9 @@ def table_cell(column: str, value: Any) -> str:
     if value is None:
         return ""
     if not _Display.wide and isinstance(value, (int, Decimal)) and not isinstance(value, bool):
-        compact = compact_number(value, money=any(word in column.lower() for word in MONEY_WORDS))
+        # money is always a Decimal here; an int in a column named after money is a count (tenants_with_budgets)
+        money = isinstance(value, Decimal) and any(word in column.lower() for word in MONEY_WORDS)
+        compact = compact_number(value, money=money)
         if compact is not None:
             return compact
     return str(to_jsonable(value))

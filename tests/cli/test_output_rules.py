@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from prismops.cli.commands.report import parse_where, sum_columns
-from prismops.cli.output import FORMAT_OPTION, compact_number, emit_table
+from prismops.cli.output import FORMAT_OPTION, _Display, compact_number, emit_table, table_cell
 
 
 @pytest.mark.parametrize(("value", "money", "shown"), [
@@ -42,6 +42,12 @@ def test_tables_are_compact_by_default_and_whole_with_wide_and_never_cut_a_cell(
     assert "anthropic/claude-sonnet-4-20250514-long-name" in compact.output.replace("│", "").replace("\n", "").replace(" ", "")
     wide = runner.invoke(table_command, ["--wide"])
     assert "4612776" in wide.output and "1234.567891234567" in wide.output
+
+
+def test_a_count_in_a_column_named_after_money_is_not_shown_as_dollars(monkeypatch):
+    monkeypatch.setattr(_Display, "wide", False)  # an earlier --wide in this process sticks, as in one CLI run
+    assert table_cell("tenants_with_budgets", 10_000) == "10.0k"
+    assert table_cell("budget_usd", Decimal("10000")) == "$10.0k"
 
 
 def test_an_empty_report_says_so():
