@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -46,7 +47,37 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
       record was lost inside Faust: the partition is sought back to the committed offset (on the second commit
       that finds the hole, so a record still being handed over is not read twice for nothing),
       and the records after it are processed again; every stage downstream dedupes by batch identity.
+    - The records read again get through. Faust's fetch loop drops every record below the last offset it
+      handed over, and a seek only lowers that mark once: records fetched before the seek, still being handed
+      over, raise it again, and the record sought back to was dropped. A bench run stalled 45 s on one such
+      hole, sought back to twice. So the seek is remembered per partition (`_rewinds`) and the first record
+      read again lowers the mark itself, when it arrives (`_admit_rewound`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rewinds: dict[TP, int] = {}
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        async for tp, message in super().getmany(timeout):
+            if self._rewinds:
+                self._admit_rewound(tp, message.offset)
+            yield tp, message
+
+    def _admit_rewound(self, tp: TP, offset: int) -> None:
+        """Lower the fetch loop's read mark for the first record at or after a pending rewind that the loop
+        would drop (it is below the mark, so it was fetched after the seek), or for the record itself."""
+        target = self._rewinds.get(tp)
+        if target is None or offset < target:
+            return
+        read = self._read_offset.get(tp)
+        if offset == target or (read is not None and offset < read):
+            del self._rewinds[tp]
+            self._read_offset[tp] = offset
+
+    async def perform_seek(self) -> None:
+        self._rewinds.clear()  # every partition goes back to its committed offset, and the read marks with it
+        await super().perform_seek()
 
     def ack(self, message: Message) -> bool:
         generation = getattr(message, "generation_id", None)
@@ -81,6 +112,7 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             log.warning("%s[%d]: offsets %d..%d acked but %d never was; reading again from %d",
                         tp.topic, tp.partition, head, max(self._acked[tp]), committed, committed)
             REREADS.labels(tp.topic).inc()
+            self._rewinds[tp] = committed
             asyncio.ensure_future(self.seek(tp, committed))
 
 

@@ -75,3 +75,77 @@ def test_records_skipped_during_a_rebalance_are_not_counted_as_processed(consume
     assert consumer._new_offset(USAGE) is None
     acked(consumer, 5, 6)
     assert consumer._new_offset(USAGE) == 7
+
+
+def drain(consumer: ContiguousCommitConsumer, fetched: list[list[int]], seek_after: int | None = None) -> list[int]:
+    """Faust's fetch loop over `fetched` (one list of offsets per fetch), as `Consumer._drain_messages` filters
+    it: a record below the last offset handed over is dropped. With `seek_after`, the hole repair runs (the
+    commit path's seek) right after that offset was handed over, while the rest of its fetch is in flight."""
+    from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
+
+    fetches = iter(fetched)
+
+    async def parent_getmany(self, timeout: float):
+        for offset in next(fetches):
+            yield USAGE, message(offset, consumer.app.consumer_generation_id)
+
+    async def seek(tp: TP, offset: int) -> None:  # Faust's seek: the read mark goes down once, at seek time
+        consumer._read_offset[tp] = offset
+
+    async def loop() -> list[int]:
+        handed: list[int] = []
+        sought: list[int] = []
+        for _ in fetched:
+            async for tp, record in consumer.getmany(1.0):
+                read = consumer._read_offset.get(tp)
+                if read is None or record.offset >= read:
+                    handed.append(record.offset)
+                    consumer._read_offset[tp] = record.offset
+                    if record.offset == seek_after and not sought:  # two commits find the hole; the 2nd seeks back
+                        sought.append(record.offset)
+                        consumer._committed_offset[tp] = 5
+                        acked(consumer, *handed)
+                        assert [consumer._new_offset(tp), consumer._new_offset(tp)] == [None, None]
+                        await asyncio.sleep(0)
+        return handed
+
+    original = AiokafkaConsumer.getmany
+    AiokafkaConsumer.getmany = parent_getmany
+    try:
+        consumer.seek = seek
+        return asyncio.run(loop())
+    finally:
+        AiokafkaConsumer.getmany = original
+
+
+def test_the_record_sought_back_to_gets_through_though_later_records_were_in_flight(consumer):
+    """Committed 5, record 5 lost; the repair seeks back while 8..10 of the same fetch are still handed over:
+    the fetch after the seek (5..10) must hand over 5 again and everything after it."""
+    handed = drain(consumer, [[6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10, 11]], seek_after=7)
+    assert handed == [6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 11]
+    assert consumer._rewinds == {}
+
+
+def test_without_the_remembered_rewind_the_in_flight_records_hide_the_hole(consumer, monkeypatch):
+    """What Faust alone does (the stall the repair had): the records in flight raise the read mark again and the
+    fetch after the seek is dropped up to 10, record 5 with it."""
+    monkeypatch.setattr(consumer, "_admit_rewound", lambda tp, offset: None)
+    handed = drain(consumer, [[6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10, 11]], seek_after=7)
+    assert 5 not in handed[5:]
+
+
+def test_a_rewind_is_spent_once_and_cleared_by_a_seek_to_committed(consumer):
+    consumer._rewinds[USAGE] = 5
+    consumer._read_offset[USAGE] = 10
+    consumer._admit_rewound(USAGE, 12)  # still in flight from before the seek: not the record read again
+    assert consumer._rewinds == {USAGE: 5} and consumer._read_offset[USAGE] == 10
+    consumer._admit_rewound(USAGE, 6)  # read again, 5 itself gone (a compacted or control offset)
+    assert consumer._rewinds == {} and consumer._read_offset[USAGE] == 6
+    consumer._rewinds[USAGE] = 5
+
+    async def committed_positions() -> dict:
+        return {}
+
+    consumer.seek_to_committed = committed_positions
+    asyncio.run(consumer.perform_seek())
+    assert consumer._rewinds == {}
