@@ -117,7 +117,15 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
 
 
 class WorkerApp(faust.App):
-    """faust.App whose consumer is the ContiguousCommitConsumer."""
+    """faust.App whose consumer is the ContiguousCommitConsumer, and whose producer buffer holds
+    `worker.producer_buffer_messages` changelog records before it makes the streams wait."""
+
+    producer_buffer_messages = 100
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        producer.buffer.max_messages = self.producer_buffer_messages
+        return producer
 
     def _new_consumer(self) -> Any:
         transport = self.transport
@@ -133,7 +141,7 @@ def create_app(settings: Settings) -> faust.App:
     faust_home = settings.stack.home.expanduser().resolve() / "faust"
     faust_home.mkdir(parents=True, exist_ok=True)
     app_id = settings.worker_app_id  # namespaced: its group, changelogs and assignor topic share nothing across namespaces
-    return WorkerApp(
+    app = WorkerApp(
         app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=None,
@@ -156,11 +164,14 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_s / 4),
         producer_max_request_size=settings.kafka.max_message_bytes + 16384,  # record overhead above our own check
         producer_max_batch_size=settings.worker.producer_batch_bytes,
+        producer_linger=settings.worker.producer_linger_ms / 1000,
         topic_partitions=settings.kafka.default_partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=True,
         autodiscover=False,
     )
+    app.producer_buffer_messages = settings.worker.producer_buffer_messages
+    return app
 
 
 class AvroSingleObjectCodec(faust.Codec):

@@ -1,4 +1,4 @@
-"""streams/faust_app.py: the Faust codec wraps the PrismOps single-object codec."""
+"""streams/faust_app.py: the Faust codec wraps the PrismOps single-object codec; the worker settings reach Faust."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import faust
 import pytest
 
 from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
-from prismops.streams.faust_app import AvroSingleObjectCodec
+from prismops.settings import Settings
+from prismops.streams.faust_app import AvroSingleObjectCodec, create_app
 
 UTC = dt.timezone.utc
 
@@ -73,3 +74,13 @@ def test_two_codecs_for_different_schemas_do_not_mix():
     with pytest.raises(CodecError) as info:
         dead_letter_codec.loads(observation_codec.dumps(OBSERVATION))
     assert info.value.rule == "unknown_schema"
+
+
+def test_the_worker_settings_reach_faust_producer_and_its_buffer(tmp_path):
+    settings = Settings(stack={"home": tmp_path}).with_overrides(
+        worker={"producer_linger_ms": 7, "producer_buffer_messages": 2500, "producer_batch_bytes": 65536})
+    app = create_app(settings)
+    assert app.conf.producer_linger == pytest.approx(0.007)
+    assert app.conf.producer_max_batch_size == 65536
+    assert app.producer.buffer.max_messages == 2500
+    assert create_app(Settings(stack={"home": tmp_path})).producer.buffer.max_messages == 10_000

@@ -149,3 +149,4 @@ def test_a_rewind_is_spent_once_and_cleared_by_a_seek_to_committed(consumer):
     consumer.seek_to_committed = committed_positions
     asyncio.run(consumer.perform_seek())
     assert consumer._rewinds == {}
+
