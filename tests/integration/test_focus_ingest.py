@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import decimal
 import json
-import time
 import uuid
 from collections import defaultdict
 from decimal import Decimal
@@ -21,7 +20,7 @@ from clickhouse_driver import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from prismops.cli.app import main
-from prismops.testing import clickhouse, wait_for
+from prismops.testing import clickhouse, read_topic_to_end, wait_for
 from prismops.streams.codecs import codec_for
 from prismops.streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
 
@@ -226,17 +225,11 @@ def test_bad_messages_on_the_billing_topic_go_to_the_dlq_with_their_bytes(pipeli
     wait_for(lambda: client.execute(
         "SELECT count() FROM cost_lines WHERE source_event_id = %(id)s", {"id": good["event_id"]})[0][0],
         180, components, "the good record after the bad ones")
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"dlq-check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([DEAD_LETTERS.name(settings)])
-    letters = []
-    deadline = time.monotonic() + 60
-    while len(letters) < 2 and time.monotonic() < deadline:
-        for message in consumer.consume(10, 1.0):
-            if not message.error():
-                letter = codec_for("dead_letter").decode(message.value())
-                if letter["stage"] == "worker.cost_cloud_billing":
-                    letters.append(letter)
-    consumer.close()
+    def both_letters() -> list[dict]:  # read by assignment to the topic's end, again until both are there
+        found = [letter for _key, letter in read_topic_to_end(settings, DEAD_LETTERS)
+                 if letter["stage"] == "worker.cost_cloud_billing"]
+        return found if len(found) >= 2 else []
+    letters = wait_for(both_letters, 60, components, "the two dead letters of the billing agent")
     by_rule = {letter["error_rule"]: letter for letter in letters}
     assert set(by_rule) == {"wire_format", "currency"} and by_rule["currency"]["error_field"] == "BillingCurrency"
     assert json.loads(by_rule["currency"]["original_value"]) == json.loads(euro_bytes)

@@ -28,7 +28,7 @@ from prismops.sinks.migrations import apply_migrations
 from prismops.streams.codecs import codec_for
 from prismops.streams.topics import GPU_ALLOCATIONS, GPU_USAGE
 from prismops.streams.producer import UsageProducer
-from prismops.testing import isolated, wait_drained, wait_for
+from prismops.testing import isolated, read_topic_to_end, wait_drained, wait_for
 
 WINDOW_S, GRACE_S = 60, 3
 UTC = dt.timezone.utc
@@ -178,19 +178,9 @@ def expected_windows(events: list[dict]) -> dict[tuple[str, int], dict]:
 
 
 def allocation_messages(settings: Settings) -> list[dict]:
-    """Every record on cost.allocations.v1, read from the start."""
-    from confluent_kafka import Consumer
-
-
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([GPU_ALLOCATIONS.name(settings)])
-    records, idle_polls = [], 0
-    while idle_polls < 5:
-        batch = [m for m in consumer.consume(500, 1.0) if not m.error()]
-        idle_polls = 0 if batch else idle_polls + 1
-        records += [codec_for("gpu_allocation").decode(m.value()) for m in batch]
-    consumer.close()
-    return records
+    """Every record on cost.allocations.v1, from the start to its end now (by assignment: a fresh consumer group
+    that polled until 5 idle seconds could return before it had joined)."""
+    return [value for _key, value in read_topic_to_end(settings, GPU_ALLOCATIONS)]
 
 
 def clickhouse(settings: Settings) -> Client:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-import uuid
 from decimal import ROUND_HALF_EVEN, Decimal
 from importlib import resources
 
 import yaml
 from click.testing import CliRunner
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from prismops.cli.app import main
-from prismops.testing import clickhouse, wait_drained, wait_for
+from prismops.testing import clickhouse, read_topic_to_end, wait_drained, wait_for
 from prismops.streams.codecs import codec_for
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
 from prismops.streams.simulation import TrafficGenerator
@@ -121,15 +119,10 @@ def test_malformed_and_invalid_input_goes_to_dlq_and_processing_continues(pipeli
         120, components, "the good event after the bad ones",
     )
 
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"dlq-check-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
-    consumer.subscribe([DEAD_LETTERS.name(settings)])
-    letters = []
-    deadline = time.monotonic() + 60
-    while len(letters) < 2 and time.monotonic() < deadline:
-        for message in consumer.consume(10, 1.0):
-            if not message.error():
-                letters.append(codec_for("dead_letter").decode(message.value()))
-    consumer.close()
+    def both_letters() -> list[dict]:  # read by assignment to the topic's end, again until both are there
+        found = [letter for _key, letter in read_topic_to_end(settings, DEAD_LETTERS)]
+        return found if len(found) >= 2 else []
+    letters = wait_for(both_letters, 60, components, "the two dead letters")
 
     by_rule = {letter["error_rule"]: letter for letter in letters}
     assert set(by_rule) == {"wire_format", "non_negative"}

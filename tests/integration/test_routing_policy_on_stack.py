@@ -18,16 +18,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from confluent_kafka import Consumer
 
 from prismops.gateway_grpc.auth import token_digest
 from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.tools import ensure_grpcurl
 from prismops.infra.components import Components
 from prismops.settings import Settings
-from prismops.testing import clickhouse, isolated, wait_for
+from prismops.testing import clickhouse, isolated, read_topic_to_end, wait_for
 from prismops.sinks.migrations import apply_migrations
-from prismops.streams.codecs import codec_for
 from prismops.streams.topics import POLICY_AUDIT
 
 SERVICE_TOKEN = "service-token-" + uuid.uuid4().hex
@@ -161,18 +159,13 @@ def test_a_shadow_target_appears_at_its_sample_rate_and_lands_in_clickhouse(gate
 
 
 def read_audit_events(settings: Settings, wanted: int, timeout_s: float = 30) -> list[dict]:
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"audit-reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([POLICY_AUDIT.name(settings)])
-    events, deadline = [], time.monotonic() + timeout_s
-    try:
-        while len(events) < wanted and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
-                events.append(codec_for(POLICY_AUDIT.schema).decode(message.value()))
-    finally:
-        consumer.close()
-    return events
+    """The audit topic from its start to its end, read by assignment, again until it holds `wanted` events."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = [event for _key, event in read_topic_to_end(settings, POLICY_AUDIT)]
+        if len(events) >= wanted or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
 
 
 def test_a_policy_change_needs_the_admin_token_and_is_audited(gateway, tmp_path: Path):
