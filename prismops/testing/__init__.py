@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clickhouse_driver import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from prismops.infra.components import Components
@@ -103,10 +103,9 @@ def wait_drained(settings: Settings, components: Components, consumed: dict[str,
     wait_for(drained, timeout_s, components, f"{', '.join(consumed)} to commit every record of their topics")
 
 
-def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:
-    """Every record of a registry topic from the beginning to its current end, decoded, as (key, value); a batch
-    record gives one pair per item."""
-    topic = spec.name(settings)
+def read_records_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:
+    """Every record of `topic` from the beginning to its current end, undecoded, by assignment (no consumer group
+    to join, so nothing depends on how long a join takes)."""
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     try:
@@ -120,16 +119,25 @@ def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            if spec.schema in BATCH_SCHEMAS:
-                found += [(message.key(), item.value) for item in batch_codec_for(spec.schema).decode(message.value()).items]
-            else:
-                found.append((message.key(), codec_for(spec.schema).decode(message.value())))
+            found.append(message)
             if message.offset() + 1 >= remaining.get(message.partition(), 0):
                 remaining.pop(message.partition(), None)
         assert not remaining, f"could not read {topic} to its end"
         return found
     finally:
         consumer.close()
+
+
+def read_topic_to_end(settings: Settings, spec: TopicSpec, timeout_s: float = 30.0) -> list[tuple[bytes | None, dict[str, Any]]]:
+    """Every record of a registry topic from the beginning to its current end, decoded, as (key, value); a batch
+    record gives one pair per item."""
+    found = []
+    for message in read_records_to_end(settings, spec.name(settings), timeout_s):
+        if spec.schema in BATCH_SCHEMAS:
+            found += [(message.key(), item.value) for item in batch_codec_for(spec.schema).decode(message.value()).items]
+        else:
+            found.append((message.key(), codec_for(spec.schema).decode(message.value())))
+    return found
 
 
 class RecordingWebhook:
