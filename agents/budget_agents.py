@@ -40,7 +40,7 @@ def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
     tenant_table = ctx.table("budget-ledger-tenant", help="tenant budget spend and applied batches")
     team_table = ctx.table("budget-ledger-team", help="team budget spend and applied batches")
-    book = load_budget_book(settings.budgets)
+    book = load_budget_book(settings.budgets, cache_dir=settings.stack.home / "cache" / "budget-definitions")
     tenant_ledger = BudgetLedger.from_settings(settings.budgets, tenant_table, scopes=("tenant",), book=book)
     team_ledger = BudgetLedger.from_settings(settings.budgets, team_table, scopes=("team",), book=book)
     cost_topic, team_lines_topic = ctx.topic(COST_LINES), ctx.topic(BUDGET_TEAM_LINES)

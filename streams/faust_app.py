@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from faust.tables import TableManager
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 from faust.types import TP, Message
 from prometheus_client import Counter
@@ -116,6 +117,17 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             asyncio.ensure_future(self.seek(tp, committed))
 
 
+class PreregisteredTableManager(TableManager):
+    """Faust's TableManager without its one-second wait at start for tables declared late: the worker declares
+    every table while it builds the app, before Faust starts, so the wait only delayed a restarted worker's
+    restore by a second."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class WorkerApp(faust.App):
     """faust.App whose consumer is the ContiguousCommitConsumer, and whose producer buffer holds
     `worker.producer_buffer_messages` changelog records before it makes the streams wait."""
@@ -169,6 +181,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=True,
         autodiscover=False,
+        TableManager=PreregisteredTableManager,
     )
     app.producer_buffer_messages = settings.worker.producer_buffer_messages
     return app

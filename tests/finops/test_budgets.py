@@ -12,8 +12,9 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from prismops.finops.budgets import (
     Budget, BudgetBook, BudgetDefinitionError, BudgetLedger, budget_event_id, load_budget_book, parse_budgets,
-    period_end, period_start, retention_start,
+    period_end, period_start, read_definitions, retention_start,
 )
+from prismops.finops import budgets as budgets_module
 from prismops.settings import BudgetSettings
 from prismops.streams.codecs import codec_for
 
@@ -70,6 +71,46 @@ def test_yaml_budgets_add_to_the_seeds_and_a_named_scope_replaces_the_wildcard(t
     assert acme == {"acme-daily": Decimal("100.50"), "tenant-daily-tokens": Decimal(2_000_000)}
     other = {b.budget_id: b.limit for b in book.for_scope("tenant", "globex")}
     assert other == {"tenant-daily-usd": Decimal(30), "tenant-daily-tokens": Decimal(2_000_000)}
+    assert [b.budget_id for b in book.for_scope("team", "devtools")] == ["team-monthly"]
+
+
+BUDGETS_YAML = (
+    "budgets:\n"
+    "  - {id: acme-daily, scope: tenant, scope_id: acme, period: daily, unit: usd, limit: '100.50'}\n"
+    "  - {id: team-monthly, scope: team, scope_id: '*', period: monthly, unit: usd, limit: 5000}\n"
+)
+
+
+def test_definitions_are_parsed_once_per_content_with_a_cache_dir(tmp_path: Path, monkeypatch):
+    path, cache = tmp_path / "budgets.yaml", tmp_path / "cache"
+    path.write_text(BUDGETS_YAML)
+    first = load_budget_book(BudgetSettings(definitions=path), cache_dir=cache)
+    assert len(list(cache.glob("budgets-*.json"))) == 1
+
+    def no_yaml(text):
+        raise AssertionError("parsed the YAML again")
+
+    monkeypatch.setattr(budgets_module, "_parse_yaml", no_yaml)
+    assert load_budget_book(BudgetSettings(definitions=path), cache_dir=cache).budgets == first.budgets
+    monkeypatch.undo()
+    path.write_text(BUDGETS_YAML.replace("'100.50'", "'7'"))
+    changed = load_budget_book(BudgetSettings(definitions=path), cache_dir=cache)
+    assert {b.budget_id: b.limit for b in changed.for_scope("tenant", "acme")}["acme-daily"] == Decimal(7)
+    assert len(list(cache.glob("budgets-*.json"))) == 2
+
+
+def test_a_document_json_would_change_is_not_cached(tmp_path: Path):
+    path, cache = tmp_path / "budgets.yaml", tmp_path / "cache"
+    path.write_text(BUDGETS_YAML + "reviewed: 2026-12-01\n")
+    assert read_definitions(path, cache)["reviewed"] == dt.date(2026, 12, 1)
+    assert not list(cache.glob("budgets-*.json"))
+
+
+def test_a_cache_dir_that_cannot_be_written_is_skipped(tmp_path: Path):
+    path, blocked = tmp_path / "budgets.yaml", tmp_path / "a-file"
+    path.write_text(BUDGETS_YAML)
+    blocked.write_text("not a directory")
+    book = load_budget_book(BudgetSettings(definitions=path), cache_dir=blocked / "cache")
     assert [b.budget_id for b in book.for_scope("team", "devtools")] == ["team-monthly"]
 
 

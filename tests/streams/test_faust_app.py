@@ -11,7 +11,7 @@ import pytest
 
 from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
 from prismops.settings import Settings
-from prismops.streams.faust_app import AvroSingleObjectCodec, create_app
+from prismops.streams.faust_app import AvroSingleObjectCodec, PreregisteredTableManager, create_app
 
 UTC = dt.timezone.utc
 
@@ -84,3 +84,20 @@ def test_the_worker_settings_reach_faust_producer_and_its_buffer(tmp_path):
     assert app.conf.producer_max_batch_size == 65536
     assert app.producer.buffer.max_messages == 2500
     assert create_app(Settings(stack={"home": tmp_path})).producer.buffer.max_messages == 10_000
+
+
+def test_the_worker_app_restores_without_faust_s_wait_for_late_tables(tmp_path):
+    app = create_app(Settings(stack={"home": tmp_path}))
+    assert isinstance(app.tables, PreregisteredTableManager)
+
+
+def test_table_values_go_through_orjson():
+    """orjson is a dependency for Faust's table changelogs (its json codec takes orjson when importable): the
+    stdlib encoder was 3.5% of a restarted worker with 10,000 tenants. The values read back unchanged."""
+    from faust.utils import json as faust_json
+
+    assert faust_json.orjson is not None
+    record = {"last_line": None, "shard": 3, "origins": {"usage.llm.v1/2": 4096},
+              "periods": {"b|2026-12-07T00:00:00+00:00": {"spent": "0.125", "crossed": {"80": {"line_id": "x"}}}}}
+    codec = faust.serializers.codecs.get_codec("json")
+    assert codec.loads(codec.dumps(record)) == record
