@@ -28,6 +28,8 @@ from prometheus_client import Counter
 
 from prismops.settings import Settings
 from prismops.streams.codecs import codec_for
+from prismops.streams.outputs import OutputDeliveryFailed, OutputProducer
+from prismops.streams.producer import safe_producer_config
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,19 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             return False
         return super().ack(message)
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Faust's commit, after every output record produced so far is acknowledged (`WorkerApp.outputs`): the
+        offsets being committed were acked after their events' records were produced. A record refused for good
+        stops the worker before anything more commits, as Faust does when its own producer fails."""
+        outputs = getattr(self.app, "outputs", None)
+        if outputs is not None:
+            try:
+                await outputs.delivered()
+            except OutputDeliveryFailed as exc:
+                await self.crash(exc)
+                return False
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
     def _new_offset(self, tp: TP) -> int | None:
         committed = self._committed_offset.get(tp)
         acked = self._acked.get(tp)
@@ -117,6 +132,37 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             asyncio.ensure_future(self.seek(tp, committed))
 
 
+class _Sent:
+    """What Faust reads back from `send_changelog`: `.message.partition`, for its key expiry bookkeeping."""
+
+    __slots__ = ("message", "partition")
+
+    def __init__(self, partition: int):
+        self.message = self
+        self.partition = partition
+
+
+class OutputChangelogTable(faust.Table):
+    """A Faust table whose changelog records go through the worker's output producer (`WorkerApp.outputs`):
+    with 10,000 tenants every event writes a ledger entry, and aiokafka's Python path for those records filled
+    Faust's producer buffer ("producer buffer full") and held the streams back. The commit waits for the output
+    producer before it commits offsets, as it waited for Faust's producer. Faust restores the table from the
+    changelog topic as before, whoever wrote it. For the in-memory store only: Faust's callback that keeps a
+    RocksDB store's persisted offset is not called."""
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> Any:
+        outputs = getattr(self.app, "outputs", None)
+        if outputs is None or partition is None:
+            return super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        serializers = self.app.serializers
+        key_bytes = serializers.dumps_key(self.key_type, key, serializer=key_serializer or self.key_serializer)
+        value_bytes = None if value is None else serializers.dumps_value(
+            self.value_type, value, serializer=value_serializer or self.value_serializer)
+        outputs.produce(self.changelog_topic.get_topic_name(), key=key_bytes, value=value_bytes, partition=partition)
+        return _Sent(partition)
+
+
 class PreregisteredTableManager(TableManager):
     """Faust's TableManager without its one-second wait at start for tables declared late: the worker declares
     every table while it builds the app, before Faust starts, so the wait only delayed a restarted worker's
@@ -129,10 +175,12 @@ class PreregisteredTableManager(TableManager):
 
 
 class WorkerApp(faust.App):
-    """faust.App whose consumer is the ContiguousCommitConsumer, and whose producer buffer holds
-    `worker.producer_buffer_messages` changelog records before it makes the streams wait."""
+    """faust.App whose consumer is the ContiguousCommitConsumer, whose producer buffer holds
+    `worker.producer_buffer_messages` changelog records before it makes the streams wait, and whose agents'
+    output records go through `outputs` (Faust's producer keeps the table changelogs)."""
 
     producer_buffer_messages = 100
+    outputs: OutputProducer | None = None
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()
@@ -182,9 +230,22 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         autodiscover=False,
         TableManager=PreregisteredTableManager,
+        Table=OutputChangelogTable,
     )
     app.producer_buffer_messages = settings.worker.producer_buffer_messages
+    app.outputs = new_output_producer(settings)
     return app
+
+
+def new_output_producer(settings: Settings) -> OutputProducer:
+    """The worker's output producer: idempotent, acks=all, murmur2 placement as Faust's, `worker.producer_linger_ms`,
+    records up to the broker's limit; a commit waits for acknowledgements a little longer than librdkafka retries."""
+    config = safe_producer_config(settings, **{
+        "linger.ms": settings.worker.producer_linger_ms,
+        "message.max.bytes": settings.kafka.max_message_bytes + 16384,
+        "client.id": f"{settings.worker_app_id}-outputs",
+    })
+    return OutputProducer(config, delivery_timeout_s=config["message.timeout.ms"] / 1000 + 30)
 
 
 class AvroSingleObjectCodec(faust.Codec):

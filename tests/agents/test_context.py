@@ -27,20 +27,28 @@ class Message:
 @dataclass
 class Event:
     message: Message = field(default_factory=Message)
+
+
+@dataclass
+class RecordedOutputs:
+    """Stands in for the output producer: these tests check what the guards send, not Kafka."""
     sent: list = field(default_factory=list)
 
-    async def send(self, topic, *, key=None, value=None, headers=None):
-        self.sent.append((topic.get_topic_name(), key, value))
+    def produce(self, topic, *, key, value, headers=None, partition=None):
+        self.sent.append((topic, key, value))
 
 
 @pytest.fixture()
 def context(tmp_path) -> WorkerContext:
     settings = Settings().with_overrides(stack={"home": str(tmp_path)}, kafka={"max_message_bytes": 1000})
-    return WorkerContext(settings, create_app(settings))
+    app = create_app(settings)
+    app.outputs = RecordedOutputs()
+    return WorkerContext(settings, app)
 
 
-def dead_letters(event: Event) -> list[dict]:
-    return [codec_for("dead_letter").decode(value) for topic, _, value in event.sent if topic.endswith("dlq.v1")]
+def dead_letters(context: WorkerContext) -> list[dict]:
+    return [codec_for("dead_letter").decode(value) for topic, _, value in context.outputs.sent
+            if topic.endswith("dlq.v1")]
 
 
 def test_an_unexpected_error_dead_letters_the_event_and_the_stream_goes_on(context):
@@ -52,7 +60,7 @@ def test_an_unexpected_error_dead_letters_the_event_and_the_stream_goes_on(conte
         return "next event"
 
     assert asyncio.run(handle()) == "next event"
-    (letter,) = dead_letters(event)
+    (letter,) = dead_letters(context)
     assert (letter["error_rule"], letter["stage"], letter["source_offset"]) == ("processing_error", "worker.test", 42)
     assert letter["error_message"].startswith("KeyError")
     assert b"bob@example.com" not in letter["original_value"], "redacted like every dead letter"
@@ -66,7 +74,7 @@ def test_a_rule_error_keeps_its_field_and_rule(context):
             raise FieldRuleError("tenant", "printable", "must hold printable characters only")
 
     asyncio.run(handle())
-    (letter,) = dead_letters(event)
+    (letter,) = dead_letters(context)
     assert (letter["error_field"], letter["error_rule"]) == ("tenant", "printable")
 
 
@@ -76,11 +84,18 @@ def test_output_over_the_limit_is_refused_before_sending_and_its_event_dead_lett
 
     async def handle() -> None:
         async with context.guard(event, "worker.test"):
-            await context.send(event, topic, key=b"acme", value=b"x" * 2000)
+            await context.send(topic, key=b"acme", value=b"x" * 2000)
 
     asyncio.run(handle())
-    assert [t for t, _, _ in event.sent] == [context.settings.namespaced("prismops.dlq.v1")]
-    assert dead_letters(event)[0]["error_rule"] == "output_max_bytes"
+    assert [t for t, _, _ in context.outputs.sent] == [context.settings.namespaced("prismops.dlq.v1")]
+    assert dead_letters(context)[0]["error_rule"] == "output_max_bytes"
+
+
+def test_the_context_needs_the_worker_app_and_its_output_producer(tmp_path):
+    import faust
+
+    with pytest.raises(TypeError, match="outputs"):
+        WorkerContext(Settings(), faust.App("plain", broker="kafka://127.0.0.1:1"))
 
 
 def test_check_size_counts_key_value_and_headers():

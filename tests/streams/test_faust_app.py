@@ -11,7 +11,7 @@ import pytest
 
 from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, CodecError, codec_for
 from prismops.settings import Settings
-from prismops.streams.faust_app import AvroSingleObjectCodec, PreregisteredTableManager, create_app
+from prismops.streams.faust_app import AvroSingleObjectCodec, OutputChangelogTable, PreregisteredTableManager, create_app
 
 UTC = dt.timezone.utc
 
@@ -101,3 +101,28 @@ def test_table_values_go_through_orjson():
               "periods": {"b|2026-12-07T00:00:00+00:00": {"spent": "0.125", "crossed": {"80": {"line_id": "x"}}}}}
     codec = faust.serializers.codecs.get_codec("json")
     assert codec.loads(codec.dumps(record)) == record
+
+
+class RecordedOutputs:
+    def __init__(self):
+        self.sent = []
+
+    def produce(self, topic, *, key, value, headers=None, partition=None):
+        self.sent.append((topic, key, value, partition))
+
+
+def test_table_changelog_records_go_through_the_output_producer_as_faust_would_serialize_them(tmp_path):
+    app = create_app(Settings(stack={"home": tmp_path}))
+    app.outputs = RecordedOutputs()
+    table = app.Table("budget-ledger-tenant", default=None)
+    assert isinstance(table, OutputChangelogTable)
+    record = {"shard": 3, "origins": {"usage.llm.v1/2": 4096}, "periods": {"b|2026-12-07": {"spent": "0.125"}}}
+    assert table.send_changelog(3, "scope/tenant/acme", record).message.partition == 3
+    table.send_changelog(1, "scope/tenant/gone", None, value_serializer="raw")
+    topic = table.changelog_topic
+    key, _ = topic.prepare_key("scope/tenant/acme", table.key_serializer)
+    value, _ = topic.prepare_value(record, table.value_serializer)
+    assert app.outputs.sent == [
+        (topic.get_topic_name(), key, value, 3),
+        (topic.get_topic_name(), topic.prepare_key("scope/tenant/gone", table.key_serializer)[0], None, 1),
+    ]

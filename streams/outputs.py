@@ -1,0 +1,133 @@
+"""The worker's output records through one confluent-kafka producer, acknowledged before their source offsets
+commit.
+
+Faust's `event.send` costs tens of microseconds of Python per record on the worker's one thread (attaching the
+record to its offset, publishing it at commit, aiokafka's sender and socket writes): with 10,000 tenants nearly
+every event is a budget state row, and a restarted worker spent its single core on that while the machine's
+second core sat idle. librdkafka batches, compresses and sends on its own threads, so here the worker's thread only
+enqueues a record.
+
+The promise stays what `event.send` gave: `delivered()` returns once every record produced before the call is
+acknowledged (acks=all, idempotent, so a retry neither loses nor duplicates), and the worker's consumer awaits it
+before it commits offsets (`streams.faust_app.ContiguousCommitConsumer`). A record refused for good makes every
+later `delivered()` raise OutputDeliveryFailed: nothing more is committed, the worker stops, and its restart
+reads again from the last commit. The agents' outputs are deterministic, so the sink and the budget ledger count
+what is produced twice once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+log = logging.getLogger(__name__)
+POLL_INTERVAL_S = 0.05
+
+
+class OutputDeliveryFailed(RuntimeError):
+    """Records the broker did not acknowledge: the offsets they came from must not be committed."""
+
+
+class OutputProducer:
+    """Produces the worker's records and tracks their acknowledgements per commit epoch: `produce` counts a
+    record in the current epoch, `delivered` closes the epoch and waits until no record of it or an earlier one
+    is outstanding. The librdkafka client is made on first use, so a worker that has not produced yet holds no
+    connection."""
+
+    def __init__(self, config: Mapping[str, Any], delivery_timeout_s: float,
+                 new_client: Callable[[dict[str, Any]], Any] = Producer):
+        self._config = dict(config)
+        self._new_client = new_client
+        self.delivery_timeout_s = delivery_timeout_s
+        self._producer: Any = None
+        self._state = threading.Condition()
+        self._epoch = 0
+        self._pending: dict[int, int] = {}
+        self._failures: list[str] = []
+        self._closed = threading.Event()
+
+    def _client(self) -> Producer:
+        if self._producer is None:
+            self._producer = self._new_client(self._config)
+            threading.Thread(target=self._poll, name="prismops-output-acks", daemon=True).start()
+        return self._producer
+
+    def _poll(self) -> None:
+        """Runs the delivery callbacks (librdkafka calls them from `poll`) until the producer is closed."""
+        while not self._closed.is_set():
+            assert self._producer is not None
+            self._producer.poll(POLL_INTERVAL_S)
+
+    def produce(self, topic: str, *, key: bytes | None, value: bytes,
+                headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        """Enqueue one record (keyed records go to murmur2(key), as Java clients and Faust place them)."""
+        producer = self._client()
+        with self._state:
+            epoch = self._epoch
+            self._pending[epoch] = self._pending.get(epoch, 0) + 1
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
+                                 on_delivery=functools.partial(self._on_delivery, epoch), **extra)
+                return
+            except BufferError:  # librdkafka's local queue is full: let it send, then enqueue again
+                producer.poll(POLL_INTERVAL_S)
+            except Exception:
+                with self._state:
+                    self._settle(epoch)
+                raise
+
+    def _on_delivery(self, epoch: int, error: KafkaError | None, message: Message) -> None:
+        with self._state:
+            if error is not None:
+                self._failures.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
+                log.error("an output record was not delivered: %s", self._failures[-1])
+            self._settle(epoch)
+
+    def _settle(self, epoch: int) -> None:
+        left = self._pending[epoch] - 1
+        if left:
+            self._pending[epoch] = left
+        else:
+            del self._pending[epoch]
+        self._state.notify_all()
+
+    def outstanding(self) -> int:
+        """Records produced and not yet acknowledged (or refused)."""
+        with self._state:
+            return sum(self._pending.values())
+
+    async def delivered(self) -> None:
+        """Return once every record produced before this call is acknowledged; raise OutputDeliveryFailed when
+        one was refused, now or before, or when they are not acknowledged within `delivery_timeout_s`."""
+        with self._state:
+            mark = self._epoch
+            self._epoch += 1
+            if not self._failures and not any(epoch <= mark for epoch in self._pending):
+                return
+        await asyncio.get_running_loop().run_in_executor(None, self._wait_through, mark)
+
+    def _wait_through(self, mark: int) -> None:
+        with self._state:
+            settled = self._state.wait_for(
+                lambda: self._failures or not any(epoch <= mark for epoch in self._pending), self.delivery_timeout_s)
+            if self._failures:
+                raise OutputDeliveryFailed(f"{len(self._failures)} output record(s) not delivered: "
+                                           + "; ".join(self._failures[:3]))
+            if not settled:
+                waiting = sum(n for epoch, n in self._pending.items() if epoch <= mark)
+                raise OutputDeliveryFailed(
+                    f"{waiting} output record(s) not acknowledged within {self.delivery_timeout_s:.0f} s")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Send what is queued, then stop the acknowledgement thread."""
+        if self._producer is not None:
+            self._producer.flush(timeout_s)
+        self._closed.set()
