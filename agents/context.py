@@ -112,7 +112,7 @@ class WorkerContext:
         records produced before it are acknowledged (`streams.outputs`), so an event's output is delivered before
         its offset commits, as with Faust's `event.send`, without Faust's per-record Python."""
         self.check_size(topic, key, value, headers)
-        self.outputs.produce(topic.get_topic_name(), key=key, value=value, headers=headers, partition=partition)
+        await self.outputs.send(topic.get_topic_name(), key=key, value=value, headers=headers, partition=partition)
 
     @contextlib.asynccontextmanager
     async def guard(self, event: faust.types.EventT, stage: str) -> AsyncIterator[None]:

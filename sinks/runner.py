@@ -272,8 +272,12 @@ class SinkRunner:
             error = message.error()
             if error is None:
                 messages.append(message)
-            elif error.fatal():
-                raise KafkaException(error)
+            elif error.fatal() or error.code() == KafkaError._FATAL:
+                # librdkafka hands a fatal error to the message as a plain _FATAL copy (fatal() False): seen
+                # when a broker restart timed the session out and the static member was fenced. That consumer
+                # never reads again; a new one resumes from the committed offsets.
+                self._rejoin(f"the consumer failed for good ({error.str()})")
+                return 0
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error)
         self._measure_lag()
@@ -451,7 +455,17 @@ class SinkRunner:
             for (topic, partition), offset in offsets.items():
                 self._consumer.seek(TopicPartition(topic, partition, offset))
         except KafkaException as exc:
-            log.warning("rewind by seek failed (%s); re-joining the group", exc)
+            self._rejoin(f"rewind by seek failed ({exc})")
+
+    def _rejoin(self, reason: str) -> None:
+        """A fresh consumer in place of this one; it starts from the committed offsets, so what was written and
+        not committed is read again and recognized (`expect_replays`)."""
+        log.warning("%s; re-joining the group", reason)
+        assert self._consumer is not None
+        try:
             self._consumer.close()
-            self._assigned_at = None
-            self._consumer = self._new_consumer()
+        except (KafkaException, RuntimeError) as exc:  # a fatal consumer may refuse to leave cleanly
+            log.debug("closing the old consumer: %s", exc)
+        self._assigned_at = None
+        self._expect_replays()
+        self._consumer = self._new_consumer()

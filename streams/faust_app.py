@@ -237,6 +237,11 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+OUTPUT_QUEUE_KBYTES = 131_072
+"""librdkafka's local queue for the worker's outputs (its default is 1 GiB): past it agents wait, so a broker
+outage cannot grow the worker past P5's memory bound."""
+
+
 def new_output_producer(settings: Settings) -> OutputProducer:
     """The worker's output producer: idempotent, acks=all, murmur2 placement as Faust's, `worker.producer_linger_ms`,
     records up to the broker's limit; a commit waits for acknowledgements a little longer than librdkafka retries."""
@@ -244,6 +249,7 @@ def new_output_producer(settings: Settings) -> OutputProducer:
         "linger.ms": settings.worker.producer_linger_ms,
         "message.max.bytes": settings.kafka.max_message_bytes + 16384,
         "client.id": f"{settings.worker_app_id}-outputs",
+        "queue.buffering.max.kbytes": OUTPUT_QUEUE_KBYTES,
     })
     return OutputProducer(config, delivery_timeout_s=config["message.timeout.ms"] / 1000 + 30)
 

@@ -64,25 +64,39 @@ class OutputProducer:
             assert self._producer is not None
             self._producer.poll(POLL_INTERVAL_S)
 
-    def produce(self, topic: str, *, key: bytes | None, value: bytes,
+    def produce(self, topic: str, *, key: bytes | None, value: bytes | None,
                 headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
-        """Enqueue one record (keyed records go to murmur2(key), as Java clients and Faust place them)."""
+        """Enqueue one record (a keyed one without a partition goes to murmur2(key), as Java clients and Faust
+        place it); while librdkafka's local queue is full this blocks, letting it send (table changelogs, whose
+        writes cannot wait asynchronously)."""
+        while not self._enqueue(topic, key, value, headers, partition):
+            self._client().poll(POLL_INTERVAL_S)
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes | None,
+                   headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+        """`produce` for the agents: while the local queue is full the agent waits and the event loop goes on
+        (heartbeats, the commit that drains the queue)."""
+        while not self._enqueue(topic, key, value, headers, partition):
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    def _enqueue(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: Sequence[tuple[str, bytes]] | None, partition: int | None) -> bool:
+        """Hand the record to librdkafka, counted in the current epoch; False when its queue is full."""
         producer = self._client()
         with self._state:
             epoch = self._epoch
             self._pending[epoch] = self._pending.get(epoch, 0) + 1
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
-                                 on_delivery=functools.partial(self._on_delivery, epoch), **extra)
-                return
-            except BufferError:  # librdkafka's local queue is full: let it send, then enqueue again
-                producer.poll(POLL_INTERVAL_S)
-            except Exception:
-                with self._state:
-                    self._settle(epoch)
-                raise
+        try:
+            producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
+                             on_delivery=functools.partial(self._on_delivery, epoch), **extra)
+            return True
+        except BaseException as exc:
+            with self._state:
+                self._settle(epoch)
+            if isinstance(exc, BufferError):
+                return False
+            raise
 
     def _on_delivery(self, epoch: int, error: KafkaError | None, message: Message) -> None:
         with self._state:

@@ -34,7 +34,7 @@ class RecordedOutputs:
     """Stands in for the output producer: these tests check what the guards send, not Kafka."""
     sent: list = field(default_factory=list)
 
-    def produce(self, topic, *, key, value, headers=None, partition=None):
+    async def send(self, topic, *, key, value, headers=None, partition=None):
         self.sent.append((topic, key, value))
 
 

@@ -127,3 +127,31 @@ def test_a_full_local_queue_is_drained_then_the_record_enqueued():
     outputs.produce("t", key=None, value=b"second")
     assert [value for _, value, _, _ in client.waiting] == [b"first", b"second"]
     assert outputs.outstanding() == 2
+
+
+def test_an_agent_waits_for_a_full_local_queue_without_blocking_the_event_loop():
+    outputs, clients = new_outputs()
+    outputs.produce("t", key=None, value=b"first")
+    client = clients[0]
+    original, full = client.produce, {"left": 3}
+
+    def full_for_a_while(topic, **kwargs):
+        if full["left"]:
+            full["left"] -= 1
+            raise BufferError("Local: Queue full")
+        original(topic, **kwargs)
+
+    client.produce = full_for_a_while
+
+    async def scenario() -> int:
+        ticks = 0
+        sending = asyncio.ensure_future(outputs.send("t", key=b"k", value=b"second"))
+        while not sending.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+        await sending
+        return ticks
+
+    assert asyncio.run(scenario()) >= 3, "the loop ran other work while the agent waited"
+    assert [value for _, value, _, _ in client.waiting] == [b"first", b"second"]
+    assert outputs.outstanding() == 2
