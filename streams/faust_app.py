@@ -3,9 +3,10 @@
 Values travel as raw bytes; agents decode them with `prismops.streams.codecs` themselves so a bad message can be
 sent to the dead-letter topic with its original bytes instead of being skipped inside Faust.
 
-Agents send their output with `event.send(...)`: with `stream_publish_on_commit` Faust attaches those
-messages to the source offset, publishes them in bulk, and waits for their delivery before it commits
-that offset. Output is therefore never lost on a crash (at-least-once) and the sink dedupes replays.
+Agents send their output, and tables their changelog records, through one confluent-kafka producer
+(`WorkerApp.outputs`, `streams.outputs`); every commit first waits until what was produced before it is
+acknowledged. Output is therefore never lost on a crash (at-least-once) and the sink and the budget ledger
+recognize replays. Faust's own producer is left with the timers' records, which they await themselves.
 
 That promise needs one repair in Faust's offset bookkeeping (`ContiguousCommitConsumer`): Faust 0.15 commits the
 run of acked offsets even when the offset right after the last commit was never acked (its head-gap check is off
