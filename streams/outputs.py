@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger(__name__)
-POLL_INTERVAL_S = 0.05
+ACK_POLL_S = 0.002
+"""How often a waiting commit serves librdkafka's delivery reports (and a full queue is tried again)."""
 
 
 class OutputDeliveryFailed(RuntimeError):
@@ -37,8 +38,13 @@ class OutputDeliveryFailed(RuntimeError):
 class OutputProducer:
     """Produces the worker's records and tracks their acknowledgements per commit epoch: `produce` counts a
     record in the current epoch, `delivered` closes the epoch and waits until no record of it or an earlier one
-    is outstanding. The librdkafka client is made on first use, so a worker that has not produced yet holds no
-    connection."""
+    is outstanding.
+
+    Everything runs on the worker's event-loop thread, librdkafka's delivery reports included (served by
+    `poll(0)` while `delivered` waits). A thread of our own polling for them cost more than it saved: each report
+    is a Python callback, and each took the GIL from the busy loop thread (the pipeline bench's worker fell 1–1.5 s
+    behind at 1,000 ev/s in half the runs). The librdkafka client is made on first use, so a worker that has not
+    produced yet holds no connection."""
 
     def __init__(self, config: Mapping[str, Any], delivery_timeout_s: float,
                  new_client: Callable[[dict[str, Any]], Any] = Producer):
@@ -46,23 +52,14 @@ class OutputProducer:
         self._new_client = new_client
         self.delivery_timeout_s = delivery_timeout_s
         self._producer: Any = None
-        self._state = threading.Condition()
         self._epoch = 0
         self._pending: dict[int, int] = {}
         self._failures: list[str] = []
-        self._closed = threading.Event()
 
-    def _client(self) -> Producer:
+    def _client(self) -> Any:
         if self._producer is None:
             self._producer = self._new_client(self._config)
-            threading.Thread(target=self._poll, name="prismops-output-acks", daemon=True).start()
         return self._producer
-
-    def _poll(self) -> None:
-        """Runs the delivery callbacks (librdkafka calls them from `poll`) until the producer is closed."""
-        while not self._closed.is_set():
-            assert self._producer is not None
-            self._producer.poll(POLL_INTERVAL_S)
 
     def produce(self, topic: str, *, key: bytes | None, value: bytes | None,
                 headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
@@ -70,40 +67,38 @@ class OutputProducer:
         place it); while librdkafka's local queue is full this blocks, letting it send (table changelogs, whose
         writes cannot wait asynchronously)."""
         while not self._enqueue(topic, key, value, headers, partition):
-            self._client().poll(POLL_INTERVAL_S)
+            self._client().poll(ACK_POLL_S)
 
     async def send(self, topic: str, *, key: bytes | None, value: bytes | None,
                    headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
         """`produce` for the agents: while the local queue is full the agent waits and the event loop goes on
         (heartbeats, the commit that drains the queue)."""
         while not self._enqueue(topic, key, value, headers, partition):
-            await asyncio.sleep(POLL_INTERVAL_S)
+            self._client().poll(0)
+            await asyncio.sleep(ACK_POLL_S)
 
     def _enqueue(self, topic: str, key: bytes | None, value: bytes | None,
                  headers: Sequence[tuple[str, bytes]] | None, partition: int | None) -> bool:
         """Hand the record to librdkafka, counted in the current epoch; False when its queue is full."""
         producer = self._client()
-        with self._state:
-            epoch = self._epoch
-            self._pending[epoch] = self._pending.get(epoch, 0) + 1
+        epoch = self._epoch
+        self._pending[epoch] = self._pending.get(epoch, 0) + 1
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
         try:
             producer.produce(topic, value=value, key=key, headers=list(headers) if headers else None,
                              on_delivery=functools.partial(self._on_delivery, epoch), **extra)
             return True
         except BaseException as exc:
-            with self._state:
-                self._settle(epoch)
+            self._settle(epoch)
             if isinstance(exc, BufferError):
                 return False
             raise
 
     def _on_delivery(self, epoch: int, error: KafkaError | None, message: Message) -> None:
-        with self._state:
-            if error is not None:
-                self._failures.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
-                log.error("an output record was not delivered: %s", self._failures[-1])
-            self._settle(epoch)
+        if error is not None:
+            self._failures.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
+            log.error("an output record was not delivered: %s", self._failures[-1])
+        self._settle(epoch)
 
     def _settle(self, epoch: int) -> None:
         left = self._pending[epoch] - 1
@@ -111,37 +106,32 @@ class OutputProducer:
             self._pending[epoch] = left
         else:
             del self._pending[epoch]
-        self._state.notify_all()
 
     def outstanding(self) -> int:
-        """Records produced and not yet acknowledged (or refused)."""
-        with self._state:
-            return sum(self._pending.values())
+        """Records produced whose acknowledgement (or refusal) has not been served yet."""
+        return sum(self._pending.values())
 
     async def delivered(self) -> None:
         """Return once every record produced before this call is acknowledged; raise OutputDeliveryFailed when
         one was refused, now or before, or when they are not acknowledged within `delivery_timeout_s`."""
-        with self._state:
-            mark = self._epoch
-            self._epoch += 1
-            if not self._failures and not any(epoch <= mark for epoch in self._pending):
-                return
-        await asyncio.get_running_loop().run_in_executor(None, self._wait_through, mark)
-
-    def _wait_through(self, mark: int) -> None:
-        with self._state:
-            settled = self._state.wait_for(
-                lambda: self._failures or not any(epoch <= mark for epoch in self._pending), self.delivery_timeout_s)
+        mark = self._epoch
+        self._epoch += 1
+        deadline = time.monotonic() + self.delivery_timeout_s
+        while True:
+            if self._producer is not None:
+                self._producer.poll(0)
             if self._failures:
                 raise OutputDeliveryFailed(f"{len(self._failures)} output record(s) not delivered: "
                                            + "; ".join(self._failures[:3]))
-            if not settled:
-                waiting = sum(n for epoch, n in self._pending.items() if epoch <= mark)
+            waiting = sum(n for epoch, n in self._pending.items() if epoch <= mark)
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
                 raise OutputDeliveryFailed(
                     f"{waiting} output record(s) not acknowledged within {self.delivery_timeout_s:.0f} s")
+            await asyncio.sleep(ACK_POLL_S)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Send what is queued, then stop the acknowledgement thread."""
+        """Send what is queued and serve its acknowledgements."""
         if self._producer is not None:
             self._producer.flush(timeout_s)
-        self._closed.set()
