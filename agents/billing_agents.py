@@ -28,4 +28,4 @@ def register(ctx: WorkerContext) -> None:
                 if isinstance(outcome, Rejection):
                     await ctx.dead_letter(event, STAGE, outcome.field, outcome.rule, outcome.message)
                     continue
-                await ctx.send(cost_topic, key=outcome["tenant"].encode(), value=cost_codec.encode(outcome))
+                await ctx.send(event, cost_topic, key=outcome["tenant"].encode(), value=cost_codec.encode(outcome))

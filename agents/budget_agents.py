@@ -12,8 +12,8 @@ A batch is applied with one ledger write and one state row per scope it touches 
 identified by the batch's origin and position: a batch replayed after a crash (the same record again, or the
 worker's pricing sending it again at a new offset) is recognized per scope and counted once, and the crossings
 it caused are sent again with their original event ids (consumers dedupe on them). A single line (bills, GPU
-windows) is applied by its line id as before (`BudgetLedger.apply`). Outputs go with `ctx.send`, acknowledged
-before the source offset commits; state rows of the agents and of the day's republish share that producer, so a
+windows) is applied by its line id as before (`BudgetLedger.apply`). Outputs go with `ctx.send`, delivered
+before the source offset commits; the day's republish goes through the same producer (`ctx.publish`), so a
 scope's rows stay in order. Each ledger keeps its state in a Faust table whose changelog partitions match
 the source partitions, so spend and crossings are restored with their partition after a restart.
 """
@@ -89,10 +89,11 @@ def register(ctx: WorkerContext) -> None:
         for crossing in outcome.crossings:
             log.info("budget %s: %s", crossing.action, crossing.message)
         for crossing in (*outcome.crossings, *outcome.redelivered):
-            await ctx.send(events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
+            await ctx.send(
+                event, events_topic, key=crossing.scope_key.encode(), value=event_codec.encode(crossing.event_record())
             )
         for row in outcome.states:
-            await ctx.send(state_topic, key=state_key(row), value=state_codec.encode_trusted(row))
+            await ctx.send(event, state_topic, key=state_key(row), value=state_codec.encode_trusted(row))
 
     def state_key(row: dict[str, Any]) -> bytes:
         return f"{row['scope']}/{row['scope_id']}".encode()
@@ -105,7 +106,7 @@ def register(ctx: WorkerContext) -> None:
             return
         if decoded.origin is None:
             for line in governed:
-                await ctx.send(team_lines_topic, key=line["team"].encode(), value=lines_codec.items.encode_trusted(line))
+                await ctx.send(event, team_lines_topic, key=line["team"].encode(), value=lines_codec.items.encode_trusted(line))
             return
         origin = f"{decoded.origin}>{event.message.partition}"
         by_partition: dict[int, list[dict]] = {}
@@ -113,7 +114,7 @@ def register(ctx: WorkerContext) -> None:
             by_partition.setdefault(team_partition(line["team"]), []).append(line)
         for partition, group in sorted(by_partition.items()):
             value = lines_codec.encode(group, origin=origin, position=decoded.position or 0)
-            await ctx.send(team_lines_topic, key=None, value=value, partition=partition)
+            await ctx.send(event, team_lines_topic, key=None, value=value, partition=partition)
 
     @ctx.app.agent(cost_topic)
     async def track_tenant_budgets(stream: faust.StreamT) -> None:
@@ -141,7 +142,7 @@ def register(ctx: WorkerContext) -> None:
                 for scope, scope_id in ledger.scope_ids():
                     row = ledger.state_row(scope, scope_id, now)
                     if row is not None:
-                        await ctx.send(state_topic, key=state_key(row), value=state_codec.encode(row))
+                        await ctx.publish(state_topic, key=state_key(row), value=state_codec.encode(row))
                         sent += 1
             published_day[0] = now.date()
             log.info("a new UTC day: republished %d budget state rows", sent)

@@ -3,9 +3,10 @@ the guards that keep one message from stopping the worker.
 
 - `guard(event, stage)`: any error while handling one event dead-letters that event (a FieldRuleError with its
   field and rule, anything else as `processing_error` with the exception's class) and the stream goes on.
-- `send(topic, ...)` / `check_size`: an output record over `kafka.max_message_bytes` is refused before it reaches
-  the producer (where it would fail the commit and crash the worker), so its event is dead-lettered. Records go
-  through the worker's output producer (`streams.outputs`), acknowledged before any later commit.
+- `send(event, topic, ...)` / `check_size`: an output record over `kafka.max_message_bytes` is refused before it
+  reaches the producer (where it would fail the commit and crash the worker), so its event is dead-lettered. The
+  record is delivered before the event's offset commits (`event.send`, or the output producer of
+  `worker.output_path` = librdkafka).
 - `timer_guard(name)`: a timer's error is logged and counted; the timer runs again at its next tick.
 
 Agent modules import this, never `agents.worker`: the worker imports them to register their agents, so
@@ -28,6 +29,7 @@ from prismops.errors import FieldRuleError
 from prismops.finops.dead_letters import dead_letter_record
 from prismops.settings import Settings
 from prismops.streams.codecs import DecodedBatch, batch_codec_for, codec_for
+from prismops.streams.outputs import OutputProducer
 from prismops.streams.produced import RecentlyProduced
 from prismops.streams.topics import DEAD_LETTERS, TopicSpec
 
@@ -59,9 +61,7 @@ class WorkerContext:
     app: faust.App
 
     def __post_init__(self) -> None:
-        if getattr(self.app, "outputs", None) is None:
-            raise TypeError("the worker's agents need an app made by streams.faust_app.create_app (its outputs)")
-        self.outputs = self.app.outputs
+        self.outputs: OutputProducer | None = getattr(self.app, "outputs", None)
         self._topics: dict[str, faust.TopicT] = {}
         self._dlq = self.topic(DEAD_LETTERS)
         self._decoded: OrderedDict[tuple[str, int, int], DecodedBatch] = OrderedDict()
@@ -106,13 +106,23 @@ class WorkerContext:
                    headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         check_size(topic.get_topic_name(), key, value, headers, self.settings.kafka.max_message_bytes)
 
-    async def send(self, topic: faust.TopicT, *, key: bytes | None, value: bytes,
+    async def send(self, event: faust.types.EventT, topic: faust.TopicT, *, key: bytes | None, value: bytes,
                    headers: Sequence[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
-        """Produce through the worker's output producer after the size check. Every commit waits until the
-        records produced before it are acknowledged (`streams.outputs`), so an event's output is delivered before
-        its offset commits, as with Faust's `event.send`, without Faust's per-record Python."""
+        """After the size check, `event.send` (published before the event's offset commits) or, with
+        `worker.output_path` = librdkafka, the output producer, whose records every commit waits for."""
         self.check_size(topic, key, value, headers)
-        await self.outputs.send(topic.get_topic_name(), key=key, value=value, headers=headers, partition=partition)
+        if self.outputs is None:
+            await event.send(topic, key=key, value=value, headers=headers, partition=partition)
+        else:
+            await self.outputs.send(topic.get_topic_name(), key=key, value=value, headers=headers, partition=partition)
+
+    async def publish(self, topic: faust.TopicT, *, key: bytes | None, value: bytes) -> None:
+        """A timer's record, tied to no source offset, through the same producer as the agents' records."""
+        self.check_size(topic, key, value)
+        if self.outputs is None:
+            await topic.send(key=key, value=value)
+        else:
+            await self.outputs.send(topic.get_topic_name(), key=key, value=value)
 
     @contextlib.asynccontextmanager
     async def guard(self, event: faust.types.EventT, stage: str) -> AsyncIterator[None]:
@@ -150,4 +160,4 @@ class WorkerContext:
             redaction=self.settings.pii.dead_letter_redaction,
         )
         log.warning("dead letter from %s[%s]@%s: %s [%s]", msg.topic, msg.partition, msg.offset, message, rule)
-        await self.send(self._dlq, key=msg.topic.encode(), value=codec_for(DEAD_LETTERS.schema).encode(record))
+        await self.send(event, self._dlq, key=msg.topic.encode(), value=codec_for(DEAD_LETTERS.schema).encode(record))

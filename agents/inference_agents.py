@@ -105,7 +105,7 @@ def register(ctx: WorkerContext) -> None:
                 position = decoded.position if decoded.origin is not None else message.offset
                 for name, group in sorted(by_pool.items()):
                     value = lines_codec.encode(group, origin=origin, position=position or 0)
-                    await ctx.send(lines_topic, key=name.encode(), value=value, partition=pool_partition(name))
+                    await ctx.send(event, lines_topic, key=name.encode(), value=value, partition=pool_partition(name))
 
     @ctx.app.agent(lines_topic)
     async def count_inference_tokens(stream: faust.StreamT) -> None:

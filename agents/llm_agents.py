@@ -140,10 +140,10 @@ def register(ctx: WorkerContext) -> None:
             last = name.rsplit(".", 1)[-1].removesuffix("[]").lower()
             CONTENT_FIELDS_DROPPED.labels(last if last in CONTENT_FIELDS else "other").inc()
         for partition, value in line_batches:
-            await ctx.send(cost_topic, key=None, value=value, headers=headers, partition=partition)
+            await ctx.send(event, cost_topic, key=None, value=value, headers=headers, partition=partition)
         EVENTS_OUT.labels(cost_name).inc(len(lines))
         for partition, chunk in summary_records:
-            await ctx.send(summaries_topic, key=None, value=chunk, partition=partition)
+            await ctx.send(event, summaries_topic, key=None, value=chunk, partition=partition)
 
     @ctx.app.agent(summaries_topic)
     async def track_model_health(stream: faust.StreamT) -> None:

@@ -8,8 +8,8 @@ Each domain module exposes `register(ctx: WorkerContext)`, which declares its to
 - prismops.agents.anomaly_agents: LLM cost lines → windows → online detectors → anomalies with root causes
 - prismops.agents.inference_agents: self-hosted models' lines + GPU node windows → inference-pool cost by tokens
 
-Agents send output with `ctx.send(...)` (streams.outputs): every commit waits until what was produced before it is
-acknowledged, so an output is delivered before the offset of the event that made it commits.
+Agents send output with `ctx.send(event, ...)`: it is delivered before the offset of the event that made it commits
+(Faust's `event.send`, or the output producer with `worker.output_path` = librdkafka).
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 Values travel as raw bytes; agents decode them with `prismops.streams.codecs` themselves so a bad message can be
 sent to the dead-letter topic with its original bytes instead of being skipped inside Faust.
 
-Agents send their output, and tables their changelog records, through one confluent-kafka producer
-(`WorkerApp.outputs`, `streams.outputs`); every commit first waits until what was produced before it is
-acknowledged. Output is therefore never lost on a crash (at-least-once) and the sink and the budget ledger
-recognize replays. Faust's own producer is left with the timers' records, which they await themselves.
+Agents send their output with `event.send(...)`: with `stream_publish_on_commit` Faust attaches those messages
+to the source offset, publishes them in bulk, and waits for their delivery before it commits that offset. With
+`worker.output_path` = librdkafka, outputs and table changelog records go through one confluent-kafka producer
+instead (`WorkerApp.outputs`, `streams.outputs`), and every commit first waits until what was produced before it
+is acknowledged. Either way output is never lost on a crash (at-least-once) and the sink and the budget ledger
+recognize replays.
 
 That promise needs one repair in Faust's offset bookkeeping (`ContiguousCommitConsumer`): Faust 0.15 commits the
 run of acked offsets even when the offset right after the last commit was never acked (its head-gap check is off
@@ -231,10 +233,11 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         autodiscover=False,
         TableManager=PreregisteredTableManager,
-        Table=OutputChangelogTable,
+        **({"Table": OutputChangelogTable} if settings.worker.output_path == "librdkafka" else {}),
     )
     app.producer_buffer_messages = settings.worker.producer_buffer_messages
-    app.outputs = new_output_producer(settings)
+    if settings.worker.output_path == "librdkafka":
+        app.outputs = new_output_producer(settings)
     return app
 
 

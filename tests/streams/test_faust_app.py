@@ -111,8 +111,13 @@ class RecordedOutputs:
         self.sent.append((topic, key, value, partition))
 
 
-def test_table_changelog_records_go_through_the_output_producer_as_faust_would_serialize_them(tmp_path):
+def test_outputs_and_changelogs_stay_with_faust_by_default(tmp_path):
     app = create_app(Settings(stack={"home": tmp_path}))
+    assert app.outputs is None and not isinstance(app.Table("ledger", default=None), OutputChangelogTable)
+
+
+def test_table_changelog_records_go_through_the_output_producer_as_faust_would_serialize_them(tmp_path):
+    app = create_app(Settings(stack={"home": tmp_path}, worker={"output_path": "librdkafka"}))
     app.outputs = RecordedOutputs()
     table = app.Table("budget-ledger-tenant", default=None)
     assert isinstance(table, OutputChangelogTable)
