@@ -33,6 +33,7 @@ The rules:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import decimal
 import functools
@@ -405,7 +406,7 @@ class BudgetLedger:
     JSON-able values (a dict in tests, a Faust table in the worker).
 
     Store keys:
-      scope|<scope>/<scope_id>            -> {"last_line", "shard", "origins": {"<origin>": <last position>},
+      scope|<scope>/<scope_id>            -> {"last_line", "shard", "origins": {"<origin>": [floor, *positions]},
                                               "periods": {"<budget>|<start>": {"spent",
                                               "crossed": {"<pct>": {"line_id", "at", "spent", "limit"}}}}}
       line|<scope>/<scope_id>|<line_id>   -> {"date", "shard"}: the single line was applied to this scope
@@ -526,14 +527,14 @@ class BudgetLedger:
                 continue
             record_key = f"{_SCOPE_PREFIX}{scope}/{scope_id}"
             record = _copy_record(self.store.get(record_key))
-            if record["origins"].get(origin, -1) >= position:
+            if _position_applied(record["origins"].get(origin), position):
                 duplicate_scopes += 1
                 for line_id, (_line, event_time) in scope_lines.items():
                     redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line_id, event_time))
             else:
                 for line, event_time in scope_lines.values():
                     crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
-                record["origins"][origin] = position
+                record["origins"][origin] = _with_position(record["origins"].get(origin), position)
                 record["shard"] = shard
                 _forget_periods_before(record, horizon)
                 self.store[record_key] = record
@@ -716,6 +717,32 @@ def _start_text(start: dt.datetime) -> str:
 
 def _parse_time(text: str) -> dt.datetime:
     return as_utc(dt.datetime.fromisoformat(text))
+
+
+RECENT_POSITIONS = 16
+"""Positions of one origin a scope remembers having applied, besides the floor below which all count as applied."""
+
+
+def _position_applied(seen: int | list[int] | None, position: int) -> bool:
+    """Whether a scope already applied the batch at `position` of an origin. `seen` is [floor, *recent]: every
+    position up to the floor counts as applied (it rose as older positions left the window), and the recent ones,
+    ascending, were applied. Anything else was not, so a record the worker skipped and read again after the ones
+    behind it (the repair in `streams.faust_app.ContiguousCommitConsumer`) is counted then, and a replay after a
+    crash repeats positions the scope holds or has passed. An int is a record written before positions were kept:
+    everything up to it was applied."""
+    if seen is None:
+        return False
+    if isinstance(seen, int):
+        return position <= seen
+    return position <= seen[0] or position in seen[1:]
+
+
+def _with_position(seen: int | list[int] | None, position: int) -> list[int]:
+    floor, recent = (-1, []) if seen is None else (seen, []) if isinstance(seen, int) else (seen[0], list(seen[1:]))
+    bisect.insort(recent, position)
+    while len(recent) > RECENT_POSITIONS:
+        floor = max(floor, recent.pop(0))
+    return [floor, *recent]
 
 
 def _copy_record(record: Mapping[str, Any] | None) -> dict[str, Any]:

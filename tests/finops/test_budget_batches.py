@@ -67,7 +67,7 @@ def test_a_batch_writes_each_scope_record_once_and_remembers_no_line():
     lines = [line(f"l{i}", tenant=("acme", "globex")[i % 2], cost="1") for i in range(50)]
     outcome = ledger.apply_batch(lines, DAY, shard=3, origin=ORIGIN, position=7)
     assert sorted(store.writes) == ["scope|team/devtools", "scope|tenant/acme", "scope|tenant/globex"]
-    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: 7}
+    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: [-1, 7]}
     assert store["scope|tenant/acme"]["shard"] == 3
     spent = {(s["scope"], s["scope_id"]): s["budgets"][0]["spent"] for s in outcome.states}
     assert spent == {("tenant", "acme"): Decimal(25), ("tenant", "globex"): Decimal(25), ("team", "devtools"): Decimal(50)}
@@ -162,8 +162,8 @@ def test_each_origin_keeps_its_own_position():
     ledger.apply_batch([line("a", cost="1")], DAY, origin="usage/0", position=900)
     other = ledger.apply_batch([line("b", cost="2")], DAY, origin="usage/1", position=5)
     assert not other.duplicate and other.states[0]["budgets"][0]["spent"] == Decimal(3)
-    assert ledger.apply_batch([line("a", cost="1")], DAY, origin="usage/0", position=899).duplicate
-    assert ledger.store["scope|tenant/acme"]["origins"] == {"usage/0": 900, "usage/1": 5}
+    assert ledger.apply_batch([line("a", cost="1")], DAY, origin="usage/0", position=900).duplicate
+    assert ledger.store["scope|tenant/acme"]["origins"] == {"usage/0": [-1, 900], "usage/1": [-1, 5]}
 
 
 def test_single_lines_and_batches_share_a_scope_record_without_forgetting_each_other():
@@ -172,7 +172,7 @@ def test_single_lines_and_batches_share_a_scope_record_without_forgetting_each_o
     ledger.apply_batch([line("a", cost="10")], DAY, origin=ORIGIN, position=1)
     ledger.apply(line("gpu-1", cost="5"), DAY)
     ledger.apply_batch([line("b", cost="10")], DAY, origin=ORIGIN, position=2)
-    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: 2}
+    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: [-1, 1, 2]}
     assert ledger.apply(line("gpu-1", cost="5"), DAY).duplicate
     assert ledger.apply_batch([line("a", cost="10")], DAY, origin=ORIGIN, position=1).duplicate
     assert ledger.state_row("tenant", "acme", DAY)["budgets"][0]["spent"] == Decimal(25)
@@ -194,7 +194,7 @@ def test_a_scope_record_written_before_batches_existed_takes_its_first_batch():
     }}}
     outcome = usd_ledger("30", store=store).apply_batch([line("a", cost="5")], DAY, origin=ORIGIN, position=0)
     assert crossed(outcome) == [("warn", 80, "a", Decimal(25))]
-    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: 0}
+    assert store["scope|tenant/acme"]["origins"] == {ORIGIN: [-1, 0]}
 
 
 # -- batches and single lines agree ----------------------------------------------------------------------------
