@@ -107,8 +107,9 @@ class WorkerSettings(BaseModel):
     output_path: Literal["faust", "librdkafka"] = Field(
         default="faust", description="how agent outputs and table changelogs reach Kafka: 'faust' (event.send, "
         "published at commit) or 'librdkafka' (one confluent-kafka producer, streams.outputs, acknowledged before "
-        "each commit). With 10,000 tenants librdkafka caught a killed worker up in 21-24 s against ~32 s, but at "
-        "1,000 ev/s with a few tenants its budget reaction p99 was 3.7-5 s against 1-2.5 s (docs/performance.md)")
+        "each commit). With 10,000 tenants librdkafka caught a killed worker up in 20-26 s against 30-32 s, but at "
+        "1,000 ev/s with a few tenants its budget reaction p99 was 3.8-4.0 s against 0.8-1.3 s in paired runs "
+        "(docs/performance.md)")
     producer_linger_ms: float = Field(
         default=5.0, ge=0, description="how long the worker's producer waits to fill a produce request (Faust's "
         "default 0 sent a request per few changelog records: a tenth of the loaded worker was socket writes)")

@@ -179,8 +179,9 @@ class PreregisteredTableManager(TableManager):
 
 class WorkerApp(faust.App):
     """faust.App whose consumer is the ContiguousCommitConsumer, whose producer buffer holds
-    `worker.producer_buffer_messages` changelog records before it makes the streams wait, and whose agents'
-    output records go through `outputs` (Faust's producer keeps the table changelogs)."""
+    `worker.producer_buffer_messages` changelog records before it makes the streams wait, and whose `outputs`
+    (with `worker.output_path` = librdkafka; None otherwise) carries the agents' records and the tables'
+    changelogs."""
 
     producer_buffer_messages = 100
     outputs: OutputProducer | None = None
@@ -204,6 +205,7 @@ def create_app(settings: Settings) -> faust.App:
     faust_home = settings.stack.home.expanduser().resolve() / "faust"
     faust_home.mkdir(parents=True, exist_ok=True)
     app_id = settings.worker_app_id  # namespaced: its group, changelogs and assignor topic share nothing across namespaces
+    through_librdkafka = settings.worker.output_path == "librdkafka"
     app = WorkerApp(
         app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -233,10 +235,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         autodiscover=False,
         TableManager=PreregisteredTableManager,
-        **({"Table": OutputChangelogTable} if settings.worker.output_path == "librdkafka" else {}),
+        **({"Table": OutputChangelogTable} if through_librdkafka else {}),
     )
     app.producer_buffer_messages = settings.worker.producer_buffer_messages
-    if settings.worker.output_path == "librdkafka":
+    if through_librdkafka:
         app.outputs = new_output_producer(settings)
     return app
 
