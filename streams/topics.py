@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from prismops.settings import Settings
@@ -113,16 +114,48 @@ def ensure_topic_plans(settings: Settings, plans: list[TopicPlan]) -> list[str]:
         for plan in plans
         if plan.name not in existing
     ]
-    created = []
-    if wanted:
-        for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
-            try:
-                future.result()
-                created.append(name)
-            except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise TopicsNotReady(f"could not create topic {name}: {exc}") from exc
+    created = create_topics(admin, wanted, timeout_s)
     wait_for_topics(admin, plans, timeout_s)
+    return created
+
+
+TRANSIENT_ADMIN_ERRORS = frozenset({
+    KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.NOT_CONTROLLER, KafkaError.REQUEST_TIMED_OUT,
+})
+"""Errors after which a creation is asked again. librdkafka (2.16) drops the bootstrap connection once it
+learns the brokers' ids, failing a request in flight on it with _DESTROY_BROKER; a cluster whose controller
+just moved answers NOT_CONTROLLER."""
+
+
+def create_topics(admin: AdminClient, wanted: list[NewTopic], timeout_s: float) -> list[str]:
+    """Create `wanted`, asking again for those that failed with a transient error until `timeout_s`. Returns the
+    names created: a topic that already exists is fine, and counts as created when an earlier try of ours may have
+    created it. Any other error, or a transient one past the deadline, raises TopicsNotReady."""
+    deadline = time.monotonic() + timeout_s
+    created: list[str] = []
+    asked_before: set[str] = set()
+    while wanted:
+        retry: list[NewTopic] = []
+        futures = admin.create_topics(wanted, operation_timeout=timeout_s)
+        for topic in wanted:
+            try:
+                futures[topic.topic].result()
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    if topic.topic in asked_before:
+                        created.append(topic.topic)
+                elif error.code() in TRANSIENT_ADMIN_ERRORS and time.monotonic() < deadline:
+                    retry.append(topic)
+                else:
+                    raise TopicsNotReady(f"could not create topic {topic.topic}: {error.str()}") from exc
+            else:
+                created.append(topic.topic)
+        asked_before.update(topic.topic for topic in retry)
+        wanted = retry
+        if wanted:
+            time.sleep(0.5)
     return created
 
 

@@ -16,6 +16,7 @@ from prismops.infra.kafka_cluster import KafkaCluster, plan_nodes, render_node_p
 from prismops.infra.processes import process_alive
 from prismops.infra.stack import StackError
 from prismops.settings import Settings, StackSettings
+from prismops.streams.topics import create_topics
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".prismops" / "cache"
 MAIN_STACK_PORTS = {19092, 19093, 19000, 18123, 19009, 19090}
@@ -219,7 +220,7 @@ def test_acks_all_survives_a_killed_broker_and_it_comes_back_in_sync(tmp_path):
 
         topic = "cluster-fault"
         admin = AdminClient(cluster.client_config())
-        admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=3)])[topic].result(30)
+        assert create_topics(admin, [NewTopic(topic, num_partitions=4, replication_factor=3)], 30) == [topic]
 
         def topic_min_isr() -> str | None:  # None until the broker asked has the new topic's metadata
             try:
