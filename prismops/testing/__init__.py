@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.streams.codecs import BATCH_SCHEMAS, batch_codec_for, codec_for
-from prismops.streams.replay import group_lag
+from prismops.streams.replay import group_lag, group_positions
 from prismops.streams.topics import TopicSpec, delete_topics, ensure_topics
 
 
@@ -101,6 +102,31 @@ def wait_drained(settings: Settings, components: Components, consumed: dict[str,
         return all(group_lag(settings, group, spec.name(settings)) == 0
                    for group, specs in consumed.items() for spec in specs)
     wait_for(drained, timeout_s, components, f"{', '.join(consumed)} to commit every record of their topics")
+
+
+WORKER_PROGRESS_METRICS = ("prismops_events_in_total", "prismops_events_out_total", "prismops_worker_offset_rereads_total",
+                           "prismops_worker_stale_acks_total", "prismops_dead_letters_total")
+
+
+def worker_progress(settings: Settings, specs: tuple[TopicSpec, ...]) -> str:
+    """What a stuck pipeline looks like from outside, for a failing test's message: per topic of `specs`, the
+    worker group's committed offset against the end of each partition, and the worker's progress counters from
+    its /metrics. Never raises: a part that cannot be read says why."""
+    lines = []
+    for spec in specs:
+        topic = spec.name(settings)
+        try:
+            positions = group_positions(settings, settings.worker_app_id, topic)
+            lines.append(f"{topic}: " + ", ".join(f"p{p} committed {c} of {end}" for p, (c, end) in sorted(positions.items())))
+        except Exception as exc:  # a diagnostic: report, do not mask the failure it explains
+            lines.append(f"{topic}: offsets unreadable ({exc})")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.worker.web_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        lines += [line for line in text.splitlines() if line.startswith(WORKER_PROGRESS_METRICS)]
+    except Exception as exc:
+        lines.append(f"worker metrics unreadable ({exc})")
+    return "\n".join(lines)
 
 
 def read_records_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Message]:

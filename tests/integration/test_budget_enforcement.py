@@ -28,8 +28,8 @@ from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.sinks.migrations import apply_migrations
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
-from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE
-from prismops.testing import RecordingWebhook, isolated, read_topic_to_end, wait_drained
+from prismops.streams.topics import BUDGET_EVENTS, BUDGET_STATE, COST_LINES, LLM_USAGE
+from prismops.testing import RecordingWebhook, isolated, read_topic_to_end, wait_drained, worker_progress
 
 TENANT = "budget-tenant"
 OTHER = "thrifty-tenant"
@@ -91,7 +91,10 @@ class BudgetWatch:
                 return self.table.get("tenant", tenant), usage
             components.check_alive()
             time.sleep(0.2)
-        raise AssertionError(f"the budget row of {tenant} never went above {spent}; last: {self.usage(tenant)}")
+        raise AssertionError(
+            f"the budget row of {tenant} never went above {spent}; last: {self.usage(tenant)}\n"
+            + worker_progress(components.settings, (LLM_USAGE, COST_LINES, BUDGET_STATE))
+        )
 
 
 def report_call(settings: Settings, tenant: str) -> None:
