@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,12 @@ COMPONENT_COMMANDS: dict[str, list[str]] = {
     "alerts": ["alerts"],
     "http_ingest": ["ingest", "serve"],  # needs http_ingest.tokens_file in the settings  # idles when budgets.webhook_url is unset, so starting it is always safe
 }
+
+
+def _worker_ready(log: str) -> bool:
+    """Whether the worker's latest start reached Ready (mode installs its signal handlers before that)."""
+    started = log.rfind("[^Worker]: Starting...")
+    return started >= 0 and log.find("[^Worker]: Ready", started) > started
 
 
 @dataclass
@@ -95,6 +102,29 @@ class Components:
             tail = path.read_text(errors="replace").splitlines()[-lines:] if path.is_file() else []
             parts.append(f"--- last lines of {name}.log:\n" + ("\n".join(tail) or "(empty)"))
         return "\n".join(parts)
+
+    def worker_stacks(self, wait_s: float = 3.0) -> str:
+        """Every thread's and asyncio task's stack of the running worker: mode's Worker writes them to its log on
+        SIGUSR1 (only the worker handles that signal; it would end the other components). For a stalled test's
+        message: it shows which agent waits on what."""
+        process = self.processes.get("worker")
+        if process is None or process.poll() is not None:
+            return "(the worker is not running)"
+        path = self.log_path("worker")
+        if not _worker_ready(path.read_text(errors="replace") if path.is_file() else ""):
+            return "(the worker has not logged Ready since it started: no signal handler yet, so no stacks)"
+        before = path.stat().st_size
+        process.send_signal(signal.SIGUSR1)
+        deadline, size = time.monotonic() + wait_s, before
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            grown = path.stat().st_size
+            if grown > before and grown == size:
+                break
+            size = grown
+        with path.open("rb") as log:
+            log.seek(before)
+            return log.read().decode(errors="replace") or "(the worker wrote no stacks)"
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():

@@ -94,6 +94,7 @@ class BudgetWatch:
         raise AssertionError(
             f"the budget row of {tenant} never went above {spent}; last: {self.usage(tenant)}\n"
             + worker_progress(components.settings, (LLM_USAGE, COST_LINES, BUDGET_STATE))
+            + "\n--- worker stacks:\n" + components.worker_stacks()
         )
 
 

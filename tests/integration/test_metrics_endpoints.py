@@ -88,3 +88,18 @@ def test_every_seed_metric_is_exposed_with_its_labels(pipeline):
     assert error_rates and abs(error_rates[0] - 1 / 3) < 1e-9
     assert {s.labels["tenant"] for s in merged["llm_cost_daily_usd"]} == {"metrics-tenant"}
     assert {(s.labels["model"], s.value) for s in merged["llm_circuit_breaker_state"]} >= {("gpt-4o-mini", 0.0)}
+
+
+def test_the_running_worker_dumps_its_threads_and_agent_tasks_and_keeps_running(pipeline):
+    """`Components.worker_stacks` (what a stalled test reports): mode's SIGUSR1 handler, not the default that ends
+    a process."""
+    settings, components = pipeline
+
+    def stacks_once_ready() -> str | None:
+        dump = components.worker_stacks()
+        return None if "not logged Ready" in dump else dump
+
+    stacks = wait_for(stacks_once_ready, 60, components, "the worker to be ready")
+    assert "THREAD MainThread" in stacks, stacks[-2000:]
+    assert "price_llm_usage" in stacks, "the agents' tasks are in the dump"
+    components.check_alive()
