@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
@@ -48,7 +48,11 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
     """Faust's consumer, committing only what was processed, from the committed offset on without a hole.
 
     - An ack of a record that Faust skipped (flow stopped for a rebalance, or a record of an earlier group
-      generation) does not count: that record is read again after the rebalance and acked then.
+      generation) does not count: that record is read again after the rebalance and acked then. Faust's compiled
+      stream iterator (used when its Cython extension loads, as on our installs) acks inline without calling
+      `ack` and already leaves skipped records unacked; the override covers its pure-Python iterator.
+    - The seek of every partition to its committed offset (`perform_seek`, at the end of every recovery) stops the
+      flow first, so no record reaches an agent's queue just before Faust empties those queues.
     - A commit needs the record at the committed offset acked. When it is not, while later ones are, the
       record was lost inside Faust: the partition is sought back to the committed offset (on the second commit
       that finds the hole, so a record still being handed over is not read twice for nothing),
@@ -82,8 +86,33 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             self._read_offset[tp] = offset
 
     async def perform_seek(self) -> None:
-        self._rewinds.clear()  # every partition goes back to its committed offset, and the read marks with it
+        """Faust's seek of every partition to its committed offset, with the flow stopped first.
+
+        Recovery seeks, then `flow_control.resume()` empties every agent's queue, then resumes the flow. The
+        fetcher runs all along (it read the changelogs), and the seek takes one round trip per partition: a record
+        handed to an agent after its partition was sought, and still queued at the clear, was dropped, never acked,
+        never read again (a restarted worker then sat on the last record of a partition until the next one came,
+        seen as a budget that stopped moving). With the flow stopped nothing is handed over until the callers'
+        `resume_flow()`, and what was handed over before is sought back to and read again. Every partition goes
+        back to its committed offset, and the read marks with it (`_rewinds`); a commit made meanwhile stays the
+        local committed offset, not the older one the broker answered before it."""
+        self.stop_flow()
+        self._rewinds.clear()
+        before = dict(self._committed_offset)
         await super().perform_seek()
+        for tp, offset in before.items():
+            fetched = self._committed_offset.get(tp)
+            if offset is not None and fetched is not None and offset > fetched:
+                self._committed_offset[tp] = offset
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """aiokafka seeks only partitions committed past offset 0; a stream partition without a commit (or at 0) is
+        sought to its start too, so records handed over from it before the seek are read again as well."""
+        committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            if not offset and not self._is_changelog_tp(tp):
+                await self._seek(tp, 0)
+        return committed
 
     def ack(self, message: Message) -> bool:
         generation = getattr(message, "generation_id", None)

@@ -150,3 +150,58 @@ def test_a_rewind_is_spent_once_and_cleared_by_a_seek_to_committed(consumer):
     asyncio.run(consumer.perform_seek())
     assert consumer._rewinds == {}
 
+
+
+USAGE_NEW = TP("ns.usage.llm.v1", 3)
+
+
+def seek_to_committed_stub(monkeypatch, answer: dict, sought: list, started: asyncio.Event | None = None,
+                           release: asyncio.Event | None = None):
+    """aiokafka's side of the seek, scripted: returns `answer` (after `release`, once `started` is set); the seeks
+    the override adds are recorded in `sought`."""
+    from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
+
+    async def parent_seek_to_committed(self) -> dict:
+        if started is not None:
+            started.set()
+            await release.wait()
+        return dict(answer)
+
+    async def record_seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(AiokafkaConsumer, "seek_to_committed", parent_seek_to_committed)
+    return record_seek
+
+
+def test_nothing_is_handed_to_an_agent_between_the_seek_and_the_resume_that_empties_the_queues(consumer, monkeypatch):
+    """Recovery's tail: seek every partition, then `flow_control.resume()` (it clears every agent's queue), then
+    `resume_flow()`. A record handed over during the seek would be cleared and never read again."""
+    sought: list = []
+
+    async def recovery_tail() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+        consumer._seek = seek_to_committed_stub(monkeypatch, {USAGE: 5}, sought, started, release)
+        seek = asyncio.ensure_future(consumer.perform_seek())
+        await started.wait()
+        assert not consumer.flow_active and consumer.suspend_flow.is_set()
+        with pytest.raises(asyncio.TimeoutError):  # the fetch loop waits instead of fetching
+            await asyncio.wait_for(consumer._wait_next_records(1.0), 0.2)
+        release.set()
+        await seek
+        assert not consumer.flow_active, "still stopped until the caller resumes it, after the clear"
+        consumer.app.flow_control.resume()
+        consumer.resume_flow()
+        assert consumer.flow_active and not consumer.suspend_flow.is_set()
+
+    asyncio.run(recovery_tail())
+    assert consumer._committed_offset[USAGE] == 5 and consumer._read_offset[USAGE] == 5
+
+
+def test_a_partition_without_a_commit_is_sought_to_its_start_and_a_commit_made_during_the_seek_stands(consumer, monkeypatch):
+    sought: list = []
+    consumer._seek = seek_to_committed_stub(monkeypatch, {USAGE: 5, USAGE_NEW: None}, sought)
+    consumer._committed_offset[USAGE] = 9  # committed by this worker while the broker's older answer was on its way
+    asyncio.run(consumer.perform_seek())
+    assert sought == [(USAGE_NEW, 0)], "aiokafka seeks only offsets above 0; the override seeks the rest"
+    assert consumer._committed_offset[USAGE] == 9
