@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
 from faust.tables import TableManager
+from faust.transport.consumer import CONSUMER_WAIT_EMPTY
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
+from mode import Service
 from faust.types import TP, Message
 from prometheus_client import Counter
 
@@ -44,6 +47,11 @@ STALE_ACKS = Counter("prismops_worker_stale_acks_total",
                      ["topic"])
 
 
+STOP_WAIT_S = 5.0
+"""How long a stopping worker waits for the records in flight to be processed before its last commit."""
+STOP_POLL_S = 0.05
+
+
 class ContiguousCommitConsumer(AiokafkaConsumer):
     """Faust's consumer, committing only what was processed, from the committed offset on without a hole.
 
@@ -53,6 +61,7 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
       `ack` and already leaves skipped records unacked; the override covers its pure-Python iterator.
     - The seek of every partition to its committed offset (`perform_seek`, at the end of every recovery) stops the
       flow first, so no record reaches an agent's queue just before Faust empties those queues.
+    - A clean stop waits `STOP_WAIT_S` at most for the records in flight (`wait_empty`), not for ever.
     - A commit needs the record at the committed offset acked. When it is not, while later ones are, the
       record was lost inside Faust: the partition is sought back to the committed offset (on the second commit
       that finds the hole, so a record still being handed over is not read twice for nothing),
@@ -137,6 +146,26 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
                 await self.crash(exc)
                 return False
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
+    @Service.transitions_to(CONSUMER_WAIT_EMPTY)
+    async def wait_empty(self) -> None:
+        """Faust's wait at a clean stop for the records in flight to be acked, bounded by `STOP_WAIT_S`, then the
+        last commit. Faust waited for ever: a record one agent had processed while another skipped its copy
+        (the flow was already suspended) or lost it (Faust empties the agents' queues when it stops) is never
+        acked, and a SIGTERMed worker hung until SIGKILL (chaos `rebalance`, a cost-line record with one of two
+        acks missing). What is still unacked stays uncommitted: the partition's next owner reads it again, and
+        every stage downstream recognizes a replay."""
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self._unacked_messages and not self.should_stop and time.monotonic() < deadline:
+            await self.commit()
+            if not self._unacked_messages:
+                break
+            await asyncio.sleep(STOP_POLL_S)
+            self._clean_unacked_messages()
+        if self._unacked_messages:
+            log.warning("stopping with %d record(s) in flight not processed; the next owner of their partitions "
+                        "reads them again", len(self._unacked_messages))
+        await self.commit_and_end_transactions()
 
     def _new_offset(self, tp: TP) -> int | None:
         committed = self._committed_offset.get(tp)

@@ -205,3 +205,47 @@ def test_a_partition_without_a_commit_is_sought_to_its_start_and_a_commit_made_d
     asyncio.run(consumer.perform_seek())
     assert sought == [(USAGE_NEW, 0)], "aiokafka seeks only offsets above 0; the override seeks the rest"
     assert consumer._committed_offset[USAGE] == 9
+
+
+def test_a_stopping_worker_gives_up_on_a_record_never_acked_and_commits_what_was(consumer, monkeypatch):
+    """Chaos `rebalance`: a SIGTERMed worker waited for ever for a record one of its two agents never acked."""
+    monkeypatch.setattr("prismops.streams.faust_app.STOP_WAIT_S", 0.3)
+    committed: list[int | None] = []
+
+    async def commit(*args, **kwargs) -> bool:
+        committed.append(consumer._new_offset(USAGE))
+        return True
+
+    monkeypatch.setattr(consumer, "commit", commit)
+    consumer._committed_offset[USAGE] = 5
+    never_acked = message(6, consumer.app.consumer_generation_id)
+    consumer._unacked_messages.add(never_acked)
+    acked(consumer, 5)
+    asyncio.run(asyncio.wait_for(consumer.wait_empty(), 10))
+    assert max(c for c in committed if c is not None) == 6, "5 is committed, 6 is left for the partition's next owner"
+    assert never_acked in consumer._unacked_messages
+
+
+def test_a_stopping_worker_still_waits_for_a_record_being_processed(consumer, monkeypatch):
+    monkeypatch.setattr("prismops.streams.faust_app.STOP_WAIT_S", 5.0)
+    committed: list[int | None] = []
+
+    async def commit(*args, **kwargs) -> bool:
+        committed.append(consumer._new_offset(USAGE))
+        return True
+
+    monkeypatch.setattr(consumer, "commit", commit)
+    consumer._committed_offset[USAGE] = 5
+    in_flight = message(5, consumer.app.consumer_generation_id)
+    consumer._unacked_messages.add(in_flight)
+
+    async def stop_while_processing() -> None:
+        stopping = asyncio.ensure_future(consumer.wait_empty())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+        in_flight.acked = True
+        acked(consumer, 5)
+        await asyncio.wait_for(stopping, 3)
+
+    asyncio.run(stop_while_processing())
+    assert max(c for c in committed if c is not None) == 6
