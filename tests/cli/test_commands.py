@@ -46,3 +46,10 @@ def test_simulate_against_an_unreachable_broker_fails_on_stderr_with_a_non_zero_
     assert result.exit_code != 0
     assert "not reachable" in result.stderr and "prismops stack up" in result.stderr
     assert result.stdout == ""
+
+
+def test_chaos_run_refuses_a_scenario_named_twice_before_it_starts_anything():
+    result = run("chaos", "run", "--scenario", "rebalance", "--scenario", "kill-worker", "--scenario", "rebalance")
+    assert result.exit_code == 2
+    assert "scenario(s) named twice: rebalance" in result.output
+    assert "Traceback" not in result.output

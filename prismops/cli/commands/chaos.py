@@ -55,6 +55,11 @@ def run(settings: Settings, names: tuple[str, ...], events: int, kills: int, out
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
         fail(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", exit_code=2)
+    repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if repeated:
+        fail(f"scenario(s) named twice: {', '.join(repeated)}; a scenario's namespace keeps its topics for the whole "
+             "chaos run, so a second run would count the first one's budgets too: run the command again instead",
+             exit_code=2)
     options = ChaosOptions(events=events, kills=kills, outage_s=outage_s, settle_timeout_s=timeout_s)
     results = run_scenarios(settings, chosen, options, _progress, keep=keep)
     emit([result.as_row() for result in results], fmt, title="chaos", columns=TABLE_COLUMNS)
