@@ -117,6 +117,11 @@ class WorkerSettings(BaseModel):
         default=10_000, ge=100, description="table changelog records queued for the producer before the worker "
         "stops reading to let them out (Faust's bound is 100, and every message past it was waited for one by one: "
         "with 10,000 tenants each event writes a ledger record, and the worker spent its time in those waits)")
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=1, le=1500, description="how long the broker may hold the worker's fetch while none of its "
+        "partitions has a record (Faust fixes 1,500 ms). aiokafka keeps one fetch per broker in flight and leaves "
+        "out the partitions whose records are still being handed over, so a fetch of only quiet topics held every "
+        "busy partition for up to 1.5 s per stage")
 
 
 class PricingSettings(BaseModel):

@@ -27,6 +27,7 @@ from typing import Any
 import faust
 from faust.tables import TableManager
 from faust.transport.consumer import CONSUMER_WAIT_EMPTY
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 from mode import Service
 from faust.types import TP, Message
@@ -167,6 +168,9 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
                         "reads them again", len(self._unacked_messages))
         await self.commit_and_end_transactions()
 
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     def _new_offset(self, tp: TP) -> int | None:
         committed = self._committed_offset.get(tp)
         acked = self._acked.get(tp)
@@ -191,6 +195,16 @@ class ContiguousCommitConsumer(AiokafkaConsumer):
             REREADS.labels(tp.topic).inc()
             self._rewinds[tp] = committed
             asyncio.ensure_future(self.seek(tp, committed))
+
+
+class ShortFetchWaitConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, building aiokafka's consumer with the app's `fetch_max_wait_ms` instead of
+    Faust's fixed 1,500 ms (`worker.fetch_max_wait_ms`)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms  # read by AIOKafkaConsumer.start() for its Fetcher
+        return consumer
 
 
 class _Sent:
@@ -237,11 +251,12 @@ class PreregisteredTableManager(TableManager):
 
 class WorkerApp(faust.App):
     """faust.App whose consumer is the ContiguousCommitConsumer, whose producer buffer holds
-    `worker.producer_buffer_messages` changelog records before it makes the streams wait, and whose `outputs`
+    `worker.producer_buffer_messages` changelog records before it makes the streams wait, whose aiokafka consumer waits `worker.fetch_max_wait_ms` on a quiet fetch, and whose `outputs`
     (with `worker.output_path` = librdkafka; None otherwise) carries the agents' records and the tables'
     changelogs."""
 
     producer_buffer_messages = 100
+    fetch_max_wait_ms = 1500
     outputs: OutputProducer | None = None
 
     def _new_producer(self) -> Any:
@@ -296,6 +311,7 @@ def create_app(settings: Settings) -> faust.App:
         **({"Table": OutputChangelogTable} if through_librdkafka else {}),
     )
     app.producer_buffer_messages = settings.worker.producer_buffer_messages
+    app.fetch_max_wait_ms = settings.worker.fetch_max_wait_ms
     if through_librdkafka:
         app.outputs = new_output_producer(settings)
     return app

@@ -131,3 +131,22 @@ def test_table_changelog_records_go_through_the_output_producer_as_faust_would_s
         (topic.get_topic_name(), key, value, 3),
         (topic.get_topic_name(), topic.prepare_key("scope/tenant/gone", table.key_serializer)[0], None, 1),
     ]
+
+
+def test_the_worker_consumer_lets_the_broker_hold_a_quiet_fetch_only_fetch_max_wait_ms(tmp_path):
+    """Faust builds aiokafka's consumer with fetch_max_wait_ms=1500; the worker's comes from its settings (no broker
+    is contacted: aiokafka connects on start)."""
+    import asyncio
+
+    settings = Settings(stack={"home": tmp_path}, worker={"fetch_max_wait_ms": 80})
+    app = create_app(settings)
+
+    async def built_fetch_wait() -> int:
+        aiokafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return aiokafka_consumer._fetch_max_wait_ms
+        finally:
+            await aiokafka_consumer._client.close()
+
+    assert asyncio.run(built_fetch_wait()) == 80
+    assert Settings().worker.fetch_max_wait_ms == 100
