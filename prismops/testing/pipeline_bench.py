@@ -420,18 +420,22 @@ class CountSampler(_Loop):
         self.lines: list[tuple[float, int]] = []
         self.rows: list[tuple[float, int]] = []
         self.last_lines = 0
+        self.lock = threading.Lock()
 
     def sample_now(self) -> tuple[int, int]:
-        now = time.perf_counter()
-        try:
-            self.last_lines = worker_lines_out(self.settings)
-        except OSError:
-            pass  # a scrape that misses keeps the last count
-        table = table_ref(self.settings.clickhouse.database, "cost_lines")
-        ((rows,),) = self.client.execute(f"SELECT count() FROM {table}")
-        self.lines.append((now, self.last_lines))
-        self.rows.append((now, int(rows)))
-        return self.last_lines, int(rows)
+        """Callable from any thread: the loop and the bench's last sample share one ClickHouse connection,
+        which refuses two queries at once."""
+        with self.lock:
+            now = time.perf_counter()
+            try:
+                self.last_lines = worker_lines_out(self.settings)
+            except OSError:
+                pass  # a scrape that misses keeps the last count
+            table = table_ref(self.settings.clickhouse.database, "cost_lines")
+            ((rows,),) = self.client.execute(f"SELECT count() FROM {table}")
+            self.lines.append((now, self.last_lines))
+            self.rows.append((now, int(rows)))
+            return self.last_lines, int(rows)
 
     def tick(self) -> None:
         self.sample_now()

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from prismops.settings import Settings
+from prismops.sinks.migrations import apply_migrations
 from prismops.streams.replay import end_offsets
 from prismops.testing import delete_topics_with_prefix
 from prismops.testing import pipeline_bench as bench
@@ -25,3 +26,19 @@ def test_the_pass_through_moves_every_record_it_was_given_to_the_second_topic(st
         assert result.msgs_per_s > 0
     finally:
         delete_topics_with_prefix(settings, (settings.kafka.topic_namespace,))
+
+
+@pytest.mark.timeout(60)
+def test_the_count_sampler_takes_a_sample_from_another_thread_while_its_loop_runs(isolated_settings: Settings):
+    """The bench's last sample comes from the main thread while the loop still samples: one ClickHouse
+    connection refuses two queries at once ("Simultaneous queries on single connection")."""
+    apply_migrations(isolated_settings)
+    sampler = bench.CountSampler(isolated_settings)
+    sampler.interval_s = 0.0
+    sampler.start()
+    try:
+        counts = [sampler.sample_now() for _ in range(200)]
+    finally:
+        sampler.stop()
+    assert counts == [(0, 0)] * 200
+    assert len(sampler.rows) > 200
