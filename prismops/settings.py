@@ -105,11 +105,11 @@ class WorkerSettings(BaseModel):
         default=20_000, ge=0, description="cost lines of the cost-line batches this worker wrote, kept for its own "
         "budget and anomaly agents to read without decoding (streams.produced); 0: always decode")
     output_path: Literal["faust", "librdkafka"] = Field(
-        default="faust", description="how agent outputs and table changelogs reach Kafka: 'faust' (event.send, "
-        "published at commit) or 'librdkafka' (one confluent-kafka producer, streams.outputs, acknowledged before "
-        "each commit). With 10,000 tenants librdkafka caught a killed worker up in 20-26 s against 30-32 s, but at "
-        "1,000 ev/s with a few tenants its budget reaction p99 was 3.8-4.0 s against 0.8-1.3 s in paired runs "
-        "(docs/performance.md)")
+        default="librdkafka", description="how agent outputs and table changelogs reach Kafka: 'librdkafka' (one "
+        "confluent-kafka producer, streams.outputs, acknowledged before each commit) or 'faust' (event.send, "
+        "published at commit). With 10,000 tenants librdkafka caught a killed worker up in 20-30 s against 30-52 s; "
+        "with the fetch wait at 100 ms its budget reaction p99 at 300 ev/s was 0.12-0.27 s against 0.74-2.1 s "
+        "(docs/performance.md, sixth pass)")
     producer_linger_ms: float = Field(
         default=5.0, ge=0, description="how long the worker's producer waits to fill a produce request (Faust's "
         "default 0 sent a request per few changelog records: a tenth of the loaded worker was socket writes)")

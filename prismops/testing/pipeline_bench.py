@@ -98,6 +98,7 @@ RESULT_KEYS: dict[str, str] = {
     "live_table_age_p99_ms": "live_table_age_ms of the Decide answers during the steady run, p99",
     "live_table_age_max_ms": "live_table_age_ms of the Decide answers during the steady run, max",
     "worker_peak_rss_mib": "VmHWM of the worker process",
+    "worker_output_path": "worker.output_path: how the worker's outputs and changelogs reached Kafka",
     "notes": "what limits or invalidates the figures above",
 }
 
@@ -239,8 +240,8 @@ class Steady:
         return self.produced / self.produce_seconds if self.produce_seconds > 0 else 0.0
 
 
-def assemble_result(passthrough: PassThrough, burst: Burst, steady: Steady, worker_rss_kib: int | None,
-                    notes: Sequence[str] = ()) -> dict[str, Any]:
+def assemble_result(passthrough: PassThrough, burst: Burst, steady: Steady, worker_rss_kib: int | None, *,
+                    output_path: str, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The one result dict: every key of RESULT_KEYS, in order; the notes say what the numbers cannot."""
     notes = list(notes) + list(steady.notes)
     floor = passthrough.msgs_per_s
@@ -290,6 +291,7 @@ def assemble_result(passthrough: PassThrough, burst: Burst, steady: Steady, work
         "live_table_age_p99_ms": _round(percentile(steady.table_ages_ms, 0.99)),
         "live_table_age_max_ms": _round(max(steady.table_ages_ms, default=None)),
         "worker_peak_rss_mib": round(worker_rss_kib / 1024, 1) if worker_rss_kib is not None else None,
+        "worker_output_path": output_path,
         "notes": notes,
     }
     assert list(result) == list(RESULT_KEYS)
@@ -724,6 +726,6 @@ def _measure_pipeline(base: Settings, options: PipelineBenchOptions, progress: P
             details = "; ".join(f"{name}: {lines[0].strip()} ({len(lines)} crash lines)"
                                 for name, lines in crashed.items())
             raise RuntimeError(f"the run finished, but components crashed on the way: {details}; logs in {logs}")
-        return assemble_result(passthrough, burst, steady, rss)
+        return assemble_result(passthrough, burst, steady, rss, output_path=settings.worker.output_path)
     finally:
         remove_scratch(settings, progress)

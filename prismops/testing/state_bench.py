@@ -141,7 +141,8 @@ def _measure_state(base: Settings, options: StateBenchOptions, progress: Progres
             "worker_peak_rss_mib": round((rss_loaded or 0) / 1024, 1),
             "restarted_worker_peak_rss_mib": round((rss_after or 0) / 1024, 1),
             "caught_up_after_restart_s": round(recovered - restarted, 1),
-            "sending_after_restart_s": round(sending_ended, 1), "logs": str(logs),
+            "sending_after_restart_s": round(sending_ended, 1), "worker_output_path": settings.worker.output_path,
+            "logs": str(logs),
         }
     finally:
         remove_scratch(settings, progress)

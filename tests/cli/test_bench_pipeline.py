@@ -21,7 +21,7 @@ def fake_result() -> dict:
               sink_rows_per_s=900.0),
         Steady(target_per_s=10_000, seconds=20.0, produced=120_000, produce_seconds=20.0, backlog=90_000,
                freshness_ms=[1500.0, None], reactions_ms=[None, 2000.0, 2500.0], table_ages_ms=[900.0], drain_s=20.0),
-        worker_rss_kib=180_000,
+        worker_rss_kib=180_000, output_path="faust",
     )
 
 

@@ -124,7 +124,7 @@ def measured(**steady_fields) -> dict:
     return assemble_result(PassThrough(records=20_000, seconds=0.5, record_bytes=196.4),
                            Burst(events=20_000, produce_seconds=4.0, end_to_end_seconds=50.0,
                                  worker_events_per_s=500.0, sink_rows_per_s=800.0),
-                           steady, worker_rss_kib=200 * 1024)
+                           steady, worker_rss_kib=200 * 1024, output_path="librdkafka")
 
 
 def test_the_result_has_every_documented_key_in_order():
@@ -145,6 +145,7 @@ def test_the_result_computes_rates_and_ratios_against_the_pass_through():
     assert (result["budget_tenants"], result["budget_refusals_seen"], result["budget_reaction_p99_ms"]) == (2, 2, 1100)
     assert (result["live_table_age_p99_ms"], result["live_table_age_max_ms"]) == (700, 700)
     assert result["worker_peak_rss_mib"] == 200.0
+    assert result["worker_output_path"] == "librdkafka"
     assert result["steady_rate_held"] is True
     assert result["notes"] == []
 

@@ -111,8 +111,9 @@ class RecordedOutputs:
         self.sent.append((topic, key, value, partition))
 
 
-def test_outputs_and_changelogs_stay_with_faust_by_default(tmp_path):
-    app = create_app(Settings(stack={"home": tmp_path}))
+def test_outputs_and_changelogs_go_through_librdkafka_by_default_and_stay_with_faust_when_asked(tmp_path):
+    assert Settings().worker.output_path == "librdkafka"
+    app = create_app(Settings(stack={"home": tmp_path}, worker={"output_path": "faust"}))
     assert app.outputs is None and not isinstance(app.Table("ledger", default=None), OutputChangelogTable)
 
 
