@@ -18,7 +18,14 @@ from functools import cached_property
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from prismops.finops.pricing import MONEY_QUANTUM, CostBreakdown, PriceCatalog, load_catalog, price_llm_call
+from prismops.finops.pricing import (
+    MONEY_QUANTUM,
+    PER_MILLION,
+    CostBreakdown,
+    PriceCatalog,
+    load_catalog,
+    price_llm_call_as,
+)
 from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
 from prismops.finops.tagging import DimensionResolver, ServiceRegistry, load_service_registry
 from prismops.finops.validation import DEFAULT_MAX_TOKENS_PER_CALL, service_tier_of, validate_llm_usage
@@ -102,8 +109,8 @@ class LlmPricingContext:
 
 def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
     dims, tag_source = pricing.dimensions_of(event)
-    priced = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"],
-                             "service_tier": service_tier_of(event)}, pricing.catalog)
+    catalog = pricing.catalog
+    priced = price_llm_call_as(event, catalog, dims["provider"], dims["tenant"], service_tier_of(event))
     tokens = event["input_tokens"] + event["output_tokens"]
     customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
     line = {
@@ -143,8 +150,8 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "shadow": bool(event.get("shadow")),
         "decision_id": event.get("decision_id"),
     }
-    list_quote = pricing.catalog.quote(dims["provider"], dims["model"], event["event_time"])
-    prices = list_quote.prices.per_million() if list_quote else None  # the router compares list prices
+    list_quote = catalog.quote(dims["provider"], dims["model"], event["event_time"])
+    list_prices = list_quote.prices if list_quote else None  # the router compares list prices, per million
     input_cost, output_cost = cost_by_direction(priced)
     observation = {
         "provider": dims["provider"],
@@ -154,8 +161,8 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> Pr
         "status": event["status"],
         "tokens": tokens,
         "cost_usd": priced.cost_usd,
-        "input_price_per_mtok": prices["input"] if prices else None,
-        "output_price_per_mtok": prices["output"] if prices else None,
+        "input_price_per_mtok": list_prices.input * PER_MILLION if list_prices else None,
+        "output_price_per_mtok": list_prices.output * PER_MILLION if list_prices else None,
         "ttft_ms": event.get("time_to_first_token_ms"),
         "input_tokens": event["input_tokens"],
         "output_tokens": event["output_tokens"],

@@ -556,8 +556,14 @@ def price_tokens(
 def price_llm_call(event: Mapping[str, Any], catalog: PriceCatalog) -> CostBreakdown:
     """Price one decoded LLM usage event at its event_time, with its tenant's overrides and service tier
     (`service_tier`, a catalog tier name; absent: standard)."""
-    quote = catalog.quote(event.get("provider"), event["model"], event["event_time"], event.get("tenant"),
-                          event.get("service_tier"))
+    return price_llm_call_as(event, catalog, event.get("provider"), event.get("tenant"), event.get("service_tier"))
+
+
+def price_llm_call_as(event: Mapping[str, Any], catalog: PriceCatalog, provider: str | None, tenant: str | None,
+                      service_tier: str | None) -> CostBreakdown:
+    """price_llm_call with the provider, tenant and service tier given apart from the event (the pricing stage
+    has them from tagging), so the event is not copied to carry them."""
+    quote = catalog.quote(provider, event["model"], event["event_time"], tenant, service_tier)
     return price_tokens(
         quote,
         input_tokens=event["input_tokens"],

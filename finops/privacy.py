@@ -97,14 +97,46 @@ def hash_user_id(user_id: str, key: bytes) -> str:
     return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()
 
 
+class ShortTextMemo(dict):
+    """Answers for short texts remembered, at most `entries` of them (forgotten all at once when full): label
+    keys and values and customer names recur in every batch, and the pricing stage masked each one per event
+    (4% of a loaded worker, py-spy). Long texts are never kept, so a huge value cannot pin memory."""
+
+    def __init__(self, entries: int = 8192, max_chars: int = 256):
+        super().__init__()
+        self.entries, self.max_chars = entries, max_chars
+
+    def remember(self, text: str, answer: Any) -> Any:
+        if len(text) <= self.max_chars:
+            if len(self) >= self.entries:
+                self.clear()
+            self[text] = answer
+        return answer
+
+
+_masked_texts = ShortTextMemo()
+_content_names = ShortTextMemo()
+
+
 def mask_personal_data(text: str) -> str:
-    text = _EMAIL.sub(EMAIL_MASK, text)
-    return _PHONE.sub(lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
+    masked = _masked_texts.get(text)
+    if masked is not None:
+        return masked
+    masked = _EMAIL.sub(EMAIL_MASK, text)
+    masked = _PHONE.sub(lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), masked)
+    return _masked_texts.remember(text, masked)
 
 
 def is_content_field(name: object) -> bool:
     """Whether a field named `name` carries conversation content (the rule in the module docstring)."""
     text = str(name)
+    known = _content_names.get(text)
+    if known is not None:
+        return known
+    return _content_names.remember(text, _names_content(text))
+
+
+def _names_content(text: str) -> bool:
     if text.lower() in CONTENT_FIELDS:
         return True
     words = [w.lower() for w in _WORD.findall(text)]

@@ -56,7 +56,9 @@ def check_text_fields(event: Mapping[str, Any]) -> None:
     that is too long or holds a forbidden character; then the labels map. Reads each value once, uses none."""
     try:
         for name, max_chars in TEXT_FIELD_LIMITS.items():
-            check_text(name, event.get(name), max_chars, allow_tabs=name in FREE_TEXT_FIELDS)
+            value = event.get(name)
+            if value and (len(value) > max_chars or not value.isprintable()):  # only then find the rule it breaks
+                check_text(name, value, max_chars, allow_tabs=name in FREE_TEXT_FIELDS)
         check_labels("labels", event.get("labels"))
     except FieldRuleError as exc:
         raise InvalidEvent(exc.field, exc.rule, exc.message) from None

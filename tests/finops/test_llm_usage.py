@@ -558,3 +558,25 @@ def test_context_from_settings_with_litellm_prices_and_a_key(clean_env, make_eve
 @given(st.sampled_from(["llm", "gpu", "cloud"]), st.text(max_size=80))
 def test_a_line_id_is_the_text_of_the_uuid5_of_source_and_event_id(source, event_id):
     assert cost_line_id(source, event_id) == str(uuid.uuid5(COST_LINE_NAMESPACE, f"{source}:{event_id}"))
+
+
+def test_simulated_traffic_is_priced_as_price_llm_call_prices_the_tagged_event(now):
+    """The pricing stage prices with the tagged provider and tenant without copying the event; every simulated call
+    costs what price_llm_call gives a copy carrying them, and its list prices are the catalog's per million."""
+    from prismops.finops.llm_usage import build_llm_cost_line
+    from prismops.finops.pricing import price_llm_call
+    from prismops.finops.validation import service_tier_of
+    from prismops.streams.simulation import TrafficGenerator
+
+    events = list(TrafficGenerator(seed=7, start=now - dt.timedelta(hours=1)).events(2000))
+    assert len({(e["tenant"], e["model"]) for e in events}) > 10
+    for event in events:
+        result = build_llm_cost_line(event, PRICING)
+        dims, _ = PRICING.dimensions_of(event)
+        reference = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"],
+                                    "service_tier": service_tier_of(event)}, PRICING.catalog)
+        assert (result.cost_line["cost_usd"], result.cost_line["priced"]) == (reference.cost_usd, reference.priced)
+        list_quote = PRICING.catalog.quote(dims["provider"], dims["model"], event["event_time"])
+        per_million = list_quote.prices.per_million() if list_quote else {"input": None, "output": None}
+        assert result.observation["input_price_per_mtok"] == per_million["input"]
+        assert result.observation["output_price_per_mtok"] == per_million["output"]

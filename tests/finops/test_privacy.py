@@ -18,6 +18,7 @@ from prismops.finops.privacy import (
     EMAIL_MASK,
     PHONE_MASK,
     PREFIX_CHARS,
+    ShortTextMemo,
     PREFIX_WINDOW_BYTES,
     TEXT_MAX_CHARS,
     TRUNCATED_MARK,
@@ -29,6 +30,7 @@ from prismops.finops.privacy import (
     redact_text,
     strip_content_fields,
 )
+from prismops.finops import privacy
 from prismops.finops.tagging import load_service_registry
 from prismops.streams.codecs import codec_for
 
@@ -95,6 +97,33 @@ def test_the_uuid_that_was_masked_is_left_alone_and_a_phone_beside_it_is_not():
 def test_several_findings_in_one_text():
     text = "from jane@example.com (415) 555-0100 re order-12345 on 2026-11-21"
     assert mask_personal_data(text) == f"from {EMAIL_MASK} {PHONE_MASK} re order-12345 on 2026-11-21"
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.emails(), st.from_regex(r"\+?[0-9 ()-]{0,16}", fullmatch=True),
+                          st.text(alphabet="ab@.0123456789 _-xyzPromptmessage", max_size=40)), max_size=6))
+def test_remembered_answers_are_the_answers(texts):
+    """The memo of short texts answers exactly what the rules compute, the first time and every time after."""
+    for text in texts + texts:
+        assert mask_personal_data(text) == privacy._PHONE.sub(
+            lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(),
+            privacy._EMAIL.sub(EMAIL_MASK, text))
+        assert is_content_field(text) is privacy._names_content(text)
+
+
+def test_the_memo_keeps_only_short_texts_and_forgets_everything_when_full():
+    memo = ShortTextMemo(entries=2, max_chars=5)
+    assert memo.remember("x" * 6, "long") == "long" and "x" * 6 not in memo
+    memo.remember("a", 1)
+    memo.remember("b", 2)
+    memo.remember("c", 3)
+    assert dict(memo) == {"c": 3}
+
+
+def test_a_long_text_is_masked_but_not_remembered():
+    text = "write to ann@example.com " + "x" * 300
+    assert mask_personal_data(text).startswith(f"write to {EMAIL_MASK} ")
+    assert text not in privacy._masked_texts
 
 
 def test_mask_labels_masks_values_and_drops_content_keys():
