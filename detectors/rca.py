@@ -47,17 +47,39 @@ def prompt_length_bucket(prompt_chars: int | None) -> str:
 
 def rca_dimensions(event: Mapping[str, object]) -> dict[str, str]:
     """The RCA dimensions of an LLM usage event (or cost line); missing ones read "(none)", flags "true"/"false"."""
-    dimensions = {}
+    return dict(zip(RCA_DIMENSIONS, _dimension_values(event)))
+
+
+SHARED_DIMENSIONS_KEPT = 4096
+"""Distinct combinations of RCA dimension values `shared_rca_dimensions` keeps (forgotten all at once when full)."""
+_shared_dimensions: dict[tuple[str, ...], dict[str, str]] = {}
+
+
+def shared_rca_dimensions(event: Mapping[str, object]) -> Mapping[str, str]:
+    """rca_dimensions, as one mapping per distinct combination of values, shared and never to be changed: a
+    window adds up the samples that share one before it touches its per-dimension totals (a batch has a few
+    dozen combinations for hundreds of calls)."""
+    values = _dimension_values(event)
+    shared = _shared_dimensions.get(values)
+    if shared is None:
+        if len(_shared_dimensions) >= SHARED_DIMENSIONS_KEPT:
+            _shared_dimensions.clear()
+        shared = _shared_dimensions[values] = dict(zip(RCA_DIMENSIONS, values))
+    return shared
+
+
+def _dimension_values(event: Mapping[str, object]) -> tuple[str, ...]:
+    values = []
     for name in RCA_DIMENSIONS:
         if name == "prompt_length":
-            dimensions[name] = prompt_length_bucket(event.get("prompt_chars"))  # type: ignore[arg-type]
+            values.append(prompt_length_bucket(event.get("prompt_chars")))  # type: ignore[arg-type]
             continue
         value = event.get(name)
         if isinstance(value, bool):
-            dimensions[name] = "true" if value else "false"
+            values.append("true" if value else "false")
         else:
-            dimensions[name] = ABSENT if value is None or value == "" else str(value)
-    return dimensions
+            values.append(ABSENT if value is None or value == "" else str(value))
+    return tuple(values)
 
 
 @dataclass

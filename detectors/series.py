@@ -17,9 +17,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from prismops.detectors.online import dump_state, load_state
-from prismops.detectors.rca import DimensionTotals, rca_dimensions
+from prismops.detectors.rca import DimensionTotals, shared_rca_dimensions
 from prismops.errors import FieldRuleError
 
 # How series are keyed: grouping name -> the event fields that make the key.
@@ -51,7 +52,7 @@ class UsageSample:
     latency_ms: float
     error: bool
     fields: Mapping[str, str]  # key fields (tenant, model, service, feature)
-    dimensions: Mapping[str, str]  # RCA dimensions, see prismops.detectors.rca.rca_dimensions
+    dimensions: Mapping[str, str]  # RCA dimensions, shared by equal samples: see rca.shared_rca_dimensions
 
     @classmethod
     def from_usage_event(cls, event: Mapping[str, object], cost: Decimal) -> "UsageSample":
@@ -68,7 +69,7 @@ class UsageSample:
             latency_ms=float(event.get("latency_ms") or 0),  # type: ignore[arg-type]
             error=event.get("status", "ok") != "ok",
             fields={name: str(event.get(name) or "(none)") for name in KEY_FIELDS},
-            dimensions=rca_dimensions(event),
+            dimensions=shared_rca_dimensions(event),
         )
 
 
@@ -87,8 +88,9 @@ class WindowAggregate:
         self.add_many([sample])
 
     def add_many(self, samples: list[UsageSample]) -> None:
-        """`add` for each sample in order, in one pass: the three per-dimension totals share a loop over each
-        sample's dimensions (a batch of cost lines is mostly one window per series)."""
+        """`add` for each sample in order, in one pass: samples with the same dimensions (one shared mapping, see
+        rca.shared_rca_dimensions) are summed first, and the three per-dimension totals then share one loop over
+        each distinct mapping. The sums are exact, so the totals are those of adding sample by sample."""
         zero = Decimal(0)
         cost_by, errors_by, tokens_by = (self.cost_by_dimension.by_value, self.errors_by_dimension.by_value,
                                          self.tokens_by_dimension.by_value)
@@ -96,6 +98,7 @@ class WindowAggregate:
         cost_total, errors_total, tokens_dim_total = (self.cost_by_dimension.total, self.errors_by_dimension.total,
                                                       self.tokens_by_dimension.total)
         latencies = self.latencies_ms
+        by_dimensions: dict[int, list[Any]] = {}  # id of the shared mapping -> [mapping, cost, errors, tokens]
         for sample in samples:
             tokens = sample.input_tokens + sample.output_tokens
             error = 1 if sample.error else 0
@@ -107,7 +110,15 @@ class WindowAggregate:
             cost_total += amount
             errors_total += error
             tokens_dim_total += tokens
-            for pair in sample.dimensions.items():
+            same = by_dimensions.get(id(sample.dimensions))
+            if same is None:
+                by_dimensions[id(sample.dimensions)] = [sample.dimensions, amount, error, tokens]
+            else:
+                same[1] += amount
+                same[2] += error
+                same[3] += tokens
+        for dimensions, amount, error, tokens in by_dimensions.values():
+            for pair in dimensions.items():
                 cost_by[pair] = cost_by.get(pair, zero) + amount
                 errors_by[pair] = errors_by.get(pair, zero) + error
                 tokens_by[pair] = tokens_by.get(pair, zero) + tokens

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prismops.detectors.series import SeriesKey, TumblingWindows, UsageSample
+from prismops.detectors.rca import rca_dimensions
+from prismops.detectors.series import SeriesKey, TumblingWindows, UsageSample, WindowAggregate
 from prismops.errors import FieldRuleError
 
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -121,3 +122,28 @@ def test_every_event_is_counted_exactly_once_or_reported_late(events, grace_s):
     assert sum((c.aggregate.cost for c in closed), Decimal(0)) + late_total == sum(Decimal(f"0.{m:06d}") for _, m in events)
     starts = [(c.start, str(c.key)) for c in closed]
     assert starts == sorted(starts)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["0.001", "0.25", "1.000000000001", "7"]), st.booleans(),
+                          st.sampled_from(["v1", "v2", ""]), st.integers(0, 5000)), min_size=1, max_size=40))
+def test_samples_added_together_give_the_totals_of_adding_them_one_by_one(rows):
+    """add_many sums the samples that share their (shared) dimensions first; every total, per dimension value
+    included, equals adding the same samples one at a time, with samples whose dimensions are separate copies."""
+    shared = [sample(1, cost, error=error, model_version=version, tokens=(tokens, 7)) for cost, error, version, tokens in rows]
+    copies = [UsageSample(s.event_time, s.cost, s.input_tokens, s.output_tokens, s.latency_ms, s.error, s.fields,
+                          dict(s.dimensions)) for s in shared]
+    together, one_by_one = WindowAggregate(), WindowAggregate()
+    together.add_many(shared)
+    for each in copies:
+        one_by_one.add(each)
+    assert together == one_by_one
+    assert list(together.cost_by_dimension.by_value) == list(one_by_one.cost_by_dimension.by_value)
+
+
+def test_equal_dimension_values_share_one_mapping_equal_to_rca_dimensions():
+    first, second, other = sample(1), sample(2, cost="9"), sample(3, model_version="v9")
+    assert first.dimensions is second.dimensions and first.dimensions is not other.dimensions
+    assert first.dimensions == rca_dimensions({"model": "gpt-x", "model_version": "v1", "prompt_chars": 1200,
+                                               "provider": "openai", "feature": "chat", "cache_hit": False,
+                                               "fallback": False})
