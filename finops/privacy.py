@@ -124,6 +124,8 @@ def mask_personal_data(text: str) -> str:
         return masked
     masked = _EMAIL.sub(EMAIL_MASK, text)
     masked = _PHONE.sub(lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), masked)
+    if masked != text:
+        return masked  # a text holding personal data is masked every time, never kept in memory
     return _masked_texts.remember(text, masked)
 
 
