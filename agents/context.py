@@ -5,8 +5,8 @@ the guards that keep one message from stopping the worker.
   field and rule, anything else as `processing_error` with the exception's class) and the stream goes on.
 - `send(event, topic, ...)` / `check_size`: an output record over `kafka.max_message_bytes` is refused before it
   reaches the producer (where it would fail the commit and crash the worker), so its event is dead-lettered. The
-  record is delivered before the event's offset commits (`event.send`, or the output producer of
-  `worker.output_path` = librdkafka).
+  record is delivered before the event's offset commits (the output producer of `worker.output_path` =
+  librdkafka, the default, or `event.send` with `faust`).
 - `timer_guard(name)`: a timer's error is logged and counted; the timer runs again at its next tick.
 
 Agent modules import this, never `agents.worker`: the worker imports them to register their agents, so

@@ -9,7 +9,7 @@ Each domain module exposes `register(ctx: WorkerContext)`, which declares its to
 - prismops.agents.inference_agents: self-hosted models' lines + GPU node windows → inference-pool cost by tokens
 
 Agents send output with `ctx.send(event, ...)`: it is delivered before the offset of the event that made it commits
-(Faust's `event.send`, or the output producer with `worker.output_path` = librdkafka).
+(by default the output producer, `worker.output_path` = librdkafka; Faust's `event.send` with `faust`).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 Values travel as raw bytes; agents decode them with `prismops.streams.codecs` themselves so a bad message can be
 sent to the dead-letter topic with its original bytes instead of being skipped inside Faust.
 
-Agents send their output with `event.send(...)`: with `stream_publish_on_commit` Faust attaches those messages
-to the source offset, publishes them in bulk, and waits for their delivery before it commits that offset. With
-`worker.output_path` = librdkafka, outputs and table changelog records go through one confluent-kafka producer
-instead (`WorkerApp.outputs`, `streams.outputs`), and every commit first waits until what was produced before it
-is acknowledged. Either way output is never lost on a crash (at-least-once) and the sink and the budget ledger
+By default (`worker.output_path` = librdkafka) outputs and table changelog records go through one confluent-kafka
+producer (`WorkerApp.outputs`, `streams.outputs`), and every commit first waits until what was produced before it
+is acknowledged. With `faust`, agents send with `event.send(...)`: with `stream_publish_on_commit` Faust attaches
+those messages to the source offset, publishes them in bulk, and waits for their delivery before it commits that
+offset. Either way output is never lost on a crash (at-least-once) and the sink and the budget ledger
 recognize replays.
 
 That promise needs one repair in Faust's offset bookkeeping (`ContiguousCommitConsumer`): Faust 0.15 commits the
