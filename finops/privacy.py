@@ -122,11 +122,15 @@ def mask_personal_data(text: str) -> str:
     masked = _masked_texts.get(text)
     if masked is not None:
         return masked
-    masked = _EMAIL.sub(EMAIL_MASK, text)
-    masked = _PHONE.sub(lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), masked)
+    masked = _masked_copy(text)
     if masked != text:
         return masked  # a text holding personal data is masked every time, never kept in memory
     return _masked_texts.remember(text, masked)
+
+
+def _masked_copy(text: str) -> str:
+    masked = _EMAIL.sub(EMAIL_MASK, text)
+    return _PHONE.sub(lambda m: PHONE_MASK if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), masked)
 
 
 def is_content_field(name: object) -> bool:

@@ -45,12 +45,16 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Components]]:
+def pipeline(request: pytest.FixtureRequest, stack_settings: Settings,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Components]]:
     """Worker, sink and gateway running as real child processes (`prismops worker|sink|gateway serve`)
-    on an isolated namespace, shared by the tests of one module."""
-    with isolated(stack_settings) as settings:
+    on an isolated namespace, shared by the tests of one module. A module that parametrizes it indirectly
+    passes a `worker.output_path` to run its tests on."""
+    output_path = getattr(request, "param", None)
+    base = stack_settings.with_overrides(worker={"output_path": output_path}) if output_path else stack_settings
+    with isolated(base) as settings:
         apply_migrations(settings)
-        with Components(settings, tmp_path_factory.mktemp("component-logs")) as components:
+        with Components(settings, tmp_path_factory.mktemp(f"component-logs-{output_path or 'default'}")) as components:
             components.start("worker", "sink", "gateway")
             wait_for_router(f"{settings.gateway.host}:{settings.gateway.port}", components.check_alive)
             yield settings, components

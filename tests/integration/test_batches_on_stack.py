@@ -15,23 +15,13 @@ from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usag
 from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
 from prismops.streams.topics import BUDGET_STATE, COST_LINES, DEAD_LETTERS, LLM_USAGE
-from prismops.gateway_grpc.client import wait_for_router
-from prismops.infra.components import Components
-from prismops.sinks.migrations import apply_migrations
-from prismops.testing import clickhouse, isolated, read_topic_to_end, wait_drained, wait_for
+from prismops.testing import clickhouse, read_topic_to_end, wait_drained, wait_for
 
 USAGE = batch_codec_for("llm_usage_event")
 
 
-@pytest.fixture(scope="module", params=["librdkafka", "faust"])
-def pipeline(request, stack_settings, tmp_path_factory):
-    """The shared pipeline fixture, once per `worker.output_path`: the batch guarantees hold on both ways out."""
-    with isolated(stack_settings.with_overrides(worker={"output_path": request.param})) as settings:
-        apply_migrations(settings)
-        with Components(settings, tmp_path_factory.mktemp(f"component-logs-{request.param}")) as components:
-            components.start("worker", "sink", "gateway")
-            wait_for_router(f"{settings.gateway.host}:{settings.gateway.port}", components.check_alive)
-            yield settings, components
+# The batch guarantees hold on both ways out: the shared pipeline fixture, once per `worker.output_path`.
+pytestmark = pytest.mark.parametrize("pipeline", ["librdkafka", "faust"], indirect=True, scope="module")
 
 
 def _call(tenant: str, **fields) -> dict:
