@@ -46,13 +46,34 @@ def read_partition_range(
         consumer.close()
 
 
+LEADER_NOT_READY_ERRORS = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+})
+"""Answers to an offsets question that pass once the partition's leader is ready. librdkafka does not mark the
+error of `get_watermark_offsets` retriable, so the codes are named here."""
+
+
+def partition_ends(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
+    """Each partition's next offset (its end) now, asked through `consumer`. A broker that is not yet the leader
+    it is listed as (just after the topic was created or a broker came back) answers with a retriable error such
+    as NOT_LEADER_FOR_PARTITION: the question is asked again until `timeout_s`, then the last error is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+        except KafkaException as exc:
+            if exc.args[0].code() not in LEADER_NOT_READY_ERRORS or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Each partition's next offset (its end) now."""
     consumer = Consumer(settings.kafka_client_config() | {"group.id": "prismops-range-reader", "enable.auto.commit": False})
     try:
-        partitions = consumer.list_topics(topic, timeout=settings.kafka.admin_timeout_s).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=settings.kafka.admin_timeout_s)[1]
-                for p in partitions}
+        return partition_ends(consumer, topic, settings.kafka.admin_timeout_s)
     finally:
         consumer.close()
 

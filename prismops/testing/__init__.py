@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from prismops.infra.components import Components
 from prismops.settings import Settings
 from prismops.streams.codecs import BATCH_SCHEMAS, batch_codec_for, codec_for
-from prismops.streams.replay import group_lag, group_positions
+from prismops.streams.replay import group_lag, group_positions, partition_ends
 from prismops.streams.topics import TopicSpec, delete_topics, ensure_topics
 
 
@@ -135,8 +135,7 @@ def read_records_to_end(settings: Settings, topic: str, timeout_s: float = 30.0)
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        ends = partition_ends(consumer, topic, settings.kafka.admin_timeout_s)
         remaining = {p: end for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
         found = []

@@ -26,6 +26,7 @@ from prismops.sinks.migrations import load_migrations, MIGRATIONS_DIR, Migration
 from prismops.sinks.reports import count_cost_lines, spend_by_tenant_and_model
 from prismops.sinks.runner import Route, SinkRunner, default_routes
 from prismops.streams.codecs import codec_for
+from prismops.streams.replay import end_offsets
 from prismops.streams.topics import COST_LINES, DEAD_LETTERS, ROUTING_DECISIONS
 from prismops.testing import read_records_to_end
 
@@ -95,15 +96,6 @@ def committed_offsets(settings: Settings, topic: str) -> dict[int, int]:
         partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
         committed = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         return {tp.partition: tp.offset for tp in committed}
-    finally:
-        probe.close()
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    probe = Consumer({**settings.kafka_client_config(), "group.id": f"probe-{uuid.uuid4().hex}"})
-    try:
-        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
     finally:
         probe.close()
 

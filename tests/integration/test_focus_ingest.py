@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prismops.cli.app import main
 from prismops.testing import clickhouse, read_topic_to_end, wait_for
 from prismops.streams.codecs import codec_for
+from prismops.streams.replay import end_offsets
 from prismops.streams.topics import CLOUD_BILLING, COST_LINES, DEAD_LETTERS
 
 pytestmark = pytest.mark.integration
@@ -66,15 +67,6 @@ def stored_count(client: Client, prefix: str) -> int:
     return client.execute(
         "SELECT count() FROM cost_lines WHERE source = 'cloud' AND source_event_id LIKE %(prefix)s", {"prefix": prefix},
     )[0][0]
-
-
-def end_offsets(settings, topic: str) -> dict[int, int]:
-    consumer = Consumer(settings.kafka_client_config() | {"group.id": f"watermarks-{uuid.uuid4()}"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
 
 
 def sink_committed(settings, topic: str, partitions) -> dict[int, int]:

@@ -32,6 +32,7 @@ from prismops.settings import Settings, settings_as_env
 from prismops.streams import schema_registry as registry_module
 from prismops.streams.codecs import batch_codec_for, codec_for
 from prismops.streams.producer import UsageProducer, new_llm_usage_event
+from prismops.streams.replay import partition_ends
 from prismops.streams.schema_registry import configure_schema_registry
 from prismops.streams.topics import COST_LINES, LLM_USAGE
 from prismops.testing import isolated, wait_for
@@ -77,9 +78,8 @@ def _read_all(settings: Settings, topic: str, timeout_s: float = 10.0) -> list[t
     consumer = Consumer(settings.kafka_client_config() | {"group.id": f"reader-{uuid.uuid4().hex}",
                                                           "enable.auto.commit": False})
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         try:
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+            ends = partition_ends(consumer, topic, settings.kafka.admin_timeout_s)
         except KafkaException:  # a topic created a moment ago may not have its leaders yet; callers poll again
             return []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
