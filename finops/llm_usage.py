@@ -101,16 +101,18 @@ class LlmPricingContext:
     def dimensions_of(self) -> DimensionResolver:
         return DimensionResolver(self.registry, self.catalog.infer_provider)
 
-    def validate(self, event: dict[str, Any], now: dt.datetime) -> None:
-        """Every rule an event must meet before it is priced (InvalidEvent names the field and the rule)."""
+    def validate(self, event: dict[str, Any], now: dt.datetime) -> str:
+        """Every rule an event must meet before it is priced (InvalidEvent names the field and the rule); returns
+        the event's service tier, which the last rule reads, so pricing does not read it again."""
         validate_llm_usage(event, now, self.max_tokens_per_call)
-        service_tier_of(event)
+        return service_tier_of(event)
 
 
-def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext) -> PricedUsage:
+def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext, service_tier: str) -> PricedUsage:
+    """The cost line and the live-stats observation of a valid event; `service_tier` is what `validate` returned."""
     dims, tag_source = pricing.dimensions_of(event)
     catalog = pricing.catalog
-    priced = price_llm_call_as(event, catalog, dims["provider"], dims["tenant"], service_tier_of(event))
+    priced = price_llm_call_as(event, catalog, dims["provider"], dims["tenant"], service_tier)
     tokens = event["input_tokens"] + event["output_tokens"]
     customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
     line = {
@@ -194,11 +196,11 @@ def price_usage_item(item: BatchItem, pricing: LlmPricingContext, now: dt.dateti
         error = item.error or CodecError(None, "json_decode", "not an event")
         return Rejection(error.field, error.rule, error.message, item.original)
     try:
-        pricing.validate(item.value, now)
+        service_tier = pricing.validate(item.value, now)
     except FieldRuleError as exc:
         original = item.original if item.original is not None else codec_for("llm_usage_event").encode(item.value)
         return Rejection(exc.field, exc.rule, exc.message, original)
-    return build_llm_cost_line(item.value, pricing)
+    return build_llm_cost_line(item.value, pricing, service_tier)
 
 
 def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.datetime) -> PricedUsage | Rejection:
@@ -206,8 +208,8 @@ def process_llm_usage(value: bytes | None, pricing: LlmPricingContext, now: dt.d
     cleaned, dropped = strip_content_fields(value)
     try:
         event = codec_for("llm_usage_event").decode(cleaned)
-        pricing.validate(event, now)
+        service_tier = pricing.validate(event, now)
     except FieldRuleError as exc:
         return Rejection(exc.field, exc.rule, exc.message, cleaned)
-    outcome = build_llm_cost_line(event, pricing)
+    outcome = build_llm_cost_line(event, pricing, service_tier)
     return PricedUsage(outcome.cost_line, outcome.observation, dropped) if dropped else outcome

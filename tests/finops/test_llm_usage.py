@@ -569,9 +569,14 @@ def test_simulated_traffic_is_priced_as_price_llm_call_prices_the_tagged_event(n
     from prismops.streams.simulation import TrafficGenerator
 
     events = list(TrafficGenerator(seed=7, start=now - dt.timedelta(hours=1)).events(2000))
+    for position, event in enumerate(events[::3]):  # some calls on a named tier, in the spellings callers send
+        event["labels"] = {**(event.get("labels") or {}), "service_tier": ("batch", "Flex", "priority", "default")[position % 4]}
     assert len({(e["tenant"], e["model"]) for e in events}) > 10
+    tiers = set()
     for event in events:
-        result = build_llm_cost_line(event, PRICING)
+        tier = PRICING.validate(event, now)
+        tiers.add(tier)
+        result = build_llm_cost_line(event, PRICING, tier)
         dims, _ = PRICING.dimensions_of(event)
         reference = price_llm_call({**event, "provider": dims["provider"], "tenant": dims["tenant"],
                                     "service_tier": service_tier_of(event)}, PRICING.catalog)
@@ -580,3 +585,4 @@ def test_simulated_traffic_is_priced_as_price_llm_call_prices_the_tagged_event(n
         per_million = list_quote.prices.per_million() if list_quote else {"input": None, "output": None}
         assert result.observation["input_price_per_mtok"] == per_million["input"]
         assert result.observation["output_price_per_mtok"] == per_million["output"]
+    assert tiers == {"standard", "batch", "flex", "priority"}
