@@ -176,6 +176,10 @@ def _utc(moment: dt.datetime, field_name: str) -> dt.datetime:
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
+MEMO_ATTRIBUTES = frozenset({"_keys", "_span", "_closing_span"})
+"""What TumblingWindows remembers to save work, not state: never pickled."""
+
+
 class TumblingWindows:
     """Open windows per (key, start); add() and advance() return what closed (and add() what came too late)."""
 
@@ -192,6 +196,16 @@ class TumblingWindows:
         self.late_count = 0
 
     def window_start(self, moment: dt.datetime) -> dt.datetime:
+        """The start of the window `moment` falls in. The last window found is remembered: traffic stays in one
+        window for a while, and two comparisons cost less than the arithmetic."""
+        span = self.__dict__.get("_span")
+        if span is not None and span[0] <= moment < span[1]:
+            return span[0]
+        start = self._floor_window(moment)
+        self._span = (start, start + dt.timedelta(seconds=self.window_s))
+        return start
+
+    def _floor_window(self, moment: dt.datetime) -> dt.datetime:
         seconds = (moment - _EPOCH) // dt.timedelta(seconds=1)
         return _EPOCH + dt.timedelta(seconds=seconds - seconds % self.window_s)
 
@@ -234,17 +248,21 @@ class TumblingWindows:
         advances: list[WindowAdvance] = []
         pending: dict[tuple[SeriesKey, dt.datetime], list[UsageSample]] = {}
         late: list[LateEvent] = []
+        window_start = self.window_start
+        # window starts are multiples of window_s, so `_is_closed(start)` is `start <= closing`
+        closing = None if self.watermark is None else self._closing()
         for sample, keys in samples:
             event_time = _utc(sample.event_time, "event_time")
-            start = self.window_start(event_time)
-            if self._is_closed(start):
+            start = window_start(event_time)
+            if closing is not None and start <= closing:
                 late.extend(LateEvent(key, event_time, start, self.watermark) for key in keys)  # type: ignore[arg-type]
             else:
                 for key in keys:
                     pending.setdefault((key, start), []).append(sample)
             if self.watermark is None or event_time > self.watermark:
                 self.watermark = event_time
-            if self._closing() == self.__dict__.get("_scanned_through"):
+                closing = self._closing()
+            if closing == self.__dict__.get("_scanned_through"):
                 continue
             self._add_pending(pending)
             self.late_count += len(late)
@@ -280,8 +298,16 @@ class TumblingWindows:
         return self._close(lambda start: self._is_closed(start))
 
     def _closing(self) -> dt.datetime:
-        """The newest window start the watermark closes: windows close only when this moves."""
-        return self.window_start(self.watermark - dt.timedelta(seconds=self.window_s + self.grace_s))  # type: ignore[operator]
+        """The newest window start the watermark closes: windows close only when this moves. It is `c` for every
+        watermark from c + window + grace up to the next window's, so that span is remembered."""
+        watermark = self.watermark
+        span = self.__dict__.get("_closing_span")
+        if span is not None and span[0] <= watermark < span[1]:  # type: ignore[operator]
+            return span[2]
+        delay = dt.timedelta(seconds=self.window_s + self.grace_s)
+        closing = self._floor_window(watermark - delay)  # type: ignore[operator]
+        self._closing_span = (closing + delay, closing + delay + dt.timedelta(seconds=self.window_s), closing)
+        return closing
 
     def flush(self) -> list[ClosedWindow]:
         """Close every open window now (shutdown); the watermark moves past them, so later events for them are late."""
@@ -296,7 +322,7 @@ class TumblingWindows:
         return [ClosedWindow(key, start, start + width, self.open.pop((key, start))) for start, key in ready]
 
     def __getstate__(self) -> dict:
-        return {name: value for name, value in self.__dict__.items() if name != "_keys"}  # a memo, not state
+        return {name: value for name, value in self.__dict__.items() if name not in MEMO_ATTRIBUTES}
 
     def to_bytes(self) -> bytes:
         return dump_state(self)

@@ -131,19 +131,21 @@ class PartitionWatch:
             self.relearning = True
             return None
 
-    def admit(self, sample: UsageSample) -> UsageSample:
-        """The sample as the watch counts it. A series is watched on its own once it had traffic in
-        `promote_after_windows` windows (a series seen once a day cannot be learnt, and 100,000 such series, each
-        with four detectors and two records per window, were most of a restarted worker's catch-up), and while
+    def admit(self, sample: UsageSample) -> tuple[UsageSample, list[SeriesKey]]:
+        """The sample as the watch counts it, and the series it counts in. A series is watched on its own once it
+        had traffic in `promote_after_windows` windows (a series seen once a day cannot be learnt, and 100,000 such
+        series, each with four detectors and two records per window, were most of a restarted worker's catch-up), and while
         its grouping has fewer than `max_series` in this partition (100,000 tenant x model series took 1.4 GiB
         and two thirds of the worker's time); until then its traffic counts in the grouping's `(other)` series,
         so memory, state and CPU stay bounded however many tenants and models come."""
+        keys_of = self.watch.windows.keys_of
         if self.max_series is None and self.promote_after_windows <= 1:
-            return sample
+            return sample, keys_of(sample)
         fields = None
+        keys = keys_of(sample)
         window = int(sample.event_time.timestamp() // self.watch.windows.window_s)
         self._forget_candidates(window)
-        for key in self.watch.windows.keys_of(sample):
+        for key in keys:
             known = self.series.setdefault(key.grouping, set())
             if key in known:
                 continue
@@ -155,9 +157,10 @@ class PartitionWatch:
             fields = dict(sample.fields) if fields is None else fields
             fields.update({name: OTHER_SERIES for name in self.watch.windows.groupings[key.grouping]})
         if fields is None:
-            return sample
+            return sample, keys
         self.folded += 1
-        return replace(sample, fields=fields)
+        folded = replace(sample, fields=fields)
+        return folded, keys_of(folded)
 
     def _recurring(self, key: SeriesKey, window: int) -> bool:
         """Count the window for a series not watched yet; whether it has had traffic in enough windows."""
@@ -179,8 +182,7 @@ class PartitionWatch:
             self.candidates = {key: seen for key, seen in self.candidates.items() if seen[1] >= horizon}
 
     def observe(self, sample: UsageSample, offset: int, arrived_at: dt.datetime) -> WatchStep:
-        sample = self.admit(sample)
-        keys = self.watch.windows.keys_of(sample)
+        sample, keys = self.admit(sample)
         skip = {key for key in keys if self.series_applied.get(key, -1) >= offset}
         step = self.watch.observe(sample, skip)
         self.dirty_keys.update(key for key in keys if key not in skip)
@@ -196,12 +198,12 @@ class PartitionWatch:
     def observe_batch(self, samples: list[UsageSample], offset: int, arrived_at: dt.datetime) -> list[WatchStep]:
         """`observe` for each sample of one record (they share its offset), in order, with the same result: the
         samples of a series window are counted together, one update per window instead of one per sample."""
-        windows, applied = self.watch.windows, self.series_applied
+        applied = self.series_applied
         counted: list[tuple[UsageSample, list[SeriesKey]]] = []
         newest = self.max_event_time
+        admit = self.admit
         for sample in samples:
-            sample = self.admit(sample)
-            keys = windows.keys_of(sample)
+            sample, keys = admit(sample)
             if applied:
                 keys = [key for key in keys if applied.get(key, -1) < offset]
             self.dirty_keys.update(keys)

@@ -13,6 +13,7 @@ from prismops.detectors.rca import rca_dimensions
 from prismops.detectors.series import SeriesKey, TumblingWindows, UsageSample, WindowAggregate
 from prismops.errors import FieldRuleError
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
@@ -122,6 +123,35 @@ def test_every_event_is_counted_exactly_once_or_reported_late(events, grace_s):
     assert sum((c.aggregate.cost for c in closed), Decimal(0)) + late_total == sum(Decimal(f"0.{m:06d}") for _, m in events)
     starts = [(c.start, str(c.key)) for c in closed]
     assert starts == sorted(starts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-10**9, max_value=10**9)
+                | st.integers(min_value=-2000, max_value=2000).map(lambda seconds: seconds * 10**6),  # on boundaries
+                min_size=1, max_size=40),
+       st.sampled_from([1, 2, 60]) | st.integers(min_value=1, max_value=3600), st.integers(min_value=0, max_value=600))
+def test_remembered_window_spans_give_what_the_arithmetic_gives(offsets_us, window_s, grace_s):
+    """window_start and the closing window remember their last span; in any order of moments, to the microsecond,
+    they equal the floor arithmetic, and a restored copy (which remembers nothing) agrees."""
+    windows = TumblingWindows(window_s=window_s, grace_s=grace_s)
+    width, tick = dt.timedelta(seconds=window_s), dt.timedelta(microseconds=1)
+    moments = []
+    for offset in offsets_us:  # each moment, then the edges of its window and of the next
+        moment = T0 + dt.timedelta(microseconds=offset)
+        floor = (moment - EPOCH) // dt.timedelta(seconds=1)
+        start = EPOCH + dt.timedelta(seconds=floor - floor % window_s)
+        moments += [moment, start + width - tick, start + width, start, start - tick]
+    for moment in moments:
+        floor = (moment - EPOCH) // dt.timedelta(seconds=1)
+        assert windows.window_start(moment) == EPOCH + dt.timedelta(seconds=floor - floor % window_s)
+        windows.watermark = moment
+        shifted = (moment - dt.timedelta(seconds=window_s + grace_s) - EPOCH) // dt.timedelta(seconds=1)
+        closing = EPOCH + dt.timedelta(seconds=shifted - shifted % window_s)
+        assert windows._closing() == closing
+        for start in (closing, closing + dt.timedelta(seconds=window_s)):
+            assert windows._is_closed(start) == (start <= closing)
+        restored = TumblingWindows.from_bytes(windows.to_bytes())
+        assert "_span" not in restored.__dict__ and restored._closing() == closing
 
 
 @settings(max_examples=200)
