@@ -60,6 +60,7 @@ def test_replication_three_with_min_isr_two_everywhere(tmp_path):
         assert config["transaction.state.log.min.isr"] == "2"
         assert config["group.initial.rebalance.delay.ms"] == "0"
         assert config["num.partitions"] == "4"
+        assert config["log.cleaner.backoff.ms"] == "1000"
 
 
 def test_free_ports_are_picked_when_no_base_port_is_given(tmp_path):

@@ -57,6 +57,7 @@ def test_kafka_properties_use_configured_ports_and_data_dir_on_loopback(tmp_path
     assert props["log.dirs"] == str(tmp_path / "kafka" / "data")
     assert props["process.roles"] == "broker,controller"
     assert props["offsets.topic.replication.factor"] == "1"
+    assert props["log.cleaner.backoff.ms"] == "1000", "changelogs compacted soon after a segment rolls"
     assert "0.0.0.0" not in "".join(props.values())
 
 
