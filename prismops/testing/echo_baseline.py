@@ -516,12 +516,14 @@ def time_router(
     warmup: int,
     on_progress: Callable[[int], None] = lambda done: None,
 ) -> RouterRun:
-    """The real Router serving `state` in this process, driven from a client process with the bench request."""
-    from prismops.gateway_grpc.server import DiscardingPublisher, build_server
+    """The real Router serving `state` in this process, driven from a client process with the bench request. Each
+    decision is encoded as a deployed gateway encodes it for Kafka, on the RPC's thread, and then dropped."""
+    from prismops.gateway_grpc.server import EncodingPublisher, build_server
+    from prismops.streams.topics import ROUTING_DECISIONS
 
     decide_ns: list[int] = []
-    server = build_server(state.settings, state.table, publisher=DiscardingPublisher(), budgets=None, state=state,
-                          decide_ns=decide_ns)
+    server = build_server(state.settings, state.table, publisher=EncodingPublisher(ROUTING_DECISIONS), budgets=None,
+                          state=state, decide_ns=decide_ns)
     server.start()
     target = f"127.0.0.1:{state.settings.gateway.port}"
     kind = "router+release" if scenario.releases_lease else "router"

@@ -212,29 +212,22 @@ def test_decide_answers_with_the_policy_and_publishes_the_decision(client, publi
     assert decision["estimated_cost_usd"] == Decimal("0.00045")
 
 
-def test_the_kafka_publisher_writes_a_decision_as_the_checked_encoder_and_coerces_what_the_writer_cannot_take(
-        client, publisher, gateway_settings):
-    """KafkaRecordPublisher encodes the gateway's own records with the compiled writer; a value in another type
-    (here a cost as text) goes to the checked encoder, which coerces it, and a value no rule takes is refused."""
+def test_a_decision_is_written_as_the_checked_encoder_writes_it_and_what_the_writer_cannot_take_is_coerced(
+        client, publisher):
+    """The gateway's publishers encode its own records with the compiled writer; a value in another type (here a
+    cost as text) goes to the checked encoder, which coerces it, and a value no rule takes is refused."""
     from prismops.streams.codecs import CodecError
-    from prismops.streams.topics import ROUTING_DECISIONS
 
     client.decide("acme", "chat", "answer", [GPT4O, MINI], latency_slo_ms=800, expected_input_tokens=1000,
                   expected_output_tokens=500)
     [record] = publisher.records
-    kafka = server_module.KafkaRecordPublisher(
-        gateway_settings.with_overrides(kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"}),
-        ROUTING_DECISIONS, "test")  # nothing is produced: a producer connects only when it sends
-    try:
-        codec = codec_for("routing_decision")
-        assert kafka._encode(record) == codec.encode(record)
-        as_text = {**record, "estimated_cost_usd": str(record["estimated_cost_usd"])}
-        assert kafka._encode(as_text) == codec.encode(record)
-        with pytest.raises(CodecError) as refused:
-            kafka._encode({**record, "estimated_cost_usd": "not money"})
-        assert refused.value.field == "estimated_cost_usd"
-    finally:
-        kafka.close()
+    codec = codec_for("routing_decision")
+    assert server_module.encode_gateway_record(codec, record) == codec.encode(record)
+    as_text = {**record, "estimated_cost_usd": str(record["estimated_cost_usd"])}
+    assert server_module.encode_gateway_record(codec, as_text) == codec.encode(record)
+    with pytest.raises(CodecError) as refused:
+        server_module.encode_gateway_record(codec, {**record, "estimated_cost_usd": "not money"})
+    assert refused.value.field == "estimated_cost_usd"
 
 
 def test_zero_token_counts_take_the_gateway_defaults(client, gateway_settings):
