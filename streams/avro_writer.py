@@ -97,9 +97,12 @@ def _write_timestamp_micros(value: dt.datetime, out: bytearray) -> None:
 
 def _decimal_writer(scale: int) -> Writer:
     def write(value: Decimal, out: bytearray) -> None:
-        if value.as_tuple().exponent < -scale:  # type: ignore[operator]
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a finite decimal")
+        shifted = value.scaleb(scale, context=_WIDE)
+        unscaled = int(shifted)
+        if unscaled != shifted:  # digits past the scale: refused, never rounded (trailing zeros are not digits)
             raise ValueError(f"{value} has more than {scale} decimal places")
-        unscaled = int(value.scaleb(scale, context=_WIDE))
         data = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
         out += zigzag(len(data))
         out += data

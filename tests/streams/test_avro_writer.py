@@ -82,6 +82,27 @@ def test_a_decimal_with_more_places_than_its_scale_is_refused_not_rounded():
     writer = compile_writer({"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2})
     with pytest.raises(ValueError, match="more than 2 decimal places"):
         encode(writer, Decimal("1.005"))
+    for not_a_number in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(ValueError, match="not a finite decimal"):
+            encode(writer, Decimal(not_a_number))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(10**12), 10**12), st.integers(0, 6), st.integers(0, 4))
+def test_a_decimal_is_written_as_the_checked_encoder_writes_it_whatever_its_trailing_zeros(units, places, zeros):
+    """`units` at `places` decimal places, padded with `zeros` trailing zeros, at scale 4: exactly the value, as
+    fastavro writes it quantized (what the checked encoder does); a digit other than zero past the scale: refused."""
+    schema = {"type": "bytes", "logicalType": "decimal", "precision": 24, "scale": 4}
+    writer, parsed = compile_writer(schema), fastavro.parse_schema(schema)
+    value = Decimal(units).scaleb(-places)
+    padded = Decimal(f"{value:.{places + zeros}f}")
+    if places > 4 and units % 10 ** (places - 4):
+        with pytest.raises(ValueError, match="more than 4 decimal places"):
+            encode(writer, padded)
+        return
+    reference = io.BytesIO()
+    fastavro.schemaless_writer(reference, parsed, value.quantize(Decimal("0.0001")))
+    assert encode(writer, padded) == reference.getvalue()
 
 
 def test_wrong_types_raise_instead_of_writing_something_else():
