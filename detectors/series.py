@@ -210,7 +210,9 @@ class TumblingWindows:
         return _EPOCH + dt.timedelta(seconds=seconds - seconds % self.window_s)
 
     def _is_closed(self, start: dt.datetime) -> bool:
-        return self.watermark is not None and start + dt.timedelta(seconds=self.window_s + self.grace_s) <= self.watermark
+        """Whether the window starting at `start` (a window start) is closed: its end plus the grace is at or before
+        the watermark, that is, it is not after the newest window start the watermark closes."""
+        return self.watermark is not None and start <= self._closing()
 
     def keys_of(self, sample: UsageSample) -> list[SeriesKey]:
         keys = []
@@ -249,7 +251,7 @@ class TumblingWindows:
         pending: dict[tuple[SeriesKey, dt.datetime], list[UsageSample]] = {}
         late: list[LateEvent] = []
         window_start = self.window_start
-        # window starts are multiples of window_s, so `_is_closed(start)` is `start <= closing`
+        # `_is_closed(start)` for the samples of the batch: `start <= closing`, computed again as the watermark moves
         closing = None if self.watermark is None else self._closing()
         for sample, keys in samples:
             event_time = _utc(sample.event_time, "event_time")

@@ -134,15 +134,15 @@ class PartitionWatch:
     def admit(self, sample: UsageSample) -> tuple[UsageSample, list[SeriesKey]]:
         """The sample as the watch counts it, and the series it counts in. A series is watched on its own once it
         had traffic in `promote_after_windows` windows (a series seen once a day cannot be learnt, and 100,000 such
-        series, each with four detectors and two records per window, were most of a restarted worker's catch-up), and while
-        its grouping has fewer than `max_series` in this partition (100,000 tenant x model series took 1.4 GiB
-        and two thirds of the worker's time); until then its traffic counts in the grouping's `(other)` series,
-        so memory, state and CPU stay bounded however many tenants and models come."""
+        series, each with four detectors and two records per window, were most of a restarted worker's catch-up),
+        and while its grouping has fewer than `max_series` in this partition (100,000 tenant x model series took
+        1.4 GiB and two thirds of the worker's time); until then its traffic counts in the grouping's `(other)`
+        series, so memory, state and CPU stay bounded however many tenants and models come."""
         keys_of = self.watch.windows.keys_of
-        if self.max_series is None and self.promote_after_windows <= 1:
-            return sample, keys_of(sample)
-        fields = None
         keys = keys_of(sample)
+        if self.max_series is None and self.promote_after_windows <= 1:
+            return sample, keys
+        fields = None
         window = int(sample.event_time.timestamp() // self.watch.windows.window_s)
         self._forget_candidates(window)
         for key in keys:

@@ -126,11 +126,9 @@ class EncodingPublisher:
 
     def __init__(self, spec: TopicSpec):
         self._codec = codec_for(spec.schema)
-        self.published = 0
 
     def publish(self, key: str, record: Mapping[str, Any]) -> None:
         encode_gateway_record(self._codec, record)
-        self.published += 1
 
     def publish_and_wait(self, key: str, record: Mapping[str, Any], timeout_s: float) -> None:
         self.publish(key, record)

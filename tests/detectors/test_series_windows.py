@@ -149,7 +149,7 @@ def test_remembered_window_spans_give_what_the_arithmetic_gives(offsets_us, wind
         closing = EPOCH + dt.timedelta(seconds=shifted - shifted % window_s)
         assert windows._closing() == closing
         for start in (closing, closing + dt.timedelta(seconds=window_s)):
-            assert windows._is_closed(start) == (start <= closing)
+            assert windows._is_closed(start) == (start + dt.timedelta(seconds=window_s + grace_s) <= moment)
         restored = TumblingWindows.from_bytes(windows.to_bytes())
         assert "_span" not in restored.__dict__ and restored._closing() == closing
 
