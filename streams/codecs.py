@@ -25,7 +25,7 @@ import decimal
 import functools
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from prismops import schemas
 from prismops.errors import FieldRuleError
-from prismops.streams.avro_writer import Writer, compile_writer
+from prismops.streams.avro_writer import RecordTemplate, Writer, compile_writer
 from prismops.streams.schema_registry import (
     CONFLUENT_HEADER_LEN,
     SchemaNotInRegistry,
@@ -172,6 +172,14 @@ class AvroCodec:
         out = bytearray(self.header())
         self.trusted_writer(record, out)
         return bytes(out)
+
+    def template(self, record: Mapping[str, Any], open_fields: Collection[str]) -> RecordTemplate:
+        """`record` written once but for `open_fields`, for `encode_templated` (see `RecordTemplate`)."""
+        return RecordTemplate(self.trusted_writer, record, open_fields)
+
+    def encode_templated(self, template: RecordTemplate, record: Mapping[str, Any]) -> bytes:
+        """`encode_trusted(record)` for a record equal to the template's in every field but its open ones."""
+        return self.header() + template.encode(record)
 
     @functools.cached_property
     def trusted_writer(self) -> Writer:

@@ -25,11 +25,14 @@ from prismops.gateway_grpc.live_table import LiveModelTable  # noqa: E402
 from prismops.gateway_grpc.policy_config import BUNDLED_POLICY  # noqa: E402
 from prismops.gateway_grpc.routing.v1 import routing_pb2  # noqa: E402
 from prismops.gateway_grpc.server import (  # noqa: E402
-    GatewayState, RouterServicer, memo_key, memo_shape, open_policy_store,
+    GatewayState, RouterServicer, TemplatedRecord, encode_gateway_record, memo_key, memo_shape, open_policy_store,
 )
 from prismops.settings import Settings  # noqa: E402
+from prismops.streams.codecs import codec_for  # noqa: E402
+from prismops.streams.topics import ROUTING_DECISIONS  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
+DECISIONS = codec_for(ROUTING_DECISIONS.schema)
 GPT4O, SONNET, MINI, FLASH = ("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("openai", "gpt-4o-mini"), \
     ("google", "gemini-2.0-flash")
 LIMITS = {
@@ -74,11 +77,18 @@ class Context:
 
 
 class Recording:
+    """Keeps each record and its bytes as the deployed publisher writes them (a remembered decision from its
+    template, `encode_gateway_record`), and how many were written from a template."""
+
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
+        self.values: list[bytes] = []
+        self.templated = 0
 
     def publish(self, key: str, record: Any) -> None:
         self.records.append(dict(record))
+        self.values.append(encode_gateway_record(DECISIONS, record))
+        self.templated += isinstance(record, TemplatedRecord)
 
     def publish_and_wait(self, key: str, record: Any, timeout_s: float) -> None:
         return None
@@ -248,8 +258,12 @@ def test_remembered_answers_equal_fresh_answers_through_a_script(gateways):
     decide_all(2)
 
     assert remembering.published.records == deciding.published.records
+    # the remembered decisions were written from their templates, to the bytes the engine's decisions have
+    assert remembering.published.values == deciding.published.values
+    assert remembering.published.values == [DECISIONS.encode(record) for record in deciding.published.records]
     memo = remembering.servicer.memo
     assert memo is not None and memo.hits > 15 and memo.misses > 10
+    assert remembering.published.templated == memo.hits and deciding.published.templated == 0
     assert deciding.servicer.memo is None
 
 

@@ -32,6 +32,7 @@ from prismops.gateway_grpc.server import (  # noqa: E402
     GatewayState,
     ServeError,
     build_server,
+    encode_gateway_record,
     new_health_servicer,
     open_policy_store,
 )
@@ -75,7 +76,9 @@ class RecordingPublisher:
 
     def publish(self, key: str, record: Mapping[str, Any]) -> None:
         value = codec_for(self.schema).encode(record)
-        # KafkaRecordPublisher writes the gateway's records with the compiled writer: it must give these bytes
+        # KafkaRecordPublisher writes the gateway's records with the compiled writer (a remembered decision with
+        # its template): it must give these bytes
+        assert encode_gateway_record(codec_for(self.schema), record) == value, record
         assert codec_for(self.schema).encode_trusted(record) == value, record
         self.messages.append((key, value))
         self.records.append(dict(record))

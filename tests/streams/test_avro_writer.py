@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prismops import schemas
-from prismops.streams.avro_writer import UnsupportedSchema, compile_writer, encode, zigzag
+from prismops.streams.avro_writer import RecordTemplate, UnsupportedSchema, compile_writer, encode, zigzag
 
 UTC = dt.timezone.utc
 
@@ -63,6 +63,36 @@ def test_every_shipped_schema_round_trips_through_fastavro(version):
         assert fastavro.schemaless_reader(io.BytesIO(reference.getvalue()), version.parsed, None) == read
 
     round_trip()
+
+
+@pytest.mark.parametrize("version", LATEST, ids=lambda v: f"{v.name}.v{v.version}")
+def test_a_template_writes_what_the_writer_writes_for_any_record_that_differs_only_in_its_open_fields(version):
+    writer = compile_writer(version.definition)
+    names = [field["name"] for field in version.definition["fields"]]
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(records_of(version.definition), records_of(version.definition), st.sets(st.sampled_from(names)))
+    def templated(remembered, other, open_fields):
+        template = RecordTemplate(writer, remembered, open_fields)
+        record = {**remembered, **{name: other[name] for name in open_fields}}
+        assert template.encode(record) == encode(writer, record)
+
+    templated()
+
+
+def test_a_template_reads_only_its_open_fields_and_names_what_it_cannot_take():
+    definition = {"type": "record", "name": "t", "fields": [
+        {"name": "id", "type": "string"}, {"name": "fixed", "type": "long"},
+        {"name": "age", "type": ["null", "long"], "default": None}]}
+    writer = compile_writer(definition)
+    template = RecordTemplate(writer, {"id": "a", "fixed": 7, "age": 1}, ("id", "age"))
+    assert template.encode({"id": "b", "fixed": 99}) == encode(writer, {"id": "b", "fixed": 7, "age": None})
+    with pytest.raises(KeyError, match="id"):
+        template.encode({"age": 2})  # an open field without a default
+    with pytest.raises(KeyError, match="nope"):
+        RecordTemplate(writer, {"id": "a", "fixed": 7}, ("nope",))
+    with pytest.raises(UnsupportedSchema):
+        RecordTemplate(compile_writer("long"), {}, ())
 
 
 @pytest.mark.parametrize("number", [0, 1, -1, 63, 64, -64, -65, 2**31, -(2**63), 2**63 - 1, 300, -300])
