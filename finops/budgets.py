@@ -483,7 +483,7 @@ class BudgetLedger:
                 duplicate_scopes += 1
                 redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line["line_id"], event_time))
             else:
-                crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
+                crossings.extend(self._spend(budgets, scope_id, record, [(line, event_time)]))
                 record["last_line"] = line["line_id"]
                 record["shard"] = shard
                 _forget_periods_before(record, retention_start(now))
@@ -532,8 +532,7 @@ class BudgetLedger:
                 for line_id, (_line, event_time) in scope_lines.items():
                     redelivered.extend(self._crossings_of_line(budgets, scope_id, record, line_id, event_time))
             else:
-                for line, event_time in scope_lines.values():
-                    crossings.extend(self._spend(budgets, scope_id, record, line, event_time))
+                crossings.extend(self._spend(budgets, scope_id, record, list(scope_lines.values())))
                 record["origins"][origin] = _with_position(record["origins"].get(origin), position)
                 record["shard"] = shard
                 _forget_periods_before(record, horizon)
@@ -595,24 +594,49 @@ class BudgetLedger:
         return len(doomed)
 
     def _spend(
-        self, budgets: Iterable[Budget], scope_id: str, record: dict[str, Any], line: Mapping[str, Any],
-        event_time: dt.datetime,
+        self, budgets: Sequence[Budget], scope_id: str, record: dict[str, Any],
+        lines: Sequence[tuple[Mapping[str, Any], dt.datetime]],
     ) -> list[Crossing]:
-        crossings = []
-        for budget in budgets:
-            start = period_start(budget.period, event_time)
-            entry = record["periods"].setdefault(_period_key(budget, start), {"spent": "0", "crossed": {}})
-            spent = _EXACT.add(Decimal(entry["spent"]), line_amount(line, budget.unit))
-            entry["spent"] = str(spent)
-            for pct, action in self._thresholds:
-                if str(pct) in entry["crossed"] or _EXACT.multiply(spent, 100) < _EXACT.multiply(budget.limit, pct):
-                    continue
-                entry["crossed"][str(pct)] = {
-                    "line_id": line["line_id"], "at": event_time.isoformat(), "spent": str(spent),
-                    "limit": str(budget.limit),
-                }
-                crossings.append(self._crossing(budget, scope_id, start, pct, entry["crossed"][str(pct)]))
-        return crossings
+        """Spend `lines` (each with its UTC event time), in order, into each budget's periods. Per (budget, period)
+        the lines are summed at once, and walked one by one only when the sum reaches a threshold not yet crossed,
+        so every crossing names the exact line that crossed it and the crossings come in line order, as spending
+        the lines one at a time would give (the sums are exact: same total, same text)."""
+        found: list[tuple[int, int, int, Crossing]] = []
+        periods = record["periods"]
+        for budget_index, budget in enumerate(budgets):
+            starts: dict[dt.date, dt.datetime] = {}
+            groups: dict[dt.datetime, list[tuple[int, Decimal]]] = {}
+            for index, (line, event_time) in enumerate(lines):
+                day = event_time.date()
+                start = starts.get(day)
+                if start is None:
+                    start = starts[day] = period_start(budget.period, event_time)
+                groups.setdefault(start, []).append((index, line_amount(line, budget.unit)))
+            for start, spends in groups.items():
+                entry = periods.setdefault(_period_key(budget, start), {"spent": "0", "crossed": {}})
+                crossed = entry["crossed"]
+                before = total = Decimal(entry["spent"])
+                for _index, amount in spends:
+                    total = _EXACT.add(total, amount)
+                reached = _EXACT.multiply(total, 100)
+                if any(str(pct) not in crossed and reached >= _EXACT.multiply(budget.limit, pct)
+                       for pct, _action in self._thresholds):
+                    spent = before
+                    for index, amount in spends:
+                        spent = _EXACT.add(spent, amount)
+                        for threshold_index, (pct, _action) in enumerate(self._thresholds):
+                            if str(pct) in crossed or _EXACT.multiply(spent, 100) < _EXACT.multiply(budget.limit, pct):
+                                continue
+                            line, event_time = lines[index]
+                            crossed[str(pct)] = {
+                                "line_id": line["line_id"], "at": event_time.isoformat(), "spent": str(spent),
+                                "limit": str(budget.limit),
+                            }
+                            found.append((index, budget_index, threshold_index,
+                                          self._crossing(budget, scope_id, start, pct, crossed[str(pct)])))
+                entry["spent"] = str(total)
+        found.sort(key=lambda crossing: crossing[:3])
+        return [crossing for *_order, crossing in found]
 
     def _crossings_of_line(
         self, budgets: Iterable[Budget], scope_id: str, record: Mapping[str, Any], line_id: str,

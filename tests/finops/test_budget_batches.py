@@ -294,6 +294,10 @@ def test_batches_spend_cross_and_report_exactly_like_the_same_lines_one_by_one(d
         last_rows.update({(s["scope"], s["scope_id"]): s for s in outcome.states})
 
     assert by_event_id([c for o in first.values() for c in o.crossings]) == by_event_id(expected_crossings)
+    decided = [c for index in sorted(first) for c in first[index].crossings]
+    for scope_key in {c.scope_key for c in expected_crossings}:  # a scope id's crossings come in line order
+        assert [c.event_id for c in decided if c.scope_key == scope_key] == \
+            [c.event_id for c in expected_crossings if c.scope_key == scope_key]
     assert spend_by_scope(ledger) == spend_by_scope(expected_ledger)
     assert ledger.scope_ids() == expected_ledger.scope_ids()
     assert rows(ledger) == rows(expected_ledger)
