@@ -144,6 +144,22 @@ def test_wrong_types_raise_instead_of_writing_something_else():
         encode(compile_writer({"type": "record", "name": "r", "fields": [{"name": "a", "type": "string"}]}), {})
 
 
+@pytest.mark.parametrize("kind, wrong, error", [
+    ("long", True, TypeError), ("long", 1.5, TypeError), ("int", "7", TypeError), ("boolean", 1, TypeError),
+    ("string", b"x", AttributeError), ("double", "1.0", Exception), (["null", "long"], False, TypeError),
+    (["null", "string"], 3, AttributeError), ({"type": "map", "values": "string"}, {"k": 1}, AttributeError),
+    ({"type": "map", "values": "string"}, {1: "v"}, AttributeError),
+])
+def test_a_record_field_written_inline_refuses_what_the_primitive_writer_refuses(kind, wrong, error):
+    """Record fields of primitive types are written by generated code, not by the primitive writers: the same
+    values must be refused."""
+    record = compile_writer({"type": "record", "name": "r", "fields": [{"name": "a", "type": kind}]})
+    with pytest.raises(error):
+        encode(record, {"a": wrong})
+    with pytest.raises(error):
+        encode(compile_writer(kind), wrong)
+
+
 def test_missing_fields_with_defaults_take_the_default():
     schema = {"type": "record", "name": "r", "fields": [{"name": "a", "type": ["null", "string"], "default": None},
                                                        {"name": "b", "type": "long", "default": 7}]}
