@@ -78,11 +78,12 @@ class AvroCodec:
 
     def encode(self, record: Mapping[str, Any], *, version: int | None = None) -> bytes:
         """Single-object bytes; `version` writes with an older schema (used to prove evolution)."""
-        writer = schemas.get(self.schema_name, version) if version else self.reader
-        value = coerce(writer.definition, record, path="")
+        if not version:
+            return self.header() + self.encode_body(record)
+        writer = schemas.get(self.schema_name, version)
         body = io.BytesIO()
-        fastavro.schemaless_writer(body, writer.parsed, value)
-        return self.header(writer.version if version else None) + body.getvalue()
+        fastavro.schemaless_writer(body, writer.parsed, coerce(writer.definition, record, path=""))
+        return self.header(writer.version) + body.getvalue()
 
     def header(self, version: int | None = None) -> bytes:
         """What goes before an Avro body this codec writes: the single-object header, or, with a schema registry
@@ -161,10 +162,12 @@ class AvroCodec:
         return data[:2] == SINGLE_OBJECT_MAGIC and data[2:_HEADER_LEN] in self._writers
 
     def encode_body(self, record: Mapping[str, Any]) -> bytes:
-        """The Avro binary body alone (newest version, checked like `encode`), to be framed into a batch."""
-        body = io.BytesIO()
-        fastavro.schemaless_writer(body, self._reader_schema, coerce(self.reader.definition, record, path=""))
-        return body.getvalue()
+        """The Avro binary body alone (newest version, checked like `encode`), to be framed into a batch. What
+        `coerce` returns is in the schema's exact shape, so the compiled writer writes it (fastavro's bytes, a
+        test checks; a quarter of the checked encoding's time before)."""
+        out = bytearray()
+        self.trusted_writer(coerce(self.reader.definition, record, path=""), out)
+        return bytes(out)
 
     def encode_trusted(self, record: Mapping[str, Any]) -> bytes:
         """Single-object bytes of a record this process built itself in the newest shape, written by the compiled
