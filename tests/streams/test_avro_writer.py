@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prismops import schemas
-from prismops.streams.codecs import CodecError, codec_for, coerce
+from prismops.streams.codecs import CodecError, codec_for, coerce, compile_coercer
 from prismops.streams.avro_writer import RecordTemplate, UnsupportedSchema, compile_writer, encode, zigzag
 
 UTC = dt.timezone.utc
@@ -186,3 +186,39 @@ def test_parts_of_avro_it_does_not_cover_are_refused_when_compiled():
         compile_writer(["string", "long"])
     with pytest.raises(UnsupportedSchema):
         compile_writer({"type": "fixed", "name": "f", "size": 4})
+
+
+WRONG_VALUES = st.sampled_from([
+    None, True, False, 0, 7, -1, 2**40, 2**70, -(2**64), 1.5, "x", "", "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00", "1.25", "not a number", b"\x00", Decimal("1.5"), Decimal("7"), Decimal("NaN"), [], [1],
+    ["a"], {}, {"a": 1}, {"a": "b"}, {1: "b"}, dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 1, tzinfo=UTC), 10**15,
+])
+
+
+def coerced_or_error(function: Any, *args: Any) -> Any:
+    try:
+        return ("value", function(*args))
+    except CodecError as error:
+        return ("error", error.field, error.rule, str(error))
+
+
+@pytest.mark.parametrize("version", LATEST, ids=lambda v: f"{v.name}.v{v.version}")
+def test_the_compiled_coercer_gives_what_coerce_gives_for_valid_records_and_for_wrong_fields(version):
+    coercer = compile_coercer(version.definition)
+    names = [field["name"] for field in version.definition["fields"]]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(records_of(version.definition), st.dictionaries(st.sampled_from(names), WRONG_VALUES, max_size=3),
+           st.sets(st.sampled_from(names), max_size=2))
+    def same_answer(record, wrong, missing):
+        mutated = {name: value for name, value in {**record, **wrong}.items() if name not in missing}
+        for candidate in (record, mutated):
+            assert coerced_or_error(coercer, candidate, "") == coerced_or_error(coerce, version.definition, candidate, "")
+
+    same_answer()
+
+
+@pytest.mark.parametrize("value", [None, "x", 3, [], {"a": 1}])
+def test_the_compiled_coercer_names_a_record_that_is_not_an_object_as_coerce_does(value):
+    definition = schemas.latest("cost_line").definition
+    assert coerced_or_error(compile_coercer(definition), value, "") == coerced_or_error(coerce, definition, value, "")
