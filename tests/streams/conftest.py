@@ -8,8 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 
 from prismops import schemas
+
+UTC = dt.timezone.utc
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +62,37 @@ def sample_record() -> Callable[..., dict[str, Any]]:
         return _sample_value(schemas.get(name, version).definition, random.Random(seed))
 
     return make
+
+
+def avro_values(schema: Any, depth: int = 0) -> st.SearchStrategy:
+    """Values of an Avro schema definition, as our agents build them (hypothesis)."""
+    if isinstance(schema, list):
+        return st.one_of(st.none(), avro_values(schema[1], depth))
+    if isinstance(schema, str):
+        return {
+            "null": st.none(), "boolean": st.booleans(), "int": st.integers(-(2**31), 2**31 - 1),
+            "long": st.integers(-(2**63), 2**63 - 1), "string": st.text(max_size=20),
+            "bytes": st.binary(max_size=20), "double": st.floats(allow_nan=False),
+        }[schema]
+    kind, logical = schema["type"], schema.get("logicalType")
+    if logical == "decimal":
+        scale, precision = schema.get("scale", 0), schema["precision"]
+        return st.integers(-(10**precision) + 1, 10**precision - 1).map(lambda n: Decimal(n).scaleb(-scale))
+    if logical == "timestamp-micros":
+        return st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1),
+                            timezones=st.just(UTC))
+    if kind == "record":
+        return st.fixed_dictionaries({f["name"]: avro_values(f["type"], depth + 1) for f in schema["fields"]})
+    if kind == "enum":
+        return st.sampled_from(schema["symbols"])
+    if kind == "array":
+        return st.lists(avro_values(schema["items"], depth + 1), max_size=3 if depth < 2 else 1)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=8), avro_values(schema["values"], depth + 1), max_size=3)
+    return avro_values(kind, depth)
+
+
+@pytest.fixture()
+def records_of() -> Callable[[Any], st.SearchStrategy]:
+    """`avro_values`, for property tests that draw records of a schema."""
+    return avro_values

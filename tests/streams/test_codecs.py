@@ -12,11 +12,11 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import to_parsing_canonical_form
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prismops import schemas
-from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, AvroCodec, CodecError, codec_for
+from prismops.streams.codecs import SINGLE_OBJECT_MAGIC, AvroCodec, CodecError, codec_for, coerce, compile_coercer
 
 UTC = dt.timezone.utc
 
@@ -565,3 +565,40 @@ def test_json_nested_too_deeply_or_with_a_huge_integer_is_a_codec_error_not_a_cr
         with pytest.raises(CodecError) as raised:
             codec.decode(data)
         assert raised.value.rule == "json_decode"
+
+
+WRONG_VALUES = st.sampled_from([
+    None, True, False, 0, 7, -1, 2**40, 2**70, -(2**64), 1.5, "x", "", "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00", "1.25", "not a number", b"\x00", Decimal("1.5"), Decimal("7"), Decimal("NaN"), [], [1],
+    ["a"], {}, {"a": 1}, {"a": "b"}, {1: "b"}, dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 1, tzinfo=UTC), 10**15,
+])
+
+
+def coerced_or_error(function: Any, *args: Any) -> str:
+    """What a coercion gave, as text: a NaN (a Decimal NaN sent for a double) equals itself there."""
+    try:
+        return repr(("value", function(*args)))
+    except CodecError as error:
+        return repr(("error", error.field, error.rule, str(error)))
+
+
+@pytest.mark.parametrize("version", [schemas.latest(name) for name in schemas.schema_names()], ids=lambda v: f"{v.name}.v{v.version}")
+def test_the_compiled_coercer_gives_what_coerce_gives_for_valid_records_and_for_wrong_fields(version, records_of):
+    coercer = compile_coercer(version.definition)
+    names = [field["name"] for field in version.definition["fields"]]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(records_of(version.definition), st.dictionaries(st.sampled_from(names), WRONG_VALUES, max_size=3),
+           st.sets(st.sampled_from(names), max_size=2))
+    def same_answer(record, wrong, missing):
+        mutated = {name: value for name, value in {**record, **wrong}.items() if name not in missing}
+        for candidate in (record, mutated):
+            assert coerced_or_error(coercer, candidate, "") == coerced_or_error(coerce, version.definition, candidate, "")
+
+    same_answer()
+
+
+@pytest.mark.parametrize("value", [None, "x", 3, [], {"a": 1}])
+def test_the_compiled_coercer_names_a_record_that_is_not_an_object_as_coerce_does(value):
+    definition = schemas.latest("cost_line").definition
+    assert coerced_or_error(compile_coercer(definition), value, "") == coerced_or_error(coerce, definition, value, "")
