@@ -255,11 +255,12 @@ def _client_caller(kind: str, target: str) -> OpenCaller:
 def _client_process(kind: str, target: str, requests: int, concurrency: int, warmup: int, progress: Any,
                     warmed: Any, go: Any, results: Any) -> None:
     """Entry point of the load process: `drive_unary` against `target`; warm-up done is signalled on `warmed`,
-    timing starts when `go` is set; the LoadResult (or the failure) goes back on `results`."""
+    timing starts when a word comes on `go` (a pipe: setting an Event waits for every waiter, a killed one too);
+    the LoadResult (or the failure) goes back on `results`."""
     try:
         def on_start() -> None:
             warmed.set()
-            go.wait()
+            go.recv()
 
         result = drive_unary(_client_caller(kind, target), requests=requests, concurrency=concurrency,
                              warmup=warmup, on_progress=progress.put, on_start=on_start)
@@ -288,12 +289,14 @@ def drive_unary_in_process_of_its_own(
     if kind not in CLIENT_KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {CLIENT_KINDS}")
     context = multiprocessing.get_context("spawn")
-    progress, warmed, go = context.Queue(), context.Event(), context.Event()
+    progress, warmed = context.Queue(), context.Event()
     receive, send = context.Pipe(duplex=False)
+    go_receive, go = context.Pipe(duplex=False)
     worker = context.Process(target=_client_process, name=f"bench-clients-{kind}", daemon=True,
-                             args=(kind, target, requests, concurrency, warmup, progress, warmed, go, send))
+                             args=(kind, target, requests, concurrency, warmup, progress, warmed, go_receive, send))
     worker.start()
     send.close()
+    go_receive.close()
     deadline = time.monotonic() + timeout_s
     started = False
     try:
@@ -304,7 +307,10 @@ def drive_unary_in_process_of_its_own(
                 pass
             if not started and warmed.is_set():
                 on_start()
-                go.set()
+                try:
+                    go.send(True)
+                except OSError:  # the process is gone (broken pipe): the checks below say how it ended
+                    pass
                 started = True
             if receive.poll():
                 break
@@ -312,13 +318,19 @@ def drive_unary_in_process_of_its_own(
                 raise RuntimeError(f"the benchmark client process exited with code {worker.exitcode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the benchmark clients did not finish within {timeout_s:.0f} s")
-        status, value = receive.recv()
+        try:
+            status, value = receive.recv()
+        except EOFError:  # the process ended without a word: killed, or it crashed while starting
+            worker.join(5.0)
+            raise RuntimeError(f"the benchmark client process exited with code {worker.exitcode} "
+                               "before it reported") from None
         while True:
             try:
                 on_progress(progress.get_nowait())
             except queue.Empty:
                 break
     finally:
+        go.close()
         worker.join(10.0)
         if worker.is_alive():
             worker.kill()

@@ -273,3 +273,19 @@ def test_clients_in_a_process_of_their_own_warm_up_before_on_start_and_time_the_
     assert sum(progress) == 60
     with pytest.raises(ValueError):
         drive_unary_in_process_of_its_own("nothing", "127.0.0.1:1", requests=1, concurrency=1)
+
+
+def test_a_client_process_that_dies_without_a_word_fails_the_run_with_its_exit_code():
+    import multiprocessing
+
+    from prismops.testing.echo_baseline import EchoServer, drive_unary_in_process_of_its_own
+
+    def kill_the_clients() -> None:  # between warm-up and timing: the process is waiting for the go
+        for child in multiprocessing.active_children():
+            if child.name == "bench-clients-echo":
+                child.kill()
+                child.join(5.0)
+
+    with EchoServer() as echo, pytest.raises(RuntimeError, match=r"exited with code -9 before it reported"):
+        drive_unary_in_process_of_its_own("echo", echo.target, requests=10, concurrency=1, warmup=1,
+                                          on_start=kill_the_clients)
