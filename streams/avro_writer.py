@@ -4,8 +4,9 @@ Why: fastavro's writer spends about a microsecond per field on our cost lines (u
 type conversions per value), which made encoding a priced line cost more than pricing it. The schemas we
 write need only a small part of Avro: records, enums, arrays, maps, `[null, X]` unions, the primitives, and
 the `decimal` (bytes) and `timestamp-micros` logical types; each field's writer is chosen once, when the schema
-is compiled, so writing a record is a walk over a list of small functions. Output is standard Avro binary
-(fastavro reads it back: tests/streams/test_avro_writer.py checks every shipped schema both ways).
+is compiled, and each record's writer is one function generated from the schema, with its primitive fields
+written inline. Output is standard Avro binary (fastavro reads it back: tests/streams/test_avro_writer.py checks
+every shipped schema both ways). `RecordTemplate` keeps a record's bytes with a few fields left open.
 
 Values are trusted: the caller built them in the schema's shape. A wrong type raises (TypeError, KeyError,
 AttributeError) rather than writing something else; a decimal with more places than its scale raises
