@@ -22,6 +22,7 @@ from prismops.agents import anomaly_agents, billing_agents, budget_agents, gpu_a
 from prismops.agents.context import WorkerContext
 from prismops.settings import Settings
 from prismops.streams.faust_app import create_app
+from prismops.streams.garbage_collector import tune_collector
 from prismops.streams.membership import leave_group
 from prismops.streams.telemetry import configure_tracing
 from prismops.streams.topics import TopicPlan, ensure_topic_plans, ensure_topics
@@ -67,6 +68,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     registry topics and Faust's changelog and assignor topics (Faust's own lazy creation races the
     broker's metadata on a fresh cluster and crash-loops the table agents with PartitionsMismatch)."""
     configure_tracing(settings, "worker")
+    tune_collector(settings.worker.gc_gen0_threshold)
     app = build_worker_app(settings)
     ensure_topics(settings)
     ensure_topic_plans(settings, internal_topic_plans(app))

@@ -117,6 +117,10 @@ class WorkerSettings(BaseModel):
         default=10_000, ge=100, description="table changelog records queued for the producer before the worker "
         "stops reading to let them out (Faust's bound is 100, and every message past it was waited for one by one: "
         "with 10,000 tenants each event writes a ledger record, and the worker spent its time in those waits)")
+    gc_gen0_threshold: int = Field(
+        default=10_000, ge=100, description="allocations between two runs of Python's cycle collector in the worker "
+        "(Python's default is 700: the collector then ran every few events and took a quarter of the worker's Python "
+        "time; streams.garbage_collector)")
     fetch_max_wait_ms: int = Field(
         default=100, ge=1, le=1500, description="how long the broker may hold the worker's fetch while none of its "
         "partitions has a record (Faust fixes 1,500 ms). aiokafka keeps one fetch per broker in flight and leaves "

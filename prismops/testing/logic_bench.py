@@ -86,6 +86,7 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     from prismops.finops.llm_usage import LlmPricingContext, PricedUsage, price_usage_record
     from prismops.settings import Settings
     from prismops.streams.codecs import batch_codec_for
+    from prismops.streams.garbage_collector import tuned_collector
     from prismops.streams.partitioning import KeyPartitioner
     from prismops.streams.produced import RecentlyProduced
 
@@ -114,29 +115,34 @@ def run_logic_bench(events: int, on_progress: Callable[[int], None] = lambda don
     def observe_samples(watch: PartitionWatch, lines: list[dict[str, Any]], offset: int) -> None:
         watch.observe_batch([sample for line in lines if (sample := usage_sample(line)) is not None], offset, now)
 
-    for offset, record in enumerate(batches):
-        priced = clock.run("decode usage + validate + price + tag", lambda: price_usage_record(record, pricing, now))
-        accepted = [outcome for outcome in priced.outcomes if isinstance(outcome, PricedUsage)]
-        lines = [p.cost_line for p in accepted]
-        line_batches = clock.run("encode cost-line batches", lambda: cost_line_batches(
-            lines_codec, lines, partition_of, "usage/0", offset, max_bytes, produced))
-        summary_records = clock.run("sum and encode model call summaries", lambda: call_summary_batches(
-            summaries_codec, [p.observation for p in accepted], partition_of, max_bytes))
-        for partition, value in line_batches:
-            encoded_lines.append(value)
-            decoded = clock.run("read cost-line batches (own: not decoded)",
-                                lambda: produced.take(value) or lines_codec.decode(value))
-            batch = [item.value for item in decoded.items if item.value is not None]
-            clock.run("budget ledger", lambda: ledger.apply_batch(
-                batch, now, shard=partition, origin=decoded.origin, position=decoded.position or 0))
-            clock.run("anomaly watch", lambda: observe_samples(watch_for(partition), batch, offset))
-        for _partition, value in summary_records:
-            encoded_summaries.append(value)
-            decoded = clock.run("decode model call summaries", lambda: summaries_codec.decode(value))
-            clock.run("live model table", lambda: [live.observe_summary(item.value, now) for item in decoded.items
-                                                   if item.value is not None])
-        on_progress(min(events, (offset + 1) * USAGE_BATCH_EVENTS))
-    return LogicBenchResult(events, clock.seconds, decoding_floor(batches, encoded_lines, encoded_summaries))
+    def run_batches() -> None:
+        for offset, record in enumerate(batches):
+            priced = clock.run("decode usage + validate + price + tag", lambda: price_usage_record(record, pricing, now))
+            accepted = [outcome for outcome in priced.outcomes if isinstance(outcome, PricedUsage)]
+            lines = [p.cost_line for p in accepted]
+            line_batches = clock.run("encode cost-line batches", lambda: cost_line_batches(
+                lines_codec, lines, partition_of, "usage/0", offset, max_bytes, produced))
+            summary_records = clock.run("sum and encode model call summaries", lambda: call_summary_batches(
+                summaries_codec, [p.observation for p in accepted], partition_of, max_bytes))
+            for partition, value in line_batches:
+                encoded_lines.append(value)
+                decoded = clock.run("read cost-line batches (own: not decoded)",
+                                    lambda: produced.take(value) or lines_codec.decode(value))
+                batch = [item.value for item in decoded.items if item.value is not None]
+                clock.run("budget ledger", lambda: ledger.apply_batch(
+                    batch, now, shard=partition, origin=decoded.origin, position=decoded.position or 0))
+                clock.run("anomaly watch", lambda: observe_samples(watch_for(partition), batch, offset))
+            for _partition, value in summary_records:
+                encoded_summaries.append(value)
+                decoded = clock.run("decode model call summaries", lambda: summaries_codec.decode(value))
+                clock.run("live model table", lambda: [live.observe_summary(item.value, now) for item in decoded.items
+                                                       if item.value is not None])
+            on_progress(min(events, (offset + 1) * USAGE_BATCH_EVENTS))
+
+    with tuned_collector(settings.worker.gc_gen0_threshold):  # as run_worker sets it, for the floor as well
+        run_batches()
+        floor = decoding_floor(batches, encoded_lines, encoded_summaries)
+    return LogicBenchResult(events, clock.seconds, floor)
 
 
 def decoding_floor(usage: list[bytes], lines: list[bytes], summaries: list[bytes]) -> float:
