@@ -45,10 +45,12 @@ def usage_sample(line: Mapping[str, Any]) -> UsageSample | None:
     return UsageSample.from_usage_event(line, Decimal(line["cost_usd"]))
 
 
+FOLDED_FIELDS_KEPT = 10_000
+"""Folded key-fields mappings a PartitionWatch keeps (forgotten all at once when full)."""
 OTHER_SERIES = "(other)"
+"""The key value of a grouping's series that holds the traffic of series beyond `max_series_per_partition`."""
 CANDIDATE_WINDOWS = 1440
 """Windows (a day at one minute) a series not watched yet is remembered after its last traffic."""
-"""The key value of a grouping's series that holds the traffic of series beyond `max_series_per_partition`."""
 STATE_META = "meta"
 """The state table key suffix of a partition's own record (offsets, clocks); series records use the series key."""
 LATENCY_SAMPLES_KEPT = 1024
@@ -112,6 +114,9 @@ class PartitionWatch:
         self.dirty_models: set[SeriesKey] = set()  # detectors or baseline changed (a window closed)
         self.series_applied: dict[SeriesKey, int] = {}  # restored series ahead of last_offset
         self.shed: list[str] = []  # what the last save had to drop to fit, for logs and metrics
+        # a shared key-fields mapping, folded into (other) for some groupings: one mapping per (original, groupings),
+        # kept with the original so its id is not reused, as TumblingWindows.keys_of remembers keys per mapping
+        self._folded_fields: dict[tuple[int, tuple[str, ...]], tuple[Mapping[str, str], dict[str, str]]] = {}
 
     @property
     def dirty(self) -> bool:
@@ -142,7 +147,7 @@ class PartitionWatch:
         keys = keys_of(sample)
         if self.max_series is None and self.promote_after_windows <= 1:
             return sample, keys
-        fields = None
+        folded_groupings: list[str] = []
         window = int(sample.event_time.timestamp() // self.watch.windows.window_s)
         self._forget_candidates(window)
         for key in keys:
@@ -154,13 +159,25 @@ class PartitionWatch:
                 known.add(key)
                 self.candidates.pop(key, None)
                 continue
-            fields = dict(sample.fields) if fields is None else fields
-            fields.update({name: OTHER_SERIES for name in self.watch.windows.groupings[key.grouping]})
-        if fields is None:
+            folded_groupings.append(key.grouping)
+        if not folded_groupings:
             return sample, keys
         self.folded += 1
-        folded = replace(sample, fields=fields)
+        folded = sample._replace(fields=self._folded(sample.fields, tuple(folded_groupings)))
         return folded, keys_of(folded)
+
+    def _folded(self, fields: Mapping[str, str], groupings: tuple[str, ...]) -> dict[str, str]:
+        """`fields` with the key fields of `groupings` set to the (other) series, one mapping per combination."""
+        remembered = self._folded_fields.get((id(fields), groupings))
+        if remembered is not None and remembered[0] is fields:
+            return remembered[1]
+        folded = dict(fields)
+        for grouping in groupings:
+            folded.update({name: OTHER_SERIES for name in self.watch.windows.groupings[grouping]})
+        if len(self._folded_fields) >= FOLDED_FIELDS_KEPT:
+            self._folded_fields.clear()
+        self._folded_fields[(id(fields), groupings)] = (fields, folded)
+        return folded
 
     def _recurring(self, key: SeriesKey, window: int) -> bool:
         """Count the window for a series not watched yet; whether it has had traffic in enough windows."""

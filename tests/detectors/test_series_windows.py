@@ -177,3 +177,43 @@ def test_equal_dimension_values_share_one_mapping_equal_to_rca_dimensions():
     assert first.dimensions == rca_dimensions({"model": "gpt-x", "model_version": "v1", "prompt_chars": 1200,
                                                "provider": "openai", "feature": "chat", "cache_hit": False,
                                                "fallback": False})
+
+
+VIEW_VALUES = st.one_of(st.none(), st.sampled_from(["", "acme", "gpt-x", "1", "True", "true"]), st.booleans(),
+                        st.sampled_from([0, 1, 1.0, Decimal(1)]))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.fixed_dictionaries({name: VIEW_VALUES for name in (
+    "tenant", "model", "service", "feature", "model_version", "deployment_id", "provider", "fallback", "cache_hit")},
+    optional={"prompt_chars": st.sampled_from([None, 10, 5_000, 300_000])}), min_size=1, max_size=30))
+def test_shared_views_equal_the_views_made_afresh_whatever_came_before(events):
+    """The memo never answers for another combination: 1 == True == 1.0, but the flag True reads "true", the number
+    1 "1" and 1.0 "1.0"; the views always equal the key fields and rca_dimensions made for the event alone."""
+    from prismops.detectors.series import KEY_FIELDS, shared_sample_views
+
+    for event in events:
+        fields, dimensions = shared_sample_views(event)
+        assert fields == {name: str(event.get(name) or "(none)") for name in KEY_FIELDS}
+        assert dimensions == rca_dimensions(event)
+
+
+def test_equal_events_share_their_key_fields_and_text_fields_of_other_types_are_not_remembered():
+    from prismops.detectors.series import shared_sample_views
+
+    event = {"tenant": "acme", "model": "gpt-x", "service": "api", "feature": "chat", "fallback": True}
+    assert shared_sample_views(event)[0] is shared_sample_views(dict(event))[0]
+    assert shared_sample_views(event | {"tenant": 1})[0]["tenant"] == "1"
+    assert shared_sample_views(event | {"tenant": 1.0})[0]["tenant"] == "1.0"
+    assert shared_sample_views(event | {"fallback": 1})[1]["fallback"] == "1"
+
+
+def test_keys_remembered_per_fields_mapping_stay_right_when_a_mapping_is_gone_and_its_id_comes_back():
+    """keys_of remembers keys by the id of a sample's shared fields mapping, with the mapping kept beside them: a
+    new mapping at a reused id (the memo of shared views started over) still gets its own keys."""
+    windows = TumblingWindows(groupings={"tenant_model": ("tenant", "model")})
+    for index in range(2_000):  # fresh mappings, dropped at once: CPython hands their ids out again
+        fields = {"tenant": f"t{index}", "model": "gpt-x"}
+        made = UsageSample(T0, Decimal(0), 1, 1, 1.0, False, fields, {})
+        assert windows.keys_of(made) == [SeriesKey("tenant_model", (f"t{index}", "gpt-x"))]
+        assert windows.keys_of(made) == windows.keys_of(made) and windows.keys_of(made) is not windows.keys_of(made)

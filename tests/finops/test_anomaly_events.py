@@ -206,6 +206,21 @@ def test_series_beyond_the_partitions_cap_are_watched_as_one_other_series_and_th
     assert restored.folded == 1, "f folds after the restore; b is still watched on its own"
 
 
+def test_a_folded_sample_reads_other_for_its_grouping_only_and_equal_samples_share_the_folded_mapping():
+    rng = random.Random(13)
+    watch = PartitionWatch(new_watch(SETTINGS), partition=0, max_series=1)
+    watch.admit(usage_sample(line(START, rng) | {"tenant": "a"}))
+    first, first_keys = watch.admit(usage_sample(line(START, rng) | {"tenant": "b"}))
+    again, again_keys = watch.admit(usage_sample(line(START, rng) | {"tenant": "b"}))
+    assert dict(first.fields) == {"tenant": "(other)", "model": "(other)", "service": "support-bot", "feature": "answer"}
+    assert again.fields is first.fields and again_keys == first_keys
+    assert first_keys == [SeriesKey("tenant_model", ("(other)", "(other)")),
+                          SeriesKey("service_feature", ("support-bot", "answer"))]
+    other_service, _ = watch.admit(usage_sample(line(START, rng) | {"tenant": "b", "service": "search"}))
+    assert dict(other_service.fields) == {"tenant": "(other)", "model": "(other)", "service": "(other)",
+                                          "feature": "(other)"}
+
+
 def test_without_a_cap_every_series_is_its_own():
     rng = random.Random(12)
     watch = PartitionWatch(new_watch(SETTINGS), partition=0)
