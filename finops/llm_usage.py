@@ -13,10 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from prismops.finops.pricing import (
     MONEY_QUANTUM,
@@ -72,11 +73,12 @@ class Rejection:
     """The bytes to dead-letter: the original, or a copy with conversation content removed."""
 
 
-@dataclass(frozen=True)
-class PricedUsage:
+class PricedUsage(NamedTuple):
+    """A priced call: its cost line and its live-stats observation (a named tuple: one is made per call)."""
+
     cost_line: dict[str, Any]
     observation: dict[str, Any]
-    dropped_content_fields: list[str] = field(default_factory=list)
+    dropped_content_fields: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

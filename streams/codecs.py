@@ -27,7 +27,7 @@ import io
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -461,10 +461,10 @@ def _zigzag_long(value: int) -> bytes:
     return bytes(out)
 
 
-@dataclass(frozen=True)
-class BatchItem:
+class BatchItem(NamedTuple):
     """One record of a topic that carries single records and batches: its value, or why it was refused, and the
-    bytes to dead-letter for it (None: re-encode `value` alone, as a batch's item has no bytes of its own)."""
+    bytes to dead-letter for it (None: re-encode `value` alone, as a batch's item has no bytes of its own). A named
+    tuple: one is made per event a batch carries, and a frozen dataclass's __init__ cost a microsecond of it."""
 
     value: dict[str, Any] | None
     error: CodecError | None = None

@@ -108,7 +108,7 @@ def test_good_avro_event_becomes_a_cost_line_that_encodes(make_event, now):
     assert line["status"] == "ok"
     assert result.observation["tokens"] == 1000 + 500
     assert result.observation["cost_usd"] == expected
-    assert result.dropped_content_fields == []
+    assert result.dropped_content_fields == ()
 
 
 def test_the_same_event_as_json_gets_the_same_line(make_event, now):
