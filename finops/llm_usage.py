@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -28,10 +28,11 @@ from prismops.finops.pricing import (
     price_llm_call_as,
 )
 from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
-from prismops.finops.tagging import DimensionResolver, ServiceRegistry, load_service_registry
+from prismops.finops.tagging import DimensionResolver, ServiceRegistry, load_service_registry, resolve_dimensions, tag_key
 from prismops.finops.validation import DEFAULT_MAX_TOKENS_PER_CALL, service_tier_of, validate_llm_usage
 from prismops.settings import Settings
-from prismops.streams.codecs import BatchItem, CodecError, batch_codec_for, codec_for
+from prismops.streams.avro_writer import RecordTemplate
+from prismops.streams.codecs import BatchItem, CodecError, TemplatedRecord, batch_codec_for, codec_for
 from prismops.errors import FieldRuleError
 
 COST_LINE_NAMESPACE = uuid.UUID("5f6c1c0e-4a8b-4f7e-9d43-7d2f1b9e0c11")
@@ -81,6 +82,55 @@ class PricedUsage(NamedTuple):
     dropped_content_fields: Sequence[str] = ()
 
 
+COST_LINE_OPEN_FIELDS = frozenset({
+    "line_id", "source_event_id", "event_time", "user_hash", "input_tokens", "output_tokens", "cached_input_tokens",
+    "cache_write_tokens", "reasoning_tokens", "usage_quantity", "cost_usd", "priced", "price_version", "status",
+    "session_id", "request_id", "model_version", "deployment_id", "prompt_chars", "latency_ms", "cache_hit",
+    "fallback", "shadow", "decision_id",
+})
+"""An LLM cost line's fields that are the call's own; every other field is one of its shape (`cost_line_tags`) or
+the same for every LLM line, so the lines of a shape are written from one template (`CallShape.template`)."""
+SHAPES_KEPT = 10_000
+"""Call shapes an LlmPricingContext remembers (forgotten all at once when full)."""
+LINE_DIMENSIONS = ("tenant", "team", "product", "service", "feature", "environment", "provider", "model")
+
+
+def cost_line_tags(dims: Mapping[str, Any], tag_source: dict[str, str], customer: str | None,
+                   labels: dict[str, str]) -> dict[str, Any]:
+    """The fields of an LLM cost line that follow from its tags (and the constants of every LLM line): what the
+    calls of one shape share. `customer` and `labels` are masked."""
+    return {"source": "llm", **{name: dims[name] for name in LINE_DIMENSIONS}, "customer": customer,
+            "region": None, "resource": None, "usage_unit": "token", "billed_cost_usd": None, "list_cost_usd": None,
+            "charge_category": "Usage",  # FOCUS ChargeCategory casing, as bill lines carry it
+            "tag_source": tag_source, "labels": labels}
+
+
+class CallShape:
+    """What the calls with one `tag_key` share: their dimensions and the fields of their cost lines that follow from
+    them (`cost_line_tags`), and, made from the first such line, the template the others are written from."""
+
+    __slots__ = ("dims", "tags", "remembered", "_template")
+
+    def __init__(self, dims: dict[str, Any], tags: dict[str, Any], remembered: bool = True):
+        self.dims = dims
+        self.tags = tags
+        self.remembered = remembered
+        self._template: RecordTemplate | None = None
+
+    def cost_line(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A cost line of this shape from the call's own fields (COST_LINE_OPEN_FIELDS, in a dict of its own that
+        this fills): a TemplatedRecord of the cost-line batch codec when the shape is remembered, else a dict."""
+        tags = self.tags
+        fields.update(tags)
+        fields["tag_source"], fields["labels"] = dict(tags["tag_source"]), dict(tags["labels"])  # each line owns its maps
+        if not self.remembered:
+            return fields
+        codec = batch_codec_for("cost_line")
+        if self._template is None:
+            self._template = codec.item_template(fields, COST_LINE_OPEN_FIELDS)
+        return TemplatedRecord(fields, codec, self._template)
+
+
 @dataclass(frozen=True)
 class LlmPricingContext:
     """Everything pricing and tagging an LLM call needs, loaded once per worker."""
@@ -103,6 +153,30 @@ class LlmPricingContext:
     def dimensions_of(self) -> DimensionResolver:
         return DimensionResolver(self.registry, self.catalog.infer_provider)
 
+    @cached_property
+    def _shapes(self) -> dict[tuple[Any, ...], CallShape]:
+        return {}
+
+    def shape_of(self, event: dict[str, Any]) -> CallShape:
+        """The event's CallShape, remembered per `tag_key` (SHAPES_KEPT of them) unless its customer or labels
+        hold personal data: those are masked for every call and kept nowhere, the tagging memo included."""
+        key = tag_key(event)
+        shape = self._shapes.get(key)
+        if shape is not None:
+            return shape
+        given_customer = (event.get("customer") or "").strip()
+        customer = mask_personal_data(given_customer) if given_customer else None
+        given_labels = event.get("labels") or {}
+        labels = mask_labels(given_labels)
+        if (customer or "") != given_customer or labels != given_labels:
+            dims, tag_source = resolve_dimensions(event, self.registry, self.catalog.infer_provider)
+            return CallShape(dims, cost_line_tags(dims, tag_source, customer, labels), remembered=False)
+        dims, tag_source = self.dimensions_of.resolve(key, event)
+        if len(self._shapes) >= SHAPES_KEPT:
+            self._shapes.clear()
+        shape = self._shapes[key] = CallShape(dims, cost_line_tags(dims, tag_source, customer, labels))
+        return shape
+
     def validate(self, event: dict[str, Any], now: dt.datetime) -> str:
         """Every rule an event must meet before it is priced (InvalidEvent names the field and the rule); returns
         the event's service tier, which the last rule reads, so pricing does not read it again."""
@@ -112,37 +186,26 @@ class LlmPricingContext:
 
 def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext, service_tier: str) -> PricedUsage:
     """The cost line and the live-stats observation of a valid event; `service_tier` is what `validate` returned."""
-    dims, tag_source = pricing.dimensions_of(event)
+    shape = pricing.shape_of(event)
+    dims = shape.dims
     catalog = pricing.catalog
     priced = price_llm_call_as(event, catalog, dims["provider"], dims["tenant"], service_tier)
     tokens = event["input_tokens"] + event["output_tokens"]
-    customer = mask_personal_data(dims["customer"]) if dims["customer"] else None
-    line = {
+    line = shape.cost_line({
         "line_id": cost_line_id("llm", event["event_id"]),
-        "source": "llm",
         "source_event_id": event["event_id"],
         "event_time": event["event_time"],
-        **{k: dims[k] for k in ("tenant", "team", "product", "service", "feature", "environment", "provider", "model")},
-        "customer": customer,
         "user_hash": hash_user_id(event["user_id"], pricing.user_hash_key) if event.get("user_id") else None,
-        "region": None,
-        "resource": None,
         "input_tokens": event["input_tokens"],
         "output_tokens": event["output_tokens"],
         "cached_input_tokens": event["cached_input_tokens"],
         "cache_write_tokens": event.get("cache_write_tokens") or 0,
         "reasoning_tokens": event.get("reasoning_tokens") or 0,
         "usage_quantity": Decimal(tokens).quantize(MONEY_QUANTUM),  # as the cost line's decimal(38, 12) reads back
-        "usage_unit": "token",
         "cost_usd": priced.cost_usd,
-        "billed_cost_usd": None,
-        "list_cost_usd": None,
-        "charge_category": "Usage",  # FOCUS ChargeCategory casing, as bill lines carry it
         "priced": priced.priced,
         "price_version": priced.price_version,
         "status": event["status"],
-        "tag_source": tag_source,
-        "labels": mask_labels(event.get("labels") or {}),
         "session_id": event.get("session_id"),
         "request_id": event.get("request_id"),
         "model_version": event.get("model_version"),
@@ -153,7 +216,7 @@ def build_llm_cost_line(event: dict[str, Any], pricing: LlmPricingContext, servi
         "fallback": bool(event.get("fallback")),
         "shadow": bool(event.get("shadow")),
         "decision_id": event.get("decision_id"),
-    }
+    })
     list_quote = catalog.quote(dims["provider"], dims["model"], event["event_time"])
     list_prices = list_quote.prices if list_quote else None  # the router compares list prices, per million
     input_cost, output_cost = cost_by_direction(priced)

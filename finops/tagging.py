@@ -110,6 +110,13 @@ def resolve_dimensions(
     return dims, source
 
 
+def tag_key(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every value `resolve_dimensions` reads of an event: events with equal keys get equal dimensions."""
+    labels = event.get("labels") or {}
+    return (event.get("tenant"), event.get("service"), event.get("model"), event.get("provider"), event.get("feature"),
+            event.get("environment"), event.get("customer"), tuple(sorted(labels.items())) if labels else ())
+
+
 MEMO_ENTRIES = 10_000
 """Distinct tag combinations a DimensionResolver remembers (past it, the memo starts over): about 1 KB each."""
 
@@ -124,10 +131,10 @@ class DimensionResolver:
         self._memo: dict[tuple, tuple[dict[str, Any], dict[str, str]]] = {}
 
     def __call__(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        labels = event.get("labels") or {}
-        key = (event.get("tenant"), event.get("service"), event.get("model"), event.get("provider"),
-               event.get("feature"), event.get("environment"), event.get("customer"),
-               tuple(sorted(labels.items())) if labels else ())
+        return self.resolve(tag_key(event), event)
+
+    def resolve(self, key: tuple[Any, ...], event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """`self(event)` for a caller that has the event's `tag_key` already."""
         known = self._memo.get(key)
         if known is None:
             if len(self._memo) >= MEMO_ENTRIES:

@@ -62,8 +62,7 @@ from prismops.gateway_grpc.request_bounds import (
 )
 from prismops.gateway_grpc.routing.v1 import routing_pb2, routing_pb2_grpc
 from prismops.settings import Settings
-from prismops.streams.avro_writer import RecordTemplate
-from prismops.streams.codecs import AvroCodec, CodecError, codec_for
+from prismops.streams.codecs import AvroCodec, CodecError, TemplatedRecord, codec_for
 from prismops.errors import FieldRuleError
 from prismops.streams.metrics import serve_metrics
 from prismops.streams.telemetry import configure_tracing, context_from_headers
@@ -109,22 +108,6 @@ class DiscardingPublisher:
 
     def close(self) -> None:
         return None
-
-
-class TemplatedRecord(dict):
-    """A decision record that is a remembered one with only its per-call fields set, carrying the remembered
-    record's bytes: its publisher writes the per-call fields alone (`RecordTemplate`), not the candidates again.
-    Only the template's open fields may be changed on a copy."""
-
-    __slots__ = ("codec", "template")
-
-    def __init__(self, record: Mapping[str, Any], codec: AvroCodec, template: RecordTemplate):
-        super().__init__(record)
-        self.codec = codec
-        self.template = template
-
-    def copy(self) -> TemplatedRecord:  # type: ignore[override]
-        return TemplatedRecord(self, self.codec, self.template)
 
 
 def encode_gateway_record(codec: AvroCodec, record: Mapping[str, Any]) -> bytes:

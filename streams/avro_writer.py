@@ -153,6 +153,7 @@ def compile_writer(schema: Any, named: dict[str, Writer] | None = None, namespac
                 for element in value:
                     item(element, out)
             out.append(0)
+        write_array.item = item  # type: ignore[attr-defined]  # read by BatchCodec, for its items' templates
         return write_array
     if kind == "map":
         values = compile_writer(schema["values"], named, namespace)
@@ -212,7 +213,8 @@ def _record_writer(schema: Mapping[str, Any], named: dict[str, Writer], namespac
     write_record = scope["write_record"]
     generated.append(write_record)
     _name(schema, namespace, named, write_record)
-    write_record.fields = fields  # read by RecordTemplate
+    write_record.fields = fields  # read by RecordTemplate, with the field types
+    write_record.field_types = [field["type"] for field in schema["fields"]]
     return write_record
 
 
@@ -230,46 +232,54 @@ _INLINE["int"] = _INLINE["long"]
 
 
 def _record_source(fields: list[tuple[str, Any, bool]]) -> str:
-    """Python source of `write_record(value, out)` for fields (name, type, has default): each field read as the
-    per-field loop read it (a missing field takes its default, or raises KeyError), then written inline when it
-    is a primitive, a [null, primitive] union or a map of strings (the same bytes and the same errors as the
-    primitive writers), else by `write_<index>`."""
+    """Python source of `write_record(value, out)` for fields (name, type, has default), each as `_field_source`."""
     lines = ["def write_record(value, out):"]
     for index, (name, kind, has_default) in enumerate(fields):
-        if has_default:
-            lines += ["    try:", f"        value_ = value[{name!r}]", "    except KeyError:",
-                      f"        value_ = default_{index}"]
-        else:
-            lines.append(f"    value_ = value[{name!r}]")
-        if isinstance(kind, str) and kind in _INLINE:
-            lines += ["    " + line for line in _INLINE[kind]]
-        elif isinstance(kind, list) and len(kind) == 2 and kind[0] == "null" and isinstance(kind[1], str) \
-                and kind[1] in _INLINE:
-            lines += ["    if value_ is None:", "        out.append(0)", "    else:", "        out.append(2)"]
-            lines += ["        " + line for line in _INLINE[kind[1]]]
-        elif isinstance(kind, dict) and kind.get("type") == "map" and kind.get("values") == "string":
-            lines += ["    if value_:", "        out += zigzag(len(value_))",
-                      "        for key_, item_ in value_.items():"]
-            lines += ["            " + line.replace("value_", "key_") for line in _INLINE["string"]]
-            lines += ["            " + line.replace("value_", "item_") for line in _INLINE["string"]]
-            lines.append("    out.append(0)")
-        else:
-            lines.append(f"    write_{index}(value_, out)")
+        lines += _field_source(index, name, kind, has_default)
     if not fields:
         lines.append("    return None")
     return "\n".join(lines) + "\n"
 
 
+def _field_source(index: int, name: str, kind: Any, has_default: bool) -> list[str]:
+    """The lines that read one field as the per-field loop read it (a missing field takes its default, or raises
+    KeyError) and write it: inline when it is a primitive, a [null, primitive] union or a map of strings (the same
+    bytes and the same errors as the primitive writers), else by `write_<index>`."""
+    if has_default:
+        lines = ["    try:", f"        value_ = value[{name!r}]", "    except KeyError:", f"        value_ = default_{index}"]
+    else:
+        lines = [f"    value_ = value[{name!r}]"]
+    if isinstance(kind, str) and kind in _INLINE:
+        lines += ["    " + line for line in _INLINE[kind]]
+    elif isinstance(kind, list) and len(kind) == 2 and kind[0] == "null" and isinstance(kind[1], str) \
+            and kind[1] in _INLINE:
+        lines += ["    if value_ is None:", "        out.append(0)", "    else:", "        out.append(2)"]
+        lines += ["        " + line for line in _INLINE[kind[1]]]
+    elif isinstance(kind, dict) and kind.get("type") == "map" and kind.get("values") == "string":
+        lines += ["    if value_:", "        out += zigzag(len(value_))", "        for key_, item_ in value_.items():"]
+        lines += ["            " + line.replace("value_", "key_") for line in _INLINE["string"]]
+        lines += ["            " + line.replace("value_", "item_") for line in _INLINE["string"]]
+        lines.append("    out.append(0)")
+    else:
+        lines.append(f"    write_{index}(value_, out)")
+    return lines
+
+
 class RecordTemplate:
-    """A record's bytes with a few fields left open: the fixed fields are written once, here, and `encode` writes
-    only the open ones between them. Why: the router answers a repeated request with a remembered decision whose
-    record differs from the remembered one only in its per-call fields (id, clock, request id, customer, table
-    age), and writing its three candidate records again was most of a remembered Decide.
+    """A record's bytes with a few fields left open: the fixed fields are written once, here, and `write` writes
+    the bytes between the open fields as they are and only the open fields themselves. Why: the router answers a
+    repeated request with a remembered decision whose record differs from the remembered one only in its per-call
+    fields (id, clock, request id, customer, table age), and a priced call's cost line differs from the others of
+    its tenant, service, model and labels only in its per-call fields; writing the rest again was most of their
+    encoding.
+
+    The function that writes the open fields is generated like the record's writer (`_field_source`), once per
+    record writer and set of open fields (`_template_function`): a template of its own is only the fixed bytes.
 
     `encode(record)` gives the bytes `writer(record)` would give when `record` equals the record the
     template was made from in every fixed field; the fixed fields of `record` are not read."""
 
-    __slots__ = ("_parts", "_tail", "open_fields")
+    __slots__ = ("_function", "_fixed", "open_fields")
 
     def __init__(self, writer: Writer, record: Mapping[str, Any], open_fields: Collection[str]):
         fields = getattr(writer, "fields", None)
@@ -279,31 +289,60 @@ class RecordTemplate:
         unknown = sorted(set(open_fields) - names)
         if unknown:
             raise KeyError(f"open fields {unknown} are not fields of the record")
-        parts: list[tuple[bytes, str, Writer, Any]] = []
-        fixed = bytearray()
+        self.open_fields = frozenset(open_fields)
+        self._function = _template_function(writer, self.open_fields)
+        chunks: list[bytes] = []
+        fixed, after_open = bytearray(), True
         for name, write, default, has_default in fields:
-            if name in open_fields:
-                parts.append((bytes(fixed), name, write, default if has_default else _REQUIRED))
-                fixed = bytearray()
+            if name in self.open_fields:
+                if not after_open:
+                    chunks.append(bytes(fixed))
+                    fixed = bytearray()
+                after_open = True
             else:
                 write(record[name] if name in record or not has_default else default, fixed)
-        self._parts = tuple(parts)
-        self._tail = bytes(fixed)
-        self.open_fields = frozenset(open_fields)
+                after_open = False
+        if not after_open:
+            chunks.append(bytes(fixed))
+        self._fixed = tuple(chunks)
+
+    def write(self, record: Mapping[str, Any], out: bytearray) -> None:
+        self._function(record, out, self._fixed)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         out = bytearray()
-        for fixed, name, write, default in self._parts:
-            out += fixed
-            value = record.get(name, default)
-            if value is _REQUIRED:
-                raise KeyError(name)
-            write(value, out)
-        out += self._tail
+        self._function(record, out, self._fixed)
         return bytes(out)
 
 
-_REQUIRED = object()  # an open field without a default that the record lacks
+def _template_function(writer: Writer, open_fields: frozenset[str]) -> Callable[[Any, bytearray, tuple[bytes, ...]], None]:
+    """`write_template(value, out, fixed)` for a record writer and a set of its fields left open: each run of fixed
+    fields is one of `fixed`, in order, and each open field is read and written as the record's writer does it."""
+    functions: dict[frozenset[str], Any] = writer.__dict__.setdefault("template_functions", {})
+    function = functions.get(open_fields)
+    if function is not None:
+        return function
+    scope: dict[str, Any] = {"zigzag": zigzag, "pack_double": _DOUBLE.pack, "pack_float": _FLOAT.pack}
+    lines = ["def write_template(value, out, fixed):"]
+    runs, after_open = 0, True
+    for index, ((name, write, default, has_default), kind) in enumerate(
+            zip(writer.fields, writer.field_types)):  # type: ignore[attr-defined]
+        if name not in open_fields:
+            after_open = False
+            continue
+        if not after_open:
+            lines.append(f"    out += fixed[{runs}]")
+            runs += 1
+        after_open = True
+        scope[f"write_{index}"], scope[f"default_{index}"] = write, default
+        lines += _field_source(index, name, kind, has_default)
+    if not after_open:
+        lines.append(f"    out += fixed[{runs}]")
+    if len(lines) == 1:
+        lines.append("    return None")
+    exec(compile("\n".join(lines) + "\n", "<avro template>", "exec"), scope)  # noqa: S102 (our own source)
+    function = functions[open_fields] = scope["write_template"]
+    return function
 
 
 def encode(writer: Writer, value: Any) -> bytes:

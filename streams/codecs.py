@@ -34,7 +34,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from prismops import schemas
 from prismops.errors import FieldRuleError
-from prismops.streams.avro_writer import RecordTemplate, Writer, compile_writer
+from prismops.streams.avro_writer import RecordTemplate, Writer, compile_writer, zigzag
 from prismops.streams.schema_registry import (
     CONFLUENT_HEADER_LEN,
     SchemaNotInRegistry,
@@ -450,17 +450,6 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _zigzag_long(value: int) -> bytes:
-    """Avro's variable-length zig-zag encoding of a long."""
-    number = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while number & ~0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
 class BatchItem(NamedTuple):
     """One record of a topic that carries single records and batches: its value, or why it was refused, and the
     bytes to dead-letter for it (None: re-encode `value` alone, as a batch's item has no bytes of its own). A named
@@ -476,6 +465,23 @@ class DecodedBatch:
     items: list[BatchItem]
     origin: str | None = None
     position: int | None = None
+
+
+class TemplatedRecord(dict):
+    """A record this process built that carries a template of its codec (`RecordTemplate`): its fixed fields are
+    those of the record the template was made from, so its encoder writes the open fields alone. The router's
+    remembered decisions and the pricing stage's cost lines are written so. Only the template's open fields may be
+    changed, on a copy."""
+
+    __slots__ = ("codec", "template")
+
+    def __init__(self, record: Mapping[str, Any], codec: Any, template: RecordTemplate):
+        super().__init__(record)
+        self.codec = codec
+        self.template = template
+
+    def copy(self) -> TemplatedRecord:  # type: ignore[override]
+        return TemplatedRecord(self, self.codec, self.template)
 
 
 class BatchCodec:
@@ -495,6 +501,7 @@ class BatchCodec:
             raise TypeError(f"{batch_schema}: a batch schema is string/long header fields, then its array, last")
         self._item_names = {f["name"] for f in self.items.reader.definition["fields"]}
         self._write_array = compile_writer(next(f["type"] for f in fields if f["name"] == self.array_field))
+        self._write_item: Writer = self._write_array.item  # type: ignore[attr-defined]
 
     def decode(self, data: bytes | None) -> DecodedBatch:
         """Raises CodecError only when the record as a whole is unreadable."""
@@ -547,15 +554,29 @@ class BatchCodec:
         return self.frame_array(self.encode_array(items), **header)
 
     def encode_array(self, items: list[Mapping[str, Any]]) -> bytes:
-        """The Avro array of `items` alone (trusted records, as `encode`), for `frame_array`."""
+        """The Avro array of `items` alone (trusted records, as `encode`), for `frame_array`. An item that is a
+        TemplatedRecord of this codec is written from its template (`item_template`)."""
         out = bytearray()
-        self._write_array(items, out)
+        if items:
+            out += zigzag(len(items))
+            write_item = self._write_item
+            for item in items:
+                if item.__class__ is TemplatedRecord and item.codec is self:  # type: ignore[attr-defined]
+                    item.template.write(item, out)  # type: ignore[attr-defined]
+                else:
+                    write_item(item, out)
+        out.append(0)
         return bytes(out)
+
+    def item_template(self, record: Mapping[str, Any], open_fields: Collection[str]) -> RecordTemplate:
+        """`record` written once as an item of this batch but for `open_fields`: a TemplatedRecord of this codec
+        with it is written by `encode_array` from the template."""
+        return RecordTemplate(self._write_item, record, open_fields)
 
     def frame(self, bodies: list[bytes], prefix: bytes | None = None) -> bytes:
         """A batch from item bodies already encoded with `self.items.encode_body`: the Avro array framing around
         them, no second encoding."""
-        count = _zigzag_long(len(bodies)) if bodies else b""
+        count = zigzag(len(bodies)) if bodies else b""
         return self.frame_array(count + b"".join(bodies) + b"\x00", prefix)
 
     def frame_array(self, array: bytes, prefix: bytes | None = None, **header: Any) -> bytes:
@@ -566,10 +587,10 @@ class BatchCodec:
         for name, kind in self._header_fields:
             value = header.get(name)
             if kind == "long" and isinstance(value, int) and not isinstance(value, bool):
-                parts.append(_zigzag_long(value))
+                parts.append(zigzag(value))
             elif kind == "string" and isinstance(value, str):
                 text = value.encode()
-                parts += [_zigzag_long(len(text)), text]
+                parts += [zigzag(len(text)), text]
             else:
                 raise CodecError(name, "required", f"a {self.batch.schema_name} needs {name} ({kind})")
         parts.append(array)

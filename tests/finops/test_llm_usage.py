@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from prismops.finops.llm_usage import COST_LINE_NAMESPACE, LlmPricingContext, PricedUsage, Rejection, cost_line_id, process_llm_usage
 from prismops.finops.pricing import load_catalog, parse_tenant_overrides
@@ -586,3 +586,77 @@ def test_simulated_traffic_is_priced_as_price_llm_call_prices_the_tagged_event(n
         assert result.observation["input_price_per_mtok"] == per_million["input"]
         assert result.observation["output_price_per_mtok"] == per_million["output"]
     assert tiers == {"standard", "batch", "flex", "priority"}
+
+
+# --- call shapes: cost lines written from a template of their tags -------------------------------------------
+
+SHAPE_EVENTS = st.fixed_dictionaries({
+    "event_id": st.integers(0, 10**9).map(lambda n: f"call-{n}"),
+    "tenant": st.sampled_from(["acme", "ACME ", ""]),  # few tags, so calls that differ in one tag alone come often
+    "service": st.just("code-assist"),
+    "model": st.sampled_from(["gpt-4o", "no-such-model"]),
+    "customer": st.sampled_from([None, "cust-001", "jane@example.com"]),
+    "labels": st.sampled_from([{}, {"note": "call +1 415 555 0100"}, {"service_tier": "batch"}]),
+    "input_tokens": st.integers(0, 10**6), "output_tokens": st.integers(0, 10**5),
+    "user_id": st.sampled_from([None, "u-1"]), "session_id": st.sampled_from([None, "s-1"]),
+    "model_version": st.sampled_from([None, "2024-08-06"]), "prompt_chars": st.sampled_from([0, 12]),
+    "cache_hit": st.booleans(), "fallback": st.booleans(), "shadow": st.booleans(),
+    "status": st.sampled_from(["ok", "error"]), "latency_ms": st.integers(0, 10**6),
+})
+
+
+@hypothesis_settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(SHAPE_EVENTS, min_size=2, max_size=20))
+def test_cost_lines_written_from_their_shapes_template_are_the_bytes_of_writing_them_whole(make_event, now, changes):
+    """Whatever the order of shapes, each line equals the line of its event priced alone (no shape remembered), and
+    its template bytes equal the compiled writer's bytes of the same line written whole, so neither a shape nor a
+    template can carry another call's tags."""
+    from prismops.streams.codecs import TemplatedRecord, batch_codec_for
+
+    pricing = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY)
+    codec = batch_codec_for("cost_line")
+    lines = []
+    for change in changes:
+        outcome = process_llm_usage(_avro(make_event(**change, cached_input_tokens=0)), pricing, now)
+        assert isinstance(outcome, PricedUsage), outcome
+        lines.append(outcome.cost_line)
+    for line, change in zip(lines, changes):
+        personal = change["customer"] == "jane@example.com" or "note" in change["labels"]
+        assert isinstance(line, TemplatedRecord) is not personal
+        alone = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY)  # no shape remembered from other events
+        assert dict(line) == dict(process_llm_usage(_avro(make_event(**change, cached_input_tokens=0)), alone, now).cost_line)
+    for line in lines:
+        assert codec.encode_array([line]) == codec.encode_array([dict(line)])
+    assert codec.encode_array(lines) == codec.encode_array([dict(line) for line in lines])
+    decoded = codec.decode(codec.encode(lines, origin="usage/0", position=0)).items
+    assert [item.value for item in decoded] == [dict(line) for line in lines]
+
+
+@pytest.mark.parametrize("tag, values", [("customer", [None, "cust-001", "cust-002"]), ("tenant", ["acme", "ACME ", ""]),
+                                         ("labels", [{}, {"team": "search"}, {"team": "ads"}]),
+                                         ("feature", ["complete", "", "chat"]), ("environment", ["prod", "dev"])])
+def test_calls_that_differ_in_one_tag_get_lines_of_their_own_tags(make_event, now, tag, values):
+    pricing = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY)
+    for _ in range(2):
+        for index, value in enumerate(values):
+            line = process_llm_usage(_avro(make_event(event_id=f"e{index}", **{tag: value})), pricing, now).cost_line
+            alone = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY)
+            assert dict(line) == dict(process_llm_usage(_avro(make_event(event_id=f"e{index}", **{tag: value})), alone,
+                                                        now).cost_line)
+
+
+def test_a_shape_whose_customer_or_labels_hold_personal_data_is_kept_nowhere(make_event, now):
+    """Masked for every call and remembered by neither the shapes nor the tagging memo, as mask_personal_data
+    keeps no text that held personal data; a plain shape is remembered and its lines share a template."""
+    from prismops.streams.codecs import TemplatedRecord
+
+    pricing = LlmPricingContext(PRICING.catalog, PRICING.registry, KEY)
+    for index, change in enumerate([{"customer": "jane@example.com"}, {"labels": {"note": "mail jane@example.com"}}]):
+        outcome = process_llm_usage(_avro(make_event(event_id=f"p{index}", **change)), pricing, now)
+        assert "jane@example.com" not in json.dumps(outcome.cost_line, default=str)
+        assert not isinstance(outcome.cost_line, TemplatedRecord)
+    kept = repr(pricing._shapes) + repr(pricing.dimensions_of._memo)
+    assert "jane@example.com" not in kept
+    first, second = (process_llm_usage(_avro(make_event(event_id=f"k{index}")), pricing, now) for index in range(2))
+    assert isinstance(first.cost_line, TemplatedRecord) and first.cost_line.template is second.cost_line.template
+    assert first.cost_line["labels"] is not second.cost_line["labels"], "each line owns its maps"

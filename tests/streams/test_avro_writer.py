@@ -156,3 +156,18 @@ def test_parts_of_avro_it_does_not_cover_are_refused_when_compiled():
     with pytest.raises(UnsupportedSchema):
         compile_writer({"type": "fixed", "name": "f", "size": 4})
 
+
+
+def test_templates_of_one_writer_and_open_fields_share_one_generated_function_and_keep_their_own_bytes():
+    definition = {"type": "record", "name": "t", "fields": [
+        {"name": "id", "type": "string"}, {"name": "fixed", "type": "long"}, {"name": "tags", "type": {
+            "type": "map", "values": "string"}}, {"name": "age", "type": ["null", "long"], "default": None}]}
+    writer = compile_writer(definition)
+    first = RecordTemplate(writer, {"id": "a", "fixed": 7, "tags": {"k": "v"}, "age": 1}, ("id", "age"))
+    second = RecordTemplate(writer, {"id": "a", "fixed": 8, "tags": {}, "age": 1}, ("id", "age"))
+    other = RecordTemplate(writer, {"id": "a", "fixed": 8, "tags": {}, "age": 1}, ("fixed",))
+    assert first._function is second._function and other._function is not first._function
+    record = {"id": "b", "age": None}
+    assert first.encode(record) == encode(writer, {**record, "fixed": 7, "tags": {"k": "v"}})
+    assert second.encode(record) == encode(writer, {**record, "fixed": 8, "tags": {}})
+    assert other.encode({"fixed": 9}) == encode(writer, {"id": "a", "fixed": 9, "tags": {}, "age": 1})

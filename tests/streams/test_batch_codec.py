@@ -79,3 +79,21 @@ def test_a_corrupt_batch_body_is_refused_whole():
     with pytest.raises(CodecError) as info:
         USAGE.decode(value[:-40])
     assert info.value.rule == "avro_decode"
+
+
+def test_items_carrying_this_codecs_template_are_written_from_it_and_others_whole():
+    """A TemplatedRecord of this batch codec writes its open fields alone (its fixed fields are not read, as a
+    template's contract says); one carrying another codec's template, or none, is written whole."""
+    from prismops.streams.codecs import TemplatedRecord
+
+    codec, single = batch_codec_for("llm_usage_event"), codec_for("llm_usage_event")
+    first, other = [single.decode(single.encode(event)) for event in _events(2)]
+    second = {**other, "tenant": first["tenant"] + "-not-read"}
+    template = codec.item_template(first, ("event_id", "input_tokens"))
+    templated = TemplatedRecord(second, codec, template)
+    written = codec.decode(codec.encode([templated, second])).items
+    assert written[0].value == {**first, "event_id": second["event_id"], "input_tokens": second["input_tokens"]}
+    assert written[0].value["tenant"] == first["tenant"]
+    assert written[1].value == second
+    foreign = TemplatedRecord(second, batch_codec_for("cost_line"), template)
+    assert codec.encode_array([foreign]) == codec.encode_array([second])
