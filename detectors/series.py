@@ -37,6 +37,20 @@ class SeriesKey:
     grouping: str
     values: tuple[str, ...]
 
+    def __hash__(self) -> int:
+        """hash((grouping, values)), as the dataclass's own, remembered: a key is hashed half a dozen times per call
+        (its window, its series set, the changed keys). Never pickled (`__getstate__`): a text's hash differs
+        between processes."""
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash((self.grouping, self.values))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"grouping": self.grouping, "values": self.values}
+
     def __str__(self) -> str:
         return f"{self.grouping}:{'/'.join(self.values)}"
 

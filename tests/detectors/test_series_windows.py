@@ -217,3 +217,22 @@ def test_keys_remembered_per_fields_mapping_stay_right_when_a_mapping_is_gone_an
         made = UsageSample(T0, Decimal(0), 1, 1, 1.0, False, fields, {})
         assert windows.keys_of(made) == [SeriesKey("tenant_model", (f"t{index}", "gpt-x"))]
         assert windows.keys_of(made) == windows.keys_of(made) and windows.keys_of(made) is not windows.keys_of(made)
+
+
+def test_a_series_key_hashes_as_its_fields_and_its_remembered_hash_is_never_pickled():
+    """A key restored in another process (another hash seed) must hash as that process hashes its fields."""
+    import pickle
+    import subprocess
+    import sys
+
+    key = SeriesKey("tenant_model", ("acme", "gpt-x"))
+    assert hash(key) == hash(("tenant_model", ("acme", "gpt-x"))) == hash(key)
+    data = pickle.dumps({key: 1}, protocol=5)
+    assert b"_hash" not in data
+    script = ("import pickle, sys; from prismops.detectors.series import SeriesKey; "
+              "table = pickle.loads(sys.stdin.buffer.read()); key = SeriesKey('tenant_model', ('acme', 'gpt-x')); "
+              "(restored,) = table; print(table.get(key), hash(restored) == hash(('tenant_model', ('acme', 'gpt-x'))))")
+    for seed in ("1", "2"):
+        answer = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True,
+                                env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"})
+        assert answer.stdout.split() == [b"1", b"True"]
