@@ -245,8 +245,8 @@ def _field_source(index: int, name: str, kind: Any, has_default: bool) -> list[s
     """The lines that read one field as the per-field loop read it (a missing field takes its default, or raises
     KeyError) and write it: inline when it is a primitive, a [null, primitive] union or a map of strings (the same
     bytes and the same errors as the primitive writers), else by `write_<index>`."""
-    if has_default:
-        lines = ["    try:", f"        value_ = value[{name!r}]", "    except KeyError:", f"        value_ = default_{index}"]
+    if has_default:  # get, not a caught KeyError: a cost line lacks the nine bill-only fields, nine raises a line
+        lines = [f"    value_ = value.get({name!r}, default_{index})"]
     else:
         lines = [f"    value_ = value[{name!r}]"]
     if isinstance(kind, str) and kind in _INLINE:
@@ -274,7 +274,8 @@ class RecordTemplate:
     encoding.
 
     The function that writes the open fields is generated like the record's writer (`_field_source`), once per
-    record writer and set of open fields (`_template_function`): a template of its own is only the fixed bytes.
+    record writer and set of open fields (`_template_functions`), as is the one that writes the fixed bytes:
+    a template of its own is only those bytes.
 
     `encode(record)` gives the bytes `writer(record)` would give when `record` equals the record the
     template was made from in every fixed field; the fixed fields of `record` are not read."""
@@ -290,21 +291,8 @@ class RecordTemplate:
         if unknown:
             raise KeyError(f"open fields {unknown} are not fields of the record")
         self.open_fields = frozenset(open_fields)
-        self._function = _template_function(writer, self.open_fields)
-        chunks: list[bytes] = []
-        fixed, after_open = bytearray(), True
-        for name, write, default, has_default in fields:
-            if name in self.open_fields:
-                if not after_open:
-                    chunks.append(bytes(fixed))
-                    fixed = bytearray()
-                after_open = True
-            else:
-                write(record[name] if name in record or not has_default else default, fixed)
-                after_open = False
-        if not after_open:
-            chunks.append(bytes(fixed))
-        self._fixed = tuple(chunks)
+        self._function, fixed_parts = _template_functions(writer, self.open_fields)
+        self._fixed = fixed_parts(record)
 
     def write(self, record: Mapping[str, Any], out: bytearray) -> None:
         self._function(record, out, self._fixed)
@@ -315,34 +303,42 @@ class RecordTemplate:
         return bytes(out)
 
 
-def _template_function(writer: Writer, open_fields: frozenset[str]) -> Callable[[Any, bytearray, tuple[bytes, ...]], None]:
-    """`write_template(value, out, fixed)` for a record writer and a set of its fields left open: each run of fixed
-    fields is one of `fixed`, in order, and each open field is read and written as the record's writer does it."""
+def _template_functions(writer: Writer, open_fields: frozenset[str]) -> tuple[Callable[..., None], Callable[..., Any]]:
+    """Two functions generated for a record writer and a set of its fields left open, both made once:
+    `write_template(value, out, fixed)` writes each run of fixed fields as the next of `fixed` and each open field as
+    the record's writer does; `fixed_parts(value)` writes those runs of `value`'s fixed fields, the same way, and
+    returns them (a template of its own is made per call shape, so its making is generated code too)."""
     functions: dict[frozenset[str], Any] = writer.__dict__.setdefault("template_functions", {})
-    function = functions.get(open_fields)
-    if function is not None:
-        return function
+    made = functions.get(open_fields)
+    if made is not None:
+        return made  # type: ignore[no-any-return]
     scope: dict[str, Any] = {"zigzag": zigzag, "pack_double": _DOUBLE.pack, "pack_float": _FLOAT.pack}
-    lines = ["def write_template(value, out, fixed):"]
+    writes = ["def write_template(value, out, fixed):"]
+    parts = ["def fixed_parts(value):", "    parts = []", "    out = bytearray()"]
     runs, after_open = 0, True
     for index, ((name, write, default, has_default), kind) in enumerate(
             zip(writer.fields, writer.field_types)):  # type: ignore[attr-defined]
+        scope[f"write_{index}"], scope[f"default_{index}"] = write, default
         if name not in open_fields:
+            parts += _field_source(index, name, kind, has_default)
             after_open = False
             continue
         if not after_open:
-            lines.append(f"    out += fixed[{runs}]")
+            writes.append(f"    out += fixed[{runs}]")
+            parts += ["    parts.append(bytes(out))", "    out = bytearray()"]
             runs += 1
         after_open = True
-        scope[f"write_{index}"], scope[f"default_{index}"] = write, default
-        lines += _field_source(index, name, kind, has_default)
+        writes += _field_source(index, name, kind, has_default)
     if not after_open:
-        lines.append(f"    out += fixed[{runs}]")
-    if len(lines) == 1:
-        lines.append("    return None")
-    exec(compile("\n".join(lines) + "\n", "<avro template>", "exec"), scope)  # noqa: S102 (our own source)
-    function = functions[open_fields] = scope["write_template"]
-    return function
+        writes.append(f"    out += fixed[{runs}]")
+        parts.append("    parts.append(bytes(out))")
+    if len(writes) == 1:
+        writes.append("    return None")
+    parts.append("    return tuple(parts)")
+    source = "\n".join(writes) + "\n\n\n" + "\n".join(parts) + "\n"
+    exec(compile(source, "<avro template>", "exec"), scope)  # noqa: S102 (our own source)
+    made = functions[open_fields] = (scope["write_template"], scope["fixed_parts"])
+    return made  # type: ignore[no-any-return]
 
 
 def encode(writer: Writer, value: Any) -> bytes:
