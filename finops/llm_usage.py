@@ -28,7 +28,7 @@ from prismops.finops.pricing import (
     price_llm_call_as,
 )
 from prismops.finops.privacy import hash_user_id, mask_labels, mask_personal_data, strip_content_fields
-from prismops.finops.tagging import DimensionResolver, ServiceRegistry, load_service_registry, resolve_dimensions, tag_key
+from prismops.finops.tagging import ServiceRegistry, load_service_registry, resolve_dimensions, tag_key
 from prismops.finops.validation import DEFAULT_MAX_TOKENS_PER_CALL, service_tier_of, validate_llm_usage
 from prismops.settings import Settings
 from prismops.streams.avro_writer import RecordTemplate
@@ -89,7 +89,7 @@ COST_LINE_OPEN_FIELDS = frozenset({
     "fallback", "shadow", "decision_id",
 })
 """An LLM cost line's fields that are the call's own; every other field is one of its shape (`cost_line_tags`) or
-the same for every LLM line, so the lines of a shape are written from one template (`CallShape.template`)."""
+the same for every LLM line, so the lines of a shape are written from one template (`CallShape.cost_line`)."""
 SHAPES_KEPT = 10_000
 """Call shapes an LlmPricingContext remembers (forgotten all at once when full)."""
 LINE_DIMENSIONS = ("tenant", "team", "product", "service", "feature", "environment", "provider", "model")
@@ -156,16 +156,13 @@ class LlmPricingContext:
         )
 
     @cached_property
-    def dimensions_of(self) -> DimensionResolver:
-        return DimensionResolver(self.registry, self.catalog.infer_provider)
-
-    @cached_property
     def _shapes(self) -> dict[tuple[Any, ...], CallShape]:
         return {}
 
     def shape_of(self, event: dict[str, Any]) -> CallShape:
-        """The event's CallShape, remembered per `tag_key` (SHAPES_KEPT of them) unless its customer or labels
-        hold personal data: those are masked for every call and kept nowhere, the tagging memo included."""
+        """The event's CallShape, remembered per `tag_key` (SHAPES_KEPT of them: a stream repeats few combinations
+        of tenant, service, model and labels, and tagging one event normalizes eight names) unless its customer or
+        labels hold personal data: those are masked for every call and kept nowhere."""
         key = tag_key(event)
         shape = self._shapes.get(key)
         if shape is not None:
@@ -174,10 +171,9 @@ class LlmPricingContext:
         customer = mask_personal_data(given_customer) if given_customer else None
         given_labels = event.get("labels") or {}
         labels = mask_labels(given_labels)
+        dims, tag_source = resolve_dimensions(event, self.registry, self.catalog.infer_provider)
         if (customer or "") != given_customer or labels != given_labels:
-            dims, tag_source = resolve_dimensions(event, self.registry, self.catalog.infer_provider)
             return CallShape(dims, cost_line_tags(dims, tag_source, customer, labels), remembered=False)
-        dims, tag_source = self.dimensions_of.resolve(key, event)
         if len(self._shapes) >= SHAPES_KEPT:
             self._shapes.clear()
         shape = self._shapes[key] = CallShape(dims, cost_line_tags(dims, tag_source, customer, labels))

@@ -115,30 +115,3 @@ def tag_key(event: Mapping[str, Any]) -> tuple[Any, ...]:
     labels = event.get("labels") or {}
     return (event.get("tenant"), event.get("service"), event.get("model"), event.get("provider"), event.get("feature"),
             event.get("environment"), event.get("customer"), tuple(sorted(labels.items())) if labels else ())
-
-
-MEMO_ENTRIES = 10_000
-"""Distinct tag combinations a DimensionResolver remembers (past it, the memo starts over): about 1 KB each."""
-
-
-class DimensionResolver:
-    """`resolve_dimensions` with a memo of what it gave each combination of the values it reads: a stream
-    repeats few combinations of tenant, service, model and labels, and tagging one event normalizes eight names."""
-
-    def __init__(self, registry: ServiceRegistry, infer_provider: Callable[[str], str | None] = lambda model: None):
-        self.registry = registry
-        self.infer_provider = infer_provider
-        self._memo: dict[tuple, tuple[dict[str, Any], dict[str, str]]] = {}
-
-    def __call__(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        return self.resolve(tag_key(event), event)
-
-    def resolve(self, key: tuple[Any, ...], event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        """`self(event)` for a caller that has the event's `tag_key` already."""
-        known = self._memo.get(key)
-        if known is None:
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()
-            known = self._memo[key] = resolve_dimensions(event, self.registry, self.infer_provider)
-        return dict(known[0]), dict(known[1])
-
