@@ -121,20 +121,20 @@ class CallShape:
         self._template: RecordTemplate | None = None
 
     def cost_line(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """A cost line of this shape from the call's own fields (COST_LINE_OPEN_FIELDS, in a dict of its own that
-        this fills): a TemplatedRecord of the cost-line batch codec once the shape has its template, else a dict."""
+        """A cost line of this shape from the call's own fields (COST_LINE_OPEN_FIELDS, in a dict of its own): a
+        TemplatedRecord of the cost-line batch codec once the shape has its template (made from its second line, if
+        it is remembered), else that dict, filled."""
         tags = self.tags
-        fields.update(tags)
-        fields["tag_source"], fields["labels"] = dict(tags["tag_source"]), dict(tags["labels"])  # each line owns its maps
-        if not self.remembered:
-            return fields
-        codec = batch_codec_for("cost_line")
         if self._template is None:
-            self._lines += 1
-            if self._lines < 2:
-                return fields
-            self._template = codec.item_template(fields, COST_LINE_OPEN_FIELDS)
-        return TemplatedRecord(fields, codec, self._template)
+            fields.update(tags)
+            fields["tag_source"], fields["labels"] = dict(tags["tag_source"]), dict(tags["labels"])
+            self._lines += self.remembered
+            if self._lines >= 2:
+                self._template = batch_codec_for("cost_line").item_template(fields, COST_LINE_OPEN_FIELDS)
+            return fields
+        line = TemplatedRecord.of(batch_codec_for("cost_line"), self._template, tags, fields)
+        line["tag_source"], line["labels"] = dict(tags["tag_source"]), dict(tags["labels"])  # each line owns its maps
+        return line
 
 
 @dataclass(frozen=True)

@@ -483,6 +483,16 @@ class TemplatedRecord(dict):
     def copy(self) -> TemplatedRecord:  # type: ignore[override]
         return TemplatedRecord(self, self.codec, self.template)
 
+    @classmethod
+    def of(cls, codec: Any, template: RecordTemplate, *parts: Mapping[str, Any]) -> TemplatedRecord:
+        """A TemplatedRecord of `parts` merged in order, filled in place: no record built first and copied."""
+        record = cls.__new__(cls)
+        for part in parts:
+            record.update(part)
+        record.codec = codec
+        record.template = template
+        return record
+
 
 class BatchCodec:
     """A topic's values: a single item (Avro single-object of any item version, or a JSON object) or a batch
