@@ -278,7 +278,7 @@ class TumblingWindows:
                     known.clear()
                 key = known[(grouping, values)] = SeriesKey(grouping, values)
             keys.append(key)
-        if len(by_fields) >= KEYS_REMEMBERED:
+        if len(by_fields) >= SHARED_VIEWS_KEPT:  # the live shared mappings are at most these: keep no more alive
             by_fields.clear()
         by_fields[id(fields)] = (fields, tuple(keys))
         return keys

@@ -45,7 +45,7 @@ def usage_sample(line: Mapping[str, Any]) -> UsageSample | None:
     return UsageSample.from_usage_event(line, Decimal(line["cost_usd"]))
 
 
-FOLDED_FIELDS_KEPT = 10_000
+FOLDED_FIELDS_KEPT = 4096
 """Folded key-fields mappings a PartitionWatch keeps (forgotten all at once when full)."""
 OTHER_SERIES = "(other)"
 """The key value of a grouping's series that holds the traffic of series beyond `max_series_per_partition`."""
