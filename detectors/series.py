@@ -115,6 +115,27 @@ def shared_sample_views(event: Mapping[str, object]) -> tuple[Mapping[str, str],
     return views
 
 
+class MappingMemo:
+    """Values remembered per mapping object, for mappings shared between samples (`shared_sample_views`): keyed by
+    the mapping's id (and an extra hashable), with the mapping kept beside its value, so the id cannot be reused by
+    another mapping while the entry lives. At most `kept` entries (forgotten all at once when full)."""
+
+    __slots__ = ("_entries", "kept")
+
+    def __init__(self, kept: int):
+        self._entries: dict[tuple[int, Any], tuple[Mapping[str, str], Any]] = {}
+        self.kept = kept
+
+    def get(self, mapping: Mapping[str, str], extra: Any = None) -> Any:
+        entry = self._entries.get((id(mapping), extra))
+        return entry[1] if entry is not None and entry[0] is mapping else None
+
+    def put(self, mapping: Mapping[str, str], value: Any, extra: Any = None) -> None:
+        if len(self._entries) >= self.kept:
+            self._entries.clear()
+        self._entries[(id(mapping), extra)] = (mapping, value)
+
+
 @dataclass
 class WindowAggregate:
     cost: Decimal = Decimal(0)
@@ -261,13 +282,14 @@ class TumblingWindows:
 
     def keys_of(self, sample: UsageSample) -> list[SeriesKey]:
         """The series a sample counts in, one per grouping. Samples share their key-fields mapping
-        (shared_sample_views), so the keys are remembered per mapping: by its id, with the mapping itself kept
-        beside them, so the id cannot be reused while the entry lives."""
+        (shared_sample_views), so the keys are remembered per mapping (`MappingMemo`)."""
         fields = sample.fields
-        by_fields = self.__dict__.setdefault("_keys_by_fields", {})
-        remembered = by_fields.get(id(fields))
-        if remembered is not None and remembered[0] is fields:
-            return list(remembered[1])
+        by_fields = self.__dict__.get("_keys_by_fields")
+        if by_fields is None:  # the live shared mappings are at most SHARED_VIEWS_KEPT: keep no more alive
+            by_fields = self._keys_by_fields = MappingMemo(SHARED_VIEWS_KEPT)
+        remembered = by_fields.get(fields)
+        if remembered is not None:
+            return list(remembered)
         keys = []
         known = self.__dict__.setdefault("_keys", {})  # one SeriesKey per series: building a frozen dataclass costs
         for grouping, names in self.groupings.items():
@@ -278,9 +300,7 @@ class TumblingWindows:
                     known.clear()
                 key = known[(grouping, values)] = SeriesKey(grouping, values)
             keys.append(key)
-        if len(by_fields) >= SHARED_VIEWS_KEPT:  # the live shared mappings are at most these: keep no more alive
-            by_fields.clear()
-        by_fields[id(fields)] = (fields, tuple(keys))
+        by_fields.put(fields, tuple(keys))
         return keys
 
     def add(self, sample: UsageSample, skip: frozenset[SeriesKey] | set[SeriesKey] = frozenset()) -> WindowAdvance:

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from prismops.detectors.online import METRIC_CONFIGS, SEVERITIES, SeriesDetector, dump_state, load_state
-from prismops.detectors.series import GROUPINGS, SeriesKey, UsageSample, WindowAggregate
+from prismops.detectors.series import GROUPINGS, MappingMemo, SeriesKey, UsageSample, WindowAggregate
 from prismops.detectors.watch import AnomalyWatch, ScoredWindow, WatchStep
 from prismops.errors import FieldRuleError
 from prismops.settings import DetectorSettings
@@ -114,9 +114,8 @@ class PartitionWatch:
         self.dirty_models: set[SeriesKey] = set()  # detectors or baseline changed (a window closed)
         self.series_applied: dict[SeriesKey, int] = {}  # restored series ahead of last_offset
         self.shed: list[str] = []  # what the last save had to drop to fit, for logs and metrics
-        # a shared key-fields mapping, folded into (other) for some groupings: one mapping per (original, groupings),
-        # kept with the original so its id is not reused, as TumblingWindows.keys_of remembers keys per mapping
-        self._folded_fields: dict[tuple[int, tuple[str, ...]], tuple[Mapping[str, str], dict[str, str]]] = {}
+        # a shared key-fields mapping folded into (other) for some groupings: one mapping per (original, groupings)
+        self._folded_fields = MappingMemo(FOLDED_FIELDS_KEPT)
 
     @property
     def dirty(self) -> bool:
@@ -168,15 +167,12 @@ class PartitionWatch:
 
     def _folded(self, fields: Mapping[str, str], groupings: tuple[str, ...]) -> dict[str, str]:
         """`fields` with the key fields of `groupings` set to the (other) series, one mapping per combination."""
-        remembered = self._folded_fields.get((id(fields), groupings))
-        if remembered is not None and remembered[0] is fields:
-            return remembered[1]
-        folded = dict(fields)
-        for grouping in groupings:
-            folded.update({name: OTHER_SERIES for name in self.watch.windows.groupings[grouping]})
-        if len(self._folded_fields) >= FOLDED_FIELDS_KEPT:
-            self._folded_fields.clear()
-        self._folded_fields[(id(fields), groupings)] = (fields, folded)
+        folded = self._folded_fields.get(fields, groupings)
+        if folded is None:
+            folded = dict(fields)
+            for grouping in groupings:
+                folded.update({name: OTHER_SERIES for name in self.watch.windows.groupings[grouping]})
+            self._folded_fields.put(fields, folded, groupings)
         return folded
 
     def _recurring(self, key: SeriesKey, window: int) -> bool:

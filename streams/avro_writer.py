@@ -204,7 +204,7 @@ def _record_writer(schema: Mapping[str, Any], named: dict[str, Writer], namespac
     for field in schema["fields"]:
         fields.append((field["name"], compile_writer(field["type"], named, namespace), field.get("default"),
                        "default" in field))
-    scope: dict[str, Any] = {"zigzag": zigzag, "pack_double": _DOUBLE.pack, "pack_float": _FLOAT.pack}
+    scope: dict[str, Any] = dict(_GENERATED_SCOPE)
     for index, (_name_, write, default, _has_default) in enumerate(fields):
         scope[f"write_{index}"], scope[f"default_{index}"] = write, default
     source = _record_source([(name, field["type"], has_default)
@@ -229,6 +229,8 @@ _INLINE: dict[str, list[str]] = {
     "float": ["out += pack_float(value_)"],
 }
 _INLINE["int"] = _INLINE["long"]
+_GENERATED_SCOPE = {"zigzag": zigzag, "pack_double": _DOUBLE.pack, "pack_float": _FLOAT.pack}
+"""The names `_INLINE` code calls, for every generated writer's scope."""
 
 
 def _record_source(fields: list[tuple[str, Any, bool]]) -> str:
@@ -312,7 +314,7 @@ def _template_functions(writer: Writer, open_fields: frozenset[str]) -> tuple[Ca
     made = functions.get(open_fields)
     if made is not None:
         return made  # type: ignore[no-any-return]
-    scope: dict[str, Any] = {"zigzag": zigzag, "pack_double": _DOUBLE.pack, "pack_float": _FLOAT.pack}
+    scope: dict[str, Any] = dict(_GENERATED_SCOPE)
     writes = ["def write_template(value, out, fixed):"]
     parts = ["def fixed_parts(value):", "    parts = []", "    out = bytearray()"]
     runs, after_open = 0, True
