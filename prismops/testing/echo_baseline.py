@@ -12,6 +12,11 @@ the server side is known apart from the client's view, which also holds gRPC and
 The Router is timed under several `RouterScenario`s, one server each: the plain policy, rate limits and tier
 quotas (in process, and on Redis when one answers) set too high to refuse, and a concurrency cap whose lease
 each call gives back with ReportOutcome, so each row shows what that part of the policy adds to Decide.
+
+A run is made of rounds: each round times every scenario and then the echo, and a scenario's ratio to the echo
+is the median of its rounds' ratios, each against the echo of its own round. On a shared machine the rate of
+the same target swings by a third within minutes; a router timed at one minute against an echo timed at another
+measured that swing, while the calls of one round share the machine's mood.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import multiprocessing
 import queue
 import secrets
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -134,6 +140,22 @@ class LoadResult:
     @property
     def max_ms(self) -> float:
         return max(self.latencies_ms, default=0.0)
+
+    @classmethod
+    def merged(cls, parts: Sequence["LoadResult"]) -> "LoadResult":
+        """The loads of several rounds as one: calls, errors and seconds summed, latencies pooled."""
+        return cls(
+            requests=sum(part.requests for part in parts), concurrency=parts[0].concurrency,
+            errors=sum(part.errors for part in parts), seconds=sum(part.seconds for part in parts),
+            latencies_ms=tuple(ms for part in parts for ms in part.latencies_ms),
+            first_error=next((part.first_error for part in parts if part.first_error), ""),
+        )
+
+
+def median_ratio(measured: Sequence[LoadResult], baseline: Sequence[LoadResult]) -> float:
+    """The median over rounds of measured QPS / baseline QPS, each round against its own baseline (0.0 when a
+    baseline round made no call)."""
+    return statistics.median(m.qps / b.qps if b.qps else 0.0 for m, b in zip(measured, baseline, strict=True))
 
 
 def nearest_rank(values: Sequence[float], fraction: float) -> float:
@@ -510,13 +532,27 @@ def routed_call(client: Any, request: Any, releases_lease: bool) -> Callable[[],
 @dataclass(frozen=True)
 class RouterRun:
     """One scenario: client-side load, the Decide handler times (ms) of its timed calls, its first answer, and
-    the leases still held after the run (0 when every lease was given back)."""
+    the leases still held after the run (0 when every lease was given back). `rounds` holds each round's load
+    when the run was made of several (`compare_router_with_echo`); `load` is then all of them merged."""
 
     scenario: RouterScenario
     load: LoadResult
     server_ms: tuple[float, ...]
     first: Any
     leases_held_after: int
+    rounds: tuple[LoadResult, ...] = ()
+
+    @property
+    def round_loads(self) -> tuple[LoadResult, ...]:
+        return self.rounds or (self.load,)
+
+    @classmethod
+    def merged(cls, parts: Sequence["RouterRun"]) -> "RouterRun":
+        """The rounds of one scenario as one run: loads merged, server times pooled, the first round's answer, the
+        leases still held after the last round."""
+        return cls(parts[0].scenario, LoadResult.merged([part.load for part in parts]),
+                   tuple(ms for part in parts for ms in part.server_ms), parts[0].first, parts[-1].leases_held_after,
+                   tuple(part.load for part in parts))
 
 
 def time_router(
@@ -558,12 +594,14 @@ def time_router(
 @dataclass(frozen=True)
 class RouteBenchResult:
     """Each router scenario that ran (the first is the plain policy's in `prismops bench route`), the echo's
-    load and handler times (ms, timed calls only), and why each scenario that did not run was skipped."""
+    load and handler times (ms, timed calls only), each round's echo load, and why each scenario that did not run
+    was skipped."""
 
     runs: tuple[RouterRun, ...]
     echo: LoadResult
     echo_server_ms: tuple[float, ...] = ()
     skipped: tuple[str, ...] = ()
+    echo_rounds: tuple[LoadResult, ...] = ()
 
     @property
     def router(self) -> LoadResult:
@@ -582,6 +620,10 @@ class RouteBenchResult:
     def reason_code(self) -> str:
         return self.runs[0].first.reason_code
 
+    @property
+    def echo_round_loads(self) -> tuple[LoadResult, ...]:
+        return self.echo_rounds or (self.echo,)
+
 
 def compare_router_with_echo(
     settings: Any,
@@ -589,17 +631,21 @@ def compare_router_with_echo(
     requests: int,
     concurrency: int,
     warmup: int,
+    rounds: int = 1,
     scenarios: Sequence[RouterScenario] | None = None,
     on_progress: Callable[[str, int], None] = lambda name, done: None,
 ) -> RouteBenchResult:
-    """Each scenario's Router (in process, live table filled in memory) and then the echo, one after the other
-    with the same load; the echo gets the Decide request's bytes so payloads match. `on_progress` gets the
-    scenario's name (ECHO_SCENARIO for the echo) and the calls just done. A scenario whose limit store does
-    not answer is skipped with a note."""
+    """`rounds` rounds, each timing every scenario's Router (in process, live table filled in memory, a server
+    started for the round) and then the echo, with the same load: `requests` timed calls per target and round.
+    The echo gets the Decide request's bytes so payloads match. `on_progress` gets the scenario's name
+    (ECHO_SCENARIO for the echo) and the calls just done. A scenario whose limit store does not answer is skipped
+    with a note."""
     from prismops.gateway_grpc.server import ServeError
 
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds}: expected at least 1")
     table = bench_live_table()
-    runs: list[RouterRun] = []
+    ready: list[tuple[RouterScenario, Any]] = []
     skipped: list[str] = []
     for scenario in scenarios if scenarios is not None else bench_scenarios(concurrency):
         try:
@@ -610,16 +656,23 @@ def compare_router_with_echo(
         if problem:
             skipped.append(f"{scenario.name}: skipped, {problem}")
             continue
-        runs.append(time_router(state, scenario, requests=requests, concurrency=concurrency, warmup=warmup,
-                                on_progress=lambda done, name=scenario.name: on_progress(name, done)))
-    if not runs:
+        ready.append((scenario, state))
+    if not ready:
         raise RuntimeError("no router scenario could run: " + "; ".join(skipped))
 
+    per_scenario: list[list[RouterRun]] = [[] for _ in ready]
+    echo_rounds: list[LoadResult] = []
+    echo_server_ms: list[float] = []
     with EchoServer() as echo:
-        echo_timed_from: list[int] = []
-        echo_result = drive_unary_in_process_of_its_own(
-            "echo", echo.target, requests=requests, concurrency=concurrency, warmup=warmup,
-            on_progress=lambda done: on_progress(ECHO_SCENARIO, done),
-            on_start=lambda: echo_timed_from.append(len(echo.handler_ns)))
-    return RouteBenchResult(tuple(runs), echo_result, milliseconds(echo.handler_ns[echo_timed_from[0]:]),
-                            tuple(skipped))
+        for _ in range(rounds):
+            for (scenario, state), done in zip(ready, per_scenario):
+                done.append(time_router(state, scenario, requests=requests, concurrency=concurrency, warmup=warmup,
+                                        on_progress=lambda calls, name=scenario.name: on_progress(name, calls)))
+            echo_timed_from: list[int] = []
+            echo_rounds.append(drive_unary_in_process_of_its_own(
+                "echo", echo.target, requests=requests, concurrency=concurrency, warmup=warmup,
+                on_progress=lambda calls: on_progress(ECHO_SCENARIO, calls),
+                on_start=lambda: echo_timed_from.append(len(echo.handler_ns))))
+            echo_server_ms.extend(milliseconds(echo.handler_ns[echo_timed_from[0]:]))
+    return RouteBenchResult(tuple(RouterRun.merged(done) for done in per_scenario), LoadResult.merged(echo_rounds),
+                            tuple(echo_server_ms), tuple(skipped), tuple(echo_rounds))

@@ -18,7 +18,7 @@ from prismops.settings import Settings
 from prismops.testing import free_port
 from prismops.testing.echo_baseline import (
     BENCH_LEASE_CAP, ECHO_SCENARIO, PLAIN_SCENARIO, EchoServer, LoadResult, bench_decide_request, bench_live_table,
-    compare_router_with_echo, drive_unary, echo_call, lease_scenario, nearest_rank,
+    compare_router_with_echo, drive_unary, echo_call, lease_scenario, median_ratio, nearest_rank,
     rate_limits_scenario, scenario_state, time_router,
 )
 
@@ -133,6 +133,42 @@ def test_compare_keeps_the_server_times_of_the_timed_calls_only():
     assert all(ms >= 0 for ms in result.echo_server_ms)
 
 
+def test_rounds_time_each_scenario_and_the_echo_once_per_round_and_pool_the_timed_calls():
+    result = compare_router_with_echo(Settings(), requests=20, concurrency=2, warmup=4, rounds=3,
+                                      scenarios=[PLAIN_SCENARIO])
+
+    [run] = result.runs
+    assert [load.requests for load in run.rounds] == [20, 20, 20]
+    assert [load.requests for load in result.echo_rounds] == [20, 20, 20]
+    assert (run.load.requests, result.echo.requests) == (60, 60)
+    assert (len(run.server_ms), len(result.echo_server_ms)) == (60, 60)
+    assert run.load.seconds == pytest.approx(sum(load.seconds for load in run.rounds))
+
+
+def load(requests: int, seconds: float, latencies=(), errors: int = 0, first_error: str = "") -> LoadResult:
+    return LoadResult(requests=requests, concurrency=2, errors=errors, seconds=seconds, latencies_ms=tuple(latencies),
+                      first_error=first_error)
+
+
+def test_merged_loads_sum_calls_errors_and_seconds_and_pool_latencies():
+    merged = LoadResult.merged([load(10, 2.0, [1.0, 3.0]), load(30, 1.0, [2.0], errors=1, first_error="UNAVAILABLE")])
+
+    assert (merged.requests, merged.errors, merged.seconds, merged.first_error) == (40, 1, 3.0, "UNAVAILABLE")
+    assert sorted(merged.latencies_ms) == [1.0, 2.0, 3.0]
+    assert merged.qps == pytest.approx(40 / 3.0)
+
+
+def test_the_ratio_to_the_echo_is_the_median_of_each_round_against_its_own_echo():
+    # 0.8, 0.8 and 0.7 round by round: the median is 0.8, where the pooled rates would give 0.75
+    router = [load(80, 1.0), load(8, 1.0), load(70, 1.0)]
+    echo = [load(100, 1.0), load(10, 1.0), load(100, 1.0)]
+
+    assert median_ratio(router, echo) == pytest.approx(0.8)
+    assert median_ratio([load(5, 1.0)], [load(0, 0.0)]) == 0.0
+    with pytest.raises(ValueError):
+        median_ratio(router, echo[:2])
+
+
 def without_redis() -> Settings:
     """Settings whose Redis is a loopback port nobody listens on."""
     return Settings().with_overrides(redis={"port": free_port()})
@@ -217,7 +253,8 @@ def test_shared_limits_without_a_redis_are_skipped_with_a_note_not_timed():
 
 def test_bench_route_json_has_one_object_per_scenario_with_the_same_keys():
     result = CliRunner().invoke(
-        main, ["bench", "route", "--requests", "40", "--concurrency", "2", "--warmup", "4", "--format", "json"],
+        main, ["bench", "route", "--requests", "40", "--rounds", "1", "--concurrency", "2", "--warmup", "4",
+               "--format", "json"],
         obj=without_redis(),
     )
 
@@ -226,8 +263,8 @@ def test_bench_route_json_has_one_object_per_scenario_with_the_same_keys():
     assert [row["scenario"] for row in rows] == [
         "plain policy", "rate limits + tier quotas (local)", "lease: Decide + ReportOutcome release", ECHO_SCENARIO,
     ]
-    keys = {"scenario", "target", "requests", "concurrency", "errors", "qps", "p50_ms", "p99_ms", "max_ms",
-            "qps_vs_echo", "p50_vs_echo", "server_p50_ms", "server_p99_ms"}
+    keys = {"scenario", "target", "requests", "rounds", "concurrency", "errors", "qps", "qps_rounds", "p50_ms",
+            "p99_ms", "max_ms", "qps_vs_echo", "p50_vs_echo", "server_p50_ms", "server_p99_ms"}
     assert all(set(row) == keys for row in rows)
     assert all(row["errors"] == 0 and row["qps"] > 0 for row in rows)
     assert "rate limits + tier quotas (redis): skipped, no Redis answered" in result.stderr

@@ -64,44 +64,50 @@ def pipeline(settings: Settings, events: int, rate: int, steady_seconds: float, 
 
 @command.command("route")
 @click.option("--requests", "requests_", default=5000, show_default=True, type=click.IntRange(min=1),
-              help="timed calls per target")
+              help="timed calls per target and round")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="rounds, each timing every scenario and then the echo; ratios are the median of the rounds'")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
               help="client threads, each on its own channel")
 @click.option("--warmup", default=500, show_default=True, type=click.IntRange(min=0),
               help="untimed calls per target before timing")
 @FORMAT_OPTION
 @click.pass_obj
-def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt: str) -> None:
+def route(settings: Settings, requests_: int, rounds: int, concurrency: int, warmup: int, fmt: str) -> None:
     """Router Decide against a do-nothing gRPC echo, same process and load: what routing adds to a call, with
     the plain policy, with rate limits and tier quotas (local; on Redis when one answers) and with a
-    concurrency lease given back by ReportOutcome. JSON: one object per row, `scenario` naming it."""
+    concurrency lease given back by ReportOutcome. Each round times every scenario and then the echo; a row's
+    qps_vs_echo is the median of its rounds' ratios, each against its own round's echo (qps_rounds has each
+    round's rate). JSON: one object per row, `scenario` naming it."""
     from rich.progress import Progress
 
     from prismops.testing.echo_baseline import (
-        ECHO_SCENARIO, LoadResult, bench_scenarios, compare_router_with_echo, nearest_rank,
+        ECHO_SCENARIO, LoadResult, bench_scenarios, compare_router_with_echo, median_ratio, nearest_rank,
     )
 
     scenarios = bench_scenarios(concurrency)
     with Progress(console=stderr_console, transient=True) as progress:
-        tasks = {name: progress.add_task(name, total=requests_)
+        tasks = {name: progress.add_task(name, total=requests_ * rounds)
                  for name in [scenario.name for scenario in scenarios] + [ECHO_SCENARIO]}
         try:
             result = compare_router_with_echo(
-                settings, requests=requests_, concurrency=concurrency, warmup=warmup, scenarios=scenarios,
+                settings, requests=requests_, concurrency=concurrency, warmup=warmup, rounds=rounds,
+                scenarios=scenarios,
                 on_progress=lambda name, done: progress.advance(tasks[name], done),
             )
         except Exception as exc:
             fail(f"benchmark failed: {exc}")
 
-    def row(scenario: str, target: str, measured: LoadResult, baseline: LoadResult,
-            server_ms: tuple[float, ...]) -> dict:
+    def row(scenario: str, target: str, measured_rounds: tuple[LoadResult, ...], server_ms: tuple[float, ...]) -> dict:
+        measured, baseline = LoadResult.merged(measured_rounds), result.echo
         p50, baseline_p50 = measured.percentile_ms(0.50), baseline.percentile_ms(0.50)
         return {
-            "scenario": scenario, "target": target, "requests": measured.requests,
+            "scenario": scenario, "target": target, "requests": measured.requests, "rounds": len(measured_rounds),
             "concurrency": measured.concurrency, "errors": measured.errors, "qps": round(measured.qps, 1),
+            "qps_rounds": [round(load.qps, 1) for load in measured_rounds],
             "p50_ms": round(p50, 3), "p99_ms": round(measured.percentile_ms(0.99), 3),
             "max_ms": round(measured.max_ms, 3),
-            "qps_vs_echo": round(measured.qps / baseline.qps, 2) if baseline.qps else None,
+            "qps_vs_echo": round(median_ratio(measured_rounds, result.echo_round_loads), 2),
             "p50_vs_echo": round(p50 / baseline_p50, 2) if baseline_p50 else None,
             # inside the Decide (or echo) handler only, entry to response built, read in process after the run;
             # four places, as the echo's handler takes well under a microsecond
@@ -126,12 +132,13 @@ def route(settings: Settings, requests_: int, concurrency: int, warmup: int, fmt
         stderr_console.print(note, highlight=False)
     rows = [
         *(row(run.scenario.name, "routing.v1.Router/Decide + ReportOutcome" if run.scenario.releases_lease
-              else "routing.v1.Router/Decide", run.load, result.echo, run.server_ms)
+              else "routing.v1.Router/Decide", run.round_loads, run.server_ms)
           for run in result.runs),
-        row(ECHO_SCENARIO, "echo (gRPC floor)", result.echo, result.echo, result.echo_server_ms),
+        row(ECHO_SCENARIO, "echo (gRPC floor)", result.echo_round_loads, result.echo_server_ms),
     ]
     emit(rows, fmt, columns=None if fmt == "json" else table_columns,
-         title=f"Decide vs echo, {requests_} calls each, {concurrency} client threads, one process "
+         title=f"Decide vs echo, {rounds} round(s) of {requests_} calls each, {concurrency} client threads, "
+               "qps_vs_echo the median of the rounds' ratios, one process "
                f"(router chose {result.chosen_model}: {result.reason_code}); lease row: Decide + ReportOutcome "
                "per call, server columns the Decide handler alone")
 
