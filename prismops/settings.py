@@ -218,6 +218,10 @@ class SinkSettings(BaseModel):
     batch_max_wait_s: float = Field(
         default=0.25, gt=0, description="longest a poll waits for batch_max_rows records before writing what it has: "
         "the sink's share of a row's delay at moderate rates (batch records rarely fill a poll)")
+    gc_gen0_threshold: int = Field(
+        default=10_000, ge=100, description="allocations between two runs of Python's cycle collector in the sink "
+        "(Python's default is 700: decoding a 500-line batch keeps its lines alive until the insert, and the collector "
+        "then ran ten times a batch for 8-10 µs a line; streams.garbage_collector)")
 
 
 class SdkSettings(BaseModel):

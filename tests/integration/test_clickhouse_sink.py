@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import json
 import random
@@ -327,11 +328,19 @@ def test_routing_decisions_are_written_once_with_their_candidates(settings, clie
     assert rows[0][1:] == (["gpt-4o-mini", "o3"], [Decimal("0.000123456789"), None], [1, 0])
 
 
-def test_cli_migrate_sink_and_report_spend_speak_json(settings):
+@pytest.fixture
+def collector_thresholds_kept():
+    before = gc.get_threshold()
+    yield before
+    gc.set_threshold(*before)
+
+
+def test_cli_migrate_sink_and_report_spend_speak_json(settings, collector_thresholds_kept):
     env = {
         "PRISMOPS_KAFKA__TOPIC_NAMESPACE": settings.kafka.topic_namespace,
         "PRISMOPS_CLICKHOUSE__DATABASE": settings.clickhouse.database,
         "PRISMOPS_SINK__GROUP_ID": settings.sink.group_id,
+        "PRISMOPS_SINK__GC_GEN0_THRESHOLD": "4321",
     }
     cli = CliRunner()
     migrated = cli.invoke(main, ["migrate", "--format", "json"], env=env)
@@ -344,6 +353,7 @@ def test_cli_migrate_sink_and_report_spend_speak_json(settings):
     assert sunk.exit_code == 0, sunk.output
     assert json.loads(sunk.stdout)[0]["rows_written"] == 30
     assert "batch: " in sunk.stderr
+    assert gc.get_threshold() == (4321, *collector_thresholds_kept[1:])  # as the sink's settings say
 
     report = cli.invoke(main, ["report", "spend", "--format", "json"], env=env)
     assert report.exit_code == 0, report.output

@@ -18,6 +18,7 @@ from prismops.settings import Settings
 def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
     """Run the ClickHouse sink in the foreground; prints a line per batch to stderr and the totals at exit."""
     from prismops.sinks.runner import BatchReport, SinkRunner, default_routes
+    from prismops.streams.garbage_collector import tune_collector
     from prismops.streams.metrics import serve_metrics
     from prismops.streams.telemetry import configure_tracing
 
@@ -29,6 +30,7 @@ def command(settings: Settings, idle_s: float | None, fmt: str) -> None:
             style="dim", highlight=False,
         )
 
+    tune_collector(settings.sink.gc_gen0_threshold)
     serve_metrics(settings.sink.metrics_port, "sink")
     configure_tracing(settings, "sink")
     with run_until_signalled(settings) as stop, \
