@@ -123,6 +123,21 @@ class Limiter:
                 worst = Blocked(wait, charge)
         return worst
 
+    def blocked_each(self, groups: Sequence[Sequence[Charge]], now_s: float) -> list[Blocked | None]:
+        """`blocked` of each group, asking the store once for all of them (and again only for a group that would
+        wait and has several charges, to name the one with the longest wait)."""
+        waits = self.store.peek_each(groups, now_s)
+        return [None if wait <= 0 else Blocked(wait, group[0]) if len(group) == 1 else self.blocked(group, now_s)
+                for group, wait in zip(groups, waits, strict=True)]
+
+    def any_blocked(self, groups: Sequence[Sequence[Charge]], now_s: float) -> bool:
+        """Whether any group would wait now, asked of the store once."""
+        return any(wait > 0 for wait in self.store.peek_each(groups, now_s))
+
+    def take_unless_blocked(self, peeks: Sequence[Sequence[Charge]], take: Sequence[Charge], now_s: float) -> bool:
+        """Spend `take` when neither it nor any of `peeks` would wait, in one ask of the store; True when spent."""
+        return self.store.take_unless(peeks, take, now_s)
+
     def take(self, charges: Sequence[Charge], now_s: float) -> Blocked | None:
         """Spend all of `charges` or none; the refusing charge when none."""
         if not charges:

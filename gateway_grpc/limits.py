@@ -100,6 +100,10 @@ def window_wait(count: float, cost: float, limit: float, now_s: float, window_s:
 class LimitStore(Protocol):
     def peek(self, charges: Sequence[Charge], now_s: float) -> float: ...
 
+    def peek_each(self, groups: Sequence[Sequence[Charge]], now_s: float) -> list[float]: ...
+
+    def take_unless(self, peeks: Sequence[Sequence[Charge]], take: Sequence[Charge], now_s: float) -> bool: ...
+
     def take(self, charges: Sequence[Charge], now_s: float) -> tuple[float, Charge | None]: ...
 
     def adjust(self, charge: Charge, delta: float, now_s: float) -> None: ...
@@ -158,6 +162,23 @@ class LocalLimitStore:
                 if wait > worst:
                     worst = wait
         return worst
+
+    def peek_each(self, groups: Sequence[Sequence[Charge]], now_s: float) -> list[float]:
+        """`peek` of each group (what a Decide asks of the tenant's limits and every candidate's at once)."""
+        return [self.peek(group, now_s) for group in groups]
+
+    def take_unless(self, peeks: Sequence[Sequence[Charge]], take: Sequence[Charge], now_s: float) -> bool:
+        """Spend all of `take` when none of it and none of the `peeks` groups would wait; True when spent. A
+        remembered Decide checks its tenant's and every candidate's limits and spends its choice's in one ask."""
+        with self._lock:
+            for group in (*peeks, take):
+                for charge in group:
+                    if self._wait(charge, now_s) > 0:
+                        return False
+            self._trim()
+            for charge in take:
+                self._apply(charge, charge.cost, now_s)
+            return True
 
     def take(self, charges: Sequence[Charge], now_s: float) -> tuple[float, Charge | None]:
         """All charges or none: (0, None) when taken, else (wait, the charge with the longest wait)."""

@@ -654,11 +654,12 @@ class _Decision:
         return cost_from_prices(prices[0], prices[1], request.expected_input_tokens, request.expected_output_tokens)
 
     def apply_limits(self, candidates: list[_Candidate], tier_name: str | None, tokens: int, now_s: float) -> None:
-        """The tenant tier's model tiers, then each model's own rate limits (peeked, nothing spent)."""
+        """The tenant tier's model tiers, then each model's own rate limits (peeked all at once, nothing spent)."""
         limits, policy = self.state.limits, self.policy
         assert limits is not None
         _, tier = limits.tier_of(policy, self.request.tenant)
         allowed = set(tier.model_tiers) if tier is not None and tier.model_tiers else None
+        limited: list[_Candidate] = []
         for candidate in candidates:
             if allowed is not None:
                 spec = self.index.spec(candidate.key)
@@ -666,7 +667,9 @@ class _Decision:
                     candidate.class_problem = (f"tenant tier {tier_name} allows {', '.join(sorted(allowed))} models, "
                                                f"not {spec.tier if spec else 'models outside the catalog'}")
                     continue
-            blocked = limits.blocked(limits.model_charges(policy, candidate.key, tokens), now_s)
+            limited.append(candidate)
+        groups = [limits.model_charges(policy, candidate.key, tokens) for candidate in limited]
+        for candidate, blocked in zip(limited, limits.blocked_each(groups, now_s)):
             if blocked is not None:
                 candidate.limit_problem = f"rate limited: {blocked.charge.label} spent, free in {blocked.wait_s:.1f} s"
                 candidate.limit_wait_s = blocked.wait_s

@@ -808,19 +808,22 @@ class RouterServicer(routing_pb2_grpc.RouterServicer):
                 youngest = age_s
         limiter = entry.limiter
         now_s = now.timestamp()
-        if limiter is not None:
-            for charges in entry.peeks:
-                if charges and limiter.blocked(charges, now_s) is not None:
-                    return None
         decision_id = _decision_ids.new()
         routing_request = entry.request
-        # no concurrency cap in the (checked, unchanged) policy: no lease, as `_acquire_lease` would find
-        lease_id = self._acquire_lease(routing_request, decision_id, now, context) \
-            if installed.policy.limits.concurrency else ""
-        if limiter is not None and entry.take and limiter.take(entry.take, now_s) is not None:
-            # spent by a concurrent call since the peek: the engine decides again, as it would have
-            self._release_lease(lease_id, now)
-            return None
+        if not installed.policy.limits.concurrency:
+            # no concurrency cap in the (checked, unchanged) policy, so no lease, as `_acquire_lease` would find:
+            # the limits are checked and the choice's spent in one ask of the store
+            lease_id = ""
+            if limiter is not None and not limiter.take_unless_blocked(entry.peeks, entry.take, now_s):
+                return None
+        else:
+            if limiter is not None and entry.peeks and limiter.any_blocked(entry.peeks, now_s):
+                return None
+            lease_id = self._acquire_lease(routing_request, decision_id, now, context)
+            if limiter is not None and entry.take and limiter.take(entry.take, now_s) is not None:
+                # spent by a concurrent call since the peek: the engine decides again, as it would have
+                self._release_lease(lease_id, now)
+                return None
         if entry.counted:
             tokens = routing_request.expected_input_tokens + routing_request.expected_output_tokens
             state.reservations.add(decision_id, Reservation(entry.chosen, tokens, entry.counted, now_s + Reservations.TTL_S))

@@ -199,6 +199,69 @@ def policy(**changes):
     return parse_policy(yaml.safe_dump(document))
 
 
+class CountingStore(LocalLimitStore):
+    """The local store, counting how often the limiter asks it (each ask is a round trip on a shared store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asks = 0
+
+    def peek(self, charges, now_s):
+        self.asks += 1
+        return super().peek(charges, now_s)
+
+    def peek_each(self, groups, now_s):
+        self.asks += 1
+        return [LocalLimitStore.peek(self, group, now_s) for group in groups]
+
+
+KEYS = ("a", "b", "c")
+
+
+@settings(max_examples=60, deadline=None)
+@given(spent=st.lists(st.tuples(st.sampled_from(KEYS), st.integers(1, 6)), max_size=8),
+       groups=st.lists(st.lists(st.sampled_from(KEYS), max_size=3), max_size=5))
+def test_blocked_each_names_what_blocked_names_group_by_group_in_one_ask(spent, groups):
+    store = CountingStore()
+    limiter = Limiter(store)
+    for key, cost in spent:
+        store.take([bucket(key, limit=5, cost=cost)], T0)
+    charge_groups = [[bucket(key, limit=5, cost=2) for key in group] for group in groups]
+
+    store.asks = 0
+    each = limiter.blocked_each(charge_groups, T0 + 1)
+    asks = store.asks
+    one_by_one = [limiter.blocked(group, T0 + 1) for group in charge_groups]
+
+    assert each == one_by_one
+    assert limiter.any_blocked(charge_groups, T0 + 1) == any(b is not None for b in one_by_one)
+    # one ask for all the groups; a waiting group of several charges is asked again, charge by charge, to name
+    # the one with the longest wait (rare: a limit that refuses)
+    naming = sum(1 + len(group) for group, b in zip(charge_groups, each) if b is not None and len(group) > 1)
+    assert asks == 1 + naming
+
+
+@settings(max_examples=60, deadline=None)
+@given(spent=st.lists(st.tuples(st.sampled_from(KEYS), st.integers(1, 6)), max_size=8),
+       peeks=st.lists(st.lists(st.sampled_from(KEYS), max_size=3), max_size=4),
+       take=st.lists(st.sampled_from(KEYS), max_size=3))
+def test_take_unless_spends_the_take_only_when_nothing_checked_would_wait(spent, peeks, take):
+    asked, twin = LocalLimitStore(), LocalLimitStore()
+    for key, cost in spent:
+        for store in (asked, twin):
+            store.take([bucket(key, limit=5, cost=cost)], T0)
+    peek_groups = [[bucket(key, limit=5, cost=2) for key in group] for group in peeks]
+    take_charges = [bucket(key, limit=5, cost=1) for key in take]
+    clear = all(twin.peek([charge], T0 + 1) == 0 for group in (*peek_groups, take_charges) for charge in group)
+
+    taken = Limiter(asked).take_unless_blocked(peek_groups, take_charges, T0 + 1)
+
+    assert taken == clear
+    if clear:
+        assert twin.take(take_charges, T0 + 1) == (0.0, None)
+    assert (asked._buckets, asked._windows) == (twin._buckets, twin._windows)  # spent exactly what take would
+
+
 def test_tenant_charges_follow_the_tier_then_the_tenant():
     limiter = Limiter(LocalLimitStore())
     p = policy()
