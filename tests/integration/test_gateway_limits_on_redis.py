@@ -145,11 +145,21 @@ def test_a_cap_of_3_holds_for_20_concurrent_callers_spread_over_both_gateways(tw
     assert len(results) == 20 and 1 <= most <= 3
 
 
+def store_of_its_own(redis_settings: Settings, tmp_path: Path) -> RedisLimitStore:
+    """A store on the real server whose keys no other test touches."""
+    return RedisLimitStore.from_settings(redis_settings.redis.model_copy(
+        update={"key_prefix": f"{redis_settings.redis.key_prefix}{tmp_path.name}:"}))
+
+
+def scripts_run(store: RedisLimitStore) -> int:
+    """Lua script calls the real server has answered so far (its own count, from INFO commandstats)."""
+    return store._client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+
 def test_peek_each_answers_as_a_peek_of_each_group_in_one_script_call_and_spends_nothing(redis_settings, tmp_path):
     from prismops.gateway_grpc.limits import BUCKET, WINDOW, Charge
 
-    store = RedisLimitStore.from_settings(redis_settings.redis.model_copy(
-        update={"key_prefix": f"{redis_settings.redis.key_prefix}{tmp_path.name}:"}))
+    store = store_of_its_own(redis_settings, tmp_path)
     spent = Charge("model:spent:rpm", BUCKET, 2, 1, 60.0, "spent rpm 2")
     fresh = Charge("model:fresh:rpm", BUCKET, 2, 1, 60.0, "fresh rpm 2")
     daily = Charge("tier:daily:requests", WINDOW, 1, 1, 86_400.0, "daily requests 1")
@@ -157,13 +167,10 @@ def test_peek_each_answers_as_a_peek_of_each_group_in_one_script_call_and_spends
         assert store.take([charge], 0.0) == (0.0, None)
     groups = [[fresh], [], [spent], [fresh, daily], [fresh, spent]]
 
-    def scripts_run() -> int:  # counted by the real server
-        return store._client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-
-    before = scripts_run()
+    before = scripts_run(store)
     waits = store.peek_each(groups, 0.0)
 
-    assert scripts_run() - before == 1
+    assert scripts_run(store) - before == 1
     one_by_one = [store.peek(group, 0.0) if group else 0.0 for group in groups]
     assert waits == pytest.approx(one_by_one, abs=0.5)  # a spent bucket refills between the two asks
     assert waits[0] == waits[1] == 0.0 and min(waits[2], waits[3], waits[4]) > 0
@@ -174,17 +181,15 @@ def test_peek_each_answers_as_a_peek_of_each_group_in_one_script_call_and_spends
 def test_take_unless_checks_every_group_and_spends_the_last_in_one_script_call(redis_settings, tmp_path):
     from prismops.gateway_grpc.limits import BUCKET, Charge
 
-    store = RedisLimitStore.from_settings(redis_settings.redis.model_copy(
-        update={"key_prefix": f"{redis_settings.redis.key_prefix}{tmp_path.name}:"}))
+    store = store_of_its_own(redis_settings, tmp_path)
     tenant = Charge("tenant:acme:rpm", BUCKET, 3, 1, 60.0, "tenant acme rpm 3")
     chosen = Charge("model:chosen:rpm", BUCKET, 3, 1, 60.0, "chosen rpm 3")
     other = Charge("model:other:rpm", BUCKET, 1, 1, 60.0, "other rpm 1")
-    evalsha = lambda: store._client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731
 
     store.peek([other], 0.0)  # the script is loaded: every call below is one EVALSHA
-    before = evalsha()
+    before = scripts_run(store)
     assert store.take_unless([[tenant], [chosen], [other]], [tenant, chosen], 0.0)
-    assert evalsha() - before == 1
+    assert scripts_run(store) - before == 1
     assert store.peek([other], 0.0) == 0.0  # only checked, not spent
     assert store.peek([Charge("tenant:acme:rpm", BUCKET, 3, 3, 60.0)], 0.0) > 0  # 1 of 3 spent: 3 more would wait
 
