@@ -70,16 +70,18 @@ end
 -- spend the last group's charges (a take's or an adjust's only group); the groups before it were only checked
 for i = 1, #KEYS do
   local group, kind, limit, cost, win = unpack(charges[i])
-  if group == groups and kind == 'bucket' then
-    local level = math.min(limit, seen[i] - cost)
-    redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
-    local full_in = (limit - level) / (limit / win)
-    redis.call('PEXPIRE', KEYS[i], math.ceil((full_in + 1) * 1000))
-  elseif group == groups then
-    local start = math.floor(now / win) * win
-    local count = math.max(0, seen[i] + cost)
-    redis.call('HSET', KEYS[i], 's', tostring(start), 'c', tostring(count))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((start + win - now + 1) * 1000))
+  if group == groups then
+    if kind == 'bucket' then
+      local level = math.min(limit, seen[i] - cost)
+      redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
+      local full_in = (limit - level) / (limit / win)
+      redis.call('PEXPIRE', KEYS[i], math.ceil((full_in + 1) * 1000))
+    else
+      local start = math.floor(now / win) * win
+      local count = math.max(0, seen[i] + cost)
+      redis.call('HSET', KEYS[i], 's', tostring(start), 'c', tostring(count))
+      redis.call('PEXPIRE', KEYS[i], math.ceil((start + win - now + 1) * 1000))
+    end
   end
 end
 return {'0', 0}
@@ -144,14 +146,18 @@ class RedisLimitStore:
             self._last_error_log = now
             log.warning("shared limit store: %s failed, limits not enforced meanwhile: %s", what, error)
 
-    def _run(self, mode: str, charges: Sequence[Charge]) -> tuple[float, int]:
+    def _script(self, mode: str, groups: Sequence[Sequence[Charge]], failed_open: Any) -> Any:
+        """The limit script's reply for `groups`, or `failed_open` when Redis does not answer (logged, counted)."""
         import redis
 
         try:
-            wait, index = self._charges(keys=self._keys([charges]), args=self._args(mode, [charges]))
+            return self._charges(keys=self._keys(groups), args=self._args(mode, groups))
         except redis.RedisError as error:
             self._failed(mode, error)
-            return 0.0, 0
+            return failed_open
+
+    def _run(self, mode: str, charges: Sequence[Charge]) -> tuple[float, int]:
+        wait, index = self._script(mode, [charges], (0.0, 0))
         return float(wait), int(index)
 
     def _keys(self, groups: Sequence[Sequence[Charge]]) -> list[str]:
@@ -172,29 +178,16 @@ class RedisLimitStore:
     def peek_each(self, groups: Sequence[Sequence[Charge]], now_s: float) -> list[float]:
         """`peek` of each group in one script call: a Decide peeks its tenant and every candidate model, and on a
         loopback Redis each round trip cost about 200 µs of a 1.8 ms Decide that made five."""
-        import redis
-
         if not any(groups):
             return [0.0] * len(groups)
-        try:
-            waits = self._charges(keys=self._keys(groups), args=self._args("peek_each", groups))
-        except redis.RedisError as error:
-            self._failed("peek", error)
-            return [0.0] * len(groups)
-        return [float(wait) for wait in waits]
+        return [float(wait) for wait in self._script("peek_each", groups, [0.0] * len(groups))]
 
     def take_unless(self, peeks: Sequence[Sequence[Charge]], take: Sequence[Charge], now_s: float) -> bool:
         """`LocalLimitStore.take_unless` in one script call: every group checked, the last (`take`) spent."""
-        import redis
-
         groups = [*peeks, take]
         if not any(groups):
             return True
-        try:
-            _wait, index = self._charges(keys=self._keys(groups), args=self._args("take", groups))
-        except redis.RedisError as error:
-            self._failed("take", error)
-            return True
+        _wait, index = self._script("take", groups, (0.0, 0))
         return int(index) == 0
 
     def take(self, charges: Sequence[Charge], now_s: float) -> tuple[float, Charge | None]:

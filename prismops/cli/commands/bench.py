@@ -98,8 +98,9 @@ def route(settings: Settings, requests_: int, rounds: int, concurrency: int, war
         except Exception as exc:
             fail(f"benchmark failed: {exc}")
 
-    def row(scenario: str, target: str, measured_rounds: tuple[LoadResult, ...], server_ms: tuple[float, ...]) -> dict:
-        measured, baseline = LoadResult.merged(measured_rounds), result.echo
+    def row(scenario: str, target: str, measured: LoadResult, measured_rounds: tuple[LoadResult, ...],
+            server_ms: tuple[float, ...]) -> dict:
+        baseline = result.echo
         p50, baseline_p50 = measured.percentile_ms(0.50), baseline.percentile_ms(0.50)
         return {
             "scenario": scenario, "target": target, "requests": measured.requests, "rounds": len(measured_rounds),
@@ -132,9 +133,9 @@ def route(settings: Settings, requests_: int, rounds: int, concurrency: int, war
         stderr_console.print(note, highlight=False)
     rows = [
         *(row(run.scenario.name, "routing.v1.Router/Decide + ReportOutcome" if run.scenario.releases_lease
-              else "routing.v1.Router/Decide", run.round_loads, run.server_ms)
+              else "routing.v1.Router/Decide", run.load, run.round_loads, run.server_ms)
           for run in result.runs),
-        row(ECHO_SCENARIO, "echo (gRPC floor)", result.echo_round_loads, result.echo_server_ms),
+        row(ECHO_SCENARIO, "echo (gRPC floor)", result.echo, result.echo_round_loads, result.echo_server_ms),
     ]
     emit(rows, fmt, columns=None if fmt == "json" else table_columns,
          title=f"Decide vs echo, {rounds} round(s) of {requests_} calls each, {concurrency} client threads, "
