@@ -179,6 +179,10 @@ class HttpIngest:
         return deliveries.errors[0] if deliveries.errors else None
 
 
+DISCARDED_BODY_LIMITS = 8  # a refused body is read up to this many times the limit, then the socket closes
+DISCARD_READ_TIMEOUT_S = 5.0
+
+
 def _handler(ingest: HttpIngest) -> type[BaseHTTPRequestHandler]:
     limit = ingest.config.max_request_bytes
 
@@ -196,6 +200,7 @@ def _handler(ingest: HttpIngest) -> type[BaseHTTPRequestHandler]:
                 return
             if int(length) > limit:
                 self._answer(Answer(413, {"error": f"body of {length} bytes; at most {limit}"}), close=True)
+                self._discard_body(int(length))
                 return
             body = self.rfile.read(int(length))
             try:
@@ -204,6 +209,22 @@ def _handler(ingest: HttpIngest) -> type[BaseHTTPRequestHandler]:
                 log.exception("HTTP ingest failed")
                 answer = Answer(500, {"error": f"internal error: {type(exc).__name__}"})
             self._answer(answer)
+
+        def _discard_body(self, length: int) -> None:
+            """Read and drop a refused body (at most DISCARDED_BODY_LIMITS times the limit, each read within
+            DISCARD_READ_TIMEOUT_S) before the connection closes. Closed with the body unread, the socket resets,
+            and a client still sending it gets a broken pipe instead of the 413 already written to it."""
+            self.wfile.flush()
+            self.connection.settimeout(DISCARD_READ_TIMEOUT_S)
+            left = min(length, DISCARDED_BODY_LIMITS * limit)
+            try:
+                while left > 0:
+                    chunk = self.rfile.read1(min(left, 65536))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+            except OSError:
+                return
 
         def _answer(self, answer: Answer, close: bool = False) -> None:
             REQUESTS.labels(str(answer.status)).inc()
