@@ -7,7 +7,7 @@ One run, in this order, on a scratch topic namespace and ClickHouse database (bo
    each to a second scratch topic, timed from the first record consumed to the end of the flush. Same producer
    settings as the SDK.
 2. **Burst** — after one warm-up event has reached ClickHouse (worker, sink and gateway are up and assigned):
-   N simulated events through `UsageProducer.record_llm_call` + flush (SDK rate); a sampler reads the worker's
+   N events, simulated beforehand, through `UsageProducer.record_llm_call` + flush (SDK rate); a sampler reads the worker's
    count of cost lines out (`worker_lines_out`) and the rows in ClickHouse every 0.25 s (worker and sink rates);
    end to end is first produce → the last row queryable (`wait_for_rows`, FINAL).
 3. **Steady** — events paced at `rate` for `steady_seconds`. Every `PROBE_INTERVAL_S` one event of the
@@ -17,6 +17,12 @@ One run, in this order, on a scratch topic namespace and ClickHouse database (bo
    Decide is polled for that tenant until it refuses (reaction = refusal seen − crossing produced). Every
    successful Decide of the run gives a `live_table_age_ms`.
 4. The worker's peak RSS (VmHWM of its process) before it is stopped.
+5. **CPU per event** of the burst, per process: the bench process while it produced (the SDK: the burst's events
+   are simulated before the clock starts) and the worker, sink, gateway, Kafka broker and ClickHouse server from the
+   first produce to the last row. Their sum, times a rate, is the CPU cores that rate needs on this code: at P1's
+   50,000 ev/s as measured, and again with the worker at P1's own budget (1 s / 50,000 = 20 µs an event), beside
+   the cores this machine has. A per-event cost measured at the burst's rate is an estimate at a higher one: batches
+   fill further and cost less per event there, the broker's and ClickHouse's most.
 
 The figures come back as one flat dict whose keys are `RESULT_KEYS` (table and JSON alike). This module may
 not import the CLI (layers), so the CLI hands in the demo's pieces: `demo_settings` and `wait_for_rows`.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 import threading
 import time
@@ -42,6 +49,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from prismops.gateway_grpc.client import RouterClient, wait_for_router
 from prismops.infra.components import Components
+from prismops.infra.processes import cpu_seconds
+from prismops.infra.stack import LocalStack
 from prismops.settings import Settings
 from prismops.sinks.clickhouse import clickhouse_client, table_ref
 from prismops.sinks.migrations import apply_migrations
@@ -66,6 +75,9 @@ AGE_SAMPLE_S = 0.1
 SAMPLE_S = 0.25
 PASSTHROUGH_MIN_RECORDS = 100_000  # fewer records move in a few tens of milliseconds: too short to time
 HELD_SHARE = 0.95  # the steady rate counts as held when at least this share of it was achieved
+P1_EVENTS_PER_S = 50_000  # issue 13's P1: events/s through one worker end to end
+P1_WORKER_US_PER_EVENT = 1e6 / P1_EVENTS_PER_S  # one worker process is one core: its whole budget per event
+CPU_PROCESSES = ("sdk", "worker", "sink", "gateway", "kafka", "clickhouse")
 # the request whose Decide samples the live table age (the demo's first routing scenario)
 AGE_REQUEST: dict[str, Any] = {"service": "search", "feature": "rerank", "latency_slo_ms": 1200,
                                "allowed": [("openai", "gpt-4o-mini"), ("google", "gemini-2.0-flash")]}
@@ -76,7 +88,8 @@ RESULT_KEYS: dict[str, str] = {
     "record_bytes": "mean usage record value size; the pass-through moves records of this size",
     "passthrough_msgs_per_s": "floor: plain confluent-kafka consume → produce → flush on scratch topics "
                               f"(max(events, {PASSTHROUGH_MIN_RECORDS}) records)",
-    "sdk_produce_events_per_s": "UsageProducer.record_llm_call + flush (acks=all, idempotent)",
+    "sdk_produce_events_per_s": "UsageProducer.record_llm_call + flush (acks=all, idempotent) of events simulated "
+                                "beforehand",
     "worker_events_per_s": "cost lines out of the worker, first → last line of the burst",
     "sink_rows_per_s": "rows appearing in ClickHouse cost_lines, first → last row of the burst",
     "end_to_end_seconds": "first produce → last row queryable in ClickHouse (FINAL count)",
@@ -99,6 +112,18 @@ RESULT_KEYS: dict[str, str] = {
     "live_table_age_max_ms": "live_table_age_ms of the Decide answers during the steady run, max",
     "worker_peak_rss_mib": "VmHWM of the worker process",
     "worker_output_path": "worker.output_path: how the worker's outputs and changelogs reached Kafka",
+    "cpu_us_per_event_sdk": "bench process CPU while it produced the burst (UsageProducer and librdkafka) / events",
+    "cpu_us_per_event_worker": "worker process CPU, first produce → last row of the burst / events",
+    "cpu_us_per_event_sink": "sink process CPU over the burst / events",
+    "cpu_us_per_event_gateway": "gateway process CPU over the burst / events",
+    "cpu_us_per_event_kafka": "Kafka broker process CPU over the burst / events",
+    "cpu_us_per_event_clickhouse": "ClickHouse server process CPU over the burst / events",
+    "cpu_us_per_event_total": "the six above together: what one event costs this machine end to end",
+    "cores_needed_at_p1": f"cpu_us_per_event_total × {P1_EVENTS_PER_S:,} ev/s: CPU cores P1 needs on this code",
+    "cores_needed_at_p1_worker_on_budget": f"the same with the worker at P1's {P1_WORKER_US_PER_EVENT:g} µs an "
+                                           "event: the cores the other processes leave no room for",
+    "cores_needed_at_steady_rate": "cpu_us_per_event_total × the steady target rate",
+    "machine_cores": "CPU cores this process may run on (os.sched_getaffinity)",
     "notes": "what limits or invalidates the figures above",
 }
 
@@ -200,6 +225,10 @@ def _round(value: float | None) -> int | None:
     return None if value is None else round(value)
 
 
+def _round1(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 # --- measurements ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -214,12 +243,58 @@ class PassThrough:
 
 
 @dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds each process of CPU_PROCESSES used for a number of events (None: it could not be read)."""
+
+    events: int
+    seconds: Mapping[str, float | None] = field(default_factory=dict)
+
+    def us_per_event(self, process: str) -> float | None:
+        used = self.seconds.get(process)
+        return None if used is None or self.events <= 0 else 1e6 * used / self.events
+
+    def total_us_per_event(self) -> float | None:
+        """Every process's together; None unless every one was read (a partial sum would understate the need)."""
+        each = [self.us_per_event(process) for process in CPU_PROCESSES]
+        return None if any(us is None for us in each) else sum(each)  # type: ignore[arg-type]
+
+    def cores_at(self, events_per_s: float, worker_us_per_event: float | None = None) -> float | None:
+        """CPU cores `events_per_s` needs at these per-event costs, the worker's replaced by `worker_us_per_event`
+        when given."""
+        total, worker = self.total_us_per_event(), self.us_per_event("worker")
+        if total is None or worker is None:
+            return None
+        if worker_us_per_event is not None:
+            total += worker_us_per_event - worker
+        return total * events_per_s / 1e6
+
+
+class CpuClock:
+    """Reads the CPU seconds of named processes at a start and an end (`/proc/<pid>/stat`): a process gone at
+    either reading has none."""
+
+    def __init__(self, pids: Mapping[str, int | None]):
+        self.pids = dict(pids)
+        self.started = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        return {name: None if pid is None else cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def used(self) -> dict[str, float | None]:
+        ended = self._read()
+        return {name: None if self.started[name] is None or ended[name] is None
+                else ended[name] - self.started[name]  # type: ignore[operator]
+                for name in self.pids}
+
+
+@dataclass(frozen=True)
 class Burst:
     events: int
     produce_seconds: float
     end_to_end_seconds: float
     worker_events_per_s: float | None
     sink_rows_per_s: float | None
+    cpu: CpuUse = field(default_factory=lambda: CpuUse(0))
 
 
 @dataclass
@@ -265,6 +340,15 @@ def assemble_result(passthrough: PassThrough, burst: Burst, steady: Steady, work
     for name, value in (("worker", burst.worker_events_per_s), ("sink", burst.sink_rows_per_s)):
         if value is None:
             notes.append(f"the {name} rate could not be sampled (its counter never moved across two samples)")
+    unread = [process for process in CPU_PROCESSES if burst.cpu.us_per_event(process) is None]
+    if unread:
+        notes.append(f"no CPU figure for {', '.join(unread)} (the process was not ours or was gone), so no total "
+                     "and no cores")
+    cores = len(os.sched_getaffinity(0))
+    p1_cores, p1_rest = burst.cpu.cores_at(P1_EVENTS_PER_S), burst.cpu.cores_at(P1_EVENTS_PER_S, P1_WORKER_US_PER_EVENT)
+    if p1_rest is not None and p1_rest > cores:
+        notes.append(f"P1 needs {p1_cores:.1f} CPU cores at these costs and {p1_rest:.1f} even with the worker on "
+                     f"its budget; this machine has {cores}")
     result = {
         "events": burst.events,
         "record_bytes": round(passthrough.record_bytes),
@@ -292,6 +376,12 @@ def assemble_result(passthrough: PassThrough, burst: Burst, steady: Steady, work
         "live_table_age_max_ms": _round(max(steady.table_ages_ms, default=None)),
         "worker_peak_rss_mib": round(worker_rss_kib / 1024, 1) if worker_rss_kib is not None else None,
         "worker_output_path": output_path,
+        **{f"cpu_us_per_event_{process}": _round1(burst.cpu.us_per_event(process)) for process in CPU_PROCESSES},
+        "cpu_us_per_event_total": _round1(burst.cpu.total_us_per_event()),
+        "cores_needed_at_p1": _round1(p1_cores),
+        "cores_needed_at_p1_worker_on_budget": _round1(p1_rest),
+        "cores_needed_at_steady_rate": _round1(burst.cpu.cores_at(steady.target_per_s)),
+        "machine_cores": cores,
         "notes": notes,
     }
     assert list(result) == list(RESULT_KEYS)
@@ -584,17 +674,23 @@ def bench_settings(base: Settings, scratch: Settings, budgets_file: Path) -> Set
 
 
 def _run_burst(settings: Settings, options: PipelineBenchOptions, components: Components, producer: UsageProducer,
-               wait_for_rows: WaitForRows, progress: Progress) -> Burst:
+               wait_for_rows: WaitForRows, progress: Progress, server_pids: Mapping[str, int | None]) -> Burst:
+    events = list(TrafficGenerator(seed=int(time.time())).events(options.events))  # the simulator is not the SDK
     sampler = CountSampler(settings)
     base_lines, base_rows = sampler.sample_now()
     sampler.start()
     try:
         progress(f"burst: {options.events} simulated LLM calls through the SDK…")
+        clock = CpuClock({name: components.processes[name].pid for name in ("worker", "sink", "gateway")}
+                         | dict(server_pids))
+        sdk_cpu_started = time.process_time()
         started = time.perf_counter()
-        produced = simulate(producer, TrafficGenerator(seed=int(time.time())).events(options.events),
+        produced = simulate(producer, iter(events),
                             progress=lambda n: progress(f"  produced {n}/{options.events}") if n % 5000 == 0 else None)
+        sdk_cpu = time.process_time() - sdk_cpu_started
         progress(f"produced {produced.events} in {produced.seconds:.1f} s; waiting for every row in ClickHouse…")
         finished = wait_for_rows(settings, base_rows + options.events, components, options.timeout_s)
+        used = clock.used()
         sampler.sample_now()
     finally:
         sampler.stop()
@@ -602,6 +698,7 @@ def _run_burst(settings: Settings, options: PipelineBenchOptions, components: Co
         events=options.events, produce_seconds=produced.seconds, end_to_end_seconds=finished - started,
         worker_events_per_s=span_rate(sampler.lines, base_lines, options.events),
         sink_rows_per_s=span_rate(sampler.rows, base_rows, options.events),
+        cpu=CpuUse(options.events, {"sdk": sdk_cpu, **used}),
     )
 
 
@@ -713,7 +810,9 @@ def _measure_pipeline(base: Settings, options: PipelineBenchOptions, progress: P
                 producer.record_llm_call(TrafficGenerator(seed=3).event() | {"tenant": WARMUP_TENANT})
                 producer.flush()
                 wait_for_rows(settings, 1, components, 120)
-                burst = _run_burst(settings, options, components, producer, wait_for_rows, progress)
+                servers = {server.name: server.our_pid() for server in LocalStack(base).servers
+                           if server.name in CPU_PROCESSES}
+                burst = _run_burst(settings, options, components, producer, wait_for_rows, progress, servers)
                 steady = _run_steady(settings, options, target, producer, progress)
                 components.check_alive()
                 rss = peak_rss_kib(components.processes["worker"].pid)

@@ -4,6 +4,8 @@ against a real broker when one is up. Behaviour only: no timing is asserted."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 
 import pytest
 import yaml
@@ -16,7 +18,7 @@ from prismops.streams.codecs import codec_for
 from prismops.streams.simulation import TrafficGenerator
 from prismops.testing import pipeline_bench as bench
 from prismops.testing.pipeline_bench import (
-    RESULT_KEYS, Burst, PassThrough, Steady, assemble_result, cost_lines_in_metrics, percentile, result_rows,
+    RESULT_KEYS, Burst, CpuClock, CpuUse, PassThrough, Steady, assemble_result, cost_lines_in_metrics, percentile, result_rows,
     span_rate, steady_schedule,
 )
 
@@ -115,7 +117,12 @@ def test_a_probe_keeps_its_request_id_on_the_way_to_a_cost_line():
 
 # --- the result --------------------------------------------------------------------------------------------------
 
-def measured(**steady_fields) -> dict:
+# 20,000 events: the SDK 1.0 s (50 µs an event), worker 2.4 s (120), sink 0.6 s (30), gateway 0.02 s (1), Kafka
+# 0.2 s (10), ClickHouse 0.4 s (20): 231 µs an event in all
+CPU = CpuUse(20_000, {"sdk": 1.0, "worker": 2.4, "sink": 0.6, "gateway": 0.02, "kafka": 0.2, "clickhouse": 0.4})
+
+
+def measured(cpu: CpuUse = CPU, **steady_fields) -> dict:
     steady = Steady(target_per_s=1000, seconds=10, produced=10_000, produce_seconds=10.0, backlog=0,
                     freshness_ms=[120.0, 80.0, 300.0], reactions_ms=[900.0, 1100.0], table_ages_ms=[200.0, 700.0],
                     drain_s=2.0)
@@ -123,7 +130,7 @@ def measured(**steady_fields) -> dict:
         setattr(steady, name, value)
     return assemble_result(PassThrough(records=20_000, seconds=0.5, record_bytes=196.4),
                            Burst(events=20_000, produce_seconds=4.0, end_to_end_seconds=50.0,
-                                 worker_events_per_s=500.0, sink_rows_per_s=800.0),
+                                 worker_events_per_s=500.0, sink_rows_per_s=800.0, cpu=cpu),
                            steady, worker_rss_kib=200 * 1024, output_path="librdkafka")
 
 
@@ -133,7 +140,8 @@ def test_the_result_has_every_documented_key_in_order():
     assert all(description for description in RESULT_KEYS.values())
 
 
-def test_the_result_computes_rates_and_ratios_against_the_pass_through():
+def test_the_result_computes_rates_and_ratios_against_the_pass_through(monkeypatch):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: set(range(16)))  # P1 fits: no note on it
     result = measured()
     assert result["passthrough_msgs_per_s"] == 40_000
     assert result["sdk_produce_events_per_s"] == 5000
@@ -159,6 +167,44 @@ def test_the_notes_say_when_the_rate_was_not_held_and_what_was_never_seen():
     notes = " ".join(result["notes"])
     assert "not held" in notes and "500 of 1,000" in notes
     assert "1 of 2 probes" in notes and "1 of 1 budget crossings" in notes and "live table age" in notes
+
+
+def test_cpu_per_event_adds_up_to_the_cores_a_rate_needs():
+    assert CPU.us_per_event("worker") == pytest.approx(120.0)
+    assert CPU.total_us_per_event() == pytest.approx(231.0)
+    assert CPU.cores_at(50_000) == pytest.approx(11.55)
+    assert CPU.cores_at(50_000, worker_us_per_event=20.0) == pytest.approx(131 * 50_000 / 1e6)
+    assert CPU.cores_at(10_000) == pytest.approx(2.31)
+
+
+def test_the_result_gives_cpu_per_process_and_the_cores_p1_needs_beside_the_machines(monkeypatch):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
+    result = measured()
+    assert (result["cpu_us_per_event_sdk"], result["cpu_us_per_event_worker"], result["cpu_us_per_event_sink"],
+            result["cpu_us_per_event_gateway"], result["cpu_us_per_event_kafka"],
+            result["cpu_us_per_event_clickhouse"]) == (50.0, 120.0, 30.0, 1.0, 10.0, 20.0)
+    assert result["cpu_us_per_event_total"] == 231.0
+    assert (result["cores_needed_at_p1"], result["cores_needed_at_p1_worker_on_budget"]) == (11.6, 6.5)
+    assert (result["cores_needed_at_steady_rate"], result["machine_cores"]) == (0.2, 2)
+    assert result["notes"] == ["P1 needs 11.6 CPU cores at these costs and 6.5 even with the worker on its budget; "
+                               "this machine has 2"]
+
+
+def test_a_process_whose_cpu_was_not_read_leaves_no_total_and_says_so():
+    result = measured(CpuUse(20_000, {**CPU.seconds, "clickhouse": None}))
+    assert result["cpu_us_per_event_kafka"] == 10.0 and result["cpu_us_per_event_clickhouse"] is None
+    assert (result["cpu_us_per_event_total"], result["cores_needed_at_p1"]) == (None, None)
+    assert any("no CPU figure for clickhouse" in note for note in result["notes"])
+
+
+def test_the_cpu_clock_reads_what_a_live_process_used_and_nothing_for_one_never_there():
+    clock = CpuClock({"self": os.getpid(), "gone": None})
+    spent_until = time.process_time() + 0.05
+    while time.process_time() < spent_until:
+        pass
+    used = clock.used()
+    assert used["gone"] is None
+    assert used["self"] >= 0.04  # clock ticks are 10 ms: 50 ms of CPU reads as at least 40
 
 
 def test_the_table_has_one_row_per_key():
