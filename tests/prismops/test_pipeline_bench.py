@@ -118,7 +118,7 @@ def test_a_probe_keeps_its_request_id_on_the_way_to_a_cost_line():
 # --- the result --------------------------------------------------------------------------------------------------
 
 # 20,000 events: the SDK 1.0 s (50 µs an event), worker 2.4 s (120), sink 0.6 s (30), gateway 0.02 s (1), Kafka
-# 0.2 s (10), ClickHouse 0.4 s (20): 231 µs an event in all
+# 0.2 s (10), ClickHouse 0.4 s (20): 201 µs an event of PrismOps' processes, 231 in all
 CPU = CpuUse(20_000, {"sdk": 1.0, "worker": 2.4, "sink": 0.6, "gateway": 0.02, "kafka": 0.2, "clickhouse": 0.4})
 
 
@@ -169,12 +169,13 @@ def test_the_notes_say_when_the_rate_was_not_held_and_what_was_never_seen():
     assert "1 of 2 probes" in notes and "1 of 1 budget crossings" in notes and "live table age" in notes
 
 
-def test_cpu_per_event_adds_up_to_the_cores_a_rate_needs():
+def test_cpu_per_event_adds_up_to_the_cores_a_rate_needs_of_prismops_processes():
     assert CPU.us_per_event("worker") == pytest.approx(120.0)
     assert CPU.total_us_per_event() == pytest.approx(231.0)
-    assert CPU.cores_at(50_000) == pytest.approx(11.55)
-    assert CPU.cores_at(50_000, worker_us_per_event=20.0) == pytest.approx(131 * 50_000 / 1e6)
-    assert CPU.cores_at(10_000) == pytest.approx(2.31)
+    assert CPU.total_us_per_event(bench.PRISMOPS_PROCESSES) == pytest.approx(201.0)
+    assert CPU.cores_at(50_000) == pytest.approx(10.05)  # the broker and ClickHouse are not in it
+    assert CPU.cores_at(50_000, worker_us_per_event=20.0) == pytest.approx(101 * 50_000 / 1e6)
+    assert CPU.cores_at(10_000) == pytest.approx(2.01)
 
 
 def test_the_result_gives_cpu_per_process_and_the_cores_p1_needs_beside_the_machines(monkeypatch):
@@ -183,18 +184,21 @@ def test_the_result_gives_cpu_per_process_and_the_cores_p1_needs_beside_the_mach
     assert (result["cpu_us_per_event_sdk"], result["cpu_us_per_event_worker"], result["cpu_us_per_event_sink"],
             result["cpu_us_per_event_gateway"], result["cpu_us_per_event_kafka"],
             result["cpu_us_per_event_clickhouse"]) == (50.0, 120.0, 30.0, 1.0, 10.0, 20.0)
-    assert result["cpu_us_per_event_total"] == 231.0
-    assert (result["cores_needed_at_p1"], result["cores_needed_at_p1_worker_on_budget"]) == (11.6, 6.5)
+    assert (result["cpu_us_per_event_prismops"], result["cpu_us_per_event_total"]) == (201.0, 231.0)
+    assert (result["cores_needed_at_p1"], result["cores_needed_at_p1_worker_on_budget"]) == (10.1, 5.0)
     assert (result["cores_needed_at_steady_rate"], result["machine_cores"]) == (0.2, 2)
-    assert result["notes"] == ["P1 needs 11.6 CPU cores at these costs and 6.5 even with the worker on its budget; "
-                               "this machine has 2"]
+    assert result["notes"] == ["P1 needs at least 10.1 CPU cores of PrismOps' processes at these costs, and 5.0 "
+                               "even with the worker on its budget; this machine has 2"]
 
 
 def test_a_process_whose_cpu_was_not_read_leaves_no_total_and_says_so():
     result = measured(CpuUse(20_000, {**CPU.seconds, "clickhouse": None}))
     assert result["cpu_us_per_event_kafka"] == 10.0 and result["cpu_us_per_event_clickhouse"] is None
-    assert (result["cpu_us_per_event_total"], result["cores_needed_at_p1"]) == (None, None)
+    assert result["cpu_us_per_event_total"] is None
+    assert (result["cpu_us_per_event_prismops"], result["cores_needed_at_p1"]) == (201.0, 10.1)
     assert any("no CPU figure for clickhouse" in note for note in result["notes"])
+    result = measured(CpuUse(20_000, {**CPU.seconds, "sink": None}))
+    assert (result["cpu_us_per_event_prismops"], result["cores_needed_at_p1"]) == (None, None)
 
 
 def test_the_cpu_clock_reads_what_a_live_process_used_and_nothing_for_one_never_there():
