@@ -467,9 +467,16 @@ def bench_live_table() -> Any:
     from prismops.gateway_grpc.live_table import LiveModelTable
 
     table = LiveModelTable()
+    refresh_live_rows(table)
+    return table
+
+
+def refresh_live_rows(table: Any) -> None:
+    """The bench's rows published anew, as the live-stats agent keeps publishing them: rows filled once go stale
+    after the policy's `live.max_age_s` (60 s), and a round timed after that measured the static fallback, not the
+    routing the row is named for."""
     for row in bench_live_rows(dt.datetime.now(dt.timezone.utc)):
         table.upsert(row)
-    return table
 
 
 def scenario_state(settings: Any, scenario: RouterScenario, table: Any) -> Any:
@@ -635,8 +642,8 @@ def compare_router_with_echo(
     scenarios: Sequence[RouterScenario] | None = None,
     on_progress: Callable[[str, int], None] = lambda name, done: None,
 ) -> RouteBenchResult:
-    """`rounds` rounds, each timing every scenario's Router (in process, live table filled in memory, a server
-    started for the round) and then the echo, with the same load: `requests` timed calls per target and round.
+    """`rounds` rounds, each timing every scenario's Router (in process, live table filled in memory and its rows
+    published anew before each scenario's round, a server started for the round) and then the echo, with the same load: `requests` timed calls per target and round.
     The echo gets the Decide request's bytes so payloads match. `on_progress` gets the scenario's name
     (ECHO_SCENARIO for the echo) and the calls just done. A scenario whose limit store does not answer is skipped
     with a note."""
@@ -666,6 +673,7 @@ def compare_router_with_echo(
     with EchoServer() as echo:
         for _ in range(rounds):
             for (scenario, state), done in zip(ready, per_scenario):
+                refresh_live_rows(table)
                 done.append(time_router(state, scenario, requests=requests, concurrency=concurrency, warmup=warmup,
                                         on_progress=lambda calls, name=scenario.name: on_progress(name, calls)))
             echo_timed_from: list[int] = []

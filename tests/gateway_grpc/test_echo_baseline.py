@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 
@@ -15,7 +16,7 @@ from prismops.cli.app import main
 from prismops.gateway_grpc.client import RouterClient, refusal_hints
 from prismops.gateway_grpc.server import DiscardingPublisher, build_server
 from prismops.settings import Settings
-from prismops.testing import free_port
+from prismops.testing import echo_baseline, free_port
 from prismops.testing.echo_baseline import (
     BENCH_LEASE_CAP, ECHO_SCENARIO, PLAIN_SCENARIO, EchoServer, LoadResult, bench_decide_request, bench_live_table,
     compare_router_with_echo, drive_unary, echo_call, lease_scenario, median_ratio, nearest_rank,
@@ -143,6 +144,21 @@ def test_rounds_time_each_scenario_and_the_echo_once_per_round_and_pool_the_time
     assert (run.load.requests, result.echo.requests) == (60, 60)
     assert (len(run.server_ms), len(result.echo_server_ms)) == (60, 60)
     assert run.load.seconds == pytest.approx(sum(load.seconds for load in run.rounds))
+
+
+def test_every_round_routes_on_rows_published_just_before_it(monkeypatch: pytest.MonkeyPatch):
+    # the policy serves live rows for 60 s: a run of several rounds outlasts rows published once
+    published: list[dt.datetime] = []
+    real_time_router = echo_baseline.time_router
+
+    def time_router(state, scenario, **kwargs):  # type: ignore[no-untyped-def]
+        published.append(state.table.get("openai", "gpt-4o-mini")["updated_at"])
+        return real_time_router(state, scenario, **kwargs)
+
+    monkeypatch.setattr(echo_baseline, "time_router", time_router)
+    compare_router_with_echo(Settings(), requests=5, concurrency=1, warmup=1, rounds=3, scenarios=[PLAIN_SCENARIO])
+
+    assert len(published) == 3 and published == sorted(set(published))
 
 
 def load(requests: int, seconds: float, latencies=(), errors: int = 0, first_error: str = "") -> LoadResult:
