@@ -236,7 +236,10 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 15051
     metrics_port: int = Field(default=15052, description="HTTP /metrics of the gateway; 0: off")
-    max_workers: int = 16
+    max_workers: int | None = Field(
+        default=None, ge=1, description="threads answering RPCs; default: the machine's cores (at least 2) with "
+        "limits counted in process, 16 with limits_store redis (gateway_grpc.server.rpc_threads)",
+    )
     max_concurrent_rpcs: int = Field(default=256, description="beyond this the gateway answers RESOURCE_EXHAUSTED")
     max_request_bytes: int = Field(default=65536, description="largest request message the gateway accepts")
     max_candidates: int = Field(default=64, description="most candidate models one Decide may name")

@@ -646,3 +646,13 @@ def test_codegen_reports_a_broken_proto(tmp_path: Path):
     proto.write_text('syntax = "proto3";\nmessage Broken { string x = ; }\n')
     with pytest.raises(codegen.CodegenError, match="protoc failed"):
         codegen.generate(tmp_path)
+
+
+def test_rpc_threads_default_to_the_cores_in_process_and_to_sixteen_on_redis(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(server_module.os, "cpu_count", lambda: 8)
+    assert server_module.rpc_threads(Settings()) == 8
+    monkeypatch.setattr(server_module.os, "cpu_count", lambda: 1)
+    assert server_module.rpc_threads(Settings()) == 2  # one slow call (a policy audit's flush) never holds them all
+    assert server_module.rpc_threads(Settings().with_overrides(gateway={"limits_store": "share"})) == 2
+    assert server_module.rpc_threads(Settings().with_overrides(gateway={"limits_store": "redis"})) == 16
+    assert server_module.rpc_threads(Settings().with_overrides(gateway={"max_workers": 5, "limits_store": "redis"})) == 5
