@@ -10,9 +10,13 @@ it on simulated traffic) and one that does not (a restart, a record of another w
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from prismops.streams.codecs import DecodedBatch
+
+DEFAULT_MAX_AGE_S = 30.0
 
 
 def record_digest(value: bytes) -> bytes:
@@ -20,37 +24,55 @@ def record_digest(value: bytes) -> bytes:
 
 
 class RecentlyProduced:
-    """Items of recently produced records by digest, at most `max_items` items in all (oldest records leave
-    first); a record is taken once, by its first consumer here (decoded batches are shared after that)."""
+    """Items of recently produced records by digest, at most `max_items` items in all; a record is taken once, by
+    its first consumer here (decoded batches are shared after that). A record that would pass the bound is not
+    kept unless records older than `max_age_s` leave to make room."""
 
-    def __init__(self, max_items: int):
+    def __init__(self, max_items: int, max_age_s: float = DEFAULT_MAX_AGE_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_items = max_items
-        self._records: OrderedDict[bytes, DecodedBatch] = OrderedDict()
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._records: OrderedDict[bytes, tuple[DecodedBatch, float]] = OrderedDict()
         self._items = 0
         self.taken = 0
         self.missed = 0
+        self.not_kept = 0
 
     def remember(self, value: bytes, batch: DecodedBatch) -> None:
-        if self.max_items <= 0 or len(batch.items) > self.max_items:
+        size = len(batch.items)
+        if self.max_items <= 0 or size > self.max_items:
             return
         key = record_digest(value)
         previous = self._records.pop(key, None)
         if previous is not None:
-            self._items -= len(previous.items)
-        self._records[key] = batch
-        self._items += len(batch.items)
-        while self._items > self.max_items:
-            _, gone = self._records.popitem(last=False)
-            self._items -= len(gone.items)
+            self._items -= len(previous[0].items)
+        now = self._clock()
+        if self._items + size > self.max_items:
+            self._forget_before(now - self.max_age_s)
+            if self._items + size > self.max_items:
+                self.not_kept += 1
+                return
+        self._records[key] = (batch, now)
+        self._items += size
+
+    def _forget_before(self, cutoff: float) -> None:
+        records = self._records
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest[1] >= cutoff:
+                return
+            records.popitem(last=False)
+            self._items -= len(oldest[0].items)
 
     def take(self, value: bytes) -> DecodedBatch | None:
-        batch = self._records.pop(record_digest(value), None) if self._records else None
-        if batch is None:
+        kept = self._records.pop(record_digest(value), None) if self._records else None
+        if kept is None:
             self.missed += 1
             return None
-        self._items -= len(batch.items)
+        self._items -= len(kept[0].items)
         self.taken += 1
-        return batch
+        return kept[0]
 
     def __len__(self) -> int:
         return len(self._records)
