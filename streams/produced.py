@@ -5,6 +5,12 @@ and decoding a 51-field cost line costs more than most of what is done with it (
 is looked up by a digest of its bytes: the same bytes are the same items, so a consumer that finds its record
 here takes the items as the producer built them (equal, field for field, to what decoding gives: a test checks
 it on simulated traffic) and one that does not (a restart, a record of another worker) decodes as before.
+
+At the bound, the records kept stay and a new one is not kept; only records older than `max_age_s` make room.
+When pricing runs ahead of its own consumers by more than the bound, dropping the oldest dropped each record just
+before its consumer came for it (in one 60,000-event burst, 303 of the first 419 cost-line batches the worker
+read back were decoded). Kept first-come, the consumer finds the bound's share of the lead; the age limit lets
+records nobody here reads (a partition another worker consumes) leave.
 """
 
 from __future__ import annotations
