@@ -1098,8 +1098,8 @@ REDIS_RPC_THREADS = 16
 def rpc_threads(settings: Settings) -> int:
     """`gateway.max_workers`, or by default the machine's cores (at least 2) when limits are counted in process:
     a Decide is Python holding the interpreter's lock, so threads beyond the cores only take turns (16 threads on
-    2 cores cost about 100 µs more CPU a call than 2, and 0.78-0.80x of the echo against 0.98-1.00x in `bench
-    route`). With limits on Redis each Decide waits on a round trip, and REDIS_RPC_THREADS keep calls in flight."""
+    2 cores cost about 100 µs more CPU a call than 2, and 0.85 and 0.78x of the echo against 0.93 and 0.92x in
+    `bench route`, docs/routing.md). With limits on Redis each Decide waits on a round trip, and REDIS_RPC_THREADS keep calls in flight."""
     gateway = settings.gateway
     if gateway.max_workers is not None:
         return gateway.max_workers

@@ -643,8 +643,8 @@ def compare_router_with_echo(
     on_progress: Callable[[str, int], None] = lambda name, done: None,
 ) -> RouteBenchResult:
     """`rounds` rounds, each timing every scenario's Router (in process, live table filled in memory and its rows
-    published anew before each scenario's round, a server started for the round) and then the echo, with the same load: `requests` timed calls per target and round.
-    The echo gets the Decide request's bytes so payloads match. `on_progress` gets the scenario's name
+    published anew before each scenario's round, a server started for the round) and then the echo, with the same
+    load: `requests` timed calls per target and round. The echo gets the Decide request's bytes so payloads match. `on_progress` gets the scenario's name
     (ECHO_SCENARIO for the echo) and the calls just done. A scenario whose limit store does not answer is skipped
     with a note."""
     from prismops.gateway_grpc.server import ServeError

@@ -7,8 +7,8 @@ One run, in this order, on a scratch topic namespace and ClickHouse database (bo
    each to a second scratch topic, timed from the first record consumed to the end of the flush. Same producer
    settings as the SDK.
 2. **Burst** — after one warm-up event has reached ClickHouse (worker, sink and gateway are up and assigned):
-   N events, simulated beforehand, through `UsageProducer.record_llm_call` + flush (SDK rate); a sampler reads the worker's
-   count of cost lines out (`worker_lines_out`) and the rows in ClickHouse every 0.25 s (worker and sink rates);
+   N events, simulated beforehand, through `UsageProducer.record_llm_call` + flush (SDK rate); a sampler reads the
+   worker's count of cost lines out (`worker_lines_out`) and the rows in ClickHouse every 0.25 s (worker and sink rates);
    end to end is first produce → the last row queryable (`wait_for_rows`, FINAL).
 3. **Steady** — events paced at `rate` for `steady_seconds`. Every `PROBE_INTERVAL_S` one event of the
    `PROBE_TENANT` tenant carries a request id of its own; ClickHouse is polled every 50 ms until each is a row
@@ -818,7 +818,7 @@ def _measure_pipeline(base: Settings, options: PipelineBenchOptions, progress: P
                 producer.flush()
                 wait_for_rows(settings, 1, components, 120)
                 servers = {server.name: server.our_pid() for server in LocalStack(base).servers
-                           if server.name in CPU_PROCESSES}
+                           if server.name in SERVER_PROCESSES}
                 burst = _run_burst(settings, options, components, producer, wait_for_rows, progress, servers)
                 steady = _run_steady(settings, options, target, producer, progress)
                 components.check_alive()

@@ -655,4 +655,5 @@ def test_rpc_threads_default_to_the_cores_in_process_and_to_sixteen_on_redis(mon
     assert server_module.rpc_threads(Settings()) == 2  # one slow call (a policy audit's flush) never holds them all
     assert server_module.rpc_threads(Settings().with_overrides(gateway={"limits_store": "share"})) == 2
     assert server_module.rpc_threads(Settings().with_overrides(gateway={"limits_store": "redis"})) == 16
-    assert server_module.rpc_threads(Settings().with_overrides(gateway={"max_workers": 5, "limits_store": "redis"})) == 5
+    assert server_module.rpc_threads(
+        Settings().with_overrides(gateway={"max_workers": 5, "limits_store": "redis"})) == 5

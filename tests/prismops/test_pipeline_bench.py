@@ -18,8 +18,8 @@ from prismops.streams.codecs import codec_for
 from prismops.streams.simulation import TrafficGenerator
 from prismops.testing import pipeline_bench as bench
 from prismops.testing.pipeline_bench import (
-    RESULT_KEYS, Burst, CpuClock, CpuUse, PassThrough, Steady, assemble_result, cost_lines_in_metrics, percentile, result_rows,
-    span_rate, steady_schedule,
+    RESULT_KEYS, Burst, CpuClock, CpuUse, PassThrough, Steady, assemble_result, cost_lines_in_metrics, percentile,
+    result_rows, span_rate, steady_schedule,
 )
 
 
